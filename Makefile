@@ -1,0 +1,40 @@
+# Everything a fresh machine needs, in the project's own files.
+#   make demo   a real job, started and checkpointed the way pbs_mom does it (CRIU)
+#   make test   lint, type checks and the whole test suite (real CRIU included)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup venv criu test-user demo test lint typecheck clean
+
+setup: venv criu test-user
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+criu:
+	sh scripts/install-criu.sh
+
+test-user:
+	sh scripts/add-test-user.sh
+
+demo: setup
+	sh scripts/demo.sh
+
+lint: venv
+	$(BIN)/ruff check mom_checkpoint tests
+	$(BIN)/ruff format --check mom_checkpoint tests
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: setup lint typecheck
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

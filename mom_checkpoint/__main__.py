@@ -1,0 +1,3 @@
+from mom_checkpoint.cli.checkpoint import main
+
+raise SystemExit(main())

@@ -1,0 +1,23 @@
+"""Checkpointer backends, chosen by the config's ``backend`` key."""
+
+from __future__ import annotations
+
+from mom_checkpoint.backends.base import Backend, DumpRequest, DumpResult, JobUser
+from mom_checkpoint.config import Config
+from mom_checkpoint.environment import Environment
+
+__all__ = ["Backend", "DumpRequest", "DumpResult", "JobUser", "create"]
+
+
+def create(config: Config, env: Environment) -> Backend:
+    if config.backend == "criu":
+        from mom_checkpoint.backends.criu import CriuBackend
+
+        return CriuBackend(config, env)
+    if config.backend == "psnc":
+        from mom_checkpoint.backends.psnc import PsncBackend
+
+        return PsncBackend(config, env)
+    from mom_checkpoint.backends.blcr import BlcrBackend
+
+    return BlcrBackend(config, env)

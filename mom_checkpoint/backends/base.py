@@ -1,0 +1,139 @@
+"""The interface every checkpointer backend implements, and what they share."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from mom_checkpoint.config import Config, RunAs
+from mom_checkpoint.environment import Completed, Environment
+from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, TimedOut
+
+# pbs_mom runs hooks with PATH=/bin:/usr/bin: look in the sbin folders ourselves.
+SEARCH_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin")
+
+
+@dataclass(frozen=True)
+class JobUser:
+    name: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class DumpRequest:
+    exec_pid: int
+    image_dir: Path
+    abort: bool  # end the job after a successful dump (TORQUE SIGNAL 15)
+    user: JobUser
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    command: list[str]
+    completed: Completed
+    ended_job: bool  # the checkpointer itself ended the job after dumping it
+    frozen_s: float | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    # capabilities the checkpointer keeps when it runs as the job's user (CRIU.md)
+    dump_capabilities: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Config, env: Environment) -> None:
+        self.config = config
+        self.env = env
+
+    @property
+    def run_as(self) -> RunAs:
+        return self.config.run_as
+
+    @abstractmethod
+    def dump_binary(self) -> str:
+        """The configured name or path of the dump program."""
+
+    @abstractmethod
+    def dump_command(self, binary: str, request: DumpRequest) -> list[str]:
+        """The checkpointer's exact command line."""
+
+    def ends_job_on_abort(self) -> bool:
+        return False
+
+    def version(self, binary: str) -> str:
+        return "unknown"
+
+    def failure_detail(self, request: DumpRequest, completed: Completed) -> str:
+        return last_line(completed.stderr) or last_line(completed.stdout)
+
+    def parse_stats(self, completed: Completed) -> tuple[float | None, dict[str, int]]:
+        return None, {}
+
+    def find_binary(self) -> str:
+        """Where the dump program is; CheckpointerMissing (69) before anything is written."""
+        return locate(self.dump_binary(), f"backends.{self.name}")
+
+    def checkpoint(self, binary: str, request: DumpRequest) -> DumpResult:
+        command = self.dump_command(binary, request)
+        argv = (
+            as_user(command, request.user, self.dump_capabilities) if self.run_as == "job-user" else command
+        )
+        try:
+            completed = self.env.runner.run(argv, timeout_s=request.timeout_s)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
+        if completed.timed_out:
+            raise TimedOut(
+                f"{self.name} did not finish within timeout_s={request.timeout_s:g}s: killed it, "
+                f"the job keeps running"
+            )
+        if completed.returncode != 0:
+            detail = self.failure_detail(request, completed)
+            raise CheckpointerFailed(
+                f"{self.name} failed (exit {completed.returncode})" + (f": {detail}" if detail else "")
+            )
+        frozen_s, stats = self.parse_stats(completed)
+        return DumpResult(
+            command=command,
+            completed=completed,
+            ended_job=request.abort and self.ends_job_on_abort(),
+            frozen_s=frozen_s,
+            stats=stats,
+        )
+
+
+def locate(name: str, config_key: str) -> str:
+    """Resolve a checkpointer's configured name or path without trusting the caller's PATH."""
+    if "/" in name:
+        if os.path.isfile(name) and os.access(name, os.X_OK):
+            return name
+        raise CheckpointerMissing(f"{name} ({config_key}) does not exist or is not executable")
+    path_dirs = [d for d in os.environ.get("PATH", "").split(":") if d.startswith("/")]
+    for directory in (*SEARCH_DIRS, *path_dirs):
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise CheckpointerMissing(
+        f"{name} not found in {':'.join(SEARCH_DIRS)} or PATH: install it or set {config_key} to its path"
+    )
+
+
+def as_user(command: Sequence[str], user: JobUser, capabilities: Sequence[str]) -> list[str]:
+    """Prefix a command so that it runs as the job's user with only the named capabilities."""
+    setpriv = locate("setpriv", "setpriv (util-linux)")
+    argv = [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups"]
+    if capabilities:
+        caps = ",".join(f"+{cap}" for cap in capabilities)
+        argv += [f"--inh-caps={caps}", f"--ambient-caps={caps}"]
+    return [*argv, "--", *command]
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""

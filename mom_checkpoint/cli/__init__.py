@@ -1,0 +1,1 @@
+"""Command-line front ends: they know argv and printing, nothing else."""

@@ -1,0 +1,49 @@
+"""The one place where errors become an exit status and one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from mom_checkpoint.environment import Environment
+from mom_checkpoint.errors import Error, UsageError
+from mom_checkpoint.status import ExitStatus
+
+
+def run_program(
+    prog: str, body: Callable[[], ExitStatus], env: Environment, log: list[Any] | None = None
+) -> int:
+    """Run ``body``; map an Error to its exit status and a one-line message pbs_mom can show the user."""
+    try:
+        return int(body())
+    except Error as exc:
+        say(env, prog, exc.message)
+        return int(exc.exit_status)
+    except KeyboardInterrupt:
+        say(env, prog, "interrupted")
+        return 130
+    except Exception as exc:
+        for logger in log or []:
+            logger.error("internal_error", error=repr(exc), traceback=traceback.format_exc())
+        say(env, prog, f"internal error: {type(exc).__name__}: {exc} (a bug: please report it with the log)")
+        return int(ExitStatus.SOFTWARE)
+
+
+def say(env: Environment, prog: str, message: str) -> None:
+    line = " ".join(message.split())  # pbs_mom turns stderr into the job comment: one line
+    env.stderr.write(f"{prog}: {line}\n")
+    env.stderr.flush()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports usage errors with our exit status (64) instead of 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+EXIT_STATUS_HELP = "exit status:\n" + "\n".join(
+    f"  {status.value:>3}  {status.name.lower().replace('_', ' ')}" for status in ExitStatus
+)

@@ -1,0 +1,1 @@
+"""One module per command; each knows the domain, none knows argv or printing."""

@@ -1,0 +1,276 @@
+"""The hook: checkpoint one job into a new generation, as pbs_mom asks.
+
+parse (cli) -> config -> find the processes -> check CHECKPOINT_DIR, checkpointer, free space
+-> job lock -> node slot -> dump into .incoming-* -> hash + fsync (the job runs again) -> manifest
+-> publish by rename -> pointer -> prune -> end the job (SIGNAL 15 only, only after all of that).
+Every check that can refuse the call runs before anything is written.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mom_checkpoint import __version__, backends, discovery, retention, sessions
+from mom_checkpoint.backends import DumpRequest, DumpResult, JobUser
+from mom_checkpoint.calls import CheckpointCall
+from mom_checkpoint.config import Config
+from mom_checkpoint.environment import Environment
+from mom_checkpoint.errors import DiskFull, Error, TimedOut, UnknownUser
+from mom_checkpoint.hashing import ImageFile, digest_files
+from mom_checkpoint.locking import job_lock, lock_dir, node_slot
+from mom_checkpoint.manifest import (
+    SCHEMA,
+    BackendInfo,
+    CallInfo,
+    GenerationInfo,
+    HostInfo,
+    JobInfo,
+    Manifest,
+    Timings,
+    ToolInfo,
+)
+from mom_checkpoint.pointer import POINTER_KIND, POINTER_SCHEMA, Pointer, open_checkpoint_dir, write_pointer
+from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generation_name, remove_tree
+from mom_checkpoint.termination import end_session, resume_tree
+
+RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
+
+
+@dataclass(frozen=True)
+class Outcome:
+    generation: Generation
+    manifest: Manifest
+    pruned: list[Path]
+    ended: list[int]
+
+
+def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Outcome:
+    started_wall, started = env.clock(), env.monotonic()
+    log = log.bind(job_id=call.job_id, convention=call.convention, argv=list(call.argv))
+    spool = Spool(config.spool_dir)
+    job = discovery.find_job(
+        call.top_pid,
+        job_id=call.job_id,
+        euser=call.euser,
+        several_children=config.several_children,
+        restart_lookup=lambda job_id: sessions.lookup(spool.root, job_id),
+    )
+    group = _group_name(call.egroup, job.gid)
+    log = log.bind(exec_pid=job.exec_pid, session_id=job.leader_pid, user=job.user)
+    log.info("checkpoint.start", found_via=job.found_via, processes=[p.pid for p in job.tree])
+    pointer_fd = None
+    if call.checkpoint_dir is not None and call.checkpoint_name is not None:
+        pointer_fd = open_checkpoint_dir(call.checkpoint_dir, config.torque_checkpoint_roots)
+    try:
+        backend = backends.create(config, env)
+        binary = backend.find_binary()
+        _check_space(spool, job, config)
+        spool.ensure_root()
+        locks = lock_dir(spool.root)
+        owner = Owner(job.uid, job.gid) if config.run_as == "job-user" else Owner(0, 0)
+        with (
+            job_lock(locks, call.job_id, call.argv),
+            node_slot(
+                locks, config.max_concurrent, config.timeout_s, sleep=env.sleep, monotonic=env.monotonic
+            ),
+        ):
+            run_dir = spool.open_run(job.exec_pid, call.job_id, owner)
+            for stale in spool.clean_stale(call.job_id):
+                log.warning("incoming.stale_removed", path=str(stale))
+            number = spool.next_number(call.job_id)
+            log = log.bind(generation=number)
+            attempt = _Attempt(
+                call, config, env, log, job, group, owner, backend, binary, started_wall, started
+            )
+            generation, manifest = attempt.dump_and_publish(spool.begin(run_dir, owner), number)
+            if pointer_fd is not None and call.checkpoint_name is not None:
+                pointer = _pointer(call.job_id, generation, env)
+                write_pointer(pointer_fd, call.checkpoint_name, pointer, job.uid, job.gid)
+            pruned = _prune(spool, call.job_id, call.depth or config.keep, run_dir, log)
+    finally:
+        if pointer_fd is not None:
+            os.close(pointer_fd)
+    ended: list[int] = []
+    if call.abort:
+        ended = end_session(job.leader_pid, job.uid, config.abort_grace_s)
+        log.info("job.ended", signal=call.signal, pids=ended)
+    log.info(
+        "checkpoint.done",
+        path=str(generation.path),
+        bytes=manifest.total_bytes,
+        dump_s=manifest.times.dump_s,
+        frozen_s=manifest.times.frozen_s,
+        post_dump_s=manifest.times.post_dump_s,
+        total_s=env.monotonic() - started,
+        pruned=[str(p) for p in pruned],
+    )
+    return Outcome(generation, manifest, pruned, ended)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One checkpointer run into one incoming generation, and what follows it."""
+
+    call: CheckpointCall
+    config: Config
+    env: Environment
+    log: Any
+    job: discovery.JobProcesses
+    group: str
+    owner: Owner
+    backend: backends.Backend
+    binary: str
+    started_wall: float
+    started: float
+
+    def dump_and_publish(self, incoming: Incoming, number: int) -> tuple[Generation, Manifest]:
+        name = generation_name(number, self.started_wall)
+        request = DumpRequest(
+            exec_pid=self.job.exec_pid,
+            image_dir=incoming.image_dir,
+            abort=self.call.abort,
+            user=JobUser(self.job.user, self.job.uid, self.job.gid),
+            timeout_s=self.config.timeout_s,
+        )
+        result: DumpResult | None = None
+        try:
+            result = self.backend.checkpoint(self.binary, request)
+            dumped = self.env.monotonic()
+            self.log.info("dump.done", seconds=result.completed.duration_s, frozen_s=result.frozen_s)
+            # The job runs again (or has ended): only now read, hash and fsync the image.
+            relpaths = [f"image/{rel}" for rel in incoming.image_files()]
+            files = digest_files(incoming.path, relpaths, fsync=True)
+            manifest = self._manifest(result, GenerationInfo(number, name), files, dumped)
+            incoming.write_manifest(manifest.to_json(), self.owner)
+            generation = incoming.publish(name)
+        except BaseException as exc:
+            if result is not None and result.ended_job:
+                # The checkpointer already ended the job: this image is all there is. Never delete it.
+                kept = incoming.keep_unpublished(number)
+                self.log.error("publish.failed_after_job_ended", kept=str(kept), error=str(exc))
+                if isinstance(exc, Error):
+                    message = f"{exc.message}; the job had already ended: its image is kept at {kept}"
+                    raise type(exc)(message) from exc
+                raise
+            incoming.discard()
+            if isinstance(exc, TimedOut):
+                resume_tree([p.pid for p in self.job.tree])
+            self.log.error("checkpoint.failed", error=str(exc), kind=type(exc).__name__)
+            raise
+        self.log.info("generation.published", path=str(generation.path), bytes=manifest.total_bytes)
+        return generation, manifest
+
+    def _manifest(
+        self, result: DumpResult, generation: GenerationInfo, files: list[ImageFile], dumped: float
+    ) -> Manifest:
+        call, job, env = self.call, self.job, self.env
+        return Manifest(
+            schema=SCHEMA,
+            tool=ToolInfo("mom-checkpoint", __version__),
+            job=JobInfo(
+                id=call.job_id,
+                session_id=job.leader_pid,
+                leader_pid=job.leader_pid,
+                exec_pid=job.exec_pid,
+                user=job.user,
+                uid=job.uid,
+                group=self.group,
+                gid=job.gid,
+                found_via=job.found_via,
+            ),
+            call=CallInfo(
+                convention=call.convention,
+                argv=list(call.argv),
+                signal=call.signal,
+                depth=call.depth,
+                checkpoint_dir=call.checkpoint_dir,
+                checkpoint_name=call.checkpoint_name,
+            ),
+            host=HostInfo(socket.gethostname(), os.uname().release),
+            generation=generation,
+            backend=BackendInfo(
+                name=self.backend.name,
+                command=result.command,
+                version=self.backend.version(self.binary),
+                exit_status=result.completed.returncode,
+                run_as=self.config.run_as,
+                ended_job=result.ended_job,
+            ),
+            times=Timings(
+                started=_iso(self.started_wall),
+                finished=_iso(env.clock()),
+                dump_s=round(result.completed.duration_s, 6),
+                frozen_s=result.frozen_s,
+                post_dump_s=round(env.monotonic() - dumped, 6),
+                total_s=round(env.monotonic() - self.started, 6),
+            ),
+            processes=job.tree,
+            files=files,
+            total_bytes=sum(f.size for f in files),
+            stats=result.stats,
+        )
+
+
+def _check_space(spool: Spool, job: discovery.JobProcesses, config: Config) -> None:
+    if config.space_margin == 0:
+        return
+    needed = int(job.resident_bytes * config.space_margin) + RESERVE_BYTES
+    free = spool.free_bytes()
+    if free < needed:
+        raise DiskFull(
+            f"spool {spool.root} has {_mib(free)} free, the job needs about {_mib(needed)} "
+            f"(resident memory x space_margin={config.space_margin:g}): not starting the checkpoint"
+        )
+
+
+def _pointer(job_id: str, generation: Generation, env: Environment) -> Pointer:
+    return Pointer(
+        kind=POINTER_KIND,
+        schema=POINTER_SCHEMA,
+        job_id=job_id,
+        host=socket.gethostname(),
+        generation=str(generation.path),
+        number=generation.number,
+        created=_iso(env.clock()),
+    )
+
+
+def _prune(spool: Spool, job_id: str, keep: int, current_run: Path, log: Any) -> list[Path]:
+    """Drop generations beyond ``keep`` (only ever after a new one is complete) and emptied runs."""
+    removed = []
+    for verdict in retention.plan(spool.job_generations(job_id), keep):
+        if not verdict.keep:
+            remove_tree(verdict.item.path)
+            removed.append(verdict.item.path)
+            log.info("generation.pruned", path=str(verdict.item.path), reason=verdict.reason)
+    for run_dir in spool.runs_of(job_id):
+        if run_dir != current_run and not any(os.scandir(run_dir)):
+            os.rmdir(run_dir)
+    return removed
+
+
+def _group_name(egroup: str | None, gid: int) -> str:
+    if egroup is not None:
+        try:
+            grp.getgrnam(egroup)
+        except KeyError:
+            raise UnknownUser(f"EGROUP {egroup!r} is not a group on this node") from None
+        return egroup
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"

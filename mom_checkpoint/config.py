@@ -1,0 +1,145 @@
+"""The configuration file: TOML, every key defaulted, unknown keys and bad values rejected by name.
+
+Read from ``$MOM_CHECKPOINT_CONFIG`` or ``/etc/mom-checkpoint/config.toml``; a missing default file means
+all defaults (pbs_mom passes no environment, so the default path must work alone).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mom_checkpoint.errors import ConfigError
+from mom_checkpoint.records import RecordError, build
+
+DEFAULT_PATH = "/etc/mom-checkpoint/config.toml"
+ENV_VAR = "MOM_CHECKPOINT_CONFIG"
+
+RunAs = Literal["root", "job-user"]
+
+
+@dataclass(frozen=True)
+class CriuConfig:
+    binary: str = "criu"
+    run_as: RunAs = "root"
+    ghost_limit: int = 1024 * 1024  # bytes; CRIU's --ghost-limit (deleted-but-open files)
+    extra_args: list[str] = field(default_factory=list)  # e.g. ["--file-locks", "--tcp-established"]
+
+
+@dataclass(frozen=True)
+class PsncConfig:
+    chkpnt: str = "chkpnt"
+    resume: str = "resume"
+    run_as: RunAs = "root"
+
+
+@dataclass(frozen=True)
+class BlcrConfig:
+    cr_checkpoint: str = "cr_checkpoint"
+    cr_restart: str = "cr_restart"
+    run_as: RunAs = "root"
+
+
+@dataclass(frozen=True)
+class BackendsConfig:
+    criu: CriuConfig = field(default_factory=CriuConfig)
+    psnc: PsncConfig = field(default_factory=PsncConfig)
+    blcr: BlcrConfig = field(default_factory=BlcrConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: Literal["criu", "psnc", "blcr"] = "criu"
+    spool_dir: str = "/var/spool/checkpoint"
+    keep: int = 2
+    timeout_s: float = 600.0
+    max_concurrent: int = 2
+    log_file: str = "/var/log/mom-checkpoint.log"
+    torque_checkpoint_roots: list[str] = field(default_factory=lambda: ["/var/spool/torque/checkpoint"])
+    several_children: Literal["fail", "oldest"] = "fail"
+    space_margin: float = 1.2
+    abort_grace_s: float = 10.0
+    backends: BackendsConfig = field(default_factory=BackendsConfig)
+    source: str = field(default="(defaults)", compare=False)
+
+    @property
+    def run_as(self) -> RunAs:
+        backend_config: CriuConfig | PsncConfig | BlcrConfig = getattr(self.backends, self.backend)
+        return backend_config.run_as
+
+
+def config_path(environ: Mapping[str, str]) -> tuple[str, bool]:
+    """The file to read and whether it was named explicitly (then it must exist)."""
+    named = environ.get(ENV_VAR, "")
+    return (named, True) if named else (DEFAULT_PATH, False)
+
+
+def load(environ: Mapping[str, str]) -> Config:
+    path, explicit = config_path(environ)
+    try:
+        with open(path, "rb") as fh:
+            _check_file_safety(path, os.fstat(fh.fileno()))
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(path, f"no such file (named by {ENV_VAR})") from None
+        return Config()
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"not valid TOML: {exc}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read: {exc}") from None
+    return parse(raw, path)
+
+
+def parse(raw: Mapping[str, object], source: str = "(string)") -> Config:
+    if "source" in raw:
+        raise ConfigError(source, "source: unknown key")
+    try:
+        config = build(Config, dict(raw))
+    except RecordError as exc:
+        raise ConfigError(source, str(exc)) from None
+    _check_values(config, source)
+    return Config(**{**config.__dict__, "source": source})
+
+
+def _check_values(config: Config, source: str) -> None:
+    problems: list[tuple[str, str]] = []
+    if config.keep < 1:
+        problems.append(("keep", f"must be at least 1, got {config.keep}"))
+    if config.timeout_s <= 0:
+        problems.append(("timeout_s", f"must be more than 0, got {config.timeout_s:g}"))
+    if config.max_concurrent < 1:
+        problems.append(("max_concurrent", f"must be at least 1, got {config.max_concurrent}"))
+    if config.space_margin < 0:
+        problems.append(("space_margin", f"must not be negative, got {config.space_margin:g}"))
+    if config.abort_grace_s < 0:
+        problems.append(("abort_grace_s", f"must not be negative, got {config.abort_grace_s:g}"))
+    if config.backends.criu.ghost_limit < 0:
+        problems.append(("backends.criu.ghost_limit", "must not be negative"))
+    if not os.path.isabs(config.spool_dir) or os.path.normpath(config.spool_dir) == "/":
+        problems.append(("spool_dir", f"must be an absolute path below /, got {config.spool_dir!r}"))
+    if config.log_file != "syslog" and not os.path.isabs(config.log_file):
+        problems.append(("log_file", f'must be "syslog" or an absolute path, got {config.log_file!r}'))
+    for i, root in enumerate(config.torque_checkpoint_roots):
+        if not os.path.isabs(root):
+            problems.append((f"torque_checkpoint_roots[{i}]", f"must be an absolute path, got {root!r}"))
+    for name in ("binary",):
+        if not getattr(config.backends.criu, name):
+            problems.append((f"backends.criu.{name}", "must not be empty"))
+    if problems:
+        key, problem = problems[0]
+        raise ConfigError(source, f"{key}: {problem}")
+
+
+def _check_file_safety(path: str, st: os.stat_result) -> None:
+    """Root must not take orders from a file another user could have written."""
+    if os.geteuid() != 0:
+        return
+    if st.st_uid != 0:
+        raise ConfigError(path, f"refused: owned by uid {st.st_uid}, not root (the hook runs as root)")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(path, f"refused: writable by group or others (mode {stat.S_IMODE(st.st_mode):o})")

@@ -1,0 +1,252 @@
+"""Find a job's processes with psutil (never ``ps | grep | awk``).
+
+The job shell that pbs_mom started is the leader of the job's session (its pid is TORQUE's SESSION_ID and
+the seed's JOB_PID). The process to checkpoint, the *exec PID*, is the leader's child in that session: the
+job script's shell under TORQUE, the application in the seed's set-up. When the shell has exec'd the
+application (no children), the shell itself is the target. Several children are refused unless
+``several_children = "oldest"``. Every process of the tree must belong to the job's user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import psutil
+
+from mom_checkpoint.errors import NoSuchProcess, Refused, UnknownUser
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    """One open file descriptor: restart hands regular files back to the application (--inherit-fd)."""
+
+    fd: int
+    target: str  # a path, or "pipe:[N]", "socket:[N]", "anon_inode:[...]"
+    kind: Literal["file", "pipe", "socket", "other"]
+    flags: int | None = None  # from /proc/PID/fdinfo (O_APPEND etc.)
+    pos: int | None = None
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    pid: int
+    ppid: int
+    name: str
+    exe: str
+    cmdline: list[str]
+    cwd: str
+    uid: int
+    gid: int
+    rss: int
+    start_time: float
+    session_id: int
+    fds: list[OpenFile] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobProcesses:
+    leader_pid: int  # the job shell, leader of the job's session
+    exec_pid: int  # the process handed to the checkpointer
+    user: str
+    uid: int
+    gid: int
+    tree: list[ProcessRecord]  # the exec PID first, then its descendants
+    found_via: Literal["session", "restart-record"] = "session"
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(p.rss for p in self.tree)
+
+
+# Given a job id, the pid of the process that restarted it, if one is recorded and still alive.
+RestartLookup = Callable[[str], int | None]
+
+
+def find_job(
+    top_pid: int,
+    *,
+    job_id: str,
+    euser: str | None,
+    several_children: Literal["fail", "oldest"] = "fail",
+    restart_lookup: RestartLookup | None = None,
+) -> JobProcesses:
+    expected_uid = _uid_of(euser) if euser is not None else None
+    found_via: Literal["session", "restart-record"] = "session"
+    leader = _process(top_pid)
+    if leader is None:
+        restarted = restart_lookup(job_id) if restart_lookup is not None else None
+        if restarted is None:
+            raise NoSuchProcess(
+                f"no process {top_pid}: job {job_id} is not running on this node "
+                f"(and no restart of it is recorded)"
+            )
+        leader, found_via = _process(restarted), "restart-record"
+        if leader is None:
+            raise NoSuchProcess(f"job {job_id}: its restart process {restarted} has ended")
+    try:
+        session = os.getsid(leader.pid)
+        if session != leader.pid:
+            raise NoSuchProcess(
+                f"process {leader.pid} is not a session leader (its session is {session}), "
+                f"so it is not the job shell of job {job_id}"
+            )
+        uid = leader.uids().real
+        if expected_uid is not None and uid != expected_uid:
+            raise Refused(f"process {leader.pid} belongs to {_name_of(uid)}, not to {euser}: refusing")
+        target = _exec_process(leader, session, job_id, several_children)
+        tree = [target, *[p for p in target.children(recursive=True) if _alive(p)]]
+        records = [_record(p) for p in tree]
+    except psutil.NoSuchProcess as exc:
+        raise NoSuchProcess(f"job {job_id}: process {exc.pid} ended while it was being examined") from None
+    except psutil.AccessDenied as exc:
+        raise Refused(f"job {job_id}: access to process {exc.pid} denied") from None
+    for record in records:
+        if record.uid != uid:
+            raise Refused(
+                f"job {job_id}: process {record.pid} ({record.name}) belongs to {_name_of(record.uid)}, "
+                f"not to the job's user {_name_of(uid)}: refusing"
+            )
+    return JobProcesses(
+        leader_pid=leader.pid,
+        exec_pid=target.pid,
+        user=_name_of(uid),
+        uid=uid,
+        gid=records[0].gid,
+        tree=records,
+        found_via=found_via,
+    )
+
+
+def process_start_time(pid: int) -> float | None:
+    proc = _process(pid)
+    try:
+        return proc.create_time() if proc is not None else None
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _exec_process(
+    leader: psutil.Process, session: int, job_id: str, several_children: Literal["fail", "oldest"]
+) -> psutil.Process:
+    children = [c for c in leader.children() if _alive(c) and _session_of(c) == session]
+    if not children:
+        return leader
+    if len(children) == 1:
+        return children[0]
+    children.sort(key=lambda c: (c.create_time(), c.pid))
+    if several_children == "oldest":
+        return children[0]
+    listing = ", ".join(f"{c.pid} ({c.name()})" for c in children)
+    raise NoSuchProcess(
+        f"job {job_id}: the job shell {leader.pid} has {len(children)} children ({listing}); "
+        f'not guessing which to checkpoint (set several_children = "oldest" to take the first)'
+    )
+
+
+def _record(proc: psutil.Process) -> ProcessRecord:
+    with proc.oneshot():
+        uids, gids = proc.uids(), proc.gids()
+        return ProcessRecord(
+            pid=proc.pid,
+            ppid=proc.ppid(),
+            name=proc.name(),
+            exe=_or_empty(proc.exe),
+            cmdline=proc.cmdline(),
+            cwd=_or_empty(proc.cwd),
+            uid=uids.real,
+            gid=gids.real,
+            rss=proc.memory_info().rss,
+            start_time=proc.create_time(),
+            session_id=_session_of(proc),
+            fds=open_files(proc.pid),
+        )
+
+
+def open_files(pid: int) -> list[OpenFile]:
+    """Every open descriptor of a process, read from /proc (psutil lists regular files only)."""
+    base = f"/proc/{pid}/fd"
+    result = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    for name in sorted(names, key=int):
+        try:
+            target = os.readlink(f"{base}/{name}")
+        except OSError:
+            continue
+        flags, pos = _fdinfo(pid, name)
+        result.append(OpenFile(fd=int(name), target=target, kind=_kind(target), flags=flags, pos=pos))
+    return result
+
+
+def _fdinfo(pid: int, fd: str) -> tuple[int | None, int | None]:
+    flags = pos = None
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key == "flags":
+                    flags = int(value.strip(), 8)
+                elif key == "pos":
+                    pos = int(value.strip())
+    except (OSError, ValueError):
+        pass
+    return flags, pos
+
+
+def _kind(target: str) -> Literal["file", "pipe", "socket", "other"]:
+    if target.startswith("/"):
+        return "file"
+    if target.startswith("pipe:"):
+        return "pipe"
+    if target.startswith("socket:"):
+        return "socket"
+    return "other"
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+    return proc if _alive(proc) else None
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _session_of(proc: psutil.Process) -> int:
+    try:
+        return os.getsid(proc.pid)
+    except ProcessLookupError:
+        raise psutil.NoSuchProcess(proc.pid) from None
+
+
+def _or_empty(getter: Callable[[], str]) -> str:
+    try:
+        return getter()
+    except (psutil.AccessDenied, psutil.ZombieProcess, FileNotFoundError):
+        return ""
+
+
+def _uid_of(user: str) -> int:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise UnknownUser(f"EUSER {user!r} is not a user on this node") from None
+
+
+def _name_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

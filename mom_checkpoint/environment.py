@@ -1,0 +1,101 @@
+"""All I/O with the world outside the process goes through an ``Environment``, so tests can fake it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+# pbs_mom gives its hooks PATH=/bin:/usr/bin only; children get a PATH that also has the sbin folders.
+CHILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Completed:
+    """What a child program did."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration_s: float
+    timed_out: bool
+
+
+class Runner:
+    """Runs a program from an argument list (never a shell) with a hard time limit.
+
+    The child gets its own process group, so on expiry the whole group (the checkpointer and anything it
+    started) is killed, never pbs_mom's session or the job.
+    """
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout_s: float,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        umask: int = 0o077,
+    ) -> Completed:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env) if env is not None else child_environ(),
+            cwd=cwd,
+            umask=umask,
+            process_group=0,
+            close_fds=True,
+        )
+        timed_out = False
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_group(proc.pid)
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # a descendant left the group and holds the pipes
+                proc.kill()
+                out, err = b"", b""
+                proc.wait()
+        return Completed(
+            argv=tuple(argv),
+            returncode=proc.returncode,
+            stdout=out.decode(errors="replace"),
+            stderr=err.decode(errors="replace"),
+            duration_s=time.monotonic() - started,
+            timed_out=timed_out,
+        )
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def child_environ() -> dict[str, str]:
+    """A clean, predictable environment for checkpointers: nothing of pbs_mom's or the caller's."""
+    return {"PATH": CHILD_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
+@dataclass
+class Environment:
+    """Streams, clock, environment variables and the subprocess runner of one invocation."""
+
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    runner: Runner = field(default_factory=Runner)
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep

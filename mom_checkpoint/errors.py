@@ -1,0 +1,85 @@
+"""Every error the programs report on purpose: each class carries its exit status and message template.
+
+The CLI maps an ``Error`` to one line on stderr and its ``exit_status``; anything else is a bug (70).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from mom_checkpoint.status import ExitStatus
+
+
+class Error(Exception):
+    """Base class: ``template`` is formatted with the positional arguments."""
+
+    exit_status: ClassVar[ExitStatus] = ExitStatus.SOFTWARE
+    template: ClassVar[str] = "{}"
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+
+    @property
+    def message(self) -> str:
+        try:
+            return self.template.format(*self.args)
+        except (IndexError, KeyError):
+            return " ".join(str(arg) for arg in self.args)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(Error):
+    exit_status = ExitStatus.USAGE
+
+
+class ConfigError(Error):
+    exit_status = ExitStatus.CONFIG
+    template = "config {}: {}"
+
+
+class NoSuchProcess(Error):
+    exit_status = ExitStatus.NO_PROCESS
+
+
+class UnknownUser(Error):
+    exit_status = ExitStatus.NO_USER
+
+
+class CheckpointerMissing(Error):
+    exit_status = ExitStatus.UNAVAILABLE
+
+
+class SpoolError(Error):
+    exit_status = ExitStatus.CANT_CREATE
+
+
+class StorageIOError(Error):
+    exit_status = ExitStatus.IO_ERROR
+
+
+class DiskFull(StorageIOError):
+    pass
+
+
+class Busy(Error):
+    exit_status = ExitStatus.BUSY
+
+
+class Refused(Error):
+    """Refused for safety: an unsafe path, a symlink, a folder others can write, a wrong owner."""
+
+    exit_status = ExitStatus.NO_PERMISSION
+
+
+class CheckpointerFailed(Error):
+    exit_status = ExitStatus.CHECKPOINTER_FAILED
+
+
+class TimedOut(Error):
+    exit_status = ExitStatus.TIMED_OUT
+
+
+class VerificationFailed(Error):
+    exit_status = ExitStatus.DATA_ERROR

@@ -1,0 +1,46 @@
+"""Structured logs: JSON lines (structlog) to ``log_file``, or to syslog.
+
+pbs_mom records nothing about its hooks, so this log is the only record of what happened. A log file
+that cannot be opened falls back to syslog rather than failing the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import syslog
+from typing import Any, TextIO
+
+
+class SyslogLogger:
+    """A structlog-compatible logger writing each rendered event to syslog."""
+
+    def __init__(self) -> None:
+        syslog.openlog("mom-checkpoint", syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def msg(self, message: str) -> None:
+        syslog.syslog(syslog.LOG_INFO, message)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = failure = msg
+
+
+def open_log_file(path: str) -> TextIO | None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    except OSError:
+        return None
+    return os.fdopen(fd, "a", buffering=1)
+
+
+def make_logger(log_file: str, **context: Any) -> Any:
+    import structlog  # imported here: only the programs that log pay for it
+
+    target: Any
+    stream = None if log_file == "syslog" else open_log_file(log_file)
+    target = structlog.WriteLogger(stream) if stream is not None else SyslogLogger()
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(sort_keys=False),
+    ]
+    return structlog.wrap_logger(target, processors=processors).bind(pid=os.getpid(), **context)

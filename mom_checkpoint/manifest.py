@@ -1,0 +1,158 @@
+"""manifest.json: the versioned record of one generation, readable by people and by jq.
+
+``schema`` is the version of this layout. Readers upgrade older layouts step by step (``UPGRADES``) and
+refuse newer ones, so an old tool never misreads a new manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mom_checkpoint.discovery import ProcessRecord
+from mom_checkpoint.errors import VerificationFailed
+from mom_checkpoint.hashing import ImageFile
+from mom_checkpoint.records import RecordError, build
+
+SCHEMA = 1
+MAX_BYTES = 32 * 1024 * 1024
+# schema N -> function turning a schema-N dict into a schema-(N+1) dict
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    session_id: int  # the job's session when checkpointed (the job shell's pid)
+    leader_pid: int
+    exec_pid: int
+    user: str
+    uid: int
+    group: str
+    gid: int
+    found_via: str  # "session" or "restart-record"
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    convention: str  # "torque" | "seed"
+    argv: list[str]
+    signal: int
+    depth: int | None
+    checkpoint_dir: str | None
+    checkpoint_name: str | None
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    name: str
+    kernel: str
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    command: list[str]
+    version: str
+    exit_status: int
+    run_as: str
+    ended_job: bool  # the checkpointer itself ended the job after the dump (abort)
+
+
+@dataclass(frozen=True)
+class Timings:
+    started: str  # ISO 8601, UTC
+    finished: str
+    dump_s: float  # the checkpointer's run, wall clock
+    frozen_s: float | None  # how long the job was stopped, as the checkpointer reports it
+    post_dump_s: float  # hashing, fsync and manifest, all after the job was let go
+    total_s: float
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    number: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema: int
+    tool: ToolInfo
+    job: JobInfo
+    call: CallInfo
+    host: HostInfo
+    generation: GenerationInfo
+    backend: BackendInfo
+    times: Timings
+    processes: list[ProcessRecord]
+    files: list[ImageFile]
+    total_bytes: int
+    stats: dict[str, int] = field(default_factory=dict)  # the checkpointer's own counters (CRIU's dump stats)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+def read(path: Path) -> Manifest:
+    """Read and check a manifest; every problem is a VerificationFailed naming the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise VerificationFailed(f"{path}: no manifest (not a complete generation)") from None
+    except OSError as exc:
+        raise VerificationFailed(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
+    if len(raw) > MAX_BYTES:
+        raise VerificationFailed(f"{path}: manifest larger than {MAX_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VerificationFailed(f"{path}: manifest is not valid JSON: {exc}") from None
+    return parse(data, str(path))
+
+
+def parse(data: object, source: str) -> Manifest:
+    if not isinstance(data, dict):
+        raise VerificationFailed(f"{source}: manifest is not a JSON object")
+    schema = data.get("schema")
+    if isinstance(schema, bool) or not isinstance(schema, int):
+        raise VerificationFailed(f"{source}: manifest has no schema version")
+    if schema > SCHEMA:
+        raise VerificationFailed(
+            f"{source}: manifest schema {schema} is newer than this mom-checkpoint understands ({SCHEMA}); "
+            f"upgrade mom-checkpoint"
+        )
+    while schema < SCHEMA:
+        if schema not in UPGRADES:
+            raise VerificationFailed(f"{source}: manifest schema {schema} is not supported")
+        data = UPGRADES[schema](data)
+        schema = data["schema"]
+    try:
+        manifest = build(Manifest, data)
+    except RecordError as exc:
+        raise VerificationFailed(f"{source}: manifest field {exc.key}: {exc.problem}") from None
+    for image_file in manifest.files:
+        if not is_inside_image(image_file.path):
+            raise VerificationFailed(
+                f"{source}: manifest names a file outside its image: {image_file.path!r}"
+            )
+    return manifest
+
+
+def is_inside_image(relpath: str) -> bool:
+    norm = posixpath.normpath(relpath)
+    return norm == relpath and norm.startswith("image/") and ".." not in norm.split("/") and "\0" not in norm

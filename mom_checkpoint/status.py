@@ -1,0 +1,20 @@
+"""Exit statuses: sysexits-style, documented in the README (one place, used by every program)."""
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    USAGE = 64  # wrong arguments: count, format, unsafe job id or name
+    DATA_ERROR = 65  # an image or manifest that fails verification
+    NO_PROCESS = 66  # the job's process does not exist or is not the job's
+    NO_USER = 67  # EUSER/EGROUP unknown on this node
+    UNAVAILABLE = 69  # the checkpointer binary is missing or not runnable
+    SOFTWARE = 70  # internal error (a bug): the log has the traceback
+    CANT_CREATE = 73  # the spool or a folder in it cannot be created
+    IO_ERROR = 74  # I/O error or disk full
+    BUSY = 75  # another checkpoint of the same job is running, or the node is at max_concurrent
+    NO_PERMISSION = 77  # refused for safety: unsafe path, symlink, wrong owner or mode
+    CONFIG = 78  # the configuration file is invalid
+    CHECKPOINTER_FAILED = 80  # the checkpointer ran and reported failure
+    TIMED_OUT = 81  # the checkpointer ran past timeout_s and was killed

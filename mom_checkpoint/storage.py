@@ -1,0 +1,278 @@
+"""The spool: one folder per job run, one folder per generation, published by rename.
+
+    <spool>/<exec_pid>.<job_id>/                 a job run (0700; 0711 when the checkpointer runs as user)
+        <number>-<UTC time>/                     a complete generation
+            image/                               the checkpointer's output (0700; the user's in job-user mode)
+            manifest.json                        present in every published generation
+        .incoming-<random>/                      a generation being written; never read by restart
+
+A generation is complete exactly when its folder has a generation name: the name is given by a rename done
+only after the image and the manifest are fsync'd. Nothing here follows a symlink inside the spool.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mom_checkpoint.errors import DiskFull, Refused, SpoolError, StorageIOError
+
+INCOMING_PREFIX = ".incoming-"
+KEPT_PREFIX = ".unpublished-"
+MANIFEST = "manifest.json"
+IMAGE = "image"
+_GENERATION = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
+_RUN = re.compile(r"(\d+)\.(.+)")
+
+
+@dataclass(frozen=True)
+class Generation:
+    path: Path
+    number: int
+    created: str  # UTC, e.g. 20261124T193000Z
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def image_dir(self) -> Path:
+        return self.path / IMAGE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+
+def generation_name(number: int, when: float) -> str:
+    import time
+
+    return f"{number:06d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}"
+
+
+def run_name(exec_pid: int, job_id: str) -> str:
+    return f"{exec_pid}.{job_id}"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who owns the image folder: root, or the job's user when the checkpointer runs as that user."""
+
+    uid: int
+    gid: int
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+
+class Spool:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # -- the spool root ------------------------------------------------------------------------------
+    def ensure_root(self) -> None:
+        """Create the spool (root's, 0711) or check that the existing one is safe."""
+        try:
+            self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
+            st = os.lstat(self.root)
+        except OSError as exc:
+            raise SpoolError(f"cannot create the spool {self.root}: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise Refused(f"spool {self.root} is not a folder (a symlink?): refusing")
+        if os.geteuid() == 0 and st.st_uid != 0:
+            raise Refused(f"spool {self.root} is owned by uid {st.st_uid}, not root: refusing")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise Refused(f"spool {self.root} is writable by group or others (mode {_mode(st)}): refusing")
+        if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            os.chmod(self.root, 0o711)  # others may pass through to their folder, never list it
+
+    def free_bytes(self) -> int:
+        path = self.root
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+
+    # -- job runs ------------------------------------------------------------------------------------
+    def runs_of(self, job_id: str) -> list[Path]:
+        """Every run folder of a job id (one per exec PID it was checkpointed under)."""
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        runs = []
+        for entry in entries:
+            match = _RUN.fullmatch(entry.name)
+            if match and match.group(2) == job_id and entry.is_dir(follow_symlinks=False):
+                runs.append(Path(entry.path))
+        return sorted(runs)
+
+    def open_run(self, exec_pid: int, job_id: str, owner: Owner) -> Path:
+        """The run folder, created if needed, refused if anyone could have tampered with it."""
+        path = self.root / run_name(exec_pid, job_id)
+        mode = 0o700 if owner.is_root else 0o711
+        try:
+            path.mkdir(mode=mode)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise SpoolError(f"cannot create {path}: {exc.strerror}") from None
+        check_private_dir(path, mode)
+        return path
+
+    # -- generations ---------------------------------------------------------------------------------
+    def generations(self, run_dir: Path) -> list[Generation]:
+        """Complete generations of one run, oldest first."""
+        result = []
+        try:
+            entries = list(os.scandir(run_dir))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            match = _GENERATION.fullmatch(entry.name)
+            if match and entry.is_dir(follow_symlinks=False):
+                result.append(Generation(Path(entry.path), int(match.group(1)), match.group(2)))
+        return sorted(result, key=lambda g: g.number)
+
+    def job_generations(self, job_id: str) -> list[Generation]:
+        return sorted(
+            (g for run in self.runs_of(job_id) for g in self.generations(run)), key=lambda g: g.number
+        )
+
+    def newest(self, job_id: str) -> Generation | None:
+        generations = self.job_generations(job_id)
+        return generations[-1] if generations else None
+
+    def next_number(self, job_id: str) -> int:
+        numbers = [g.number for g in self.job_generations(job_id)]
+        for run in self.runs_of(job_id):
+            numbers += [n for n in _kept_numbers(run)]
+        return max(numbers, default=0) + 1
+
+    def clean_stale(self, job_id: str) -> list[Path]:
+        """Remove the job's incoming folders. Call only while holding the job's lock: then none is live."""
+        removed = []
+        for run in self.runs_of(job_id):
+            for entry in os.scandir(run):
+                if entry.name.startswith(INCOMING_PREFIX):
+                    remove_tree(Path(entry.path))
+                    removed.append(Path(entry.path))
+        return removed
+
+    def begin(self, run_dir: Path, owner: Owner) -> Incoming:
+        try:
+            path = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=run_dir))
+            if not owner.is_root:
+                os.chmod(path, 0o711)
+            image = path / IMAGE
+            image.mkdir(mode=0o700)
+            if not owner.is_root:
+                os.chown(image, owner.uid, owner.gid)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot create a generation in {run_dir}") from None
+        return Incoming(path)
+
+
+class Incoming:
+    """A generation being written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def image_dir(self) -> Path:
+        return self.path / IMAGE
+
+    def image_files(self) -> list[str]:
+        """Paths of the image's regular files, relative to the image folder, sorted."""
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.image_dir, followlinks=False):
+            dirnames.sort()
+            for name in filenames:
+                found.append(os.path.relpath(os.path.join(dirpath, name), self.image_dir))
+        return sorted(found)
+
+    def write_manifest(self, text: str, owner: Owner) -> None:
+        target = self.path / MANIFEST
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, text.encode())
+                os.fsync(fd)
+                if not owner.is_root:
+                    os.fchown(fd, owner.uid, owner.gid)
+            finally:
+                os.close(fd)
+            fsync_dir(self.image_dir)
+            fsync_dir(self.path)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot write {target}") from None
+
+    def publish(self, name: str) -> Generation:
+        """Give the generation its name: from this rename on it is complete."""
+        final = self.path.parent / name
+        try:
+            os.rename(self.path, final)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot publish {final}") from None
+        match = _GENERATION.fullmatch(name)
+        assert match is not None, name
+        return Generation(final, int(match.group(1)), match.group(2))
+
+    def discard(self) -> None:
+        remove_tree(self.path)
+
+    def keep_unpublished(self, number: int) -> Path:
+        """The job already ended with this image: never delete it, set it aside for a person to look at."""
+        target = self.path.parent / f"{KEPT_PREFIX}{number:06d}"
+        os.rename(self.path, target)
+        return target
+
+
+def _kept_numbers(run: Path) -> Iterator[int]:
+    for entry in os.scandir(run):
+        if entry.name.startswith(KEPT_PREFIX) and entry.name[len(KEPT_PREFIX) :].isdigit():
+            yield int(entry.name[len(KEPT_PREFIX) :])
+
+
+def check_private_dir(path: Path, mode: int) -> None:
+    """A folder of the spool must be a real folder, root's, with no access for others beyond ``mode``."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise Refused(f"{path} is not a folder (a symlink swapped into the spool?): refusing")
+    if os.geteuid() == 0 and st.st_uid != 0:
+        raise Refused(f"{path} is owned by uid {st.st_uid}, not root: refusing")
+    if stat.S_IMODE(st.st_mode) & ~mode & 0o077:
+        raise Refused(f"{path} has mode {_mode(st)}, more open than {mode:o}: refusing")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    # shutil.rmtree works through file descriptors on Linux and does not follow symlinks.
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def storage_error(exc: OSError, what: str) -> StorageIOError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"{what}: disk full")
+    return StorageIOError(f"{what}: {exc.strerror or exc}")
+
+
+def _mode(st: os.stat_result) -> str:
+    return f"{stat.S_IMODE(st.st_mode):o}"

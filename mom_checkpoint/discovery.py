@@ -9,6 +9,7 @@ application (no children), the shell itself is the target. Several children are 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 from collections.abc import Callable
@@ -98,8 +99,11 @@ def find_job(
         if expected_uid is not None and uid != expected_uid:
             raise Refused(f"process {leader.pid} belongs to {_name_of(uid)}, not to {euser}: refusing")
         target = _exec_process(leader, session, job_id, several_children)
-        tree = [target, *[p for p in target.children(recursive=True) if _alive(p)]]
-        records = [_record(p) for p in tree]
+        records = [_record(target)]
+        for descendant in target.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived child may end meanwhile
+                if _alive(descendant):
+                    records.append(_record(descendant))
     except psutil.NoSuchProcess as exc:
         raise NoSuchProcess(f"job {job_id}: process {exc.pid} ended while it was being examined") from None
     except psutil.AccessDenied as exc:

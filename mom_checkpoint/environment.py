@@ -43,6 +43,7 @@ class Runner:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         umask: int = 0o077,
+        on_start: Callable[[int], None] | None = None,
     ) -> Completed:
         started = time.monotonic()
         proc = subprocess.Popen(
@@ -57,6 +58,8 @@ class Runner:
             close_fds=True,
         )
         timed_out = False
+        if on_start is not None:
+            on_start(proc.pid)
         try:
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -7,6 +7,7 @@ new holder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 import filelock
 
 from mom_checkpoint.errors import Busy, SpoolError
+from mom_checkpoint.storage import write_private
 
 LOCK_DIR = ".locks"
 
@@ -35,7 +37,7 @@ def lock_dir(spool_root: Path) -> Path:
 def job_lock(directory: Path, job_id: str, argv: Sequence[str]) -> Iterator[None]:
     """Hold the job's lock, or raise Busy at once naming the run that holds it."""
     path = directory / f"job-{job_id}.lock"
-    lock = filelock.FileLock(str(path), timeout=0)
+    lock = filelock.FileLock(str(path), timeout=0, mode=0o600)
     try:
         lock.acquire()
     except filelock.Timeout:
@@ -63,7 +65,7 @@ def node_slot(
     deadline = monotonic() + wait_s
     while True:
         for slot in range(max_concurrent):
-            lock = filelock.FileLock(str(directory / f"slot-{slot}.lock"), timeout=0)
+            lock = filelock.FileLock(str(directory / f"slot-{slot}.lock"), timeout=0, mode=0o600)
             try:
                 lock.acquire()
             except filelock.Timeout:
@@ -84,11 +86,9 @@ def node_slot(
 def _write_holder(lock_path: Path, argv: Sequence[str]) -> None:
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "argv": list(argv)}
     tmp = lock_path.with_name(lock_path.name + f".holder.{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(info))
+    with contextlib.suppress(OSError):  # only the busy message depends on it
+        write_private(tmp, json.dumps(info))
         os.replace(tmp, lock_path.with_name(lock_path.name + ".holder"))
-    except OSError:
-        pass  # only the busy message depends on it
 
 
 def describe_holder(lock_path: Path) -> str:

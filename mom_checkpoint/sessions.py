@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from mom_checkpoint.discovery import process_start_time
+from mom_checkpoint.storage import write_private
 
 SESSIONS_DIR = ".sessions"
 
@@ -25,7 +26,7 @@ def record(spool_root: Path, job_id: str, pid: int) -> None:
     directory = spool_root / SESSIONS_DIR
     directory.mkdir(mode=0o700, exist_ok=True)
     tmp = directory / f".{job_id}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"job_id": job_id, "pid": pid, "start_time": start}))
+    write_private(tmp, json.dumps({"job_id": job_id, "pid": pid, "start_time": start}))
     os.replace(tmp, record_path(spool_root, job_id))
 
 

@@ -12,12 +12,16 @@ only after the image and the manifest are fsync'd. Nothing here follows a symlin
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,7 @@ from mom_checkpoint.errors import DiskFull, Refused, SpoolError, StorageIOError
 INCOMING_PREFIX = ".incoming-"
 KEPT_PREFIX = ".unpublished-"
 MANIFEST = "manifest.json"
+CHECKPOINTER_RECORD = "checkpointer.json"
 IMAGE = "image"
 _GENERATION = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
 _RUN = re.compile(r"(\d+)\.(.+)")
@@ -52,8 +57,6 @@ class Generation:
 
 
 def generation_name(number: int, when: float) -> str:
-    import time
-
     return f"{number:06d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}"
 
 
@@ -158,11 +161,16 @@ class Spool:
         return max(numbers, default=0) + 1
 
     def clean_stale(self, job_id: str) -> list[Path]:
-        """Remove the job's incoming folders. Call only while holding the job's lock: then none is live."""
+        """Remove the job's incoming folders. Call only while holding the job's lock: then none is live.
+
+        A hook killed with -9 may have left its checkpointer running (it has its own process group):
+        that one is killed first, so it cannot collide with the next dump of the job.
+        """
         removed = []
         for run in self.runs_of(job_id):
             for entry in os.scandir(run):
                 if entry.name.startswith(INCOMING_PREFIX):
+                    stop_orphan_checkpointer(Path(entry.path))
                     remove_tree(Path(entry.path))
                     removed.append(Path(entry.path))
         return removed
@@ -186,6 +194,12 @@ class Incoming:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def record_checkpointer(self, pid: int) -> None:
+        """Remember which process writes here, for the next run to stop it if this run dies."""
+        start = _start_time(pid)
+        with contextlib.suppress(OSError):
+            write_private(self.path / CHECKPOINTER_RECORD, json.dumps({"pid": pid, "start_time": start}))
 
     @property
     def image_dir(self) -> Path:
@@ -220,6 +234,8 @@ class Incoming:
         """Give the generation its name: from this rename on it is complete."""
         final = self.path.parent / name
         try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path / CHECKPOINTER_RECORD)
             os.rename(self.path, final)
             fsync_dir(self.path.parent)
         except OSError as exc:
@@ -242,6 +258,39 @@ def _kept_numbers(run: Path) -> Iterator[int]:
     for entry in os.scandir(run):
         if entry.name.startswith(KEPT_PREFIX) and entry.name[len(KEPT_PREFIX) :].isdigit():
             yield int(entry.name[len(KEPT_PREFIX) :])
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create a small file only its owner can read (never through a symlink)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def stop_orphan_checkpointer(incoming: Path) -> None:
+    try:
+        data = json.loads((incoming / CHECKPOINTER_RECORD).read_text())
+        pid, start = int(data["pid"]), float(data["start_time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if _start_time(pid) != start:
+        return  # gone, or the pid now belongs to another process
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for _ in range(100):  # wait until it has really gone (up to 10 s): it may still hold the image files
+        if _start_time(pid) != start:
+            return
+        time.sleep(0.1)
+
+
+def _start_time(pid: int) -> float | None:
+    """The process's start time in clock ticks since boot, from /proc (None when it does not exist)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return float(fields[19]) if fields[0] != "Z" else None
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def check_private_dir(path: Path, mode: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -31,6 +31,7 @@ class DumpRequest:
     abort: bool  # end the job after a successful dump (TORQUE SIGNAL 15)
     user: JobUser
     timeout_s: float
+    on_start: Callable[[int], None] | None = None  # told the checkpointer's pid as soon as it runs
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Backend(ABC):
             as_user(command, request.user, self.dump_capabilities) if self.run_as == "job-user" else command
         )
         try:
-            completed = self.env.runner.run(argv, timeout_s=request.timeout_s)
+            completed = self.env.runner.run(argv, timeout_s=request.timeout_s, on_start=request.on_start)
         except (FileNotFoundError, PermissionError) as exc:
             raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
         if completed.timed_out:

@@ -137,6 +137,7 @@ class _Attempt:
             abort=self.call.abort,
             user=JobUser(self.job.user, self.job.uid, self.job.gid),
             timeout_s=self.config.timeout_s,
+            on_start=incoming.record_checkpointer,
         )
         result: DumpResult | None = None
         try:

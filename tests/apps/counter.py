@@ -1,0 +1,23 @@
+#!/usr/bin/python3
+"""A batch application for the tests: counts, one number a line, flushing each one.
+
+Environment: COUNTER_INTERVAL seconds between numbers (0.05), COUNTER_LIMIT stop after that many (0 =
+never), COUNTER_EXIT exit status at the end, COUNTER_MIB MiB of resident memory to hold.
+"""
+
+import os
+import sys
+import time
+
+interval = float(os.environ.get("COUNTER_INTERVAL", "0.05"))
+limit = int(os.environ.get("COUNTER_LIMIT", "0"))
+status = int(os.environ.get("COUNTER_EXIT", "0"))
+mib = int(os.environ.get("COUNTER_MIB", "0"))
+ballast = bytearray(os.urandom(1024)) * (mib * 1024)  # resident, not all zero pages
+
+count = 0
+while not limit or count < limit:
+    count += 1
+    print(count, flush=True)
+    time.sleep(interval)
+sys.exit(status)

@@ -1,0 +1,79 @@
+"""Fixtures: a node set-up per test, the job's user, and the real-CRIU gate.
+
+Real-CRIU tests need root and a CRIU >= 4 that passes ``criu check``. Elsewhere they skip with the
+reason; under CI (CI=true) a skipped real-CRIU test is a failure, so CI cannot pass without them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers import TEST_USER, Site, User, make_base, remove_base
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"real-CRIU test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@functools.cache
+def _criu_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    for binary in ("/usr/local/sbin/criu", "/usr/sbin/criu", "/sbin/criu"):
+        if os.access(binary, os.X_OK):
+            break
+    else:
+        return "criu is not installed (make criu)"
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
+    major = version.split("Version:")[-1].strip().split(".")[0] if "Version:" in version else ""
+    if not major.isdigit() or int(major) < 4:
+        return f"needs CRIU >= 4, found {version.strip() or 'nothing'}"
+    check = subprocess.run([binary, "check"], capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        return f"criu check fails: {(check.stderr or check.stdout).strip()[-200:]}"
+    return None
+
+
+@pytest.fixture
+def criu() -> None:
+    problem = _criu_problem()
+    if problem is not None:
+        _unavailable(problem)
+
+
+@pytest.fixture
+def job_user() -> User:
+    if os.geteuid() != 0:
+        _unavailable("needs root to run jobs as another user")
+    try:
+        return User.named(TEST_USER)
+    except KeyError:
+        _unavailable(f"test user {TEST_USER} missing (make test-user)")
+        raise
+
+
+@pytest.fixture
+def root_user() -> User:
+    if os.geteuid() != 0:
+        _unavailable("needs root")
+    return User.named("root")
+
+
+@pytest.fixture
+def site(job_user: User) -> Iterator[Site]:
+    base = make_base()
+    node = Site(base, job_user)
+    try:
+        yield node
+    finally:
+        node.stop_jobs()
+        remove_base(base)

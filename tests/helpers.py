@@ -1,0 +1,387 @@
+"""Test support: jobs started the way pbs_mom starts them, and the hook called the way pbs_mom calls it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+TESTS = Path(__file__).resolve().parent
+COUNTER = TESTS / "apps" / "counter.py"
+STANDINS = TESTS / "standins"
+BIN = Path(sys.executable).parent
+TEST_USER = os.environ.get("MOM_TEST_USER", "momtest")
+# What pbs_mom gives its hooks (MOM_CONTRACT.md): nothing but these.
+MOM_ENV = {"PATH": "/bin:/usr/bin", "LANG": "C.UTF-8"}
+
+
+def installed(program: str) -> Path:
+    """An installed console script of the package under test."""
+    path = BIN / program
+    assert path.exists(), f"{program} is not installed in {BIN}: run make setup"
+    return path
+
+
+@dataclass
+class HookResult:
+    returncode: int
+    stderr: str  # what pbs_mom reads back (and turns into the job comment)
+    argv: list[str]
+
+
+def call_hook(
+    args: Sequence[object], config: Path, program: str = "mom-checkpoint", timeout: float = 300
+) -> HookResult:
+    """Exactly as pbs_mom does: popen("<program> <args joined by spaces> 2>&1 1>/dev/null"), root, cwd mom_priv."""
+    words = [str(installed(program)), *[str(a) for a in args]]
+    command = " ".join(words) + " 2>&1 1>/dev/null"
+    env = {**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(config)}
+    proc = subprocess.run(
+        ["/bin/sh", "-c", command],
+        env=env,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return HookResult(proc.returncode, proc.stdout.decode(errors="replace"), words)
+
+
+def call_direct(
+    args: Sequence[str], config: Path, program: str = "mom-checkpoint", timeout: float = 300
+) -> HookResult:
+    """The program with exactly these arguments (no shell in between), stderr captured."""
+    words = [str(installed(program)), *args]
+    env = {**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(config)}
+    proc = subprocess.run(
+        words, env=env, cwd="/", stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+    )
+    return HookResult(proc.returncode, proc.stderr.decode(errors="replace"), words)
+
+
+@dataclass
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def named(cls, name: str) -> User:
+        entry = pwd.getpwnam(name)
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+@dataclass
+class Job:
+    """A batch job as pbs_mom runs it: session-leader shell -> job script shell -> application."""
+
+    job_id: str
+    leader: subprocess.Popen[bytes]
+    output: Path
+    user: User
+    stdin: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def session_id(self) -> int:
+        return self.leader.pid
+
+    def exec_pid(self) -> int:
+        children = psutil.Process(self.session_id).children()
+        assert len(children) == 1, children
+        return children[0].pid
+
+    def app_pid(self) -> int:
+        for proc in psutil.Process(self.session_id).children(recursive=True):
+            if any("counter.py" in part for part in proc.cmdline()):
+                return proc.pid
+        raise AssertionError("the application is not running")
+
+    def count(self) -> int:
+        lines = [line for line in self.output.read_text().split("\n")[:-1] if line.strip().isdigit()]
+        return int(lines[-1]) if lines else 0
+
+    def wait_count(self, at_least: int, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (count := self.count()) >= at_least:
+                return count
+            time.sleep(0.02)
+        raise AssertionError(
+            f"job {self.job_id} did not count to {at_least} in {timeout}s (at {self.count()})"
+        )
+
+    def processes(self) -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == self.session_id and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+        return found
+
+    def is_running(self) -> bool:
+        try:
+            return psutil.Process(self.app_pid()).status() != psutil.STATUS_ZOMBIE
+        except (AssertionError, psutil.NoSuchProcess):
+            return False
+
+    def wait_ended(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.processes():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"job {self.job_id} still has processes: {self.processes()}")
+
+    def stop(self) -> None:
+        for proc in self.processes():
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if self.stdin is not None:
+            self.stdin.close()
+        try:
+            self.leader.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.leader.kill()
+        wait_until_gone([p.pid for p in self.processes()])
+
+
+def wait_until_gone(pids: Sequence[int], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
+        time.sleep(0.05)
+
+
+class Site:
+    """A node's set-up for one test: spool, TORQUE checkpoint root, log, config file."""
+
+    def __init__(self, base: Path, user: User) -> None:
+        self.base = base
+        self.user = user
+        self.spool = base / "spool"
+        self.torque_root = base / "torque" / "checkpoint"
+        self.log = base / "hook.log"
+        self.jobs_dir = base / "jobs"
+        self.torque_root.mkdir(parents=True, mode=0o755)
+        self.jobs_dir.mkdir(mode=0o755)
+        self.config = base / "config.toml"
+        self.configure()
+        self._jobs: list[Job] = []
+
+    def configure(self, text: str | None = None, **keys: Any) -> Path:
+        """Write the config file: the site defaults plus ``keys`` (dotted names for tables)."""
+        if text is not None:
+            self.config.write_text(text)
+            return self.config
+        values: dict[str, Any] = {
+            "spool_dir": str(self.spool),
+            "log_file": str(self.log),
+            "torque_checkpoint_roots": [str(self.torque_root)],
+            "timeout_s": 120,
+        }
+        values.update({k: v for k, v in keys.items() if "." not in k})
+        tables: dict[str, dict[str, Any]] = {}
+        for key, value in keys.items():
+            if "." in key:
+                table, name = key.rsplit(".", 1)
+                tables.setdefault(table, {})[name] = value
+        lines = [f"{k} = {toml_value(v)}" for k, v in values.items()]
+        for table, items in tables.items():
+            lines.append(f"[{table}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in items.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        return self.config
+
+    def standin(self, program: str, **env: str) -> Path:
+        """A site wrapper around a checkpointer stand-in (the hook gives checkpointers a clean environment,
+        so test controls like STANDIN_FAIL are set here, as a site's own wrapper script would)."""
+        bindir = self.base / "bin"
+        bindir.mkdir(mode=0o755, exist_ok=True)
+        settings = {"STANDIN_LOG": str(self.base / "standin.log"), **env}
+        exports = "".join(f"{k}={shlex.quote(v)} " for k, v in settings.items())
+        wrapper = bindir / program
+        wrapper.write_text(f'#!/bin/sh\n{exports}exec {STANDINS / program} "$@"\n')
+        wrapper.chmod(0o755)
+        return wrapper
+
+    def standin_calls(self) -> list[dict[str, Any]]:
+        log = self.base / "standin.log"
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        """What pbs_mom creates before each call: <root>/<jobid>.CK, 0755, the job owner's."""
+        path = self.torque_root / f"{job_id}.CK"
+        path.mkdir(mode=0o755, exist_ok=True)
+        os.chown(path, self.user.uid, self.user.gid)
+        return path
+
+    def torque_args(
+        self, job: Job, signal_number: int = 0, depth: str = "-", name: str | None = None
+    ) -> list[object]:
+        ckdir = self.checkpoint_dir(job.job_id)
+        name = name or f"ckpt.{job.job_id}.{int(time.time() * 1000)}"
+        return [
+            job.session_id,
+            job.job_id,
+            job.user.name,
+            group_name(job.user.gid),
+            ckdir,
+            name,
+            signal_number,
+            depth,
+        ]
+
+    def start_job(
+        self, job_id: str, user: User | None = None, app_env: Mapping[str, str] | None = None
+    ) -> Job:
+        """Start a job the way pbs_mom does, through mom-checkpoint-run, and wait until it counts."""
+        user = user or self.user
+        home = self.jobs_dir / job_id
+        home.mkdir(mode=0o755)
+        os.chown(home, user.uid, user.gid)
+        script = home / f"{job_id}.SC"
+        script.write_text(f"#!/bin/sh\n/usr/bin/python3 {COUNTER}\n")
+        script.chmod(0o755)
+        output = home / f"{job_id}.OU"
+        with open(output, "wb") as out:
+            os.fchown(out.fileno(), user.uid, user.gid)
+            env = {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": str(home),
+                "USER": user.name,
+                "PBS_JOBID": job_id,
+                "PBS_O_WORKDIR": str(home),
+                **(app_env or {}),
+            }
+            leader = subprocess.Popen(
+                [str(installed("mom-checkpoint-run")), "/bin/bash"],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=home,
+                env=env,
+                user=user.uid,
+                group=user.gid,
+                extra_groups=[],
+                umask=0o077,
+                start_new_session=True,
+            )
+        assert leader.stdin is not None
+        leader.stdin.write(f"/bin/bash {script}\n".encode())
+        leader.stdin.flush()  # pbs_mom keeps its end of the pipe open, so do we
+        job = Job(job_id, leader, output, user, leader.stdin)
+        self._jobs.append(job)
+        job.wait_count(3)
+        return job
+
+    def stop_jobs(self) -> None:
+        for job in self._jobs:
+            job.stop()
+
+    # -- what is on disk -------------------------------------------------------------------------------
+    def generations(self, job_id: str) -> list[Path]:
+        found = sorted(self.spool.glob(f"*.{job_id}/[0-9]*"), key=lambda p: p.name)
+        return [p for p in found if p.is_dir()]
+
+    def incoming(self) -> list[Path]:
+        return sorted(self.spool.glob("*/.incoming-*"))
+
+    def log_events(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+
+def snapshot(
+    root: Path, ignore: Sequence[str] = (".locks", "hook.log", "config.toml")
+) -> dict[str, tuple[int, int, int]]:
+    """(mode, owner, size) of everything below ``root``, minus the paths that a refusal may touch."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in ignore]
+        for name in [*dirnames, *filenames]:
+            if name in ignore:
+                continue
+            path = Path(dirpath) / name
+            st = path.lstat()
+            state[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_size if path.is_file() else 0)
+    return state
+
+
+def verify_generation(generation: Path) -> dict[str, Any]:
+    """Check a generation against its manifest by hashing every file: return the manifest."""
+    import hashlib
+
+    manifest = json.loads((generation / "manifest.json").read_text())
+    listed = {f["path"] for f in manifest["files"]}
+    on_disk = {str(p.relative_to(generation)) for p in (generation / "image").rglob("*") if p.is_file()}
+    assert listed == on_disk, listed ^ on_disk
+    for entry in manifest["files"]:
+        data = (generation / entry["path"]).read_bytes()
+        assert len(data) == entry["size"], entry["path"]
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
+    return manifest
+
+
+def modes_below(root: Path) -> Iterator[tuple[Path, int]]:
+    for path in [root, *root.rglob("*")]:
+        yield path, path.lstat().st_mode & 0o777
+
+
+def group_name(gid: int) -> str:
+    import grp
+
+    return grp.getgrgid(gid).gr_name
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def make_base() -> Path:
+    """A folder the job's user can pass through (pytest's own tmp folders are root's 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="mom-checkpoint-test-", dir="/tmp"))
+    base.chmod(0o755)
+    return base
+
+
+def remove_base(base: Path) -> None:
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def quote(args: Sequence[object]) -> str:
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def kill_session(session_id: int) -> None:
+    try:
+        os.killpg(session_id, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

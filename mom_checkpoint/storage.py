@@ -131,6 +131,10 @@ class Spool:
         check_private_dir(path, mode)
         return path
 
+    def remove_if_empty(self, run_dir: Path) -> None:
+        with contextlib.suppress(OSError):  # not empty: it holds earlier generations
+            os.rmdir(run_dir)
+
     # -- generations ---------------------------------------------------------------------------------
     def generations(self, run_dir: Path) -> list[Generation]:
         """Complete generations of one run, oldest first."""

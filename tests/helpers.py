@@ -180,6 +180,7 @@ class Site:
         self.log = base / "hook.log"
         self.jobs_dir = base / "jobs"
         self.torque_root.mkdir(parents=True, mode=0o755)
+        self.spool.mkdir(mode=0o711)  # as packaging's tmpfiles.d entry leaves it on a node
         self.jobs_dir.mkdir(mode=0o755)
         self.config = base / "config.toml"
         self.configure()
@@ -312,7 +313,7 @@ class Site:
 
 
 def snapshot(
-    root: Path, ignore: Sequence[str] = (".locks", "hook.log", "config.toml")
+    root: Path, ignore: Sequence[str] = (".locks", "hook.log", "config.toml", "jobs", "standin.log")
 ) -> dict[str, tuple[int, int, int]]:
     """(mode, owner, size) of everything below ``root``, minus the paths that a refusal may touch."""
     state = {}

@@ -88,7 +88,11 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
             attempt = _Attempt(
                 call, config, env, log, job, group, owner, backend, binary, started_wall, started
             )
-            generation, manifest = attempt.dump_and_publish(spool.begin(run_dir, owner), number)
+            try:
+                generation, manifest = attempt.dump_and_publish(spool.begin(run_dir, owner), number)
+            except BaseException:
+                spool.remove_if_empty(run_dir)  # a first checkpoint that failed leaves no trace
+                raise
             if pointer_fd is not None and call.checkpoint_name is not None:
                 pointer = _pointer(call.job_id, generation, env)
                 write_pointer(pointer_fd, call.checkpoint_name, pointer, job.uid, job.gid)

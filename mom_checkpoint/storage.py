@@ -29,6 +29,7 @@ from pathlib import Path
 from mom_checkpoint.errors import DiskFull, Refused, SpoolError, StorageIOError
 
 INCOMING_PREFIX = ".incoming-"
+PRUNING_PREFIX = ".pruning-"
 KEPT_PREFIX = ".unpublished-"
 MANIFEST = "manifest.json"
 CHECKPOINTER_RECORD = "checkpointer.json"
@@ -175,9 +176,17 @@ class Spool:
             for entry in os.scandir(run):
                 if entry.name.startswith(INCOMING_PREFIX):
                     stop_orphan_checkpointer(Path(entry.path))
+                if entry.name.startswith((INCOMING_PREFIX, PRUNING_PREFIX)):
                     remove_tree(Path(entry.path))
                     removed.append(Path(entry.path))
         return removed
+
+    def drop(self, generation: Generation) -> None:
+        """Remove a generation: first out of the generation names (one rename), then from the disk,
+        so that a crash half way through never leaves a partial folder that looks complete."""
+        doomed = generation.run_dir / f"{PRUNING_PREFIX}{generation.path.name}"
+        os.rename(generation.path, doomed)
+        remove_tree(doomed)
 
     def begin(self, run_dir: Path, owner: Owner) -> Incoming:
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
+from collections.abc import Callable
 
 import psutil
 
@@ -23,16 +25,45 @@ def session_processes(session_id: int, uid: int) -> list[psutil.Process]:
     return found
 
 
-def end_session(session_id: int, uid: int, grace_s: float) -> list[int]:
+def end_session(
+    session_id: int,
+    uid: int,
+    grace_s: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> list[int]:
     """SIGTERM every process of the job's session, SIGKILL what is left after ``grace_s``."""
     procs = session_processes(session_id, uid)
     for proc in procs:
         _signal(proc, signal.SIGTERM)
-    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+    alive = _wait_ended(procs, grace_s, sleep, monotonic)
     for proc in alive:
         _signal(proc, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
+    _wait_ended(alive, 5, sleep, monotonic)
     return [p.pid for p in procs]
+
+
+def _wait_ended(
+    procs: list[psutil.Process],
+    timeout: float,
+    sleep: Callable[[float], None],
+    monotonic: Callable[[], float],
+) -> list[psutil.Process]:
+    """Wait until every process has ended; a zombie has ended (its parent, pbs_mom, reaps it)."""
+    deadline = monotonic() + timeout
+    while True:
+        alive = [p for p in procs if _running(p)]
+        if not alive or monotonic() >= deadline:
+            return alive
+        sleep(0.05)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def resume_tree(pids: list[int]) -> None:

@@ -215,7 +215,10 @@ class Site:
         so test controls like STANDIN_FAIL are set here, as a site's own wrapper script would)."""
         bindir = self.base / "bin"
         bindir.mkdir(mode=0o755, exist_ok=True)
-        settings = {"STANDIN_LOG": str(self.base / "standin.log"), **env}
+        log = self.base / "standin.log"
+        log.touch()
+        log.chmod(0o666)  # calls as root and as the job's user share it
+        settings = {"STANDIN_LOG": str(log), **env}
         exports = "".join(f"{k}={shlex.quote(v)} " for k, v in settings.items())
         wrapper = bindir / program
         wrapper.write_text(f'#!/bin/sh\n{exports}exec {STANDINS / program} "$@"\n')
@@ -335,7 +338,7 @@ def verify_generation(generation: Path) -> dict[str, Any]:
     manifest = json.loads((generation / "manifest.json").read_text())
     listed = {f["path"] for f in manifest["files"]}
     on_disk = {str(p.relative_to(generation)) for p in (generation / "image").rglob("*") if p.is_file()}
-    assert listed == on_disk, listed ^ on_disk
+    assert listed == on_disk, f"{generation}: only listed {listed - on_disk}, only on disk {on_disk - listed}"
     for entry in manifest["files"]:
         data = (generation / entry["path"]).read_bytes()
         assert len(data) == entry["size"], entry["path"]

@@ -36,7 +36,7 @@ from mom_checkpoint.manifest import (
     ToolInfo,
 )
 from mom_checkpoint.pointer import POINTER_KIND, POINTER_SCHEMA, Pointer, open_checkpoint_dir, write_pointer
-from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generation_name, remove_tree
+from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generation_name
 from mom_checkpoint.termination import end_session, resume_tree
 
 RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
@@ -102,7 +102,9 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
             os.close(pointer_fd)
     ended: list[int] = []
     if call.abort:
-        ended = end_session(job.leader_pid, job.uid, config.abort_grace_s)
+        ended = end_session(
+            job.leader_pid, job.uid, config.abort_grace_s, sleep=env.sleep, monotonic=env.monotonic
+        )
         log.info("job.ended", signal=call.signal, pids=ended)
     log.info(
         "checkpoint.done",
@@ -251,7 +253,7 @@ def _prune(spool: Spool, job_id: str, keep: int, current_run: Path, log: Any) ->
     removed = []
     for verdict in retention.plan(spool.job_generations(job_id), keep):
         if not verdict.keep:
-            remove_tree(verdict.item.path)
+            spool.drop(verdict.item)
             removed.append(verdict.item.path)
             log.info("generation.pruned", path=str(verdict.item.path), reason=verdict.reason)
     for run_dir in spool.runs_of(job_id):

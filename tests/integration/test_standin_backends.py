@@ -1,0 +1,71 @@
+"""The psnc and blcr backends through the installed hook, with stand-ins that honour the real command lines."""
+
+from __future__ import annotations
+
+import json
+
+from tests.helpers import Site, call_hook, verify_generation
+
+
+def test_psnc_runs_the_seeds_exact_command_line(site: Site) -> None:
+    site.configure(backend="psnc", **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))})
+    job = site.start_job("401.head")
+    exec_pid = job.exec_pid()
+
+    result = call_hook([job.session_id, job.job_id], site.config)
+
+    assert result.returncode == 0, result.stderr
+    [call] = site.standin_calls()
+    [generation] = site.generations("401.head")
+    assert call["argv"][1:5] == ["-q", "-p", str(exec_pid), "-od"]
+    incoming_image = call["argv"][5]
+    assert incoming_image.startswith(f"{generation.parent}/.incoming-") and incoming_image.endswith("/image")
+    assert call["uid"] == 0
+    manifest = verify_generation(generation)
+    assert {f["path"] for f in manifest["files"]} == {f"image/ckpt.{exec_pid}", f"image/ckpt.{exec_pid}.meta"}
+    image = json.loads((generation / "image" / f"ckpt.{exec_pid}").read_text())
+    assert image["pid"] == exec_pid
+    assert manifest["backend"]["name"] == "psnc"
+    assert job.is_running()
+
+
+def test_psnc_as_the_job_user_and_abort_ends_the_job_after_publishing(site: Site) -> None:
+    site.configure(
+        backend="psnc",
+        **{"backends.psnc.chkpnt": str(site.standin("chkpnt")), "backends.psnc.run_as": "job-user"},
+    )
+    job = site.start_job("402.head")
+
+    result = call_hook(site.torque_args(job, signal_number=15), site.config)
+
+    assert result.returncode == 0, result.stderr
+    [call] = site.standin_calls()
+    assert call["uid"] == site.user.uid and call["euid"] == site.user.uid
+    job.wait_ended()
+    [generation] = site.generations("402.head")
+    verify_generation(generation)
+    for path in (generation / "image").iterdir():
+        assert path.stat().st_uid == site.user.uid
+
+
+def test_blcr_command_line_periodic_and_abort(site: Site) -> None:
+    site.configure(backend="blcr", **{"backends.blcr.cr_checkpoint": str(site.standin("cr_checkpoint"))})
+    job = site.start_job("403.head")
+    exec_pid = job.exec_pid()
+
+    periodic = call_hook(site.torque_args(job), site.config)
+    assert periodic.returncode == 0, periodic.stderr
+    assert job.is_running()
+    abort = call_hook(site.torque_args(job, signal_number=15), site.config)
+    assert abort.returncode == 0, abort.stderr
+    job.wait_ended()
+
+    first, second = site.standin_calls()
+    generations = site.generations("403.head")
+    assert first["argv"][1:4] == ["--tree", str(exec_pid), "--file"]
+    assert first["argv"][4].endswith(f"/image/context.{exec_pid}")
+    assert second["argv"][1:6] == ["--signal", "15", "--tree", str(exec_pid), "--file"]
+    assert [g.name[:6] for g in generations] == ["000001", "000002"]
+    manifest = verify_generation(generations[-1])
+    assert manifest["backend"]["ended_job"] is True
+    assert [f["path"] for f in manifest["files"]] == [f"image/context.{exec_pid}"]

@@ -7,7 +7,7 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo pyth
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup venv criu test-user demo test lint typecheck clean
+.PHONY: setup venv criu test-user demo test lint typecheck install clean
 
 setup: venv criu test-user
 
@@ -28,17 +28,29 @@ test-user:
 	sh scripts/add-test-user.sh
 
 demo: setup
-	sh scripts/demo.sh
+	$(BIN)/python scripts/demo.py
 
 lint: venv
-	$(BIN)/ruff check mom_checkpoint tests
-	$(BIN)/ruff format --check mom_checkpoint tests
+	$(BIN)/ruff check mom_checkpoint tests scripts
+	$(BIN)/ruff format --check mom_checkpoint tests scripts
 
 typecheck: venv
 	$(BIN)/mypy
 
 test: setup lint typecheck
 	$(BIN)/pytest
+
+# A node install: a private venv on the system Python and the three programs in $(SBIN).
+PREFIX ?= /opt/mom-checkpoint
+SBIN ?= /usr/local/sbin
+install:
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || sh scripts/apt-install.sh python3-venv
+	$(PYTHON) -m venv $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install -q .
+	install -d -m 0755 $(SBIN) /etc/mom-checkpoint
+	install -d -m 0711 /var/spool/checkpoint
+	for p in mom-checkpoint mom-checkpoint-run; do ln -sf $(PREFIX)/venv/bin/$$p $(SBIN)/$$p; done
+	test -e /etc/mom-checkpoint/config.toml || install -m 0644 packaging/config.toml /etc/mom-checkpoint/config.toml
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -45,7 +46,7 @@ class HookResult:
 def call_hook(
     args: Sequence[object], config: Path, program: str = "mom-checkpoint", timeout: float = 300
 ) -> HookResult:
-    """Exactly as pbs_mom does: popen("<program> <args joined by spaces> 2>&1 1>/dev/null"), root, cwd mom_priv."""
+    """As pbs_mom does: popen("<program> <args joined by spaces> 2>&1 1>/dev/null") as root."""
     words = [str(installed(program)), *[str(a) for a in args]]
     command = " ".join(words) + " 2>&1 1>/dev/null"
     env = {**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(config)}
@@ -150,10 +151,8 @@ class Job:
 
     def stop(self) -> None:
         for proc in self.processes():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         if self.stdin is not None:
             self.stdin.close()
         try:
@@ -335,7 +334,7 @@ def verify_generation(generation: Path) -> dict[str, Any]:
     """Check a generation against its manifest by hashing every file: return the manifest."""
     import hashlib
 
-    manifest = json.loads((generation / "manifest.json").read_text())
+    manifest: dict[str, Any] = json.loads((generation / "manifest.json").read_text())
     listed = {f["path"] for f in manifest["files"]}
     on_disk = {str(p.relative_to(generation)) for p in (generation / "image").rglob("*") if p.is_file()}
     assert listed == on_disk, f"{generation}: only listed {listed - on_disk}, only on disk {on_disk - listed}"
@@ -385,7 +384,5 @@ def quote(args: Sequence[object]) -> str:
 
 
 def kill_session(session_id: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(session_id, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

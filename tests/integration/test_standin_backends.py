@@ -1,4 +1,4 @@
-"""The psnc and blcr backends through the installed hook, with stand-ins that honour the real command lines."""
+"""psnc and blcr backends through the installed hook, with stand-ins honouring the real command lines."""
 
 from __future__ import annotations
 

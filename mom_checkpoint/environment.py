@@ -44,6 +44,7 @@ class Runner:
         cwd: str | None = None,
         umask: int = 0o077,
         on_start: Callable[[int], None] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> Completed:
         started = time.monotonic()
         proc = subprocess.Popen(
@@ -56,6 +57,7 @@ class Runner:
             umask=umask,
             process_group=0,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
         timed_out = False
         if on_start is not None:

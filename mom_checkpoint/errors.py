@@ -83,3 +83,16 @@ class TimedOut(Error):
 
 class VerificationFailed(Error):
     exit_status = ExitStatus.DATA_ERROR
+
+
+class PidInUse(Busy):
+    """CRIU restores the image's own PIDs: one of them is taken on this node."""
+
+    template = (
+        "PID {} of the image is in use on this node: CRIU restores the original PIDs; wait until that "
+        "process has ended, or restart the job on another node"
+    )
+
+
+class NoCheckpoint(Error):
+    exit_status = ExitStatus.NO_PROCESS

@@ -94,9 +94,11 @@ def write_pointer(dir_fd: int, name: str, pointer: Pointer, uid: int, gid: int) 
         raise storage_error(exc, f"cannot write the pointer {name}") from None
 
 
-def read_pointer(path: str) -> Pointer:
+def read_pointer(path: str, dir_fd: int | None = None) -> Pointer:
+    """Read a pointer (never through a symlink). It travelled through the user's hands: trust nothing
+    in it beyond naming a generation, which the caller checks against the spool."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
         with os.fdopen(fd, "rb") as fh:
             data = json.loads(fh.read(65536))
     except (OSError, ValueError) as exc:

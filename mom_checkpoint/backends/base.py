@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mom_checkpoint.config import Config, RunAs
-from mom_checkpoint.environment import Completed, Environment
+from mom_checkpoint.environment import Completed, Environment, child_environ
 from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, TimedOut
 
 # pbs_mom runs hooks with PATH=/bin:/usr/bin: look in the sbin folders ourselves.
@@ -43,10 +44,39 @@ class DumpResult:
     stats: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class InheritedFile:
+    """An output file opened by the restart program and handed to the restored application."""
+
+    fd: int  # open in this process
+    path: str  # the path recorded in the image
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    image_dir: Path
+    pids: list[int]  # the processes in the image (the root first)
+    user: JobUser
+    cwd: str | None  # the seed's "resume -cwd DIR"
+    workdir: Path  # private folder for the restorer's log and pid file
+    inherited: list[InheritedFile]
+    timeout_s: float
+
+
+@dataclass
+class Restored:
+    """The restored application: a child of this process, in its session."""
+
+    pid: int
+    command: list[str]
+    handle: subprocess.Popen[bytes] | None = None  # kept so the child is never reaped behind our back
+
+
 class Backend(ABC):
     name: ClassVar[str]
     # capabilities the checkpointer keeps when it runs as the job's user (CRIU.md)
     dump_capabilities: ClassVar[tuple[str, ...]] = ()
+    restore_capabilities: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Config, env: Environment) -> None:
         self.config = config
@@ -63,6 +93,36 @@ class Backend(ABC):
     @abstractmethod
     def dump_command(self, binary: str, request: DumpRequest) -> list[str]:
         """The checkpointer's exact command line."""
+
+    @abstractmethod
+    def restore_binary(self) -> str:
+        """The configured name or path of the restore program."""
+
+    @abstractmethod
+    def restore_command(self, binary: str, request: RestoreRequest) -> list[str]:
+        """The restorer's exact command line."""
+
+    def find_restore_binary(self) -> str:
+        return locate(self.restore_binary(), f"backends.{self.name}")
+
+    def restore(self, binary: str, request: RestoreRequest) -> Restored:
+        """Start the restorer as a child that becomes the application (resume, cr_restart)."""
+        command = self.restore_command(binary, request)
+        argv = (
+            as_user(command, request.user, self.restore_capabilities)
+            if self.run_as == "job-user"
+            else command
+        )
+        try:
+            handle = subprocess.Popen(
+                argv,
+                cwd=request.cwd,
+                env=child_environ(),
+                pass_fds=[f.fd for f in request.inherited],
+            )
+        except OSError as exc:
+            raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
+        return Restored(handle.pid, command, handle)
 
     def ends_job_on_abort(self) -> bool:
         return False

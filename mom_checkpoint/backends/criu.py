@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from mom_checkpoint.backends.base import Backend, DumpRequest
+from mom_checkpoint.backends.base import Backend, DumpRequest, Restored, RestoreRequest, as_user
 from mom_checkpoint.environment import Completed
+from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, PidInUse, TimedOut
 
 DUMP_LOG = "dump.log"
+RESTORE_LOG = "restore.log"
+PIDFILE = "restored.pid"
+_PID_TAKEN = re.compile(r"Can't fork for (\d+): File exists")
 _STAT = re.compile(r"^([A-Za-z][A-Za-z ]+?):\s+(\d+)(?:\s+us)?(?:\s+\(0x[0-9a-f]+\))?\s*$")
 
 
@@ -35,6 +40,58 @@ class CriuBackend(Backend):
         if self.run_as == "job-user":
             argv.append("--unprivileged")
         return argv + list(criu.extra_args)
+
+    def restore_binary(self) -> str:
+        return self.config.backends.criu.binary
+
+    def restore_command(self, binary: str, request: RestoreRequest) -> list[str]:
+        argv = [
+            binary, "restore",
+            "-D", str(request.image_dir),
+            "--shell-job",
+            "--restore-detached",
+            "--restore-sibling",
+            "--pidfile", str(request.workdir / PIDFILE),
+            "--log-file", str(request.workdir / RESTORE_LOG),
+        ]  # fmt: skip
+        if self.run_as == "job-user":
+            argv.append("--unprivileged")
+        for inherited in request.inherited:
+            argv += ["--inherit-fd", f"fd[{inherited.fd}]:{inherited.path.lstrip('/')}"]
+        return argv + list(self.config.backends.criu.extra_args)
+
+    def restore(self, binary: str, request: RestoreRequest) -> Restored:
+        """criu restore -d -S: CRIU returns once the tree runs, its root a child of this process."""
+        command = self.restore_command(binary, request)
+        argv = (
+            as_user(command, request.user, self.restore_capabilities)
+            if self.run_as == "job-user"
+            else command
+        )
+        try:
+            completed = self.env.runner.run(
+                argv,
+                timeout_s=request.timeout_s,
+                cwd=request.cwd,
+                pass_fds=[f.fd for f in request.inherited],
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
+        if completed.timed_out:
+            raise TimedOut(f"criu restore did not finish within timeout_s={request.timeout_s:g}s: killed it")
+        log = _read(request.workdir / RESTORE_LOG)
+        if completed.returncode != 0:
+            busy = _PID_TAKEN.search(log)
+            if busy:
+                raise PidInUse(int(busy.group(1)))
+            errors = [line.strip() for line in log.splitlines() if line.startswith("Error")]
+            detail = errors[0] if errors else (completed.stderr.strip().splitlines() or [""])[-1]
+            raise CheckpointerFailed(f"criu restore failed (exit {completed.returncode}): {detail}")
+        try:
+            pid = int(_read(request.workdir / PIDFILE).strip())
+        except ValueError:
+            raise CheckpointerFailed("criu restore succeeded but wrote no pid file") from None
+        return Restored(pid, command)
 
     def ends_job_on_abort(self) -> bool:
         return True  # without --leave-running CRIU kills the dumped tree after a good dump
@@ -75,3 +132,10 @@ def parse_display_stats(stdout: str) -> tuple[float | None, dict[str, int]]:
         stats[key] = int(match.group(2))
     frozen = stats.get("frozen_time_us")
     return (frozen / 1e6 if frozen is not None else None), stats
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""

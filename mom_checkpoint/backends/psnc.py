@@ -1,8 +1,10 @@
-"""PSNC's SGI Altix checkpointer, the seed's: ``chkpnt -q -p PID -od DIR``."""
+"""PSNC's SGI Altix checkpointer, the seed's: ``chkpnt -q -p PID -od DIR``, ``resume -drp -cwd DIR -od DIR``."""
 
 from __future__ import annotations
 
-from mom_checkpoint.backends.base import Backend, DumpRequest
+import os
+
+from mom_checkpoint.backends.base import Backend, DumpRequest, RestoreRequest
 
 
 class PsncBackend(Backend):
@@ -13,3 +15,10 @@ class PsncBackend(Backend):
 
     def dump_command(self, binary: str, request: DumpRequest) -> list[str]:
         return [binary, "-q", "-p", str(request.exec_pid), "-od", str(request.image_dir)]
+
+    def restore_binary(self) -> str:
+        return self.config.backends.psnc.resume
+
+    def restore_command(self, binary: str, request: RestoreRequest) -> list[str]:
+        cwd = request.cwd or os.getcwd()
+        return [binary, "-drp", "-cwd", cwd, "-od", str(request.image_dir)]

@@ -13,7 +13,7 @@ from mom_checkpoint.status import ExitStatus
 
 
 def run_program(
-    prog: str, body: Callable[[], ExitStatus], env: Environment, log: list[Any] | None = None
+    prog: str, body: Callable[[], ExitStatus | int], env: Environment, log: list[Any] | None = None
 ) -> int:
     """Run ``body``; map an Error to its exit status and a one-line message pbs_mom can show the user."""
     try:

@@ -1,0 +1,114 @@
+"""``mom-restart``: pbs_mom's $restart_script (6 arguments), and the seed's restart flow.
+
+pbs_mom execs it directly (no shell, no options), so the TORQUE form is positional only; the seed's
+"submit a job that resumes the old one" becomes one line of the new job's script:
+``mom-restart --job JOB_ID`` or ``mom-restart --image GENERATION_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mom_checkpoint import __version__
+from mom_checkpoint.calls import MISSING, abs_path_arg, name_arg, optional, path_part, pid_arg
+from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, run_program
+from mom_checkpoint.commands.restart import RestartCall, SeedRestart, TorqueRestart
+from mom_checkpoint.environment import Environment
+from mom_checkpoint.errors import Error, UsageError
+from mom_checkpoint.status import ExitStatus
+
+PROG = "mom-restart"
+
+DESCRIPTION = """\
+Restart a checkpointed TORQUE/PBS job from its newest complete, verified generation and stay in the
+foreground as the job: the restored application runs as this program's child in its session,
+signals are passed on to it, and its exit status is this program's.
+
+  mom-restart SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME   ($restart_script)
+  mom-restart --job JOB_ID [--cwd DIR]          the newest complete generation of JOB_ID
+  mom-restart --image GENERATION_DIR [--cwd DIR]  that generation
+
+The TORQUE form follows the pointer at CHECKPOINT_DIR/CHECKPOINT_NAME, or takes the job's newest
+complete generation when pbs_mom has deleted it. Every file is checked against the manifest's sha256
+before anything is restored.
+"""
+
+EPILOG = f"""\
+examples:
+  mom-restart --job 42.head
+  mom-restart --image /var/spool/checkpoint/4711.42.head/000003-20261124T193000Z --cwd $PBS_O_WORKDIR
+
+{EXIT_STATUS_HELP}
+  other: the restored application's own exit status (128+N when a signal N ended it)
+"""
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job", metavar="JOB_ID", help="restart the newest complete generation of this job")
+    which.add_argument("--image", metavar="GENERATION_DIR", help="restart this generation folder")
+    parser.add_argument(
+        "--cwd", metavar="DIR", help="working directory for the restore (the seed's resume -cwd)"
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def parse_restart_call(args: Sequence[str]) -> RestartCall:
+    argv = tuple(args)
+    if len(argv) == 6 and argv[0][:1].isdigit():
+        session, job_id, euser, egroup, ckdir, ckname = argv
+        return TorqueRestart(
+            session_id=pid_arg("SESSION_ID", session),
+            job_id=path_part("JOB_ID", job_id),
+            euser=optional(name_arg, "EUSER", euser),
+            egroup=optional(name_arg, "EGROUP", egroup),
+            checkpoint_dir=optional(abs_path_arg, "CHECKPOINT_DIR", ckdir),
+            checkpoint_name=optional(path_part, "CHECKPOINT_NAME", ckname),
+            argv=argv,
+        )
+    if argv and argv[0][:1].isdigit():
+        raise UsageError(
+            f"expected 6 arguments (SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME), got {len(argv)}"
+        )
+    options = build_parser().parse_args(list(argv))
+    wanted = path_part("JOB_ID", options.job) if options.job is not None else None
+    if options.image is not None and options.image == MISSING:
+        raise UsageError("--image needs a generation folder")
+    cwd = abs_path_arg("--cwd", options.cwd) if options.cwd is not None else None
+    return SeedRestart(job_id=wanted, image=options.image, cwd=cwd, argv=argv)
+
+
+def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
+    env = env or Environment()
+    args = list(sys.argv[1:] if argv is None else argv)
+    loggers: list[Any] = []
+    try:
+        return run_program(PROG, lambda: _dispatch(args, env, loggers), env, loggers)
+    except SystemExit as exc:  # --help and --version
+        return int(exc.code or 0)
+
+
+def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:
+    from mom_checkpoint import config as config_module
+    from mom_checkpoint.commands import restart
+    from mom_checkpoint.log import make_logger
+
+    call = parse_restart_call(args)
+    config = config_module.load(env.environ)
+    log = make_logger(config.log_file, program=PROG)
+    loggers.append(log)
+    try:
+        return restart.run(call, config, env, log)
+    except Error as exc:
+        log.error("restart.refused", error=exc.message, exit_status=int(exc.exit_status))
+        raise

@@ -95,10 +95,19 @@ def find_job(
                 f"process {leader.pid} is not a session leader (its session is {session}), "
                 f"so it is not the job shell of job {job_id}"
             )
-        uid = leader.uids().real
-        if expected_uid is not None and uid != expected_uid:
-            raise Refused(f"process {leader.pid} belongs to {_name_of(uid)}, not to {euser}: refusing")
-        target = _exec_process(leader, session, job_id, several_children)
+        if found_via == "session":
+            uid = leader.uids().real
+            if expected_uid is not None and uid != expected_uid:
+                raise Refused(f"process {leader.pid} belongs to {_name_of(uid)}, not to {euser}: refusing")
+            target = _exec_process(leader, session, job_id, several_children)
+        else:
+            # the leader is the restart program (root's); the job is the restored tree under it
+            target = _exec_process(leader, session, job_id, several_children, restored=True)
+            uid = target.uids().real
+            if target.pid == leader.pid or (expected_uid is not None and uid != expected_uid):
+                raise NoSuchProcess(
+                    f"job {job_id}: its restart process {leader.pid} runs no application of {euser}"
+                )
         records = [_record(target)]
         for descendant in target.children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived child may end meanwhile
@@ -134,9 +143,16 @@ def process_start_time(pid: int) -> float | None:
 
 
 def _exec_process(
-    leader: psutil.Process, session: int, job_id: str, several_children: Literal["fail", "oldest"]
+    leader: psutil.Process,
+    session: int,
+    job_id: str,
+    several_children: Literal["fail", "oldest"],
+    restored: bool = False,
 ) -> psutil.Process:
     children = [c for c in leader.children() if _alive(c) and _session_of(c) == session]
+    if restored and leader.uids().real == 0:
+        # the root restart program may still run a root restorer beside the application: not the job
+        children = [c for c in children if c.uids().real != 0] or children
     if not children:
         return leader
     if len(children) == 1:

@@ -77,7 +77,8 @@ def check_ownership(generation: Path, allowed_uids: frozenset[int]) -> None:
             )
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise Refused(
-                f"{path} can be written by group or others (mode {stat.S_IMODE(st.st_mode):o}): refusing to restore"
+                f"{path} can be written by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
+                "refusing to restore"
             )
 
 

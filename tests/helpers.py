@@ -125,11 +125,13 @@ class Job:
             f"job {self.job_id} did not count to {at_least} in {timeout}s (at {self.count()})"
         )
 
-    def processes(self) -> list[psutil.Process]:
+    def processes(self, zombies: bool = False) -> list[psutil.Process]:
         found = []
         for proc in psutil.process_iter():
             try:
-                if os.getsid(proc.pid) == self.session_id and proc.status() != psutil.STATUS_ZOMBIE:
+                if os.getsid(proc.pid) == self.session_id and (
+                    zombies or proc.status() != psutil.STATUS_ZOMBIE
+                ):
                     found.append(proc)
             except (ProcessLookupError, psutil.NoSuchProcess):
                 pass
@@ -160,6 +162,29 @@ class Job:
         except subprocess.TimeoutExpired:
             self.leader.kill()
         wait_until_gone([p.pid for p in self.processes()])
+
+
+def start_restart(
+    args: Sequence[object], config: Path, stdout: IO[bytes] | int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """mom-restart as pbs_mom starts it: fork, setsid, execv (no shell), stdio on /dev/null, cwd /."""
+    return subprocess.Popen(
+        [str(installed("mom-restart")), *[str(a) for a in args]],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        cwd="/",
+        env={**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(config)},
+    )
+
+
+def crash(job: Job) -> None:
+    """The node loses the job: every process of its session killed at once, and gone (zombies too:
+    an unreaped zombie keeps its PID taken, and CRIU needs the image's PIDs)."""
+    pids = [p.pid for p in job.processes(zombies=True)]
+    job.stop()
+    wait_until_gone(pids)
 
 
 def wait_until_gone(pids: Sequence[int], timeout: float = 30) -> None:

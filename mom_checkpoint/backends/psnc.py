@@ -1,4 +1,4 @@
-"""PSNC's SGI Altix checkpointer, the seed's: ``chkpnt -q -p PID -od DIR``, ``resume -drp -cwd DIR -od DIR``."""
+"""PSNC's SGI Altix checkpointer (the seed's): ``chkpnt -q -p PID -od DIR``, ``resume -drp -cwd D -od D``."""
 
 from __future__ import annotations
 

@@ -78,7 +78,8 @@ def parse_restart_call(args: Sequence[str]) -> RestartCall:
         )
     if argv and argv[0][:1].isdigit():
         raise UsageError(
-            f"expected 6 arguments (SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME), got {len(argv)}"
+            "expected 6 arguments (SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME), "
+            f"got {len(argv)}"
         )
     options = build_parser().parse_args(list(argv))
     wanted = path_part("JOB_ID", options.job) if options.job is not None else None

@@ -162,7 +162,8 @@ def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Any)
     match = _GENERATION_PATH.fullmatch(relative)
     if pointer.job_id != call.job_id or match is None or match.group(2) != call.job_id:
         raise Refused(
-            f"the pointer {call.checkpoint_name} names {pointer.generation}, not a checkpoint of job {call.job_id} in {spool.root}"
+            f"the pointer {call.checkpoint_name} names {pointer.generation}, "
+            f"not a checkpoint of job {call.job_id} in {spool.root}"
         )
     if not target.is_dir():
         log.warning("restart.pointer_stale", path=str(target))
@@ -182,7 +183,8 @@ def _check_pids_free(manifest: Manifest) -> None:
     for process in manifest.processes:
         try:
             proc = psutil.Process(process.pid)
-            holder = f"{process.pid} (now {proc.name()}, user {proc.username()})"
+            zombie = ", a zombie not yet reaped" if proc.status() == psutil.STATUS_ZOMBIE else ""
+            holder = f"{process.pid} (now {proc.name()}{zombie}, user {proc.username()})"
         except psutil.NoSuchProcess:
             continue
         except psutil.Error:

@@ -1,0 +1,212 @@
+"""mom-restart on real CRIU, started the way pbs_mom starts $restart_script (fork, setsid, execv,
+stdio on /dev/null, cwd /)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+import psutil
+import pytest
+
+from tests.helpers import Job, Site, call_hook, crash, start_restart, verify_generation
+
+pytestmark = pytest.mark.usefixtures("criu")
+
+
+def counts(job: Job) -> list[int]:
+    """The numbers the application wrote (the job shell's own messages share the file)."""
+    return [int(line) for line in job.output.read_text().splitlines() if line.strip().isdigit()]
+
+
+def restart_args(site: Site, job: Job, checkpoint_args: list[object]) -> list[object]:
+    return [
+        job.session_id,
+        job.job_id,
+        site.user.name,
+        site.user.name,
+        checkpoint_args[4],
+        checkpoint_args[5],
+    ]
+
+
+def wait_for_pid_child(pid: int, timeout: float = 30) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = psutil.Process(pid).children()
+        if children:
+            return children[0]
+        time.sleep(0.05)
+    raise AssertionError(f"{pid} never got a child")
+
+
+@pytest.fixture
+def user_mode(site: Site) -> Site:
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    return site
+
+
+def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Site) -> None:
+    site = user_mode
+    job = site.start_job("601.head", app_env={"COUNTER_LIMIT": "120", "COUNTER_EXIT": "7"})
+    job.wait_count(10)
+    args = site.torque_args(job, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    checkpointed = counts(job)[-1]
+    crash(job)
+    job.output.write_text("")  # pbs_mom re-creates empty .OU/.ER files before a restart
+
+    restart = start_restart(restart_args(site, job, args), site.config)
+    app = wait_for_pid_child(restart.pid)
+    assert os.getsid(app.pid) == restart.pid, (
+        "the restored application must be in the restart process's session"
+    )
+    assert restart.wait(timeout=60) == 7, restart.stderr.read() if restart.stderr else ""
+    after = counts(job)
+    assert after[0] == checkpointed + 1, f"counting started over or skipped: {after[:3]} after {checkpointed}"
+    assert after == list(range(checkpointed + 1, 121))
+    events = [e["event"] for e in site.log_events()]
+    assert "restart.running" in events and "qalter.missing" in events
+
+
+def test_periodic_checkpoint_then_a_crash_with_output_that_grew(user_mode: Site) -> None:
+    site = user_mode
+    job = site.start_job("602.head", app_env={"COUNTER_LIMIT": "200", "COUNTER_EXIT": "3"})
+    job.wait_count(10)
+    before = job.count()
+    args = site.torque_args(job)
+    assert call_hook(args, site.config).returncode == 0
+    after_hook = job.count()
+    job.wait_count(after_hook + 20)  # the output file grows past its size in the image
+    crash(job)
+    crashed_at = counts(job)[-1]
+
+    restart = start_restart(restart_args(site, job, args), site.config)
+    assert restart.wait(timeout=90) == 3, restart.stderr.read() if restart.stderr else ""
+    numbers = counts(job)
+    assert numbers[:crashed_at] == list(range(1, crashed_at + 1)), "the output before the crash must stay"
+    resumed = numbers[crashed_at:]
+    assert before < resumed[0] <= after_hook + 1, (
+        f"resumed at {resumed[0]}, checkpoint taken at {before}..{after_hook}"
+    )
+    assert resumed == list(range(resumed[0], 201)), "the restored application must append to its output"
+
+
+def test_job_picks_the_newest_complete_generation_and_ignores_incoming(user_mode: Site) -> None:
+    site = user_mode
+    job = site.start_job("603.head", app_env={"COUNTER_LIMIT": "80"})
+    for _ in range(2):
+        assert call_hook(site.torque_args(job), site.config).returncode == 0
+    _older, newest = site.generations("603.head")
+    fake = newest.parent / ".incoming-zzzz"  # a copy that looks newer but was never published
+    shutil.copytree(newest, fake)
+    crash(job)
+
+    restart = start_restart(["--job", "603.head"], site.config)
+    assert restart.wait(timeout=90) == 0, restart.stderr.read() if restart.stderr else ""
+    started = [e for e in site.log_events() if e["event"] == "restart.start"]
+    assert started[-1]["path"] == str(newest)
+
+
+def test_image_refuses_a_tampered_or_incomplete_generation(user_mode: Site) -> None:
+    site = user_mode
+    job = site.start_job("604.head")
+    assert call_hook(site.torque_args(job, signal_number=15), site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    [generation] = site.generations("604.head")
+    manifest = verify_generation(generation)
+    biggest = max(manifest["files"], key=lambda f: f["size"])
+    victim = generation / biggest["path"]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+
+    restart = start_restart(["--image", generation], site.config)
+    assert restart.wait(timeout=60) == 65
+    assert restart.stderr is not None
+    message = restart.stderr.read().decode()
+    assert message.startswith("mom-restart: ") and biggest["path"] in message and "changed" in message
+    assert not job.processes() and not psutil.pid_exists(manifest["job"]["exec_pid"])
+
+    victim.unlink()
+    restart = start_restart(["--image", generation], site.config)
+    assert restart.wait(timeout=60) == 65
+    assert restart.stderr is not None and "missing" in restart.stderr.read().decode()
+    (generation / "manifest.json").unlink()
+    restart = start_restart(["--image", generation], site.config)
+    assert restart.wait(timeout=60) == 65
+
+
+def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -> None:
+    site = user_mode
+    job = site.start_job("605.head")
+    args = site.torque_args(job, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+
+    restart = start_restart(restart_args(site, job, args), site.config)
+    app = wait_for_pid_child(restart.pid)
+    time.sleep(0.5)
+    for proc in psutil.process_iter():  # qdel: SIGTERM to every process of the job's session
+        try:
+            if os.getsid(proc.pid) == restart.pid:
+                proc.send_signal(signal.SIGTERM)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    assert restart.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not psutil.pid_exists(app.pid) or psutil.Process(app.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_next_checkpoint_of_a_restarted_job_with_the_old_session_id(user_mode: Site) -> None:
+    site = user_mode
+    job = site.start_job("606.head")
+    args = site.torque_args(job, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    restart = start_restart(restart_args(site, job, args), site.config)
+    wait_for_pid_child(restart.pid)
+    try:
+        # pbs_mom keeps passing the old, dead SESSION_ID
+        again = call_hook(site.torque_args(job), site.config)
+        assert again.returncode == 0, again.stderr
+        newest = site.generations("606.head")[-1]
+        manifest = verify_generation(newest)
+        assert manifest["job"]["found_via"] == "restart-record"
+        assert manifest["job"]["session_id"] == restart.pid
+    finally:
+        restart.terminate()
+        restart.wait(timeout=30)
+    # once the restart process has ended, the hook says clearly that the job is gone
+    gone = call_hook(site.torque_args(job), site.config)
+    assert gone.returncode == 66 and "not running on this node" in gone.stderr
+
+
+def test_clear_failures_pid_in_use_unknown_job_missing_criu(user_mode: Site) -> None:
+    site = user_mode
+    job = site.start_job("607.head")
+    args = site.torque_args(job)
+    assert call_hook(args, site.config).returncode == 0  # --leave-running: the PIDs stay taken
+    restart = start_restart(restart_args(site, job, args), site.config)
+    assert restart.wait(timeout=60) == 75
+    assert restart.stderr is not None
+    message = restart.stderr.read().decode()
+    assert f"PID {job.exec_pid()} (now bash" in message and "in use" in message
+    assert job.is_running()
+
+    unknown = start_restart(["--job", "999.nowhere"], site.config)
+    assert unknown.wait(timeout=60) == 66
+    assert (
+        unknown.stderr is not None
+        and "999.nowhere has no complete checkpoint" in unknown.stderr.read().decode()
+    )
+
+    site.configure(**{"backends.criu.run_as": "job-user", "backends.criu.binary": "/nonexistent/criu"})
+    missing = start_restart(["--job", "607.head"], site.config)
+    assert missing.wait(timeout=60) == 69
+    assert missing.stderr is not None and "/nonexistent/criu" in missing.stderr.read().decode()

@@ -5,7 +5,10 @@
 2. pbs_mom's periodic checkpoint: the installed mom-checkpoint is called through /bin/sh with the 8
    TORQUE arguments, PATH=/bin:/usr/bin, stderr read back (SIGNAL 0: the job keeps running);
 3. the generation, its manifest and the pointer pbs_mom keeps are shown;
-4. qhold: SIGNAL 15 checkpoints the job again and ends it, only after the checkpoint is complete.
+4. qhold: SIGNAL 15 checkpoints the job again and ends it, only after the checkpoint is complete;
+5. pbs_mom's restart: mom-restart started as fork + setsid + execv with stdio on /dev/null brings the
+   job back from the newest complete generation; its count goes on from where it was, and the
+   application's exit status comes back as the restart program's.
 
 Run it with `make demo` (it installs what it needs first). Needs root, like pbs_mom.
 """
@@ -21,7 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import Site, User, call_hook, make_base, remove_base, verify_generation
+from tests.helpers import (
+    Site,
+    User,
+    call_hook,
+    crash,
+    make_base,
+    remove_base,
+    start_restart,
+    verify_generation,
+)
 
 
 def say(text: str) -> None:
@@ -45,7 +57,7 @@ def main() -> int:
         say(f"config ({site.config}):")
         print(site.config.read_text(), end="")
         say(f"a job as pbs_mom starts it: mom-checkpoint-run /bin/bash, as {user.name}")
-        job = site.start_job("42.demo")
+        job = site.start_job("42.demo", app_env={"COUNTER_LIMIT": "150", "COUNTER_EXIT": "7"})
         show(["ps", "-o", "pid,ppid,sid,user,args", "-s", str(job.session_id)])
         print(f"counting: {job.count()}")
 
@@ -79,14 +91,31 @@ def main() -> int:
         print(pointer.read_text(), end="")
 
         say("qhold: checkpoint and end the job (SIGNAL 15)")
-        result = call_hook(site.torque_args(job, signal_number=15), site.config)
+        hold_args = site.torque_args(job, signal_number=15)
+        result = call_hook(hold_args, site.config)
         print(f"exit status {result.returncode}, stderr {result.stderr!r}")
         job.wait_ended()
-        print(f"the job has ended at count {job.count()}; its generations:")
+        held_at = job.count()
+        print(f"the job has ended at count {held_at}; its generations:")
         for generation in site.generations("42.demo"):
             manifest = verify_generation(generation)
             frozen = manifest["times"]["frozen_s"]
             print(f"  {generation}  {manifest['total_bytes']} bytes, frozen {frozen:.3f}s, verified")
+        crash(job)  # the old job's processes are gone (CRIU needs their PIDs back)
+        job.output.write_text("")  # pbs_mom re-creates an empty .OU before a restart
+
+        say("restart, as pbs_mom runs $restart_script (fork, setsid, execv, stdio on /dev/null, cwd /)")
+        # pbs_mom passes the CHECKPOINT_DIR/CHECKPOINT_NAME of the job's last successful checkpoint
+        restart_args = [job.session_id, job.job_id, user.name, user.name, hold_args[4], hold_args[5]]
+        print("$ mom-restart " + " ".join(map(str, restart_args)))
+        restart = start_restart(restart_args, site.config)
+        status = restart.wait(timeout=120)
+        numbers = [line for line in job.output.read_text().split() if line.isdigit()]
+        print(f"the job ran on from count {numbers[0]} to {numbers[-1]} (checkpointed at {held_at})")
+        print(f"mom-restart exit status {status} (the application's own exit status: 7)")
+        if int(numbers[0]) != held_at + 1 or status != 7:
+            print("demo: the restarted job did not continue where it was", file=sys.stderr)
+            return 1
         say("the hook's log (JSON lines):")
         for event in site.log_events():
             print(f"  {event['timestamp']} {event['event']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.helpers import Site, call_hook, verify_generation
+from tests.helpers import Site, call_hook, crash, start_restart, verify_generation
 
 
 def test_psnc_runs_the_seeds_exact_command_line(site: Site) -> None:
@@ -69,3 +69,53 @@ def test_blcr_command_line_periodic_and_abort(site: Site) -> None:
     manifest = verify_generation(generations[-1])
     assert manifest["backend"]["ended_job"] is True
     assert [f["path"] for f in manifest["files"]] == [f"image/context.{exec_pid}"]
+
+
+def test_psnc_restore_runs_resume_with_the_seeds_command_line(site: Site) -> None:
+    site.configure(
+        backend="psnc",
+        **{
+            "backends.psnc.chkpnt": str(site.standin("chkpnt")),
+            "backends.psnc.resume": str(site.standin("resume")),
+        },
+    )
+    job = site.start_job("404.head", app_env={"COUNTER_LIMIT": "40", "COUNTER_EXIT": "4"})
+    assert call_hook(site.torque_args(job, signal_number=15), site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    [generation] = site.generations("404.head")
+    workdir = site.jobs_dir / "404.head"
+
+    out = site.base / "restart.out"
+    with open(out, "wb") as fh:
+        restart = start_restart(["--job", "404.head", "--cwd", str(workdir)], site.config, stdout=fh)
+        assert restart.wait(timeout=60) == 4, restart.stderr.read() if restart.stderr else ""
+    calls = [c for c in site.standin_calls() if c["prog"] == "resume"]
+    assert [c["argv"][1:] for c in calls] == [
+        ["-drp", "-cwd", str(workdir), "-od", str(generation / "image")]
+    ]
+    assert out.read_text().split()[-1] == "40"  # the program ran (the stand-in starts it over) to its end
+
+
+def test_blcr_restore_runs_cr_restart_on_the_context_file(site: Site) -> None:
+    site.configure(
+        backend="blcr",
+        **{
+            "backends.blcr.cr_checkpoint": str(site.standin("cr_checkpoint")),
+            "backends.blcr.cr_restart": str(site.standin("cr_restart")),
+        },
+    )
+    job = site.start_job("405.head", app_env={"COUNTER_LIMIT": "30", "COUNTER_EXIT": "6"})
+    exec_pid = job.exec_pid()
+    args = site.torque_args(job, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    [generation] = site.generations("405.head")
+
+    restart = start_restart(
+        [job.session_id, job.job_id, site.user.name, site.user.name, args[4], args[5]], site.config
+    )
+    assert restart.wait(timeout=60) == 6, restart.stderr.read() if restart.stderr else ""
+    calls = [c for c in site.standin_calls() if c["prog"] == "cr_restart"]
+    assert [c["argv"][1:] for c in calls] == [[str(generation / "image" / f"context.{exec_pid}")]]

@@ -63,6 +63,7 @@ class Config:
     several_children: Literal["fail", "oldest"] = "fail"
     space_margin: float = 1.2
     abort_grace_s: float = 10.0
+    qalter: str = "qalter"  # TORQUE's qalter, to mark restarted jobs (checkpoint_restart_status)
     backends: BackendsConfig = field(default_factory=BackendsConfig)
     source: str = field(default="(defaults)", compare=False)
 

@@ -75,6 +75,15 @@ RestartCall = TorqueRestart | SeedRestart
 
 def run(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
     """Restore the job and wait for it; return the application's exit status."""
+    try:
+        return _restart(call, config, env, log)
+    except Error as exc:
+        if call.job_id is not None:
+            _mark(call, call.job_id, f"Failed to restart job: {exc.message}", config, env, log)
+        raise
+
+
+def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
     spool = Spool(config.spool_dir)
     backend = backends.create(config, env)
     binary = backend.find_restore_binary()
@@ -106,14 +115,9 @@ def run(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
                 inherited=inherited,
                 timeout_s=config.timeout_s,
             )
-            try:
-                restored = backend.restore(binary, request)
-            except Error as exc:
-                log.error("restart.failed", error=exc.message, exit_status=int(exc.exit_status))
-                _mark(call, job_id, f"Failed to restart job: {exc.message}", env, log)
-                raise
+            restored = backend.restore(binary, request)
         log.info("restart.running", pid=restored.pid, command=restored.command)
-        _mark(call, job_id, "Successfully restarted job", env, log)
+        _mark(call, job_id, "Successfully restarted job", config, env, log)
         status = forwarder.wait(restored.pid)
     log.info("restart.ended", pid=restored.pid, exit_status=status)
     return status
@@ -289,14 +293,14 @@ class _Forwarder:
         return 128 - code if code < 0 else code
 
 
-def _mark(call: RestartCall, job_id: str, status: str, env: Environment, log: Any) -> None:
+def _mark(call: RestartCall, job_id: str, status: str, config: Config, env: Environment, log: Any) -> None:
     """TORQUE's sample restart script marks the job with checkpoint_restart_status through qalter."""
     if not isinstance(call, TorqueRestart):
         return
     try:
-        qalter = locate("qalter", "qalter")
+        qalter = locate(config.qalter, "qalter")
     except CheckpointerMissing:
-        log.info("qalter.missing", detail="qalter not found: checkpoint_restart_status not set")
+        log.info("qalter.missing", detail=f"{config.qalter} not found: checkpoint_restart_status not set")
         return
     completed = env.runner.run([qalter, "-W", f"checkpoint_restart_status={status}", job_id], timeout_s=30)
     log.info("qalter.done", exit_status=completed.returncode, stderr=completed.stderr.strip()[-200:])

@@ -3,6 +3,7 @@ stdio on /dev/null, cwd /)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -210,3 +211,52 @@ def test_clear_failures_pid_in_use_unknown_job_missing_criu(user_mode: Site) -> 
     missing = start_restart(["--job", "607.head"], site.config)
     assert missing.wait(timeout=60) == 69
     assert missing.stderr is not None and "/nonexistent/criu" in missing.stderr.read().decode()
+
+
+def test_pbs_mom_deleted_the_checkpoint_dir_and_qalter_marks_the_job(user_mode: Site) -> None:
+    site = user_mode
+    qalter = site.standin("qalter", QALTER_LOG=str(site.base / "qalter.log"))
+    site.configure(qalter=str(qalter), **{"backends.criu.run_as": "job-user"})
+    job = site.start_job("608.head", app_env={"COUNTER_LIMIT": "60"})
+    assert call_hook(site.torque_args(job), site.config).returncode == 0
+    args = site.torque_args(job, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    shutil.rmtree(str(args[4]))  # after a failed checkpoint pbs_mom removes the whole CHECKPOINT_DIR
+
+    restart = start_restart(restart_args(site, job, args), site.config)
+    assert restart.wait(timeout=90) == 0, restart.stderr.read() if restart.stderr else ""
+    started = [e for e in site.log_events() if e["event"] == "restart.start"]
+    assert started[-1]["path"] == str(site.generations("608.head")[-1])
+    marks = [json.loads(line) for line in (site.base / "qalter.log").read_text().splitlines()]
+    assert marks == [["-W", "checkpoint_restart_status=Successfully restarted job", "608.head"]]
+    # a failed restart is marked too, with the reason
+    (site.generations("608.head")[-1] / "manifest.json").unlink()
+    failed = start_restart(restart_args(site, job, args), site.config)
+    assert failed.wait(timeout=60) == 65
+    marks = [json.loads(line) for line in (site.base / "qalter.log").read_text().splitlines()]
+    assert marks[-1][0] == "-W" and marks[-1][2] == "608.head"
+    assert marks[-1][1].startswith("checkpoint_restart_status=Failed to restart job: ")
+    assert "no manifest" in marks[-1][1]
+
+
+def test_root_refuses_a_generation_another_user_can_write(site: Site) -> None:
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    job = site.start_job("609.head")
+    assert call_hook(site.torque_args(job, signal_number=15), site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    [generation] = site.generations("609.head")
+    generation.chmod(0o775)
+    restart = start_restart(["--job", "609.head"], site.config)
+    assert restart.wait(timeout=60) == 77
+    assert (
+        restart.stderr is not None and "can be written by group or others" in restart.stderr.read().decode()
+    )
+    generation.chmod(0o711)
+    os.chown(generation / "manifest.json", 4242, 4242)  # a stranger's file in the generation
+    restart = start_restart(["--job", "609.head"], site.config)
+    assert restart.wait(timeout=60) == 77
+    assert restart.stderr is not None and "belongs to uid 4242" in restart.stderr.read().decode()
+    assert not job.processes()

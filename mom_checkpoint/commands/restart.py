@@ -78,8 +78,7 @@ def run(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
     try:
         return _restart(call, config, env, log)
     except Error as exc:
-        if call.job_id is not None:
-            _mark(call, call.job_id, f"Failed to restart job: {exc.message}", config, env, log)
+        _mark(call, f"Failed to restart job: {exc.message}", config=config, env=env, log=log)
         raise
 
 
@@ -117,7 +116,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
             )
             restored = backend.restore(binary, request)
         log.info("restart.running", pid=restored.pid, command=restored.command)
-        _mark(call, job_id, "Successfully restarted job", config, env, log)
+        _mark(call, "Successfully restarted job", config=config, env=env, log=log)
         status = forwarder.wait(restored.pid)
     log.info("restart.ended", pid=restored.pid, exit_status=status)
     return status
@@ -293,7 +292,7 @@ class _Forwarder:
         return 128 - code if code < 0 else code
 
 
-def _mark(call: RestartCall, job_id: str, status: str, config: Config, env: Environment, log: Any) -> None:
+def _mark(call: RestartCall, status: str, *, config: Config, env: Environment, log: Any) -> None:
     """TORQUE's sample restart script marks the job with checkpoint_restart_status through qalter."""
     if not isinstance(call, TorqueRestart):
         return
@@ -302,5 +301,7 @@ def _mark(call: RestartCall, job_id: str, status: str, config: Config, env: Envi
     except CheckpointerMissing:
         log.info("qalter.missing", detail=f"{config.qalter} not found: checkpoint_restart_status not set")
         return
-    completed = env.runner.run([qalter, "-W", f"checkpoint_restart_status={status}", job_id], timeout_s=30)
+    completed = env.runner.run(
+        [qalter, "-W", f"checkpoint_restart_status={status}", call.job_id], timeout_s=30
+    )
     log.info("qalter.done", exit_status=completed.returncode, stderr=completed.stderr.strip()[-200:])

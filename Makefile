@@ -1,5 +1,5 @@
 # Everything a fresh machine needs, in the project's own files.
-#   make demo   a real job, started and checkpointed the way pbs_mom does it (CRIU)
+#   make demo   a real job checkpointed, ended and restarted the way pbs_mom does it (CRIU)
 #   make test   lint, type checks and the whole test suite (real CRIU included)
 # The system interpreter: jobs run as ordinary users and must be able to execute the installed
 # programs (mom-checkpoint-run is the job's own first process), so no interpreter under /root.
@@ -49,7 +49,7 @@ install:
 	$(PREFIX)/venv/bin/pip install -q .
 	install -d -m 0755 $(SBIN) /etc/mom-checkpoint
 	install -d -m 0711 /var/spool/checkpoint
-	for p in mom-checkpoint mom-checkpoint-run; do ln -sf $(PREFIX)/venv/bin/$$p $(SBIN)/$$p; done
+	for p in mom-checkpoint mom-restart mom-checkpoint-run; do ln -sf $(PREFIX)/venv/bin/$$p $(SBIN)/$$p; done
 	test -e /etc/mom-checkpoint/config.toml || install -m 0644 packaging/config.toml /etc/mom-checkpoint/config.toml
 
 clean:

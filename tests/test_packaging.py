@@ -24,6 +24,7 @@ def test_mom_priv_snippet_names_the_installed_programs() -> None:
     settings = dict(line.split(None, 1) for line in lines if line.startswith("$"))
     assert settings["$checkpoint_script"] == "/usr/local/sbin/mom-checkpoint"
     assert settings["$checkpoint_run_exe"] == "/usr/local/sbin/mom-checkpoint-run"
+    assert settings["$restart_script"] == "/usr/local/sbin/mom-restart"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    for program in ("mom-checkpoint", "mom-checkpoint-run"):
+    for program in ("mom-checkpoint", "mom-restart", "mom-checkpoint-run"):
         assert program in scripts

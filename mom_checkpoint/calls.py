@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from mom_checkpoint.errors import UsageError
 
@@ -75,20 +75,34 @@ class SeedCall:
 CheckpointCall = TorqueCall | SeedCall
 
 
+class TorqueJobArgs(TypedDict):
+    """The six arguments TORQUE gives both its checkpoint and its restart script."""
+
+    session_id: int
+    job_id: str
+    euser: str | None
+    egroup: str | None
+    checkpoint_dir: str | None
+    checkpoint_name: str | None
+
+
+def torque_job_args(args: Sequence[str]) -> TorqueJobArgs:
+    session, job_id, euser, egroup, ckdir, ckname = args
+    return TorqueJobArgs(
+        session_id=pid_arg("SESSION_ID", session),
+        job_id=path_part("JOB_ID", job_id),
+        euser=optional(name_arg, "EUSER", euser),
+        egroup=optional(name_arg, "EGROUP", egroup),
+        checkpoint_dir=optional(abs_path_arg, "CHECKPOINT_DIR", ckdir),
+        checkpoint_name=optional(path_part, "CHECKPOINT_NAME", ckname),
+    )
+
+
 def parse_checkpoint_call(argv: Sequence[str]) -> CheckpointCall:
     args = tuple(argv)
     if len(args) == 8:
-        session, job_id, euser, egroup, ckdir, ckname, sig, depth = args
         return TorqueCall(
-            session_id=pid_arg("SESSION_ID", session),
-            job_id=path_part("JOB_ID", job_id),
-            euser=optional(name_arg, "EUSER", euser),
-            egroup=optional(name_arg, "EGROUP", egroup),
-            checkpoint_dir=optional(abs_path_arg, "CHECKPOINT_DIR", ckdir),
-            checkpoint_name=optional(path_part, "CHECKPOINT_NAME", ckname),
-            signal=signal_arg(sig),
-            depth=depth_arg(depth),
-            argv=args,
+            **torque_job_args(args[:6]), signal=signal_arg(args[6]), depth=depth_arg(args[7]), argv=args
         )
     if len(args) == 2:
         return SeedCall(job_pid=pid_arg("JOB_PID", args[0]), job_id=path_part("JOB_ID", args[1]), argv=args)

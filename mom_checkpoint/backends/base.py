@@ -102,17 +102,17 @@ class Backend(ABC):
     def restore_command(self, binary: str, request: RestoreRequest) -> list[str]:
         """The restorer's exact command line."""
 
+    def as_configured_user(self, command: list[str], user: JobUser, capabilities: Sequence[str]) -> list[str]:
+        """The command as it runs: prefixed to drop to the job's user in job-user mode."""
+        return as_user(command, user, capabilities) if self.run_as == "job-user" else command
+
     def find_restore_binary(self) -> str:
         return locate(self.restore_binary(), f"backends.{self.name}")
 
     def restore(self, binary: str, request: RestoreRequest) -> Restored:
         """Start the restorer as a child that becomes the application (resume, cr_restart)."""
         command = self.restore_command(binary, request)
-        argv = (
-            as_user(command, request.user, self.restore_capabilities)
-            if self.run_as == "job-user"
-            else command
-        )
+        argv = self.as_configured_user(command, request.user, self.restore_capabilities)
         try:
             handle = subprocess.Popen(
                 argv,
@@ -142,9 +142,7 @@ class Backend(ABC):
 
     def checkpoint(self, binary: str, request: DumpRequest) -> DumpResult:
         command = self.dump_command(binary, request)
-        argv = (
-            as_user(command, request.user, self.dump_capabilities) if self.run_as == "job-user" else command
-        )
+        argv = self.as_configured_user(command, request.user, self.dump_capabilities)
         try:
             completed = self.env.runner.run(argv, timeout_s=request.timeout_s, on_start=request.on_start)
         except (FileNotFoundError, PermissionError) as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mom_checkpoint.backends.base import Backend, DumpRequest, Restored, RestoreRequest, as_user
+from mom_checkpoint.backends.base import Backend, DumpRequest, Restored, RestoreRequest
 from mom_checkpoint.environment import Completed
 from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, PidInUse, TimedOut
 
@@ -63,11 +63,7 @@ class CriuBackend(Backend):
     def restore(self, binary: str, request: RestoreRequest) -> Restored:
         """criu restore -d -S: CRIU returns once the tree runs, its root a child of this process."""
         command = self.restore_command(binary, request)
-        argv = (
-            as_user(command, request.user, self.restore_capabilities)
-            if self.run_as == "job-user"
-            else command
-        )
+        argv = self.as_configured_user(command, request.user, self.restore_capabilities)
         try:
             completed = self.env.runner.run(
                 argv,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from mom_checkpoint import __version__
-from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, run_program
+from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, main_for
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import Error
 from mom_checkpoint.status import ExitStatus
@@ -53,13 +52,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
-    env = env or Environment()
-    args = list(sys.argv[1:] if argv is None else argv)
-    loggers: list[Any] = []
-    try:
-        return run_program(PROG, lambda: _dispatch(args, env, loggers), env, loggers)
-    except SystemExit as exc:  # --help and --version
-        return int(exc.code or 0)
+    return main_for(PROG, _dispatch, argv, env)
 
 
 def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus:

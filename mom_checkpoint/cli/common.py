@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from mom_checkpoint.environment import Environment
@@ -47,3 +48,17 @@ class ArgumentParser(argparse.ArgumentParser):
 EXIT_STATUS_HELP = "exit status:\n" + "\n".join(
     f"  {status.value:>3}  {status.name.lower().replace('_', ' ')}" for status in ExitStatus
 )
+
+
+Dispatch = Callable[[list[str], Environment, list[Any]], ExitStatus | int]
+
+
+def main_for(prog: str, dispatch: Dispatch, argv: Sequence[str] | None, env: Environment | None) -> int:
+    """A program's main(): argv and the environment in, an exit status out (SystemExit for --help)."""
+    env = env or Environment()
+    args = list(sys.argv[1:] if argv is None else argv)
+    loggers: list[Any] = []  # filled by dispatch once the config says where to log
+    try:
+        return run_program(prog, lambda: dispatch(args, env, loggers), env, loggers)
+    except SystemExit as exc:  # --help and --version
+        return int(exc.code or 0)

@@ -8,13 +8,12 @@ pbs_mom execs it directly (no shell, no options), so the TORQUE form is position
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from mom_checkpoint import __version__
-from mom_checkpoint.calls import MISSING, abs_path_arg, name_arg, optional, path_part, pid_arg
-from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, run_program
+from mom_checkpoint.calls import MISSING, abs_path_arg, path_part, torque_job_args
+from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, main_for
 from mom_checkpoint.commands.restart import RestartCall, SeedRestart, TorqueRestart
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import Error, UsageError
@@ -66,16 +65,7 @@ def build_parser() -> ArgumentParser:
 def parse_restart_call(args: Sequence[str]) -> RestartCall:
     argv = tuple(args)
     if len(argv) == 6 and argv[0][:1].isdigit():
-        session, job_id, euser, egroup, ckdir, ckname = argv
-        return TorqueRestart(
-            session_id=pid_arg("SESSION_ID", session),
-            job_id=path_part("JOB_ID", job_id),
-            euser=optional(name_arg, "EUSER", euser),
-            egroup=optional(name_arg, "EGROUP", egroup),
-            checkpoint_dir=optional(abs_path_arg, "CHECKPOINT_DIR", ckdir),
-            checkpoint_name=optional(path_part, "CHECKPOINT_NAME", ckname),
-            argv=argv,
-        )
+        return TorqueRestart(**torque_job_args(argv), argv=argv)
     if argv and argv[0][:1].isdigit():
         raise UsageError(
             "expected 6 arguments (SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME), "
@@ -90,13 +80,7 @@ def parse_restart_call(args: Sequence[str]) -> RestartCall:
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
-    env = env or Environment()
-    args = list(sys.argv[1:] if argv is None else argv)
-    loggers: list[Any] = []
-    try:
-        return run_program(PROG, lambda: _dispatch(args, env, loggers), env, loggers)
-    except SystemExit as exc:  # --help and --version
-        return int(exc.code or 0)
+    return main_for(PROG, _dispatch, argv, env)
 
 
 def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:

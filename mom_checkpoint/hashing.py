@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,11 @@ class NotARegularFile(OSError):
     pass
 
 
-def digest_file(path: Path, *, fsync: bool = False) -> tuple[int, str]:
+Progress = Callable[[int], None]  # told the number of bytes just hashed
+CHUNK = 1 << 20
+
+
+def digest_file(path: Path, *, fsync: bool = False, progress: Progress | None = None) -> tuple[int, str]:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -34,7 +38,16 @@ def digest_file(path: Path, *, fsync: bool = False) -> tuple[int, str]:
             raise NotARegularFile(f"{path} is not a regular file")
         os.set_blocking(fd, True)
         with os.fdopen(os.dup(fd), "rb", buffering=0) as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            if progress is None:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            else:
+                hasher = hashlib.sha256()
+                buffer = bytearray(CHUNK)
+                view = memoryview(buffer)
+                while n := fh.readinto(buffer):
+                    hasher.update(view[:n])
+                    progress(n)
+                digest = hasher.hexdigest()
         if fsync:
             os.fsync(fd)
         return st.st_size, digest
@@ -42,11 +55,13 @@ def digest_file(path: Path, *, fsync: bool = False) -> tuple[int, str]:
         os.close(fd)
 
 
-def digest_files(base: Path, relpaths: Sequence[str], *, fsync: bool = False) -> list[ImageFile]:
+def digest_files(
+    base: Path, relpaths: Sequence[str], *, fsync: bool = False, progress: Progress | None = None
+) -> list[ImageFile]:
     """Hash (and optionally fsync) every file; threads overlap I/O and hashlib releases the GIL."""
 
     def one(rel: str) -> ImageFile:
-        size, digest = digest_file(base / rel, fsync=fsync)
+        size, digest = digest_file(base / rel, fsync=fsync, progress=progress)
         return ImageFile(rel, size, digest)
 
     workers = min(len(relpaths), os.cpu_count() or 1)

@@ -5,6 +5,7 @@ from enum import IntEnum
 
 class ExitStatus(IntEnum):
     OK = 0
+    CHECKS_FAILED = 1  # doctor: at least one check failed
     USAGE = 64  # wrong arguments: count, format, unsafe job id or name
     DATA_ERROR = 65  # an image or manifest that fails verification
     NO_PROCESS = 66  # the job's process does not exist or is not the job's

@@ -14,12 +14,18 @@ import stat
 from pathlib import Path
 
 from mom_checkpoint.errors import Refused, VerificationFailed
-from mom_checkpoint.hashing import NotARegularFile, digest_files
+from mom_checkpoint.hashing import NotARegularFile, Progress, digest_files
 from mom_checkpoint.manifest import Manifest, read
 from mom_checkpoint.storage import IMAGE, MANIFEST
 
 
-def verify(generation: Path, *, allowed_uids: frozenset[int], expected_job: str | None = None) -> Manifest:
+def verify(
+    generation: Path,
+    *,
+    allowed_uids: frozenset[int],
+    expected_job: str | None = None,
+    progress: Progress | None = None,
+) -> Manifest:
     """Check a generation folder completely; return its manifest."""
     check_ownership(generation, allowed_uids)
     manifest = read(generation / MANIFEST)
@@ -32,7 +38,7 @@ def verify(generation: Path, *, allowed_uids: frozenset[int], expected_job: str 
     if extra := sorted(present - listed):
         raise VerificationFailed(f"{generation}: image file not in the manifest: {extra[0]}")
     try:
-        digests = digest_files(generation, [f.path for f in manifest.files])
+        digests = digest_files(generation, [f.path for f in manifest.files], progress=progress)
     except NotARegularFile as exc:
         raise VerificationFailed(f"{generation}: {exc}") from None
     except OSError as exc:

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from mom_checkpoint import __version__
+from mom_checkpoint.cli.admin import COMMANDS, add_subcommands
 from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, main_for
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import Error
 from mom_checkpoint.status import ExitStatus
 
 PROG = "mom-checkpoint"
-SUBCOMMANDS: frozenset[str] = frozenset()
+SUBCOMMANDS: frozenset[str] = frozenset(COMMANDS)
 
 DESCRIPTION = """\
 Checkpoint a running TORQUE/PBS job. pbs_mom runs this program as $checkpoint_script:
@@ -45,9 +46,11 @@ def build_parser() -> ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage=f"{PROG} SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME SIGNAL DEPTH\n"
-        f"       {PROG} JOB_PID JOB_ID\n       {PROG} --version | --help",
+        f"       {PROG} JOB_PID JOB_ID\n       {PROG} list|show|verify|prune|doctor|config ...\n"
+        f"       {PROG} --version | --help",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    add_subcommands(parser)
     return parser
 
 
@@ -57,8 +60,12 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
 
 def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus:
     if not args or args[0].startswith("-") or args[0] in SUBCOMMANDS:
-        build_parser().parse_args(args)
-        build_parser().error("no job given")
+        options = build_parser().parse_args(args)
+        if options.command is None:
+            build_parser().error("no job and no command given")
+        from mom_checkpoint.cli import admin
+
+        return admin.dispatch(options, env)
     from mom_checkpoint import config as config_module
     from mom_checkpoint.calls import parse_checkpoint_call
     from mom_checkpoint.commands import checkpoint

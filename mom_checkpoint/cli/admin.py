@@ -1,0 +1,195 @@
+"""The admin and user subcommands of mom-checkpoint: arguments in, tables or JSON out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mom_checkpoint.cli.common import ArgumentParser
+from mom_checkpoint.cli.result import envelope
+from mom_checkpoint.environment import Environment
+from mom_checkpoint.errors import UsageError
+from mom_checkpoint.status import ExitStatus
+
+COMMANDS = ("list", "show", "verify", "prune", "doctor", "config")
+
+_EXAMPLES = {
+    "list": "examples:\n  mom-checkpoint list\n  mom-checkpoint list 42.head --json | jq '.data[].path'",
+    "show": "examples:\n  mom-checkpoint show 42.head\n  mom-checkpoint show /var/spool/checkpoint/4711.42.head/000003-20261124T193000Z",
+    "verify": "examples:\n  mom-checkpoint verify 42.head\n  mom-checkpoint verify /var/spool/checkpoint/4711.42.head/000003-20261124T193000Z",
+    "prune": "examples:\n  mom-checkpoint prune --dry-run\n  mom-checkpoint prune --older-than 7d\n  mom-checkpoint prune --job 42.head --keep 1",
+    "doctor": "examples:\n  mom-checkpoint doctor\n  mom-checkpoint doctor --mom-config /var/spool/torque/mom_priv/config",
+    "config": "examples:\n  mom-checkpoint config --print\n  MOM_CHECKPOINT_CONFIG=/tmp/new.toml mom-checkpoint config --print",
+}
+
+
+def add_subcommands(parser: ArgumentParser) -> None:
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", title="commands for administrators and users"
+    )
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help_text, description=description, epilog=_EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        if name != "config":
+            p.add_argument(
+                "--json", action="store_true", help="print a versioned JSON result instead of a table"
+            )
+        return p
+
+    p = command("list", "list job runs and generations", "Every job run and generation in the spool: job id, exec PID, "
+                "generation, time, age, size, backend and status (complete, incoming, stale, pruning, unpublished, "
+                "broken); the newest complete generation of each job is marked.")  # fmt: skip
+    p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="only this job")
+    p = command("show", "show a generation's manifest", "A generation's manifest in a readable form: the job, the "
+                "process tree, the checkpointer's command and timings, the image files.")  # fmt: skip
+    p.add_argument(
+        "target",
+        metavar="JOB_ID|GENERATION_DIR",
+        help="a job id (its newest complete generation) or a folder",
+    )
+    p = command("verify", "re-hash a generation against its manifest", "Check every image file's size and sha256 "
+                "against the manifest, as mom-restart does before restoring; exit 0 only if all match.")  # fmt: skip
+    p.add_argument(
+        "target",
+        metavar="JOB_ID|GENERATION_DIR",
+        help="a job id (its newest complete generation) or a folder",
+    )
+    p = command("prune", "remove old generations and leftovers", "Remove complete generations beyond --keep per job "
+                "(default: the config's keep) or older than --older-than, and stale incoming folders. The newest "
+                "complete generation of a job that still runs is kept unless --include-running.")  # fmt: skip
+    p.add_argument("--keep", type=int, metavar="N", help="complete generations to keep per job")
+    p.add_argument(
+        "--older-than", metavar="DURATION", help="remove generations older than this (90s, 30m, 12h, 7d, 2w)"
+    )
+    p.add_argument("--job", metavar="JOB_ID", help="only this job")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.add_argument(
+        "--include-running", action="store_true", help="may remove the newest generation of a running job"
+    )
+    p = command("doctor", "check this node's set-up", "Check the node: the config parses, the checkpointer is there "
+                "and works (criu check), which run_as modes the node supports, the spool's owner, mode and free "
+                "space, the log file, TORQUE's checkpoint roots, and that mom_priv/config names the installed "
+                "programs. One line a check with the fix; exit 1 if any check fails.")  # fmt: skip
+    p.add_argument("--mom-config", metavar="PATH", default=None,
+                   help="pbs_mom's config file (default /var/spool/torque/mom_priv/config)")  # fmt: skip
+    p = command("config", "print the effective configuration", "The configuration in effect, every default filled "
+                "in, as TOML (or JSON with --json).")  # fmt: skip
+    p.add_argument("--print", action="store_true", dest="print_config", required=True, help="print it")
+    p.add_argument("--json", action="store_true", help="print a versioned JSON result instead of TOML")
+
+
+def dispatch(options: argparse.Namespace, env: Environment) -> ExitStatus:
+    from mom_checkpoint import config as config_module
+
+    if options.command == "doctor":
+        return _doctor(options, env)
+    config = config_module.load(env.environ)
+    handler = {"list": _list, "show": _show, "verify": _verify, "prune": _prune, "config": _config}[
+        options.command
+    ]
+    result: ExitStatus = handler(options, config, env)
+    return result
+
+
+def _list(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+    from mom_checkpoint.commands import listing
+
+    entries = listing.run(config, options.job_id)
+    if options.json:
+        env.stdout.write(envelope("list", entries))
+    else:
+        from mom_checkpoint.cli import render
+
+        render.entries(entries, env.stdout, time.time())
+    return ExitStatus.OK
+
+
+def _show(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+    from mom_checkpoint.commands import show
+
+    path, manifest = show.run(config, options.target)
+    if options.json:
+        env.stdout.write(envelope("show", {"path": path, "manifest": manifest}))
+    else:
+        from mom_checkpoint.cli import render
+
+        render.manifest(path, manifest, env.stdout)
+    return ExitStatus.OK
+
+
+def _verify(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+    from mom_checkpoint.cli import render
+    from mom_checkpoint.commands import show, verify
+
+    path, manifest = show.run(config, options.target)
+    with render.progress(manifest.total_bytes, env.stderr, enabled=not options.json) as advance:
+        path, manifest = verify.run(config, str(path), progress=advance)
+    if options.json:
+        env.stdout.write(
+            envelope("verify", {"path": path, "files": len(manifest.files), "bytes": manifest.total_bytes})
+        )
+    else:
+        env.stdout.write(
+            f"{path}: all {len(manifest.files)} files match the manifest ({manifest.total_bytes} bytes)\n"
+        )
+    return ExitStatus.OK
+
+
+def _prune(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+    from mom_checkpoint.calls import path_part
+    from mom_checkpoint.commands import prune
+    from mom_checkpoint.retention import parse_duration
+
+    if options.keep is not None and options.keep < 1:
+        raise UsageError("--keep must be at least 1")
+    try:
+        older = parse_duration(options.older_than) if options.older_than is not None else None
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from None
+    job = path_part("--job", options.job) if options.job is not None else None
+    decisions = prune.run(
+        config, keep=options.keep, older_than_s=older, job_id=job, dry_run=options.dry_run,
+        include_running=options.include_running,
+    )  # fmt: skip
+    if options.json:
+        env.stdout.write(envelope("prune", {"dry_run": options.dry_run, "decisions": decisions}))
+    else:
+        from mom_checkpoint.cli import render
+
+        render.decisions(decisions, options.dry_run, env.stdout)
+    return ExitStatus.OK
+
+
+def _doctor(options: argparse.Namespace, env: Environment) -> ExitStatus:
+    from mom_checkpoint.commands import doctor
+
+    mom_config = options.mom_config or doctor.DEFAULT_MOM_CONFIG
+    checks = doctor.run(
+        env, mom_config, Path(sys.argv[0]).resolve().parent if sys.argv[0] else Path("/usr/sbin")
+    )
+    failed = [c for c in checks if not c.ok]
+    if options.json:
+        env.stdout.write(envelope("doctor", checks, ok=not failed))
+    else:
+        from mom_checkpoint.cli import render
+
+        render.checks(checks, env.stdout)
+    return ExitStatus.CHECKS_FAILED if failed else ExitStatus.OK
+
+
+def _config(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+    from mom_checkpoint.commands import configuration
+
+    if options.json:
+        env.stdout.write(
+            envelope("config", {"source": config.source, "config": configuration.as_dict(config)})
+        )
+    else:
+        env.stdout.write(configuration.to_toml(config))
+    return ExitStatus.OK

@@ -1,0 +1,115 @@
+"""Tables, trees and progress bars for people (rich and humanize: imported only by admin commands)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import humanize
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from mom_checkpoint.commands.doctor import Check
+from mom_checkpoint.commands.prune import Decision
+from mom_checkpoint.hashing import Progress
+from mom_checkpoint.inventory import Entry
+from mom_checkpoint.manifest import Manifest
+
+
+def _console(stream: TextIO) -> Console:
+    return Console(file=stream, highlight=False, soft_wrap=False, width=None if stream.isatty() else 200)
+
+
+def entries(items: Sequence[Entry], stream: TextIO, now: float) -> None:
+    table = Table("JOB", "EXEC PID", "GEN", "TIME (UTC)", "AGE", "SIZE", "BACKEND", "STATUS", "")
+    for e in items:
+        when = datetime.datetime.fromtimestamp(e.created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            e.job_id, str(e.exec_pid), str(e.number) if e.number is not None else "-", when,
+            humanize.naturaldelta(max(0.0, now - e.created)), humanize.naturalsize(e.size, binary=True),
+            e.backend or "-", e.status, "newest" if e.newest else (e.problem or ""),
+        )  # fmt: skip
+    _console(stream).print(table if items else "no checkpoints in the spool")
+
+
+def manifest(path: Path, m: Manifest, stream: TextIO) -> None:
+    console = _console(stream)
+    console.print(f"[bold]{path}[/bold]")
+    console.print(
+        f"job {m.job.id}  user {m.job.user} ({m.job.uid})  group {m.job.group}  session {m.job.session_id}  "
+        f"exec PID {m.job.exec_pid}  generation {m.generation.number}"
+    )
+    console.print(f"checkpointed on {m.host.name} (kernel {m.host.kernel}) by mom-checkpoint {m.tool.version}, "
+                  f"{m.call.convention} call, signal {m.call.signal}")  # fmt: skip
+    console.print(
+        f"backend {m.backend.name} {m.backend.version} as {m.backend.run_as}: {' '.join(m.backend.command)}"
+    )
+    t = m.times
+    frozen = f"{t.frozen_s:.3f}s" if t.frozen_s is not None else "not reported"
+    console.print(f"started {t.started}  dump {t.dump_s:.3f}s  frozen {frozen}  after the dump {t.post_dump_s:.3f}s  "
+                  f"total {t.total_s:.3f}s")  # fmt: skip
+    tree = Tree("processes")
+    nodes: dict[int, Tree] = {}
+    for p in m.processes:
+        label = f"{p.pid} {p.name}  uid {p.uid}  rss {humanize.naturalsize(p.rss, binary=True)}  {' '.join(p.cmdline)}"
+        files = [f"fd {fd.fd} -> {fd.target}" for fd in p.fds if fd.kind == "file"]
+        parent = nodes.get(p.ppid, tree)
+        nodes[p.pid] = parent.add(label + ("\n  " + "\n  ".join(files) if files else ""))
+    console.print(tree)
+    table = Table("FILE", "SIZE", "SHA256")
+    for f in m.files:
+        table.add_row(f.path, humanize.naturalsize(f.size, binary=True), f.sha256[:16] + "...")
+    console.print(table)
+    console.print(f"{len(m.files)} files, {humanize.naturalsize(m.total_bytes, binary=True)}")
+    if m.stats:
+        console.print("checkpointer stats: " + ", ".join(f"{k}={v}" for k, v in m.stats.items()))
+
+
+def checks(items: Sequence[Check], stream: TextIO) -> None:
+    for c in items:
+        mark = "ok  " if c.ok else "FAIL"
+        line = f"[{mark}] {c.name}: {c.detail}"
+        if not c.ok and c.fix:
+            line += f"\n       fix: {c.fix}"
+        stream.write(line + "\n")
+    failed = sum(not c.ok for c in items)
+    stream.write(
+        f"{len(items) - failed} passed, {failed} failed\n" if failed else f"all {len(items)} checks passed\n"
+    )
+
+
+def decisions(items: Sequence[Decision], dry_run: bool, stream: TextIO) -> None:
+    table = Table("ACTION", "JOB", "PATH", "STATUS", "REASON")
+    verb = "would remove" if dry_run else "removed"
+    for d in items:
+        table.add_row(
+            "keep" if d.keep else (verb if d.done else "kept"),
+            d.entry.job_id,
+            str(d.entry.path),
+            d.entry.status,
+            d.reason,
+        )
+    _console(stream).print(table if items else "nothing in the spool")
+    gone = sum(1 for d in items if not d.keep and d.done)
+    stream.write(
+        f"{gone} {'would be removed' if dry_run else 'removed'}, {sum(d.keep for d in items)} kept\n"
+    )
+
+
+@contextlib.contextmanager
+def progress(total: int, stream: TextIO, *, enabled: bool) -> Iterator[Progress | None]:
+    """A progress bar in bytes on a terminal; nothing otherwise."""
+    if not enabled or not stream.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, TransferSpeedColumn
+    from rich.progress import Progress as Bar
+
+    with Bar("verifying", BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
+             console=Console(file=stream), transient=True) as bar:  # fmt: skip
+        task = bar.add_task("verify", total=total)
+        yield lambda n: bar.advance(task, n)

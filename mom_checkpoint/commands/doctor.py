@@ -1,0 +1,215 @@
+"""``doctor``: is this node ready to checkpoint and restart jobs? One check a line, with the fix."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mom_checkpoint import config as config_module
+from mom_checkpoint.backends.base import locate
+from mom_checkpoint.config import Config
+from mom_checkpoint.environment import Environment
+from mom_checkpoint.errors import CheckpointerMissing, ConfigError
+from mom_checkpoint.log import open_log_file
+
+DEFAULT_MOM_CONFIG = "/var/spool/torque/mom_priv/config"
+CAP_SYS_RESOURCE = 24
+CAP_CHECKPOINT_RESTORE = 40
+MIN_FREE_BYTES = 256 * 1024 * 1024
+# what mom_priv/config must say, and which of our programs it must name
+MOM_LINES = {
+    "$checkpoint_script": "mom-checkpoint",
+    "$restart_script": "mom-restart",
+    "$checkpoint_run_exe": "mom-checkpoint-run",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def run(env: Environment, mom_config: str, programs_dir: Path) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        config = config_module.load(env.environ)
+        checks.append(Check("config", True, f"{config.source} parses"))
+    except ConfigError as exc:
+        path, _ = config_module.config_path(env.environ)
+        checks.append(
+            Check("config", False, exc.message, f"correct {path}; the other checks use the defaults")
+        )
+        config = Config()
+    checks += _backend(config, env)
+    checks += _privileges(config)
+    checks.append(_spool(config))
+    checks.append(_log_file(config))
+    checks += _torque_roots(config)
+    checks += _mom_config(mom_config, programs_dir)
+    return checks
+
+
+def _backend(config: Config, env: Environment) -> list[Check]:
+    from mom_checkpoint import backends
+
+    backend = backends.create(config, env)
+    key = f"backends.{config.backend}"
+    try:
+        binary = backend.find_binary()
+    except CheckpointerMissing as exc:
+        fix = "install CRIU >= 4 (scripts/install-criu.sh)" if config.backend == "criu" else f"set {key}"
+        return [Check(f"{config.backend} binary", False, exc.message, fix)]
+    checks = [Check(f"{config.backend} binary", True, binary)]
+    if config.backend == "criu":
+        version = backend.version(binary)
+        major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+        checks.append(
+            Check(
+                "criu version",
+                major >= 4,
+                version,
+                "" if major >= 4 else "install CRIU >= 4 (scripts/install-criu.sh)",
+            )
+        )
+        check = env.runner.run([binary, "check"], timeout_s=60)
+        said = (check.stdout + check.stderr).strip().splitlines()
+        detail = said[-1] if said else f"exit {check.returncode}"
+        checks.append(
+            Check(
+                "criu check",
+                check.returncode == 0,
+                detail,
+                "" if check.returncode == 0 else "see `criu check` output",
+            )
+        )
+    return checks
+
+
+def _privileges(config: Config) -> list[Check]:
+    """Which run_as modes this node supports, and whether the configured one is among them."""
+    effective = _capabilities("CapEff")
+    bounding = _capabilities("CapBnd")
+    kernel = tuple(int(p) for p in re.findall(r"\d+", os.uname().release)[:2])
+    root_ok = os.geteuid() == 0 and bool(effective & (1 << CAP_SYS_RESOURCE))
+    user_ok = kernel >= (5, 9) and bool(bounding & (1 << CAP_CHECKPOINT_RESTORE))
+    try:
+        locate("setpriv", "setpriv")
+    except CheckpointerMissing:
+        user_ok = False
+    modes = f"root mode {'yes' if root_ok else 'no'}, job-user mode {'yes' if user_ok else 'no'}"
+    if config.run_as == "root":
+        fix = (
+            ""
+            if root_ok
+            else 'root lacks CAP_SYS_RESOURCE here and cannot dump other users\' jobs: set run_as = "job-user"'
+        )
+        return [Check("run_as = root", root_ok, modes, fix)]
+    fix = (
+        ""
+        if user_ok
+        else 'needs kernel >= 5.9, CAP_CHECKPOINT_RESTORE and setpriv (util-linux): set run_as = "root"'
+    )
+    return [Check("run_as = job-user", user_ok, modes, fix)]
+
+
+def _capabilities(field: str) -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def _spool(config: Config) -> Check:
+    path = Path(config.spool_dir)
+    fix = f"install -d -m 0711 -o root -g root {path}"
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return Check("spool", False, f"{path} does not exist", fix)
+    if not stat.S_ISDIR(st.st_mode):
+        return Check("spool", False, f"{path} is not a folder (a symlink?)", fix)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != 0 or mode & 0o066:
+        return Check(
+            "spool",
+            False,
+            f"{path} is uid {st.st_uid} mode {mode:o}: must be root's, at most 0711",
+            f"chown root:root {path}; chmod 0711 {path}",
+        )
+    vfs = os.statvfs(path)
+    free = vfs.f_bavail * vfs.f_frsize
+    ok = free >= MIN_FREE_BYTES
+    return Check(
+        "spool",
+        ok,
+        f"{path} root's, mode {mode:o}, {free / 2**30:.1f} GiB free",
+        "" if ok else "free space in the spool",
+    )
+
+
+def _log_file(config: Config) -> Check:
+    if config.log_file == "syslog":
+        return Check("log", True, "syslog")
+    stream = open_log_file(config.log_file)
+    if stream is None:
+        return Check(
+            "log",
+            False,
+            f"{config.log_file} cannot be written",
+            'create its folder or set log_file = "syslog"',
+        )
+    stream.close()
+    return Check("log", True, f"{config.log_file} writable")
+
+
+def _torque_roots(config: Config) -> list[Check]:
+    checks = []
+    for root in config.torque_checkpoint_roots:
+        ok = Path(root).is_dir()
+        fix = (
+            ""
+            if ok
+            else "set torque_checkpoint_roots to pbs_mom's checkpoint folder (<torque home>/checkpoint)"
+        )
+        checks.append(Check("checkpoint root", ok, f"{root} {'exists' if ok else 'does not exist'}", fix))
+    return checks
+
+
+def _mom_config(path: str, programs_dir: Path) -> list[Check]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        return [Check("mom_priv/config", False, f"{path}: {exc.strerror}", "give its path with --mom-config")]
+    settings = _mom_settings(text)
+    checks = []
+    for key, program in MOM_LINES.items():
+        wanted = programs_dir / program
+        value = settings.get(key)
+        line = f"{key} {value}" if value else f"{key} missing"
+        if value is None:
+            checks.append(Check(key, False, f"{path}: {line}", f"add '{key} {wanted}' and restart pbs_mom"))
+            continue
+        same = os.path.exists(value) and os.path.realpath(value) == os.path.realpath(wanted)
+        fix = "" if same else f"set '{key} {wanted}' (the installed {program}) and restart pbs_mom"
+        checks.append(Check(key, same, f"{path}: {line}", fix))
+    return checks
+
+
+def _mom_settings(text: str) -> Mapping[str, str]:
+    settings = {}
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if len(words) == 2 and words[0].startswith("$"):
+            settings[words[0]] = words[1].strip()
+    return settings

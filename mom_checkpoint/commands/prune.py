@@ -1,0 +1,93 @@
+"""``prune``: remove old generations and leftovers, each job under its own lock."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mom_checkpoint import inventory, manifest, retention
+from mom_checkpoint.config import Config
+from mom_checkpoint.errors import Busy, VerificationFailed
+from mom_checkpoint.locking import job_lock, lock_dir
+from mom_checkpoint.retention import Candidate, Verdict
+from mom_checkpoint.storage import MANIFEST, Generation, Spool, remove_tree
+
+
+@dataclass(frozen=True)
+class Decision:
+    entry: inventory.Entry
+    keep: bool
+    reason: str
+    done: bool  # removed (or, with --dry-run, would be)
+
+
+def run(
+    config: Config,
+    *,
+    keep: int | None,
+    older_than_s: float | None,
+    job_id: str | None,
+    dry_run: bool,
+    include_running: bool = False,
+    now: float | None = None,
+) -> list[Decision]:
+    spool = Spool(config.spool_dir)
+    now = time.time() if now is None else now
+    if keep is None and older_than_s is None:
+        keep = config.keep
+    entries = {str(e.path): e for e in inventory.scan(spool, job_id)}
+    running = {
+        jid: _running(spool, jid, list(entries.values())) for jid in {e.job_id for e in entries.values()}
+    }
+    candidates = [
+        Candidate(key, e.job_id, e.status, e.number, now - e.created, running[e.job_id])
+        for key, e in entries.items()
+    ]
+    verdicts = retention.plan_prune(
+        candidates, keep=keep, older_than_s=older_than_s, include_running=include_running
+    )
+    decisions: list[Decision] = []
+    for job in sorted({v.item.job_id for v in verdicts}):
+        mine = [v for v in verdicts if v.item.job_id == job]
+        decisions += _apply(spool, job, mine, entries, dry_run)
+    return decisions
+
+
+def _apply(
+    spool: Spool,
+    job: str,
+    verdicts: list[Verdict[Candidate]],
+    entries: dict[str, inventory.Entry],
+    dry_run: bool,
+) -> list[Decision]:
+    doomed = [v for v in verdicts if not v.keep]
+    if dry_run or not doomed:
+        return [Decision(entries[v.item.key], v.keep, v.reason, not v.keep) for v in verdicts]
+    try:
+        with job_lock(lock_dir(spool.root), job, ["prune"]):
+            for verdict in doomed:
+                entry = entries[verdict.item.key]
+                if entry.status == "complete" and entry.number is not None:
+                    spool.drop(Generation(entry.path, entry.number, ""))
+                else:
+                    remove_tree(entry.path)
+            for run_dir in {entries[v.item.key].run_dir for v in doomed}:
+                spool.remove_if_empty(run_dir)
+    except Busy:
+        return [
+            Decision(entries[v.item.key], True, "a checkpoint of the job runs now: not touched", False)
+            for v in verdicts
+        ]
+    return [Decision(entries[v.item.key], v.keep, v.reason, not v.keep) for v in verdicts]
+
+
+def _running(spool: Spool, job_id: str, entries: list[inventory.Entry]) -> bool:
+    newest = [e for e in entries if e.job_id == job_id and e.newest]
+    if not newest:
+        return False
+    try:
+        record = manifest.read(Path(newest[0].path) / MANIFEST)
+    except VerificationFailed:
+        return False
+    return inventory.job_is_running(spool, job_id, record)

@@ -1,0 +1,16 @@
+"""``show JOB_ID|GENERATION_DIR``: a generation's manifest (read, not verified: see ``verify``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mom_checkpoint import manifest as manifest_module
+from mom_checkpoint.commands import targets
+from mom_checkpoint.config import Config
+from mom_checkpoint.manifest import Manifest
+from mom_checkpoint.storage import MANIFEST, Spool
+
+
+def run(config: Config, target: str) -> tuple[Path, Manifest]:
+    generation = targets.resolve(Spool(config.spool_dir), target)
+    return generation, manifest_module.read(generation / MANIFEST)

@@ -1,0 +1,163 @@
+"""What the spool holds: every job run and every folder in it, with its status.
+
+Statuses: ``complete`` (a published generation), ``incoming`` (being written by a checkpoint that
+holds the job's lock now), ``stale`` (an incoming folder whose writer is gone), ``pruning`` (left by an
+interrupted prune), ``unpublished`` (an image set aside after the job had ended), ``broken`` (a
+generation name without a readable manifest).
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import filelock
+
+from mom_checkpoint import sessions
+from mom_checkpoint.errors import VerificationFailed
+from mom_checkpoint.locking import LOCK_DIR
+from mom_checkpoint.manifest import Manifest, read
+from mom_checkpoint.storage import (
+    INCOMING_PREFIX,
+    KEPT_PREFIX,
+    MANIFEST,
+    PRUNING_PREFIX,
+    Spool,
+)
+
+Status = Literal["complete", "incoming", "stale", "pruning", "unpublished", "broken"]
+_RUN = re.compile(r"(\d+)\.(.+)")
+_GENERATION = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
+
+
+@dataclass(frozen=True)
+class Entry:
+    job_id: str
+    exec_pid: int
+    path: Path
+    status: Status
+    number: int | None
+    created: float  # seconds since the epoch
+    size: int
+    backend: str | None = None
+    newest: bool = False  # the job's newest complete generation
+    problem: str | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+
+def scan(spool: Spool, job_id: str | None = None) -> list[Entry]:
+    """Every folder of every job run (or of one job), sorted by job, then number/time."""
+    entries: list[Entry] = []
+    try:
+        runs = sorted(os.scandir(spool.root), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    for run in runs:
+        match = _RUN.fullmatch(run.name)
+        if not match or not run.is_dir(follow_symlinks=False):
+            continue
+        if job_id is not None and match.group(2) != job_id:
+            continue
+        entries += _scan_run(spool, Path(run.path), int(match.group(1)), match.group(2))
+    newest: dict[str, Entry] = {}
+    for entry in entries:
+        if entry.status == "complete" and entry.number is not None:
+            current = newest.get(entry.job_id)
+            if current is None or (current.number or 0) < entry.number:
+                newest[entry.job_id] = entry
+    marked = [Entry(**{**e.__dict__, "newest": True}) if newest.get(e.job_id) is e else e for e in entries]
+    return sorted(marked, key=lambda e: (e.job_id, e.number if e.number is not None else 1 << 62, e.created))
+
+
+def _scan_run(spool: Spool, run: Path, exec_pid: int, job_id: str) -> list[Entry]:
+    found = []
+    writing = _lock_held(spool, job_id)
+    for item in sorted(os.scandir(run), key=lambda e: e.name):
+        path = Path(item.path)
+        if not item.is_dir(follow_symlinks=False):
+            continue
+        match = _GENERATION.fullmatch(item.name)
+        if match:
+            number = int(match.group(1))
+            created = float(calendar.timegm(time.strptime(match.group(2), "%Y%m%dT%H%M%SZ")))
+            try:
+                manifest = read(path / MANIFEST)
+            except VerificationFailed as exc:
+                found.append(
+                    Entry(job_id, exec_pid, path, "broken", number, created, _du(path), problem=exc.message)
+                )
+                continue
+            found.append(
+                Entry(
+                    job_id,
+                    exec_pid,
+                    path,
+                    "complete",
+                    number,
+                    created,
+                    manifest.total_bytes,
+                    manifest.backend.name,
+                )
+            )
+            continue
+        status: Status | None = None
+        if item.name.startswith(INCOMING_PREFIX):
+            status = "incoming" if writing else "stale"
+        elif item.name.startswith(PRUNING_PREFIX):
+            status = "pruning"
+        elif item.name.startswith(KEPT_PREFIX):
+            status = "unpublished"
+        if status is not None:
+            found.append(
+                Entry(
+                    job_id, exec_pid, path, status, None, item.stat(follow_symlinks=False).st_mtime, _du(path)
+                )
+            )
+    return found
+
+
+def _lock_held(spool: Spool, job_id: str) -> bool:
+    """Whether a checkpoint of the job runs now (it holds the job's lock)."""
+    path = spool.root / LOCK_DIR / f"job-{job_id}.lock"
+    if not path.exists():
+        return False
+    lock = filelock.FileLock(str(path), timeout=0, mode=0o600)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def job_is_running(spool: Spool, job_id: str, manifest: Manifest) -> bool:
+    """Whether the job of this manifest still runs on this node: its exec PID with the same start
+    time, or a live restart process recorded for the job id."""
+    if sessions.lookup(spool.root, job_id) is not None:
+        return True
+    for process in manifest.processes[:1]:
+        from mom_checkpoint.discovery import process_start_time
+
+        start = process_start_time(process.pid)
+        if start is not None and abs(start - process.start_time) < 1.0:
+            return True
+    return False
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(path, followlinks=False):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total

@@ -9,6 +9,7 @@ generation name without a readable manifest).
 from __future__ import annotations
 
 import calendar
+import contextlib
 import os
 import re
 import time
@@ -156,8 +157,6 @@ def _du(path: Path) -> int:
     total = 0
     for dirpath, _dirnames, filenames in os.walk(path, followlinks=False):
         for name in filenames:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
     return total

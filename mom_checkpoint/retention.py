@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -104,7 +105,7 @@ def parse_duration(text: str) -> float:
         seconds = float(number) * (factor or 1)
     except ValueError:
         raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 12h, 7d, 2w)") from None
-    if seconds <= 0 or seconds != seconds:
+    if not seconds > 0 or math.isinf(seconds):  # also refuses NaN
         raise ValueError(f"a duration must be more than 0, got {text!r}")
     return seconds
 

@@ -16,72 +16,89 @@ from mom_checkpoint.status import ExitStatus
 
 COMMANDS = ("list", "show", "verify", "prune", "doctor", "config")
 
-_EXAMPLES = {
-    "list": "examples:\n  mom-checkpoint list\n  mom-checkpoint list 42.head --json | jq '.data[].path'",
-    "show": "examples:\n  mom-checkpoint show 42.head\n  mom-checkpoint show /var/spool/checkpoint/4711.42.head/000003-20261124T193000Z",
-    "verify": "examples:\n  mom-checkpoint verify 42.head\n  mom-checkpoint verify /var/spool/checkpoint/4711.42.head/000003-20261124T193000Z",
-    "prune": "examples:\n  mom-checkpoint prune --dry-run\n  mom-checkpoint prune --older-than 7d\n  mom-checkpoint prune --job 42.head --keep 1",
-    "doctor": "examples:\n  mom-checkpoint doctor\n  mom-checkpoint doctor --mom-config /var/spool/torque/mom_priv/config",
-    "config": "examples:\n  mom-checkpoint config --print\n  MOM_CHECKPOINT_CONFIG=/tmp/new.toml mom-checkpoint config --print",
+_GENERATION = "/var/spool/checkpoint/4711.42.head/000003-20261124T193000Z"
+# name: (one-line help, description, examples)
+_TEXTS = {
+    "list": (
+        "list job runs and generations",
+        "Every job run and generation in the spool: job id, exec PID, generation, time, age, size, backend "
+        "and status (complete, incoming, stale, pruning, unpublished, broken); the newest complete "
+        "generation of each job is marked.",
+        "mom-checkpoint list\n  mom-checkpoint list 42.head --json | jq '.data[].path'",
+    ),
+    "show": (
+        "show a generation's manifest",
+        "A generation's manifest in a readable form: the job, the process tree with its open files, the "
+        "checkpointer's command and timings, the image files.",
+        f"mom-checkpoint show 42.head\n  mom-checkpoint show {_GENERATION}",
+    ),
+    "verify": (
+        "re-hash a generation against its manifest",
+        "Check every image file's size and sha256 against the manifest, and that nobody else could have "
+        "written the generation, as mom-restart does before restoring; exit 0 only if all is well.",
+        f"mom-checkpoint verify 42.head\n  mom-checkpoint verify {_GENERATION}",
+    ),
+    "prune": (
+        "remove old generations and leftovers",
+        "Remove complete generations beyond --keep per job (default: the config's keep) or older than "
+        "--older-than, and stale incoming folders. The newest complete generation of a job that still "
+        "runs is kept unless --include-running. Every folder's line says why it goes or stays.",
+        "mom-checkpoint prune --dry-run\n  mom-checkpoint prune --older-than 7d\n"
+        "  mom-checkpoint prune --job 42.head --keep 1",
+    ),
+    "doctor": (
+        "check this node's set-up",
+        "Check the node: the config parses, the checkpointer is there and works (criu check), which run_as "
+        "modes the node supports, the spool's owner, mode and free space, the log file, TORQUE's "
+        "checkpoint roots, and that mom_priv/config names the installed programs. One line a check with "
+        "the fix; exit 1 if any check fails.",
+        "mom-checkpoint doctor\n  mom-checkpoint doctor --mom-config /var/spool/torque/mom_priv/config",
+    ),
+    "config": (
+        "print the effective configuration",
+        "The configuration in effect, every default filled in, as TOML (or JSON with --json).",
+        "mom-checkpoint config --print\n  MOM_CHECKPOINT_CONFIG=/tmp/new.toml mom-checkpoint config --print",
+    ),
 }
+TARGET = "JOB_ID|GENERATION_DIR"
+TARGET_HELP = "a job id (its newest complete generation) or a generation folder"
 
 
 def add_subcommands(parser: ArgumentParser) -> None:
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", title="commands for administrators and users"
     )
-
-    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name, help=help_text, description=description, epilog=_EXAMPLES[name],
+    made = {}
+    for name, (help_text, description, examples) in _TEXTS.items():
+        made[name] = sub.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=f"examples:\n  {examples}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
-        if name != "config":
-            p.add_argument(
-                "--json", action="store_true", help="print a versioned JSON result instead of a table"
-            )
-        return p
-
-    p = command("list", "list job runs and generations", "Every job run and generation in the spool: job id, exec PID, "
-                "generation, time, age, size, backend and status (complete, incoming, stale, pruning, unpublished, "
-                "broken); the newest complete generation of each job is marked.")  # fmt: skip
-    p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="only this job")
-    p = command("show", "show a generation's manifest", "A generation's manifest in a readable form: the job, the "
-                "process tree, the checkpointer's command and timings, the image files.")  # fmt: skip
-    p.add_argument(
-        "target",
-        metavar="JOB_ID|GENERATION_DIR",
-        help="a job id (its newest complete generation) or a folder",
+        )
+        made[name].add_argument("--json", action="store_true", help="print a versioned JSON result instead")
+    made["list"].add_argument("job_id", nargs="?", metavar="JOB_ID", help="only this job")
+    made["show"].add_argument("target", metavar=TARGET, help=TARGET_HELP)
+    made["verify"].add_argument("target", metavar=TARGET, help=TARGET_HELP)
+    prune = made["prune"]
+    prune.add_argument("--keep", type=int, metavar="N", help="complete generations to keep per job")
+    prune.add_argument(
+        "--older-than", metavar="DURATION", help="remove generations older than this (30m, 12h, 7d)"
     )
-    p = command("verify", "re-hash a generation against its manifest", "Check every image file's size and sha256 "
-                "against the manifest, as mom-restart does before restoring; exit 0 only if all match.")  # fmt: skip
-    p.add_argument(
-        "target",
-        metavar="JOB_ID|GENERATION_DIR",
-        help="a job id (its newest complete generation) or a folder",
+    prune.add_argument("--job", metavar="JOB_ID", help="only this job")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    prune.add_argument(
+        "--include-running", action="store_true", help="may remove a running job's newest generation"
     )
-    p = command("prune", "remove old generations and leftovers", "Remove complete generations beyond --keep per job "
-                "(default: the config's keep) or older than --older-than, and stale incoming folders. The newest "
-                "complete generation of a job that still runs is kept unless --include-running.")  # fmt: skip
-    p.add_argument("--keep", type=int, metavar="N", help="complete generations to keep per job")
-    p.add_argument(
-        "--older-than", metavar="DURATION", help="remove generations older than this (90s, 30m, 12h, 7d, 2w)"
+    made["doctor"].add_argument(
+        "--mom-config",
+        metavar="PATH",
+        help="pbs_mom's config file (default /var/spool/torque/mom_priv/config)",
     )
-    p.add_argument("--job", metavar="JOB_ID", help="only this job")
-    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
-    p.add_argument(
-        "--include-running", action="store_true", help="may remove the newest generation of a running job"
+    made["config"].add_argument(
+        "--print", action="store_true", dest="print_config", required=True, help="print it"
     )
-    p = command("doctor", "check this node's set-up", "Check the node: the config parses, the checkpointer is there "
-                "and works (criu check), which run_as modes the node supports, the spool's owner, mode and free "
-                "space, the log file, TORQUE's checkpoint roots, and that mom_priv/config names the installed "
-                "programs. One line a check with the fix; exit 1 if any check fails.")  # fmt: skip
-    p.add_argument("--mom-config", metavar="PATH", default=None,
-                   help="pbs_mom's config file (default /var/spool/torque/mom_priv/config)")  # fmt: skip
-    p = command("config", "print the effective configuration", "The configuration in effect, every default filled "
-                "in, as TOML (or JSON with --json).")  # fmt: skip
-    p.add_argument("--print", action="store_true", dest="print_config", required=True, help="print it")
-    p.add_argument("--json", action="store_true", help="print a versioned JSON result instead of TOML")
 
 
 def dispatch(options: argparse.Namespace, env: Environment) -> ExitStatus:

@@ -29,10 +29,16 @@ def entries(items: Sequence[Entry], stream: TextIO, now: float) -> None:
     for e in items:
         when = datetime.datetime.fromtimestamp(e.created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
-            e.job_id, str(e.exec_pid), str(e.number) if e.number is not None else "-", when,
-            humanize.naturaldelta(max(0.0, now - e.created)), humanize.naturalsize(e.size, binary=True),
-            e.backend or "-", e.status, "newest" if e.newest else (e.problem or ""),
-        )  # fmt: skip
+            e.job_id,
+            str(e.exec_pid),
+            str(e.number) if e.number is not None else "-",
+            when,
+            humanize.naturaldelta(max(0.0, now - e.created)),
+            humanize.naturalsize(e.size, binary=True),
+            e.backend or "-",
+            e.status,
+            "newest" if e.newest else (e.problem or ""),
+        )
     _console(stream).print(table if items else "no checkpoints in the spool")
 
 
@@ -43,19 +49,24 @@ def manifest(path: Path, m: Manifest, stream: TextIO) -> None:
         f"job {m.job.id}  user {m.job.user} ({m.job.uid})  group {m.job.group}  session {m.job.session_id}  "
         f"exec PID {m.job.exec_pid}  generation {m.generation.number}"
     )
-    console.print(f"checkpointed on {m.host.name} (kernel {m.host.kernel}) by mom-checkpoint {m.tool.version}, "
-                  f"{m.call.convention} call, signal {m.call.signal}")  # fmt: skip
+    console.print(
+        f"checkpointed on {m.host.name} (kernel {m.host.kernel}) by mom-checkpoint {m.tool.version}, "
+        f"{m.call.convention} call, signal {m.call.signal}"
+    )
     console.print(
         f"backend {m.backend.name} {m.backend.version} as {m.backend.run_as}: {' '.join(m.backend.command)}"
     )
     t = m.times
     frozen = f"{t.frozen_s:.3f}s" if t.frozen_s is not None else "not reported"
-    console.print(f"started {t.started}  dump {t.dump_s:.3f}s  frozen {frozen}  after the dump {t.post_dump_s:.3f}s  "
-                  f"total {t.total_s:.3f}s")  # fmt: skip
+    console.print(
+        f"started {t.started}  dump {t.dump_s:.3f}s  frozen {frozen}  after the dump {t.post_dump_s:.3f}s  "
+        f"total {t.total_s:.3f}s"
+    )
     tree = Tree("processes")
     nodes: dict[int, Tree] = {}
     for p in m.processes:
-        label = f"{p.pid} {p.name}  uid {p.uid}  rss {humanize.naturalsize(p.rss, binary=True)}  {' '.join(p.cmdline)}"
+        rss = humanize.naturalsize(p.rss, binary=True)
+        label = f"{p.pid} {p.name}  uid {p.uid}  rss {rss}  {' '.join(p.cmdline)}"
         files = [f"fd {fd.fd} -> {fd.target}" for fd in p.fds if fd.kind == "file"]
         parent = nodes.get(p.ppid, tree)
         nodes[p.pid] = parent.add(label + ("\n  " + "\n  ".join(files) if files else ""))
@@ -109,7 +120,13 @@ def progress(total: int, stream: TextIO, *, enabled: bool) -> Iterator[Progress 
     from rich.progress import BarColumn, DownloadColumn, TransferSpeedColumn
     from rich.progress import Progress as Bar
 
-    with Bar("verifying", BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
-             console=Console(file=stream), transient=True) as bar:  # fmt: skip
+    with Bar(
+        "verifying",
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        console=Console(file=stream),
+        transient=True,
+    ) as bar:
         task = bar.add_task("verify", total=total)
         yield lambda n: bar.advance(task, n)

@@ -13,12 +13,21 @@ RESULT_SCHEMA = 1
 
 
 def envelope(command: str, data: Any, *, ok: bool = True) -> str:
-    return json.dumps(
-        {"result_schema": RESULT_SCHEMA, "tool": "mom-checkpoint", "version": __version__,
-         "command": command, "ok": ok, "data": data},
-        indent=2,
-        default=_plain,
-    ) + "\n"  # fmt: skip
+    return (
+        json.dumps(
+            {
+                "result_schema": RESULT_SCHEMA,
+                "tool": "mom-checkpoint",
+                "version": __version__,
+                "command": command,
+                "ok": ok,
+                "data": data,
+            },
+            indent=2,
+            default=_plain,
+        )
+        + "\n"
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -105,11 +105,8 @@ def _privileges(config: Config) -> list[Check]:
         user_ok = False
     modes = f"root mode {'yes' if root_ok else 'no'}, job-user mode {'yes' if user_ok else 'no'}"
     if config.run_as == "root":
-        fix = (
-            ""
-            if root_ok
-            else 'root lacks CAP_SYS_RESOURCE here and cannot dump other users\' jobs: set run_as = "job-user"'
-        )
+        no_root = "root lacks CAP_SYS_RESOURCE here and cannot dump other users' jobs"
+        fix = "" if root_ok else f'{no_root}: set run_as = "job-user"'
         return [Check("run_as = root", root_ok, modes, fix)]
     fix = (
         ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -17,9 +18,7 @@ def run(config: Config, target: str, progress: Progress | None = None) -> tuple[
     generation = targets.resolve(Spool(config.spool_dir), target)
     allowed = {0, os.geteuid()}
     if config.run_as == "job-user":
-        try:
+        with contextlib.suppress(OSError):
             allowed.add((generation / IMAGE).lstat().st_uid)
-        except OSError:
-            pass
     manifest = verification.verify(generation, allowed_uids=frozenset(allowed), progress=progress)
     return generation, manifest

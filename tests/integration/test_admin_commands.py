@@ -1,0 +1,223 @@
+"""list, show, verify, prune, doctor and config through the installed mom-checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import filelock
+import pytest
+
+from tests.helpers import Site, call_hook, crash, installed, snapshot
+
+
+def admin(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/bin:/usr/bin", "MOM_CHECKPOINT_CONFIG": str(site.config)}
+    return subprocess.run(
+        [str(installed("mom-checkpoint")), *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def data(result: subprocess.CompletedProcess[str], command: str) -> Any:
+    assert result.returncode in (0, 1), result.stderr
+    envelope = json.loads(result.stdout)
+    assert envelope["result_schema"] == 1 and envelope["command"] == command
+    return envelope["data"]
+
+
+@pytest.fixture
+def spool_with_jobs(site: Site) -> Site:
+    """Two jobs: 801 still running with 3 generations and a stale incoming folder, 802 ended with 2."""
+    site.configure(keep=5, backend="psnc", **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))})
+    running = site.start_job("801.head")
+    ended = site.start_job("802.head")
+    for _ in range(3):
+        assert call_hook(site.torque_args(running), site.config).returncode == 0
+    for _ in range(2):
+        assert call_hook(site.torque_args(ended), site.config).returncode == 0
+    crash(ended)
+    (site.generations("801.head")[0].parent / ".incoming-leftover").mkdir(mode=0o700)
+    return site
+
+
+def test_list_marks_the_newest_and_the_stale(spool_with_jobs: Site) -> None:
+    site = spool_with_jobs
+    table = admin(site, "list")
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if "801.head" in line or "802.head" in line]
+    assert len(rows) == 6
+    assert sum("newest" in row for row in rows) == 2 and sum("stale" in row for row in rows) == 1
+    entries = data(admin(site, "list", "801.head", "--json"), "list")
+    assert [e["number"] for e in entries if e["status"] == "complete"] == [1, 2, 3]
+    assert [e["newest"] for e in entries if e["status"] == "complete"] == [False, False, True]
+    assert {e["status"] for e in entries} == {"complete", "stale"}
+    assert all(e["backend"] == "psnc" for e in entries if e["status"] == "complete")
+    unknown = admin(site, "list", "999.nowhere")
+    assert (
+        unknown.returncode == 66
+        and unknown.stderr == f"mom-checkpoint: job 999.nowhere has nothing in {site.spool}\n"
+    )
+
+
+def test_show_reads_the_manifest(spool_with_jobs: Site) -> None:
+    site = spool_with_jobs
+    newest = site.generations("801.head")[-1]
+    text = admin(site, "show", "801.head")
+    assert text.returncode == 0, text.stderr
+    manifest = json.loads((newest / "manifest.json").read_text())
+    assert str(newest) in text.stdout and "generation 3" in text.stdout
+    for process in manifest["processes"]:
+        assert f"{process['pid']} {process['name']}" in text.stdout
+    for image_file in manifest["files"]:
+        assert image_file["path"] in text.stdout
+    shown = data(admin(site, "show", str(newest), "--json"), "show")
+    assert shown["manifest"] == manifest and shown["path"] == str(newest)
+
+
+def test_verify_passes_then_catches_a_changed_file(spool_with_jobs: Site) -> None:
+    site = spool_with_jobs
+    good = admin(site, "verify", "801.head")
+    assert good.returncode == 0 and "all 2 files match" in good.stdout and good.stderr == ""
+    victim = next((site.generations("801.head")[-1] / "image").glob("ckpt.*.meta"))
+    victim.write_text(victim.read_text() + " ")
+    bad = admin(site, "verify", "801.head")
+    assert bad.returncode == 65
+    assert bad.stderr.startswith("mom-checkpoint: ") and victim.name in bad.stderr and bad.stdout == ""
+
+
+def test_verify_shows_a_progress_bar_only_on_a_terminal(spool_with_jobs: Site) -> None:
+    site = spool_with_jobs
+    controller, terminal = pty.openpty()
+    env = {
+        "PATH": "/bin:/usr/bin",
+        "MOM_CHECKPOINT_CONFIG": str(site.config),
+        "TERM": "xterm",
+        "COLUMNS": "100",
+    }
+    proc = subprocess.run(
+        [str(installed("mom-checkpoint")), "verify", "801.head"],
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    assert proc.returncode == 0
+    assert b"verifying" in seen and b"all 2 files match" in seen
+
+
+def test_prune_dry_run_changes_nothing_and_keep_protects_the_running_job(spool_with_jobs: Site) -> None:
+    site = spool_with_jobs
+    before = snapshot(site.base)
+    plan = data(admin(site, "prune", "--keep", "1", "--dry-run", "--json"), "prune")
+    assert snapshot(site.base) == before
+    assert plan["dry_run"] is True
+    going = {
+        (d["entry"]["job_id"], Path(d["entry"]["path"]).name[:9]) for d in plan["decisions"] if not d["keep"]
+    }
+    assert going == {
+        ("801.head", "000001-20"),
+        ("801.head", "000002-20"),
+        ("801.head", ".incoming"),
+        ("802.head", "000001-20"),
+    }
+    assert all(d["reason"] for d in plan["decisions"])
+
+    done = admin(site, "prune", "--keep", "1")
+    assert done.returncode == 0, done.stderr
+    assert [g.name[:6] for g in site.generations("801.head")] == ["000003"]
+    assert [g.name[:6] for g in site.generations("802.head")] == ["000002"]
+    assert site.incoming() == []
+
+
+def test_prune_older_than_keeps_only_a_running_jobs_newest(spool_with_jobs: Site) -> None:
+    site = spool_with_jobs
+    result = data(admin(site, "prune", "--older-than", "1s", "--json"), "prune")
+    kept = [d for d in result["decisions"] if d["keep"]]
+    assert [(d["entry"]["job_id"], d["reason"]) for d in kept] == [
+        ("801.head", "newest complete generation of a job that still runs")
+    ]
+    assert [g.name[:6] for g in site.generations("801.head")] == ["000003"]
+    assert site.generations("802.head") == []
+    assert not list(site.spool.glob("*.802.head")), "an emptied job-run folder is removed too"
+    admin(site, "prune", "--older-than", "1s", "--include-running")
+    assert site.generations("801.head") == []
+
+
+def test_prune_leaves_a_job_whose_checkpoint_is_running(spool_with_jobs: Site) -> None:
+    site = spool_with_jobs
+    with filelock.FileLock(str(site.spool / ".locks" / "job-802.head.lock")):
+        result = data(admin(site, "prune", "--keep", "1", "--json"), "prune")
+    untouched = [d for d in result["decisions"] if d["entry"]["job_id"] == "802.head"]
+    assert untouched and all(d["keep"] and "checkpoint of the job runs now" in d["reason"] for d in untouched)
+    assert len(site.generations("802.head")) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["prune", "--keep", "0"], "--keep must be at least 1"),
+        (["prune", "--older-than", "soon"], "not a duration"),
+        (["prune", "--job", "../x"], "not safe as a file name"),
+        (["show"], "the following arguments are required"),
+        (["frobnicate"], "expected 8 arguments"),
+    ],
+)
+def test_usage_errors(site: Site, args: list[str], words: str) -> None:
+    result = admin(site, *args)
+    assert result.returncode == 64
+    assert result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+
+
+def test_config_print_is_the_effective_config(site: Site) -> None:
+    site.configure(keep=4, **{"backends.criu.extra_args": ["--file-locks"]})
+    text = admin(site, "config", "--print")
+    assert text.returncode == 0
+    printed = tomllib.loads(text.stdout)
+    assert printed["keep"] == 4 and printed["max_concurrent"] == 2
+    assert printed["backends"]["criu"]["extra_args"] == ["--file-locks"]
+    assert data(admin(site, "config", "--print", "--json"), "config")["config"] == printed
+
+
+def test_doctor_passes_on_a_set_up_node_and_says_how_to_fix_the_rest(site: Site, criu: None) -> None:
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    programs = installed("mom-checkpoint").parent
+    mom_config = site.base / "mom_priv-config"
+    mom_config.write_text(
+        f"$pbsserver head\n$checkpoint_script {programs}/mom-checkpoint\n$restart_script {programs}/mom-restart\n"
+        f"$checkpoint_run_exe {programs}/mom-checkpoint-run\n"
+    )
+    good = admin(site, "doctor", "--mom-config", str(mom_config))
+    assert good.returncode == 0, good.stdout
+    assert good.stdout.splitlines()[-1].startswith("all ") and "[FAIL]" not in good.stdout
+    checks = data(admin(site, "doctor", "--mom-config", str(mom_config), "--json"), "doctor")
+    assert {c["name"] for c in checks} >= {
+        "config",
+        "criu binary",
+        "criu check",
+        "spool",
+        "log",
+        "$restart_script",
+    }
+
+    mom_config.write_text(f"$checkpoint_script {programs}/mom-checkpoint\n")
+    site.spool.chmod(0o755)
+    bad = admin(site, "doctor", "--mom-config", str(mom_config))
+    assert bad.returncode == 1
+    assert f"fix: add '$restart_script {programs}/mom-restart' and restart pbs_mom" in bad.stdout
+    assert "[FAIL] spool" in bad.stdout and f"chmod 0711 {site.spool}" in bad.stdout

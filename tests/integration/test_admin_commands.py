@@ -185,7 +185,8 @@ def test_usage_errors(site: Site, args: list[str], words: str) -> None:
 
 
 def test_config_print_is_the_effective_config(site: Site) -> None:
-    site.configure(keep=4, **{"backends.criu.extra_args": ["--file-locks"]})
+    extra: dict[str, Any] = {"backends.criu.extra_args": ["--file-locks"]}
+    site.configure(keep=4, **extra)
     text = admin(site, "config", "--print")
     assert text.returncode == 0
     printed = tomllib.loads(text.stdout)
@@ -199,8 +200,8 @@ def test_doctor_passes_on_a_set_up_node_and_says_how_to_fix_the_rest(site: Site,
     programs = installed("mom-checkpoint").parent
     mom_config = site.base / "mom_priv-config"
     mom_config.write_text(
-        f"$pbsserver head\n$checkpoint_script {programs}/mom-checkpoint\n$restart_script {programs}/mom-restart\n"
-        f"$checkpoint_run_exe {programs}/mom-checkpoint-run\n"
+        f"$pbsserver head\n$checkpoint_script {programs}/mom-checkpoint\n"
+        f"$restart_script {programs}/mom-restart\n$checkpoint_run_exe {programs}/mom-checkpoint-run\n"
     )
     good = admin(site, "doctor", "--mom-config", str(mom_config))
     assert good.returncode == 0, good.stdout

@@ -64,6 +64,7 @@ class Config:
     space_margin: float = 1.2
     abort_grace_s: float = 10.0
     qalter: str = "qalter"  # TORQUE's qalter, to mark restarted jobs (checkpoint_restart_status)
+    metrics_file: str = ""  # Prometheus textfile, e.g. /var/lib/prometheus/node-exporter/mom_checkpoint.prom
     backends: BackendsConfig = field(default_factory=BackendsConfig)
     source: str = field(default="(defaults)", compare=False)
 
@@ -125,6 +126,8 @@ def _check_values(config: Config, source: str) -> None:
         problems.append(("spool_dir", f"must be an absolute path below /, got {config.spool_dir!r}"))
     if config.log_file != "syslog" and not os.path.isabs(config.log_file):
         problems.append(("log_file", f'must be "syslog" or an absolute path, got {config.log_file!r}'))
+    if config.metrics_file and not os.path.isabs(config.metrics_file):
+        problems.append(("metrics_file", f"must be empty or an absolute path, got {config.metrics_file!r}"))
     for i, root in enumerate(config.torque_checkpoint_roots):
         if not os.path.isabs(root):
             problems.append((f"torque_checkpoint_roots[{i}]", f"must be an absolute path, got {root!r}"))

@@ -75,13 +75,26 @@ def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStat
     config = config_module.load(env.environ)
     log = make_logger(config.log_file, program=PROG)
     loggers.append(log)
+    started = env.monotonic()
     try:
         outcome = checkpoint.run(call, config, env, log)
     except Error as exc:
         log.error(
             "checkpoint.refused", job_id=call.job_id, error=exc.message, exit_status=int(exc.exit_status)
         )
+        reason = exc.exit_status.name.lower()
+        _metrics(config, env, log, ok=False, reason=reason, duration_s=env.monotonic() - started)
         raise
+    _metrics(
+        config,
+        env,
+        log,
+        ok=True,
+        reason="ok",
+        duration_s=env.monotonic() - started,
+        frozen_s=outcome.manifest.times.frozen_s,
+        size=outcome.manifest.total_bytes,
+    )
     times = outcome.manifest.times
     frozen = f", frozen {times.frozen_s:.3f}s" if times.frozen_s is not None else ""
     ended = f"; job ended ({len(outcome.ended)} processes)" if call.abort else ""
@@ -90,3 +103,28 @@ def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStat
         f"({outcome.manifest.total_bytes} bytes, dump {times.dump_s:.3f}s{frozen}){ended}\n"
     )
     return ExitStatus.OK
+
+
+def _metrics(
+    config: Any,
+    env: Environment,
+    log: Any,
+    *,
+    ok: bool,
+    reason: str,
+    duration_s: float,
+    frozen_s: float | None = None,
+    size: int = 0,
+) -> None:
+    """Update the Prometheus textfile, if configured; a metrics problem never fails the checkpoint."""
+    if not config.metrics_file:
+        return
+    from pathlib import Path
+
+    from mom_checkpoint import metrics
+
+    attempt = metrics.Attempt(config.backend, ok, reason, duration_s, frozen_s, size)
+    try:
+        metrics.record(Path(config.spool_dir), config.metrics_file, attempt, env.clock())
+    except Exception as exc:
+        log.warning("metrics.failed", error=repr(exc))

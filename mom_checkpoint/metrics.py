@@ -1,0 +1,123 @@
+"""Prometheus metrics in node_exporter's textfile-collector format (``metrics_file`` in the config).
+
+Each hook run is a new process, so the counters live in ``<spool>/.metrics.json``, updated under a
+lock; the textfile is rendered from them with prometheus_client and written atomically (temporary
+file, then rename), as the textfile collector requires. Metrics never fail a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from mom_checkpoint.locking import lock_dir
+from mom_checkpoint.storage import write_private
+
+STATE = ".metrics.json"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    backend: str
+    ok: bool
+    reason: str  # "ok" or the exit status name, e.g. "checkpointer_failed"
+    duration_s: float
+    frozen_s: float | None = None
+    bytes: int = 0
+
+
+def record(spool_root: Path, metrics_file: str, attempt: Attempt, now: float) -> None:
+    with filelock.FileLock(str(lock_dir(spool_root) / "metrics.lock"), timeout=10, mode=0o600):
+        state = _load(spool_root / STATE)
+        per = state.setdefault("backends", {}).setdefault(attempt.backend, {})
+        if attempt.ok:
+            per["checkpoints"] = per.get("checkpoints", 0) + 1
+            per["last_duration_s"] = attempt.duration_s
+            per["last_frozen_s"] = attempt.frozen_s
+            per["last_bytes"] = attempt.bytes
+            per["last_success"] = now
+        else:
+            failures = per.setdefault("failures", {})
+            failures[attempt.reason] = failures.get(attempt.reason, 0) + 1
+        tmp = spool_root / f".{STATE}.{os.getpid()}"
+        write_private(tmp, json.dumps(state))
+        os.replace(tmp, spool_root / STATE)
+        write(metrics_file, state, _spool_bytes(spool_root))
+
+
+def write(path: str, state: dict[str, Any], spool_bytes: int) -> None:
+    from prometheus_client import CollectorRegistry, write_to_textfile
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+    class Collector:
+        def collect(self) -> Iterator[Metric]:
+            done = CounterMetricFamily(
+                "mom_checkpoint_checkpoints", "Complete checkpoints on this node", labels=["backend"]
+            )
+            failed = CounterMetricFamily(
+                "mom_checkpoint_failures",
+                "Failed checkpoints on this node, by reason",
+                labels=["backend", "reason"],
+            )
+            duration = GaugeMetricFamily(
+                "mom_checkpoint_last_duration_seconds",
+                "Wall time of the last complete checkpoint",
+                labels=["backend"],
+            )
+            frozen = GaugeMetricFamily(
+                "mom_checkpoint_last_frozen_seconds",
+                "How long the job was stopped in the last complete checkpoint (checkpointer's figure)",
+                labels=["backend"],
+            )
+            size = GaugeMetricFamily(
+                "mom_checkpoint_last_bytes", "Image size of the last complete checkpoint", labels=["backend"]
+            )
+            success = GaugeMetricFamily(
+                "mom_checkpoint_last_success_timestamp_seconds",
+                "When the last checkpoint completed",
+                labels=["backend"],
+            )
+            for backend, per in sorted(state.get("backends", {}).items()):
+                done.add_metric([backend], per.get("checkpoints", 0))
+                for reason, count in sorted(per.get("failures", {}).items()):
+                    failed.add_metric([backend, reason], count)
+                if "last_success" in per:
+                    duration.add_metric([backend], per["last_duration_s"])
+                    if per.get("last_frozen_s") is not None:
+                        frozen.add_metric([backend], per["last_frozen_s"])
+                    size.add_metric([backend], per["last_bytes"])
+                    success.add_metric([backend], per["last_success"])
+            yield from (done, failed, duration, frozen, size, success)
+            yield GaugeMetricFamily(
+                "mom_checkpoint_spool_bytes", "Bytes in the checkpoint spool", value=spool_bytes
+            )
+
+    registry = CollectorRegistry()
+    registry.register(Collector())
+    write_to_textfile(path, registry)
+    os.chmod(path, 0o644)  # node_exporter reads it; it holds counts only
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _spool_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root, followlinks=False):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total

@@ -7,9 +7,9 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo pyth
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup venv criu test-user demo test lint typecheck install clean
+.PHONY: setup venv criu test-user demo test lint typecheck install clean man deb rpm packaging-tools
 
-setup: venv criu test-user
+setup: venv criu test-user packaging-tools
 
 venv: $(VENV)/.installed
 
@@ -54,3 +54,19 @@ install:
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Packages (docs/PACKAGING.md). Man pages into build/man, packages into dist/.
+man: venv
+	VENV=$(VENV) sh scripts/build-man.sh
+
+deb: venv
+	VENV=$(VENV) sh scripts/build-deb.sh
+
+rpm: venv packaging-tools
+	VENV=$(VENV) sh scripts/build-rpm.sh
+
+# What building and testing the packages needs beyond Debian's own dpkg-deb: rpmbuild (Debian's
+# rpm package) and logrotate (to check the logrotate entry).
+packaging-tools:
+	@command -v rpmbuild >/dev/null 2>&1 && command -v logrotate >/dev/null 2>&1 || \
+		sh scripts/apt-install.sh rpm logrotate

@@ -165,11 +165,15 @@ class Job:
 
 
 def start_restart(
-    args: Sequence[object], config: Path, stdout: IO[bytes] | int = subprocess.DEVNULL
+    args: Sequence[object],
+    config: Path,
+    stdout: IO[bytes] | int = subprocess.DEVNULL,
+    program: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """mom-restart as pbs_mom starts it: fork, setsid, execv (no shell), stdio on /dev/null, cwd /."""
+    """mom-restart (or ``program``) as pbs_mom starts it: fork, setsid, execv (no shell), stdio on
+    /dev/null, cwd /."""
     return subprocess.Popen(
-        [str(installed("mom-restart")), *[str(a) for a in args]],
+        [str(program or installed("mom-restart")), *[str(a) for a in args]],
         start_new_session=True,
         stdin=subprocess.DEVNULL,
         stdout=stdout,

@@ -51,6 +51,7 @@ class CriuBackend(Backend):
             "--shell-job",
             "--restore-detached",
             "--restore-sibling",
+            "--work-dir", str(request.workdir),  # logs, pid file and stats-restore: never into the image
             "--pidfile", str(request.workdir / PIDFILE),
             "--log-file", str(request.workdir / RESTORE_LOG),
         ]  # fmt: skip

@@ -69,6 +69,8 @@ def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Sit
     after = counts(job)
     assert after[0] == checkpointed + 1, f"counting started over or skipped: {after[:3]} after {checkpointed}"
     assert after == list(range(checkpointed + 1, 121))
+    [generation] = site.generations("601.head")
+    verify_generation(generation)  # a restore leaves the generation exactly as it was (restorable again)
     events = [e["event"] for e in site.log_events()]
     assert "restart.running" in events and "qalter.missing" in events
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from mom_checkpoint.status import ExitStatus
 COMMANDS = ("list", "show", "verify", "prune", "doctor", "config")
 
 _GENERATION = "/var/spool/checkpoint/4711.42.head/000003-20261124T193000Z"
-# name: (one-line help, description, examples)
+# name: (one-line help, description, examples, exit statuses beyond 64 usage and 78 config)
 _TEXTS = {
     "list": (
         "list job runs and generations",
@@ -25,18 +26,22 @@ _TEXTS = {
         "and status (complete, incoming, stale, pruning, unpublished, broken); the newest complete "
         "generation of each job is marked.",
         "mom-checkpoint list\n  mom-checkpoint list 42.head --json | jq '.data[].path'",
+        "0 listed (also when there is nothing to list)",
     ),
     "show": (
         "show a generation's manifest",
         "A generation's manifest in a readable form: the job, the process tree with its open files, the "
         "checkpointer's command and timings, the image files.",
         f"mom-checkpoint show 42.head\n  mom-checkpoint show {_GENERATION}",
+        "0 shown, 65 the manifest is unreadable or of an unknown schema, 66 no such job or generation",
     ),
     "verify": (
         "re-hash a generation against its manifest",
         "Check every image file's size and sha256 against the manifest, and that nobody else could have "
         "written the generation, as mom-restart does before restoring; exit 0 only if all is well.",
         f"mom-checkpoint verify 42.head\n  mom-checkpoint verify {_GENERATION}",
+        "0 every file matches, 65 a file is missing, extra or changed, 66 no such job or generation,\n"
+        "  77 a symlink or a folder another user could write",
     ),
     "prune": (
         "remove old generations and leftovers",
@@ -45,6 +50,7 @@ _TEXTS = {
         "runs is kept unless --include-running. Every folder's line says why it goes or stays.",
         "mom-checkpoint prune --dry-run\n  mom-checkpoint prune --older-than 7d\n"
         "  mom-checkpoint prune --job 42.head --keep 1",
+        "0 done (or, with --dry-run, planned); a job whose checkpoint is running is left alone",
     ),
     "doctor": (
         "check this node's set-up",
@@ -53,28 +59,31 @@ _TEXTS = {
         "checkpoint roots, and that mom_priv/config names the installed programs. One line a check with "
         "the fix; exit 1 if any check fails.",
         "mom-checkpoint doctor\n  mom-checkpoint doctor --mom-config /var/spool/torque/mom_priv/config",
+        "0 every check passed, 1 at least one failed",
     ),
     "config": (
         "print the effective configuration",
         "The configuration in effect, every default filled in, as TOML (or JSON with --json).",
         "mom-checkpoint config --print\n  MOM_CHECKPOINT_CONFIG=/tmp/new.toml mom-checkpoint config --print",
+        "0 printed",
     ),
 }
+COMMON_STATUSES = "64 usage error, 78 the config file is invalid or unsafe"
 TARGET = "JOB_ID|GENERATION_DIR"
 TARGET_HELP = "a job id (its newest complete generation) or a generation folder"
 
 
 def add_subcommands(parser: ArgumentParser) -> None:
     sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", title="commands for administrators and users"
+        dest="command", metavar="COMMAND", title="commands for administrators and users", prog=parser.prog
     )
     made = {}
-    for name, (help_text, description, examples) in _TEXTS.items():
+    for name, (help_text, description, examples, statuses) in _TEXTS.items():
         made[name] = sub.add_parser(
             name,
             help=help_text,
-            description=description,
-            epilog=f"examples:\n  {examples}",
+            description=textwrap.fill(description, 100),
+            epilog=f"examples:\n  {examples}\n\nexit status: {statuses};\n  {COMMON_STATUSES}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         made[name].add_argument("--json", action="store_true", help="print a versioned JSON result instead")

@@ -24,8 +24,10 @@ $(VENV)/.installed: pyproject.toml
 criu:
 	sh scripts/install-criu.sh
 
+# The ordinary user the test jobs run as, and sudo for the users' restart flow (mom-restart --own).
 test-user:
 	sh scripts/add-test-user.sh
+	@command -v sudo >/dev/null 2>&1 || sh scripts/apt-install.sh sudo
 
 demo: setup
 	$(BIN)/python scripts/demo.py

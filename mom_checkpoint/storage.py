@@ -112,6 +112,10 @@ class Spool:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
             return []
+        except PermissionError:
+            raise Refused(
+                f"the spool {self.root} can only be listed by root (users: through sudo, see the README)"
+            ) from None
         runs = []
         for entry in entries:
             match = _RUN.fullmatch(entry.name)

@@ -99,7 +99,8 @@ for page in "$work"/man/*.8; do
 done
 
 # 5. Documentation: copyright (the project's and every vendored library's), examples, the lines
-#    for pbs_mom's mom_priv/config with this package's paths.
+#    for pbs_mom's mom_priv/config and the (inactive) sudoers rule for users' restarts, with this
+#    package's paths.
 doc=$stage/usr/share/doc/mom-checkpoint
 install -d -m 0755 "$doc/examples"
 {
@@ -109,6 +110,7 @@ install -d -m 0755 "$doc/examples"
 install -m 0644 packaging/examples/* "$doc/examples/"
 sed 's#/usr/local/sbin/#/usr/sbin/#' packaging/mom_priv-config >"$doc/mom_priv-config"
 grep -q /usr/local/sbin "$doc/mom_priv-config" && die "mom_priv-config still names /usr/local/sbin"
+sed 's#/usr/local/sbin/#/usr/sbin/#' packaging/sudoers-mom-restart >"$doc/sudoers-mom-restart"
 gzip -9n <README.md >"$doc/README.md.gz"
 
 # 6. Byte code, so that no program compiles at start-up (as the job's user it could not save it).

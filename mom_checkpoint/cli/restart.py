@@ -29,6 +29,7 @@ signals are passed on to it, and its exit status is this program's.
   mom-restart SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME   ($restart_script)
   mom-restart --job JOB_ID [--cwd DIR]          the newest complete generation of JOB_ID
   mom-restart --image GENERATION_DIR [--cwd DIR]  that generation
+  sudo -n mom-restart --own --job JOB_ID ...      from a user's job script (see --own)
 
 The TORQUE form follows the pointer at CHECKPOINT_DIR/CHECKPOINT_NAME, or takes the job's newest
 complete generation when pbs_mom has deleted it. Every file is checked against the manifest's sha256
@@ -39,6 +40,7 @@ EPILOG = f"""\
 examples:
   mom-restart --job 42.head
   mom-restart --image /var/spool/checkpoint/4711.42.head/000003-20261124T193000Z --cwd $PBS_O_WORKDIR
+  sudo -n /usr/sbin/mom-restart --own --job 42.head --cwd "$PBS_O_WORKDIR"   (a user's job script)
 
 {EXIT_STATUS_HELP}
   other: the restored application's own exit status (128+N when a signal N ended it)
@@ -58,6 +60,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--cwd", metavar="DIR", help="working directory for the restore (the seed's resume -cwd)"
     )
+    parser.add_argument(
+        "--own",
+        action="store_true",
+        help="started through sudo from a user's job script: restore only a checkpoint of the user who "
+        "ran sudo (SUDO_UID), and use --cwd with that user's rights",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
@@ -76,7 +84,7 @@ def parse_restart_call(args: Sequence[str]) -> RestartCall:
     if options.image is not None and options.image == MISSING:
         raise UsageError("--image needs a generation folder")
     cwd = abs_path_arg("--cwd", options.cwd) if options.cwd is not None else None
-    return SeedRestart(job_id=wanted, image=options.image, cwd=cwd, argv=argv)
+    return SeedRestart(job_id=wanted, image=options.image, cwd=cwd, argv=argv, own=options.own)
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -34,6 +35,7 @@ from mom_checkpoint.errors import (
     PidInUse,
     Refused,
     StorageIOError,
+    UnknownUser,
 )
 from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
@@ -66,6 +68,7 @@ class SeedRestart:
     image: str | None  # --image: this generation folder
     cwd: str | None
     argv: tuple[str, ...]
+    own: bool = False  # through sudo from a user's job script: only the caller's own checkpoints
 
     convention = "seed"
 
@@ -83,6 +86,7 @@ def run(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
 
 
 def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
+    caller = _sudo_caller(call, env)
     spool = Spool(config.spool_dir)
     backend = backends.create(config, env)
     binary = backend.find_restore_binary()
@@ -96,11 +100,16 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
     log = log.bind(job_id=job_id, generation=manifest.generation.number, path=str(generation))
     if isinstance(call, TorqueRestart) and call.euser is not None and call.euser != manifest.job.user:
         raise Refused(f"{generation} is {manifest.job.user}'s checkpoint, not {call.euser}'s: refusing")
+    if caller is not None:
+        if manifest.job.uid != caller.uid:
+            raise Refused(f"{generation} is {manifest.job.user}'s checkpoint, not {caller.name}'s: refusing")
+        if call.cwd is not None:
+            _check_cwd(call.cwd, caller)
     if backend.name == "criu":
         _check_pids_free(manifest)
     user = JobUser(manifest.job.user, manifest.job.uid, manifest.job.gid)
     log.info("restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and caller is None:
         sessions.record(spool.root, job_id, os.getpid())  # the next checkpoint finds the job through us
     forwarder = _Forwarder()
     with forwarder, _workdir(user if config.run_as == "job-user" else None) as workdir:
@@ -172,6 +181,36 @@ def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Any)
         log.warning("restart.pointer_stale", path=str(target))
         return None
     return target
+
+
+def _sudo_caller(call: RestartCall, env: Environment) -> JobUser | None:
+    """With --own: the user who ran sudo (None when that is root, who may restart any job).
+
+    sudo sets SUDO_UID itself and a user cannot override it; without sudo (or not as root) --own
+    cannot know whom to restrict the restart to, so it refuses.
+    """
+    if not (isinstance(call, SeedRestart) and call.own):
+        return None
+    raw = env.environ.get("SUDO_UID", "")
+    if os.geteuid() != 0 or not raw.isdigit():
+        raise Refused("--own is for sudo: run it as sudo -n mom-restart --own ... (see the README)")
+    uid = int(raw)
+    if uid == 0:
+        return None
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        raise UnknownUser(f"SUDO_UID {uid} is not a user on this node") from None
+    return JobUser(entry.pw_name, uid, entry.pw_gid)
+
+
+def _check_cwd(cwd: str, user: JobUser) -> None:
+    """--own: the working directory must be one the calling user may enter."""
+    try:
+        with _as_user(user):
+            os.close(os.open(cwd, os.O_RDONLY | os.O_DIRECTORY))
+    except OSError as exc:
+        raise Refused(f"--cwd {cwd}: {exc.strerror} for {user.name}") from None
 
 
 def _owner_uid(generation: Path) -> int:

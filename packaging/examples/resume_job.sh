@@ -7,11 +7,14 @@
 #   qsub resume_job.sh
 #
 # No folder to look up by hand: mom-restart finds the image, checks it against its manifest and
-# stays in the foreground as the restored application until it ends.
+# stays in the foreground as the restored application until it ends; this job's exit status is the
+# application's. Restoring needs root, so this goes through sudo: the administrator installs the
+# rule in /usr/share/doc/mom-checkpoint/sudoers-mom-restart once per node, and --own restores only
+# checkpoints of the user who submits this job.
 #PBS -N resume_job
 #PBS -j oe
 
 # mom-restart is in /usr/sbin (packages) or /usr/local/sbin (make install): not on users' PATH.
 PATH=/usr/sbin:/usr/local/sbin:$PATH
 
-mom-restart --job JOB_ID --cwd "$PBS_O_WORKDIR"
+exec sudo -n mom-restart --own --job JOB_ID --cwd "$PBS_O_WORKDIR"

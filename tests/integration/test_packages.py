@@ -205,6 +205,9 @@ def test_installed_files(installed: Path) -> None:
     assert settings["$checkpoint_script"] == "/usr/sbin/mom-checkpoint"
     assert settings["$restart_script"] == "/usr/sbin/mom-restart"
     assert settings["$checkpoint_run_exe"] == "/usr/sbin/mom-checkpoint-run"
+    sudoers = (DOC / "sudoers-mom-restart").read_text()
+    assert "/usr/local/sbin" not in sudoers and "= /usr/sbin/mom-restart --own *" in sudoers
+    assert run(["visudo", "-cf", DOC / "sudoers-mom-restart"]).returncode == 0, "sudoers syntax"
     for example in ("checkpointable-job.sh", "run_job.sh", "resume_job.sh"):
         assert (DOC / "examples" / example).read_bytes() == (
             ROOT / "packaging" / "examples" / example
@@ -404,5 +407,5 @@ def test_example_jobs() -> None:
             assert directive in directives, name
         assert any(qsub in line for line in lines if line.startswith("#")), name
     resume = (examples / "resume_job.sh").read_text().splitlines()
-    assert 'mom-restart --job JOB_ID --cwd "$PBS_O_WORKDIR"' in resume
+    assert 'exec sudo -n mom-restart --own --job JOB_ID --cwd "$PBS_O_WORKDIR"' in resume
     assert any("JOB_ID" in line and "qsub printed" in line for line in resume if line.startswith("#"))

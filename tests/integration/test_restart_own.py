@@ -1,0 +1,133 @@
+"""The seed's restart flow from a user's own job script: ``sudo -n mom-restart --own --job JOB_ID``.
+
+The new job runs as the user; restoring needs root, so it goes through sudo with the rule that
+packaging/sudoers-mom-restart ships (installed here for the test, pointing at the program under test).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Job, Site, User, call_hook, crash, installed
+
+ROOT = Path(__file__).resolve().parents[2]
+SUDOERS = Path("/etc/sudoers.d/mom-checkpoint-test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture
+def sudo_rule() -> Iterator[Path]:
+    """The shipped rule with the program under test; the site's config reaches it through sudo
+    (test-only: the shipped rule keeps sudo's env_reset, so a user cannot choose root's config)."""
+    if shutil.which("visudo") is None:
+        if IN_CI:
+            pytest.fail("sudo is missing in CI (make test-user installs it)")
+        pytest.skip("sudo is missing (make test-user installs it)")
+    program = installed("mom-restart")
+    rule = (ROOT / "packaging" / "sudoers-mom-restart").read_text()
+    assert "/usr/local/sbin/mom-restart --own *" in rule
+    rule = rule.replace("/usr/local/sbin/mom-restart", str(program))
+    rule += f'Defaults!{program} env_keep += "MOM_CHECKPOINT_CONFIG"\n'
+    SUDOERS.write_text(rule)
+    SUDOERS.chmod(0o440)
+    try:
+        check = subprocess.run(["visudo", "-cf", str(SUDOERS)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        yield program
+    finally:
+        SUDOERS.unlink()
+
+
+def user_job(site: Site, user: User, command: str, workdir: Path) -> subprocess.Popen[str]:
+    """A new batch job of ``user`` whose script is ``command`` (its own session, like pbs_mom's)."""
+    return subprocess.Popen(
+        ["/bin/sh", "-c", command],
+        user=user.uid,
+        group=user.gid,
+        extra_groups=[],
+        start_new_session=True,
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PBS_O_WORKDIR": str(workdir),
+            "MOM_CHECKPOINT_CONFIG": str(site.config),
+        },
+    )
+
+
+def counts(job: Job) -> list[int]:
+    return [int(line) for line in job.output.read_text().splitlines() if line.strip().isdigit()]
+
+
+def session_once_counting(job: Job, pid: int, after: int, timeout: float = 30) -> int:
+    """The session of the restored application (CRIU gives it back its pid) once it counts past ``after``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if counts(job) and counts(job)[-1] > after:
+            return os.getsid(pid)
+        time.sleep(0.05)
+    raise AssertionError("the restored application never counted on")
+
+
+@pytest.mark.usefixtures("criu")
+def test_a_users_new_job_restarts_their_checkpointed_job(site: Site, sudo_rule: Path) -> None:
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    old = site.start_job("611.head", app_env={"COUNTER_LIMIT": "120", "COUNTER_EXIT": "9"})
+    app = old.app_pid()
+    assert call_hook(site.torque_args(old, signal_number=15), site.config).returncode == 0
+    old.wait_ended()
+    checkpointed = counts(old)[-1]
+    crash(old)
+
+    workdir = old.output.parent
+    new = user_job(
+        site, site.user, f'exec sudo -n {sudo_rule} --own --job 611.head --cwd "$PBS_O_WORKDIR"', workdir
+    )
+    assert session_once_counting(old, app, checkpointed) == new.pid, "the application is not in the new job"
+    _, err = new.communicate(timeout=120)
+    assert new.returncode == 9, err  # the new job ends with the application's own exit status
+    assert counts(old) == list(range(1, checkpointed + 1)) + list(range(checkpointed + 1, 121))
+
+
+def test_own_restores_only_the_callers_checkpoints(site: Site, root_user: User, sudo_rule: Path) -> None:
+    site.configure(
+        backend="psnc",
+        **{
+            "backends.psnc.chkpnt": str(site.standin("chkpnt")),
+            "backends.psnc.resume": str(site.standin("resume")),
+        },
+    )
+    theirs = site.start_job("612.head", user=root_user)
+    mine = site.start_job("613.head")
+    for job in (theirs, mine):
+        assert call_hook(site.torque_args(job), site.config).returncode == 0
+    workdir = mine.output.parent
+
+    def attempt(command: str) -> tuple[int, str]:
+        proc = user_job(site, site.user, command, workdir)
+        _, err = proc.communicate(timeout=60)
+        return proc.returncode, err
+
+    status, err = attempt(f"sudo -n {sudo_rule} --own --job 612.head")
+    assert status == 77 and "is root's checkpoint, not momtest's: refusing" in err, err
+    status, err = attempt(f"sudo -n {sudo_rule} --own --job 613.head --cwd /root")
+    assert status == 77 and "--cwd /root: Permission denied for momtest" in err, err
+    status, err = attempt(f"{sudo_rule} --own --job 613.head")
+    assert status == 77 and "--own is for sudo" in err, err
+    status, err = attempt(f"{sudo_rule} --job 613.head")
+    assert status == 77 and "can only be listed by root" in err, err
+    assert err.count("\n") == 1, err
+    status, err = attempt(f"sudo -n {sudo_rule} --job 612.head")  # the rule demands --own
+    assert status == 1 and "password is required" in err, err
+    assert not [c for c in site.standin_calls() if c["prog"] == "resume"], "something was restored"

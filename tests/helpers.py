@@ -326,8 +326,22 @@ class Site:
         return job
 
     def stop_jobs(self) -> None:
+        """End every job of the test, restored ones too (those live in their restart's session, which
+        pbs_mom would kill when the restart process ends): anything still writing under this site."""
         for job in self._jobs:
             job.stop()
+        leftovers = []
+        for proc in psutil.process_iter(["cwd"]):
+            paths = [proc.info["cwd"] or ""]
+            with contextlib.suppress(psutil.Error):
+                paths += [f.path for f in proc.open_files()]
+            if proc.pid != os.getpid() and any(path.startswith(f"{self.base}/") for path in paths):
+                # os.kill, not proc.kill(): psutil may take a restored process (same pid, new start
+                # time) for a reused pid and refuse
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    leftovers.append(proc.pid)
+        wait_until_gone(leftovers)
 
     # -- what is on disk -------------------------------------------------------------------------------
     def generations(self, job_id: str) -> list[Path]:

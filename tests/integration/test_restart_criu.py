@@ -3,10 +3,12 @@ stdio on /dev/null, cwd /)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 
 import psutil
@@ -33,14 +35,15 @@ def restart_args(site: Site, job: Job, checkpoint_args: list[object]) -> list[ob
     ]
 
 
-def wait_for_pid_child(pid: int, timeout: float = 30) -> psutil.Process:
+def wait_restored(restart: subprocess.Popen[bytes], pids: list[int], timeout: float = 30) -> None:
+    """Wait until CRIU has given these pids back (the job's exec PID first, a child of the restart
+    process) and check that they run in the restart process's session, which pbs_mom tracks."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children = psutil.Process(pid).children()
-        if children:
-            return children[0]
+    while not all(psutil.pid_exists(pid) for pid in pids):
+        assert time.monotonic() < deadline and restart.poll() is None, "the job was not restored"
         time.sleep(0.05)
-    raise AssertionError(f"{pid} never got a child")
+    assert psutil.Process(pids[0]).ppid() == restart.pid
+    assert {os.getsid(pid) for pid in pids} == {restart.pid}, "the job must be in the restart's session"
 
 
 @pytest.fixture
@@ -53,6 +56,7 @@ def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Sit
     site = user_mode
     job = site.start_job("601.head", app_env={"COUNTER_LIMIT": "120", "COUNTER_EXIT": "7"})
     job.wait_count(10)
+    restored = [job.exec_pid(), job.app_pid()]
     args = site.torque_args(job, signal_number=15)
     assert call_hook(args, site.config).returncode == 0
     job.wait_ended()
@@ -61,10 +65,7 @@ def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Sit
     job.output.write_text("")  # pbs_mom re-creates empty .OU/.ER files before a restart
 
     restart = start_restart(restart_args(site, job, args), site.config)
-    app = wait_for_pid_child(restart.pid)
-    assert os.getsid(app.pid) == restart.pid, (
-        "the restored application must be in the restart process's session"
-    )
+    wait_restored(restart, restored)
     assert restart.wait(timeout=60) == 7, restart.stderr.read() if restart.stderr else ""
     after = counts(job)
     assert after[0] == checkpointed + 1, f"counting started over or skipped: {after[:3]} after {checkpointed}"
@@ -147,33 +148,42 @@ def test_image_refuses_a_tampered_or_incomplete_generation(user_mode: Site) -> N
 def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -> None:
     site = user_mode
     job = site.start_job("605.head")
+    restored = [job.exec_pid(), job.app_pid()]  # CRIU gives them back their pids
     args = site.torque_args(job, signal_number=15)
     assert call_hook(args, site.config).returncode == 0
     job.wait_ended()
     crash(job)
 
     restart = start_restart(restart_args(site, job, args), site.config)
-    app = wait_for_pid_child(restart.pid)
-    time.sleep(0.5)
-    for proc in psutil.process_iter():  # qdel: SIGTERM to every process of the job's session
-        try:
-            if os.getsid(proc.pid) == restart.pid:
-                proc.send_signal(signal.SIGTERM)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
+    wait_restored(restart, restored)
+    for pid in psutil.pids():  # qdel: SIGTERM to every process of the job's session
+        with contextlib.suppress(ProcessLookupError):
+            if os.getsid(pid) == restart.pid:
+                os.kill(pid, signal.SIGTERM)  # (psutil would take a restored pid for a reused one)
     assert restart.wait(timeout=30) == 128 + signal.SIGTERM
-    assert not psutil.pid_exists(app.pid) or psutil.Process(app.pid).status() == psutil.STATUS_ZOMBIE
+    deadline = time.monotonic() + 10
+    while running := [pid for pid in restored if _running(pid)]:  # a zombie waits for init to reap it
+        assert time.monotonic() < deadline, f"restored processes {running} survived the SIGTERM"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_next_checkpoint_of_a_restarted_job_with_the_old_session_id(user_mode: Site) -> None:
     site = user_mode
     job = site.start_job("606.head")
+    restored = [job.exec_pid(), job.app_pid()]
     args = site.torque_args(job, signal_number=15)
     assert call_hook(args, site.config).returncode == 0
     job.wait_ended()
     crash(job)
     restart = start_restart(restart_args(site, job, args), site.config)
-    wait_for_pid_child(restart.pid)
+    wait_restored(restart, restored)
     try:
         # pbs_mom keeps passing the old, dead SESSION_ID
         again = call_hook(site.torque_args(job), site.config)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from mom_checkpoint.errors import NoSuchProcess, Refused, StorageIOError
+from mom_checkpoint.records import RecordError, build
 from mom_checkpoint.storage import storage_error
 
 POINTER_KIND = "mom-checkpoint pointer"
@@ -106,6 +107,6 @@ def read_pointer(path: str, dir_fd: int | None = None) -> Pointer:
     if not isinstance(data, dict) or data.get("kind") != POINTER_KIND:
         raise StorageIOError(f"{path} is not a mom-checkpoint pointer")
     try:
-        return Pointer(**data)
-    except TypeError as exc:
+        return build(Pointer, data)
+    except RecordError as exc:
         raise StorageIOError(f"{path}: bad pointer: {exc}") from None

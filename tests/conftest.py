@@ -12,10 +12,16 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.helpers import TEST_USER, Site, User, make_base, remove_base
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# The test suite's fuzzing; `make reliability` runs HYPOTHESIS_PROFILE=reliability (many more examples).
+settings.register_profile("default", max_examples=200, deadline=None)
+settings.register_profile("reliability", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def _unavailable(reason: str) -> None:

@@ -373,6 +373,29 @@ def snapshot(
     return state
 
 
+def assert_refused(
+    site: Site,
+    args: Sequence[object],
+    status: int,
+    words: str,
+    *,
+    direct: bool = False,
+    program: str = "mom-checkpoint",
+) -> str:
+    """The call is refused with ``status``, one stderr line containing ``words``, and nothing on disk
+    changed. ``direct``: exactly these arguments, no shell in between (pbs_mom's popen splits them)."""
+    before = snapshot(site.base)
+    if direct:
+        result = call_direct([str(a) for a in args], site.config, program=program)
+    else:
+        result = call_hook(args, site.config, program=program)
+    assert result.returncode == status, f"{result.argv}: {result.returncode}: {result.stderr}"
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"{program}: "), result.stderr
+    assert words in result.stderr, result.stderr
+    assert snapshot(site.base) == before, "the refusal changed something on disk"
+    return result.stderr
+
+
 def verify_generation(generation: Path) -> dict[str, Any]:
     """Check a generation against its manifest by hashing every file: return the manifest."""
     import hashlib

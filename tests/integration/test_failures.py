@@ -12,17 +12,7 @@ from pathlib import Path
 import filelock
 import pytest
 
-from tests.helpers import Site, User, call_direct, call_hook, installed, snapshot, wait_until_gone
-
-
-def assert_refused(site: Site, args: list[object], status: int, words: str, *, direct: bool = False) -> str:
-    before = snapshot(site.base)
-    result = call_direct([str(a) for a in args], site.config) if direct else call_hook(args, site.config)
-    assert result.returncode == status, result.stderr
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("mom-checkpoint: "), result.stderr
-    assert words in result.stderr, result.stderr
-    assert snapshot(site.base) == before, "the refusal changed something on disk"
-    return result.stderr
+from tests.helpers import Site, User, assert_refused, call_hook, installed, wait_until_gone
 
 
 @pytest.fixture

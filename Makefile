@@ -7,7 +7,7 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo pyth
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup venv criu test-user demo test lint typecheck install clean man deb rpm packaging-tools
+.PHONY: setup venv criu test-user demo test lint typecheck install clean man deb rpm packaging-tools reliability
 
 setup: venv criu test-user packaging-tools
 
@@ -41,6 +41,10 @@ typecheck: venv
 
 test: setup lint typecheck
 	$(BIN)/pytest
+
+# Every fault and abuse scenario many times, and long fuzzing: writes docs/RELIABILITY.md.
+reliability: setup
+	$(BIN)/python scripts/reliability.py
 
 # A node install: a private venv on the system Python and the three programs in $(SBIN).
 PREFIX ?= /opt/mom-checkpoint

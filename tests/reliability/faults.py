@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 
@@ -85,6 +86,41 @@ def _no_leftovers(site: Site) -> str:
     return "no incoming or pruning folder left"
 
 
+def _end_session(leader: subprocess.Popen[bytes]) -> None:
+    """What pbs_mom does when the job's task ends or is deleted: SIGKILL to its whole session."""
+    for pid in psutil.pids():
+        with contextlib.suppress(ProcessLookupError):
+            if os.getsid(pid) == leader.pid:
+                os.kill(pid, signal.SIGKILL)
+    leader.wait(timeout=30)
+
+
+def _newest_restores(site: Site, job: Job, spool: Path | None = None) -> str:
+    """The job is lost with its node; mom-restart --job brings it back from the newest complete
+    generation, and the application counts on from a checkpointed value, not from 1."""
+    before = _numbers(job)
+    last = before[-1] if before else 0
+    crash(job)
+    newest = sorted((spool or site.spool).glob(f"*.{job.job_id}/[0-9]*"), key=lambda p: p.name)[-1]
+    restart = start_restart(["--job", job.job_id], site.config)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_numbers(job)) < len(before) + 3:
+            if restart.poll() is not None:
+                raise AssertionError(f"restart failed: {restart.stderr.read() if restart.stderr else ''!r}")
+            assert time.monotonic() < deadline, "the restored job does not count"
+            time.sleep(0.05)
+        resumed = _numbers(job)[len(before)]
+    finally:
+        _end_session(restart)
+    assert 1 < resumed <= last + 1, f"counting resumed at {resumed}, the job was at {last}"
+    started = [e for e in site.log_events() if e.get("event") == "restart.start"]
+    assert started and started[-1]["path"] == str(newest), "restart did not take the newest generation"
+    return (
+        "the newest complete generation restores (mom-restart --job): the count goes on from the checkpoint"
+    )
+
+
 PHASES = ("before the dump", "during the dump", "during hashing", "during publish", "during prune")
 
 
@@ -124,6 +160,7 @@ def kill9_hook(site: Site, rng: random.Random, phase: str | None = None) -> list
     checks.append("the next checkpoint succeeds")
     checks.append(_no_leftovers(site))
     checks.append(_all_complete(site, "1001.head"))
+    checks.append(_newest_restores(site, job))
     return checks
 
 
@@ -150,13 +187,16 @@ def kill9_checkpointer(site: Site, rng: random.Random) -> list[str]:
     assert call_hook(site.torque_args(job), site.config).returncode == 0
     checks.append("the next checkpoint succeeds")
     checks.append(_all_complete(site, "1002.head"))
+    checks.append(_newest_restores(site, job))
     return checks
 
 
 def hanging_checkpointer(site: Site, rng: random.Random) -> list[str]:
     """criu stopped (SIGSTOP) in the middle of a dump: timeout_s must end it and free the job."""
-    site.configure(timeout_s=2, **{"backends.criu.run_as": "job-user"})
+    site.configure(**{"backends.criu.run_as": "job-user"})
     job = site.start_job("1003.head", app_env={"COUNTER_MIB": "128"})
+    assert call_hook(site.torque_args(job), site.config).returncode == 0  # a good one first
+    site.configure(timeout_s=2, **{"backends.criu.run_as": "job-user"})
     started = time.monotonic()
     hook = _hook(site, site.torque_args(job, signal_number=15))
     criu = _checkpointer_of(hook.pid)
@@ -178,6 +218,8 @@ def hanging_checkpointer(site: Site, rng: random.Random) -> list[str]:
     checks.append("the checkpointer's process group was killed")
     checks.append(_keeps_counting(job, "after the timeout (SIGNAL 15 not honoured on failure)"))
     checks.append(_no_leftovers(site))
+    checks.append(_all_complete(site, "1003.head"))
+    checks.append(_newest_restores(site, job))
     return checks
 
 
@@ -205,6 +247,7 @@ def spool_too_small(site: Site, rng: random.Random) -> list[str]:
         assert not list((small / "spool").glob("*/.incoming-*")), "half-written image left"
         checks.append("nothing half-written left")
         checks.append(_keeps_counting(job, "after a failed SIGNAL 15 checkpoint"))
+        checks.append(_newest_restores(site, job, small / "spool"))
         return checks
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)

@@ -10,6 +10,7 @@ Any other count is refused: pbs_mom joins the arguments into a shell command, so
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,7 +73,97 @@ class SeedCall:
         return self.job_pid
 
 
-CheckpointCall = TorqueCall | SeedCall
+@dataclass(frozen=True)
+class PbsCall:
+    """OpenPBS's ``$action checkpoint|checkpoint_abort`` line (OPENPBS.md), one call per task:
+    ``--pbs ACTION %jobid %sid %taskid %login %path``."""
+
+    job_id: str  # the job in the spool: %jobid for the first task, "<jobid>+task<N>" for the others
+    session_id: int  # the task's session (%sid)
+    task_id: int
+    euser: str
+    path: str  # %path: <checkpoint path>/<jobid>.CK/<task id as 8 hex digits>
+    abort: bool  # checkpoint_abort (qhold): end the task after a good checkpoint
+    argv: tuple[str, ...]
+
+    convention = "openpbs"
+    egroup: str | None = None
+    depth: int | None = None
+
+    @property
+    def signal(self) -> int:
+        return 15 if self.abort else 0
+
+    @property
+    def top_pid(self) -> int:
+        return self.session_id
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return posixpath.dirname(self.path)
+
+    @property
+    def checkpoint_name(self) -> str:
+        return posixpath.basename(self.path)
+
+
+CheckpointCall = TorqueCall | SeedCall | PbsCall
+PBS_ACTIONS = ("checkpoint", "checkpoint_abort", "restart")
+
+
+@dataclass(frozen=True)
+class PbsArgs:
+    """The parsed ``--pbs`` words, for the checkpoint actions and for restart alike."""
+
+    action: str
+    job_id: str
+    session_id: int  # negated by MOM at restart: the old session, given here as a positive pid
+    task_id: int
+    euser: str
+    path: str
+    argv: tuple[str, ...]
+
+
+def parse_pbs_args(argv: Sequence[str]) -> PbsArgs:
+    """``--pbs ACTION JOBID SID TASKID LOGIN PATH``: every word checked; PATH must be the task's own
+    ``<...>/<JOBID>.CK/<TASKID as 8 hex digits>`` as OpenPBS's MOM builds it."""
+    args = tuple(argv)
+    if len(args) != 7 or args[0] != "--pbs":
+        raise UsageError(
+            f"expected --pbs ACTION %jobid %sid %taskid %login %path (7 words), got {len(args)}: "
+            f"refusing (see the README's OpenPBS lines)"
+        )
+    action, job_id, sid, task, login, path = args[1:]
+    if action not in PBS_ACTIONS:
+        raise UsageError(f"ACTION must be one of {', '.join(PBS_ACTIONS)}, got {printable(action)}")
+    job = path_part("%jobid", job_id)
+    session = pid_arg("%sid", sid[1:] if sid.startswith("-") else sid)  # negated at restart
+    if not task.isascii() or not task.isdigit() or len(task) > 9 or int(task) < 1:
+        raise UsageError(f"%taskid must be a task number, got {printable(task)}")
+    user = name_arg("%login", login)
+    where = abs_path_arg("%path", path)
+    expected = f"{job}.CK/{int(task):08X}"
+    if not where.endswith("/" + expected) or posixpath.normpath(where) != where:
+        raise UsageError(f"%path {printable(where)} is not this task's checkpoint path (.../{expected})")
+    return PbsArgs(action, job, session, int(task), user, where, args)
+
+
+def task_storage_id(job_id: str, task_id: int) -> str:
+    """Each task of a job is checkpointed on its own, with its own generations and retention: the
+    first under the job's id, the others as <jobid>+task<N>."""
+    return job_id if task_id == 1 else path_part("JOB_ID", f"{job_id}+task{task_id}")
+
+
+def pbs_checkpoint_call(args: PbsArgs) -> PbsCall:
+    return PbsCall(
+        job_id=task_storage_id(args.job_id, args.task_id),
+        session_id=args.session_id,
+        task_id=args.task_id,
+        euser=args.euser,
+        path=args.path,
+        abort=args.action == "checkpoint_abort",
+        argv=args.argv,
+    )
 
 
 class TorqueJobArgs(TypedDict):

@@ -6,6 +6,7 @@ all defaults (pbs_mom passes no environment, so the default path must work alone
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tomllib
@@ -20,6 +21,7 @@ DEFAULT_PATH = "/etc/mom-checkpoint/config.toml"
 ENV_VAR = "MOM_CHECKPOINT_CONFIG"
 
 RunAs = Literal["root", "job-user"]
+TickJobs = Literal["this-node", "all"]
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,28 @@ class Config:
     max_concurrent: int = 2
     log_file: str = "/var/log/mom-checkpoint.log"
     torque_checkpoint_roots: list[str] = field(default_factory=lambda: ["/var/spool/torque/checkpoint"])
+    pbs_checkpoint_roots: list[str] = field(default_factory=lambda: ["/var/spool/pbs/checkpoint"])  # OpenPBS
     several_children: Literal["fail", "oldest"] = "fail"
     space_margin: float = 1.2
     abort_grace_s: float = 10.0
     qalter: str = "qalter"  # TORQUE's qalter, to mark restarted jobs (checkpoint_restart_status)
     metrics_file: str = ""  # Prometheus textfile, e.g. /var/lib/prometheus/node-exporter/mom_checkpoint.prom
+    # mom-checkpoint tick / advise: periodic checkpoints through qchkpt, and the interval that pays off
+    qstat: str = "qstat"  # TORQUE's qstat, name or path
+    qchkpt: str = "qchkpt"  # TORQUE's qchkpt, name or path
+    checkpoint_interval: int = 10  # minutes, as pbs_mom's $checkpoint_interval (TORQUE's default: 10)
+    tick_jobs: TickJobs = "this-node"  # jobs whose first exec_host is this node, or every running job
+    tick_max_qchkpt: int = 8  # qchkpt calls per tick at most; the rest wait for the next tick
+    tick_advised_interval: bool = False  # jobs asking "c"/"periodic" without a number: Daly's interval
+    node_mtbf_h: float = 0.0  # a node's mean time between failures, hours; 0: unknown
     backends: BackendsConfig = field(default_factory=BackendsConfig)
     source: str = field(default="(defaults)", compare=False)
+
+    def checkpoint_roots(self, convention: str) -> tuple[list[str], str]:
+        """Where the batch system's checkpoint folder (CHECKPOINT_DIR, %path) may lie, and the key."""
+        if convention == "openpbs":
+            return self.pbs_checkpoint_roots, "pbs_checkpoint_roots"
+        return self.torque_checkpoint_roots, "torque_checkpoint_roots"
 
     @property
     def run_as(self) -> RunAs:
@@ -128,15 +145,35 @@ def _check_values(config: Config, source: str) -> None:
         problems.append(("log_file", f'must be "syslog" or an absolute path, got {config.log_file!r}'))
     if config.metrics_file and not os.path.isabs(config.metrics_file):
         problems.append(("metrics_file", f"must be empty or an absolute path, got {config.metrics_file!r}"))
-    for i, root in enumerate(config.torque_checkpoint_roots):
-        if not os.path.isabs(root):
-            problems.append((f"torque_checkpoint_roots[{i}]", f"must be an absolute path, got {root!r}"))
+    problems += _check_tick_values(config)
+    for key in ("torque_checkpoint_roots", "pbs_checkpoint_roots"):
+        for i, root in enumerate(getattr(config, key)):
+            if not os.path.isabs(root) or os.path.normpath(root) == "/":
+                problems.append((f"{key}[{i}]", f"must be an absolute path below /, got {root!r}"))
     for name in ("binary",):
         if not getattr(config.backends.criu, name):
             problems.append((f"backends.criu.{name}", "must not be empty"))
     if problems:
         key, problem = problems[0]
         raise ConfigError(source, f"{key}: {problem}")
+
+
+def _check_tick_values(config: Config) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for name in ("qstat", "qchkpt"):
+        if not getattr(config, name):
+            problems.append((name, "must not be empty"))
+    if config.checkpoint_interval < 1:
+        problems.append(
+            ("checkpoint_interval", f"must be at least 1 (minutes), got {config.checkpoint_interval}")
+        )
+    if config.tick_max_qchkpt < 1:
+        problems.append(("tick_max_qchkpt", f"must be at least 1, got {config.tick_max_qchkpt}"))
+    if not (math.isfinite(config.node_mtbf_h) and config.node_mtbf_h >= 0):
+        problems.append(("node_mtbf_h", f"must be 0 (unknown) or more, got {config.node_mtbf_h:g}"))
+    elif config.tick_advised_interval and config.node_mtbf_h == 0:
+        problems.append(("tick_advised_interval", "needs node_mtbf_h (hours) to compute the interval"))
+    return problems
 
 
 def _check_file_safety(path: str, st: os.stat_result) -> None:

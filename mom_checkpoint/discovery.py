@@ -78,8 +78,10 @@ def find_job(
     expected_uid = _uid_of(euser) if euser is not None else None
     found_via: Literal["session", "restart-record"] = "session"
     leader = _process(top_pid)
+    restarted = restart_lookup(job_id) if restart_lookup is not None else None
+    if leader is not None and restarted == leader.pid:
+        found_via = "restart-record"  # OpenPBS passes the restart process's own (live) session
     if leader is None:
-        restarted = restart_lookup(job_id) if restart_lookup is not None else None
         if restarted is None:
             raise NoSuchProcess(
                 f"no process {top_pid}: job {job_id} is not running on this node "

@@ -96,3 +96,15 @@ class PidInUse(Busy):
 
 class NoCheckpoint(Error):
     exit_status = ExitStatus.NO_PROCESS
+
+
+class TorqueUnavailable(Error):
+    """tick and advise: TORQUE's qstat failed or did not answer (pbs_server down, not authorised)."""
+
+    exit_status = ExitStatus.UNAVAILABLE
+
+
+class TorqueOutputError(Error):
+    """tick and advise: qstat answered something that cannot be read."""
+
+    exit_status = ExitStatus.DATA_ERROR

@@ -37,9 +37,9 @@ class Pointer:
     created: str
 
 
-def open_checkpoint_dir(path: str, roots: Sequence[str]) -> int:
+def open_checkpoint_dir(path: str, roots: Sequence[str], key: str = "torque_checkpoint_roots") -> int:
     """A directory fd for CHECKPOINT_DIR after checking it lies strictly inside an allowed root."""
-    clean = path.rstrip("/")
+    clean = path.rstrip("/") or "/"
     if os.path.normpath(clean) != clean:
         raise Refused(f"CHECKPOINT_DIR {path!r} is not a plain absolute path ('..', '.' or '//'): refusing")
     for root in roots:
@@ -48,8 +48,7 @@ def open_checkpoint_dir(path: str, roots: Sequence[str]) -> int:
             relative = clean[len(root_clean) :].strip("/")
             return _walk(root_clean, relative, path)
     raise Refused(
-        f"CHECKPOINT_DIR {path} is outside the allowed roots ({', '.join(roots)}; "
-        f"set torque_checkpoint_roots): refusing"
+        f"CHECKPOINT_DIR {path} is outside the allowed roots ({', '.join(roots)}; set {key}): refusing"
     )
 
 
@@ -93,6 +92,13 @@ def write_pointer(dir_fd: int, name: str, pointer: Pointer, uid: int, gid: int) 
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
         raise storage_error(exc, f"cannot write the pointer {name}") from None
+
+
+def remove_pointer(dir_fd: int, name: str) -> None:
+    """After a failure nothing may be left at NAME: OpenPBS's MOM takes any file there for a good
+    checkpoint (and pbs_mom's TORQUE deletes the folder anyway)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def read_pointer(path: str, dir_fd: int | None = None) -> Pointer:

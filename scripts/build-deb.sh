@@ -90,6 +90,12 @@ done
 install -D -m 0644 packaging/config.toml "$stage/etc/mom-checkpoint/config.toml"
 install -D -m 0644 packaging/logrotate.d-mom-checkpoint "$stage/etc/logrotate.d/mom-checkpoint"
 install -D -m 0644 packaging/tmpfiles.d-mom-checkpoint.conf "$stage/usr/lib/tmpfiles.d/mom-checkpoint.conf"
+# The tick timer (periodic checkpoints on TORQUE 5.1.2-6.1.x), installed but not enabled: the
+# administrator turns it on (systemctl enable --now mom-checkpoint-tick.timer) where it is wanted.
+for unit in mom-checkpoint-tick.service mom-checkpoint-tick.timer; do
+    install -d -m 0755 "$stage/lib/systemd/system"
+    sed 's#/usr/local/sbin/#/usr/sbin/#' "packaging/systemd/$unit" >"$stage/lib/systemd/system/$unit"
+done
 
 # 4. Man pages (generated now from the parsers as they are), gzipped.
 OUT=$work/man VENV=$VENV sh scripts/build-man.sh >/dev/null
@@ -111,6 +117,8 @@ install -m 0644 packaging/examples/* "$doc/examples/"
 sed 's#/usr/local/sbin/#/usr/sbin/#' packaging/mom_priv-config >"$doc/mom_priv-config"
 grep -q /usr/local/sbin "$doc/mom_priv-config" && die "mom_priv-config still names /usr/local/sbin"
 sed 's#/usr/local/sbin/#/usr/sbin/#' packaging/sudoers-mom-restart >"$doc/sudoers-mom-restart"
+sed 's#/usr/local/sbin/#/usr/sbin/#' packaging/openpbs-mom_priv-config >"$doc/openpbs-mom_priv-config"
+sed 's#/usr/local/sbin/#/usr/sbin/#' packaging/cron.d-mom-checkpoint-tick >"$doc/cron.d-mom-checkpoint-tick"
 gzip -9n <README.md >"$doc/README.md.gz"
 
 # 6. Byte code, so that no program compiles at start-up (as the job's user it could not save it).

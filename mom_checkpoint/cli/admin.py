@@ -15,7 +15,7 @@ from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import UsageError
 from mom_checkpoint.status import ExitStatus
 
-COMMANDS = ("list", "show", "verify", "prune", "doctor", "config")
+COMMANDS = ("list", "show", "verify", "prune", "doctor", "config", "tick", "advise")
 
 _GENERATION = "/var/spool/checkpoint/4711.42.head/000003-20261124T193000Z"
 # name: (one-line help, description, examples, exit statuses beyond 64 usage and 78 config)
@@ -67,6 +67,35 @@ _TEXTS = {
         "mom-checkpoint config --print\n  MOM_CHECKPOINT_CONFIG=/tmp/new.toml mom-checkpoint config --print",
         "0 printed",
     ),
+    "tick": (
+        "start the periodic checkpoints that are due (qchkpt)",
+        "Periodic checkpoints for TORQUE 5.1.2 to 6.1.x, whose pbs_mom never starts them itself. Run every "
+        "minute (systemd timer or cron), as root: read the running jobs (qstat -t -x), and qchkpt each job "
+        "whose c=N, interval=N or $checkpoint_interval (config checkpoint_interval) has passed since its "
+        "last checkpoint (checkpoint_time, or the newest generation in the spool, or the tick's own last "
+        "qchkpt). Never two qchkpt for one job within its interval; at most tick_max_qchkpt per tick; "
+        "jobs with periodic but no c or enabled (qchkpt refuses them) are reported once. tick_jobs "
+        '"this-node" (the default) takes only jobs whose first exec_host is this node. Prints nothing when '
+        "nothing was due; --dry-run shows every running job and changes nothing.",
+        "mom-checkpoint tick --dry-run\n  mom-checkpoint tick\n"
+        "  systemctl enable --now mom-checkpoint-tick.timer",
+        "0 done (or nothing was due), 1 at least one qchkpt failed (the next tick tries again),\n"
+        "  65 qstat printed something unreadable, 69 qstat or qchkpt missing, failing or not answering,\n"
+        "  73, 74, 77 the spool cannot be created, cannot be read, or is unsafe,\n"
+        "  75 another tick of this host is running",
+    ),
+    "advise": (
+        "the checkpoint interval that pays off (Young, Daly)",
+        "Young's (sqrt(2 delta M)) and Daly's optimal checkpoint intervals for a checkpoint cost delta "
+        "and a node MTBF M, and the expected waste (checkpoint time plus lost work: "
+        "delta/tau + (tau + delta)/(2M)) of the current interval against the optimum. With JOB_ID, "
+        "delta is the median dump time of the job's newest generations; M is --mtbf, else node_mtbf_h "
+        "from the config; the current interval is --interval, else the job's own (qstat), else "
+        "$checkpoint_interval (config checkpoint_interval).",
+        "mom-checkpoint advise 42.head\n  mom-checkpoint advise 42.head --mtbf 720\n"
+        "  mom-checkpoint advise --cost 300 --mtbf 24 --interval 10",
+        "0 advised, 66 the job has no complete checkpoint to measure, 74 the spool cannot be read",
+    ),
 }
 COMMON_STATUSES = "64 usage error, 78 the config file is invalid or unsafe"
 TARGET = "JOB_ID|GENERATION_DIR"
@@ -103,10 +132,23 @@ def add_subcommands(parser: ArgumentParser) -> None:
     made["doctor"].add_argument(
         "--mom-config",
         metavar="PATH",
-        help="pbs_mom's config file (default /var/spool/torque/mom_priv/config)",
+        help="pbs_mom's config file (default: TORQUE's /var/spool/torque/mom_priv/config, else "
+        "OpenPBS's /var/spool/pbs/mom_priv/config)",
     )
     made["config"].add_argument(
         "--print", action="store_true", dest="print_config", required=True, help="print it"
+    )
+    made["tick"].add_argument("--dry-run", action="store_true", help="say what it would do, change nothing")
+    advise = made["advise"]
+    advise.add_argument(
+        "job_id", nargs="?", metavar="JOB_ID", help="measure the cost from this job's checkpoints"
+    )
+    advise.add_argument(
+        "--cost", type=float, metavar="SECONDS", help="the checkpoint cost, instead of a job's"
+    )
+    advise.add_argument("--mtbf", type=float, metavar="HOURS", help="a node's MTBF (default: node_mtbf_h)")
+    advise.add_argument(
+        "--interval", type=float, metavar="MINUTES", help="the current interval (default: the job's own)"
     )
 
 
@@ -116,9 +158,10 @@ def dispatch(options: argparse.Namespace, env: Environment) -> ExitStatus:
     if options.command == "doctor":
         return _doctor(options, env)
     config = config_module.load(env.environ)
-    handler = {"list": _list, "show": _show, "verify": _verify, "prune": _prune, "config": _config}[
-        options.command
-    ]
+    handler = {
+        "list": _list, "show": _show, "verify": _verify, "prune": _prune, "config": _config,
+        "tick": _tick, "advise": _advise,
+    }[options.command]  # fmt: skip
     result: ExitStatus = handler(options, config, env)
     return result
 
@@ -195,7 +238,7 @@ def _prune(options: argparse.Namespace, config: Any, env: Environment) -> ExitSt
 def _doctor(options: argparse.Namespace, env: Environment) -> ExitStatus:
     from mom_checkpoint.commands import doctor
 
-    mom_config = options.mom_config or doctor.DEFAULT_MOM_CONFIG
+    mom_config = options.mom_config or doctor.default_mom_config()
     checks = doctor.run(
         env, mom_config, Path(sys.argv[0]).resolve().parent if sys.argv[0] else Path("/usr/sbin")
     )
@@ -218,4 +261,44 @@ def _config(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
         )
     else:
         env.stdout.write(configuration.to_toml(config))
+    return ExitStatus.OK
+
+
+def _tick(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+    from mom_checkpoint.cli import periodic
+    from mom_checkpoint.commands import tick
+    from mom_checkpoint.errors import Error
+    from mom_checkpoint.log import make_logger
+
+    # A dry run writes nothing, not even a log line.
+    log = None if options.dry_run else make_logger(config.log_file, program="mom-checkpoint", command="tick")
+    try:
+        outcome = tick.run(config, env, log, dry_run=options.dry_run)
+    except Error as exc:
+        if log is not None:
+            log.error("tick.failed", error=exc.message, exit_status=int(exc.exit_status))
+        raise
+    if options.json:
+        env.stdout.write(envelope("tick", outcome.as_dict(), ok=not outcome.failed))
+    else:
+        periodic.tick(outcome, env.stdout)
+    return ExitStatus.CHECKS_FAILED if outcome.failed else ExitStatus.OK
+
+
+def _advise(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+    from mom_checkpoint.calls import path_part
+    from mom_checkpoint.commands import advise
+
+    if options.job_id is not None and options.cost is not None:
+        raise UsageError("give a JOB_ID or --cost SECONDS, not both")
+    job = path_part("JOB_ID", options.job_id) if options.job_id is not None else None
+    report = advise.run(
+        config, env, job_id=job, cost_s=options.cost, mtbf_h=options.mtbf, interval_min=options.interval
+    )
+    if options.json:
+        env.stdout.write(envelope("advise", report.as_dict()))
+    else:
+        from mom_checkpoint.cli import periodic
+
+        periodic.advice(report, env.stdout)
     return ExitStatus.OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,9 @@ Checkpoint a running TORQUE/PBS job. pbs_mom runs this program as $checkpoint_sc
 
   mom-checkpoint SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME SIGNAL DEPTH   (TORQUE)
   mom-checkpoint JOB_PID JOB_ID                                                               (seed)
+  mom-checkpoint --pbs ACTION %jobid %sid %taskid %login %path     (OpenPBS $action lines)
+
+ACTION is checkpoint, checkpoint_abort (qhold) or restart (with $restart_transmogrify true).
 
 '-' stands for a missing value. SIGNAL 0 checkpoints and lets the job run on; SIGNAL 15 checkpoints and
 then ends the job, only if the checkpoint is complete. The image is written to
@@ -46,7 +50,9 @@ def build_parser() -> ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage=f"{PROG} SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME SIGNAL DEPTH\n"
-        f"       {PROG} JOB_PID JOB_ID\n       {PROG} list|show|verify|prune|doctor|config ...\n"
+        f"       {PROG} JOB_PID JOB_ID\n"
+        f"       {PROG} --pbs checkpoint|checkpoint_abort|restart JOBID SID TASKID LOGIN PATH\n"
+        f"       {PROG} list|show|verify|prune|doctor|config|tick|advise ...\n"
         f"       {PROG} --version | --help",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -58,7 +64,9 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     return main_for(PROG, _dispatch, argv, env)
 
 
-def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus:
+def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:
+    if args and args[0] == "--pbs":
+        return _openpbs(args, env, loggers)
     if not args or args[0].startswith("-") or args[0] in SUBCOMMANDS:
         options = build_parser().parse_args(args)
         if options.command is None:
@@ -66,12 +74,47 @@ def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStat
         from mom_checkpoint.cli import admin
 
         return admin.dispatch(options, env)
-    from mom_checkpoint import config as config_module
     from mom_checkpoint.calls import parse_checkpoint_call
+
+    return _checkpoint(parse_checkpoint_call(args), env, loggers)
+
+
+def _openpbs(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:
+    """OpenPBS's $action lines: checkpoint and checkpoint_abort, and restart (the task's new top process)."""
+    from mom_checkpoint.calls import parse_pbs_args, pbs_checkpoint_call, task_storage_id
+
+    parsed = parse_pbs_args(args)
+    if parsed.action != "restart":
+        return _checkpoint(pbs_checkpoint_call(parsed), env, loggers)
+    from mom_checkpoint import config as config_module
+    from mom_checkpoint.commands import restart
+    from mom_checkpoint.log import make_logger
+
+    call = restart.PbsRestart(
+        session_id=parsed.session_id,
+        job_id=task_storage_id(parsed.job_id, parsed.task_id),
+        euser=parsed.euser,
+        egroup=None,
+        checkpoint_dir=os.path.dirname(parsed.path),
+        checkpoint_name=os.path.basename(parsed.path),
+        argv=parsed.argv,
+        task_id=parsed.task_id,
+    )
+    config = config_module.load(env.environ)
+    log = make_logger(config.log_file, program=PROG)
+    loggers.append(log)
+    try:
+        return restart.run(call, config, env, log)
+    except Error as exc:
+        log.error("restart.refused", error=exc.message, exit_status=int(exc.exit_status))
+        raise
+
+
+def _checkpoint(call: Any, env: Environment, loggers: list[Any]) -> ExitStatus:
+    from mom_checkpoint import config as config_module
     from mom_checkpoint.commands import checkpoint
     from mom_checkpoint.log import make_logger
 
-    call = parse_checkpoint_call(args)
     config = config_module.load(env.environ)
     log = make_logger(config.log_file, program=PROG)
     loggers.append(log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -53,8 +54,29 @@ EXIT_STATUS_HELP = "exit status:\n" + "\n".join(
 Dispatch = Callable[[list[str], Environment, list[Any]], ExitStatus | int]
 
 
+def reopen_closed_stdio() -> None:
+    """OpenPBS's MOM starts its $action scripts with fds 0, 1 and 2 closed (OPENPBS.md): put /dev/null
+    there before anything is opened, or the first file opened would become stdin and Python's
+    sys.stderr would be None. (fd 3 is MOM's own log: nothing here writes to it.)"""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdin is None:
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own stream
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
 def main_for(prog: str, dispatch: Dispatch, argv: Sequence[str] | None, env: Environment | None) -> int:
     """A program's main(): argv and the environment in, an exit status out (SystemExit for --help)."""
+    reopen_closed_stdio()
     env = env or Environment()
     args = list(sys.argv[1:] if argv is None else argv)
     loggers: list[Any] = []  # filled by dispatch once the config says where to log

@@ -35,7 +35,14 @@ from mom_checkpoint.manifest import (
     Timings,
     ToolInfo,
 )
-from mom_checkpoint.pointer import POINTER_KIND, POINTER_SCHEMA, Pointer, open_checkpoint_dir, write_pointer
+from mom_checkpoint.pointer import (
+    POINTER_KIND,
+    POINTER_SCHEMA,
+    Pointer,
+    open_checkpoint_dir,
+    remove_pointer,
+    write_pointer,
+)
 from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generation_name
 from mom_checkpoint.termination import end_session, resume_tree
 
@@ -66,7 +73,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
     log.info("checkpoint.start", found_via=job.found_via, processes=[p.pid for p in job.tree])
     pointer_fd = None
     if call.checkpoint_dir is not None and call.checkpoint_name is not None:
-        pointer_fd = open_checkpoint_dir(call.checkpoint_dir, config.torque_checkpoint_roots)
+        pointer_fd = open_checkpoint_dir(call.checkpoint_dir, *config.checkpoint_roots(call.convention))
     try:
         backend = backends.create(config, env)
         binary = backend.find_binary()
@@ -96,7 +103,12 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
             if pointer_fd is not None and call.checkpoint_name is not None:
                 pointer = _pointer(call.job_id, generation, env)
                 write_pointer(pointer_fd, call.checkpoint_name, pointer, job.uid, job.gid)
-            pruned = _prune(spool, call.job_id, call.depth or config.keep, run_dir, log)
+            try:
+                pruned = _prune(spool, call.job_id, call.depth or config.keep, run_dir, log)
+            except BaseException:
+                if pointer_fd is not None and call.checkpoint_name is not None:
+                    remove_pointer(pointer_fd, call.checkpoint_name)  # a failed call leaves no pointer
+                raise
     finally:
         if pointer_fd is not None:
             os.close(pointer_fd)

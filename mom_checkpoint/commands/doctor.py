@@ -17,6 +17,7 @@ from mom_checkpoint.errors import CheckpointerMissing, ConfigError
 from mom_checkpoint.log import open_log_file
 
 DEFAULT_MOM_CONFIG = "/var/spool/torque/mom_priv/config"
+OPENPBS_MOM_CONFIG = "/var/spool/pbs/mom_priv/config"
 CAP_SYS_RESOURCE = 24
 CAP_CHECKPOINT_RESTORE = 40
 MIN_FREE_BYTES = 256 * 1024 * 1024
@@ -26,6 +27,10 @@ MOM_LINES = {
     "$restart_script": "mom-restart",
     "$checkpoint_run_exe": "mom-checkpoint-run",
 }
+# OpenPBS: the $action lines, the words after the program, and the time the tool needs beyond timeout_s
+PBS_ACTIONS = ("checkpoint", "checkpoint_abort", "restart")
+PBS_WORDS = ("%jobid", "%sid", "%taskid", "%login", "%path")
+PBS_TIMEOUT_MARGIN_S = 60  # hashing, fsync and publishing after the checkpointer's own timeout_s
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,27 @@ def run(env: Environment, mom_config: str, programs_dir: Path) -> list[Check]:
     checks += _privileges(config)
     checks.append(_spool(config))
     checks.append(_log_file(config))
-    checks += _torque_roots(config)
-    checks += _mom_config(mom_config, programs_dir)
-    return checks
+    try:
+        text = Path(mom_config).read_text()
+    except OSError as exc:
+        checks += _roots(
+            config.torque_checkpoint_roots, "torque_checkpoint_roots", "<torque home>/checkpoint"
+        )
+        fix = "give its path with --mom-config"
+        return [*checks, Check("mom_priv/config", False, f"{mom_config}: {exc.strerror}", fix)]
+    actions = _pbs_actions(text)
+    if actions:  # OpenPBS
+        checks += _roots(config.pbs_checkpoint_roots, "pbs_checkpoint_roots", "<PBS_HOME>/checkpoint", 0o700)
+        return checks + _openpbs(mom_config, text, actions, programs_dir, config)
+    checks += _roots(config.torque_checkpoint_roots, "torque_checkpoint_roots", "<torque home>/checkpoint")
+    return checks + _mom_config(mom_config, text, programs_dir)
+
+
+def default_mom_config() -> str:
+    """TORQUE's mom_priv/config, or OpenPBS's where only that one exists."""
+    if not os.path.exists(DEFAULT_MOM_CONFIG) and os.path.exists(OPENPBS_MOM_CONFIG):
+        return OPENPBS_MOM_CONFIG
+    return DEFAULT_MOM_CONFIG
 
 
 def _backend(config: Config, env: Environment) -> list[Check]:
@@ -170,24 +193,28 @@ def _log_file(config: Config) -> Check:
     return Check("log", True, f"{config.log_file} writable")
 
 
-def _torque_roots(config: Config) -> list[Check]:
+def _roots(roots: list[str], key: str, where: str, mode: int | None = None) -> list[Check]:
     checks = []
-    for root in config.torque_checkpoint_roots:
-        ok = Path(root).is_dir()
-        fix = (
-            ""
-            if ok
-            else "set torque_checkpoint_roots to pbs_mom's checkpoint folder (<torque home>/checkpoint)"
-        )
-        checks.append(Check("checkpoint root", ok, f"{root} {'exists' if ok else 'does not exist'}", fix))
+    for root in roots:
+        try:
+            st = os.lstat(root)
+        except OSError:
+            fix = f"set {key} to pbs_mom's checkpoint folder ({where})"
+            checks.append(Check("checkpoint root", False, f"{root} does not exist", fix))
+            continue
+        if mode is not None and (st.st_uid != 0 or stat.S_IMODE(st.st_mode) != mode):
+            detail = (
+                f"{root} is uid {st.st_uid} mode {stat.S_IMODE(st.st_mode):o}: pbs_mom wants root's {mode:o}"
+            )
+            checks.append(
+                Check("checkpoint root", False, detail, f"chown root {root}; chmod {mode:o} {root}")
+            )
+            continue
+        checks.append(Check("checkpoint root", stat.S_ISDIR(st.st_mode), f"{root} exists"))
     return checks
 
 
-def _mom_config(path: str, programs_dir: Path) -> list[Check]:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        return [Check("mom_priv/config", False, f"{path}: {exc.strerror}", "give its path with --mom-config")]
+def _mom_config(path: str, text: str, programs_dir: Path) -> list[Check]:
     settings = _mom_settings(text)
     checks = []
     for key, program in MOM_LINES.items():
@@ -210,3 +237,79 @@ def _mom_settings(text: str) -> Mapping[str, str]:
         if len(words) == 2 and words[0].startswith("$"):
             settings[words[0]] = words[1].strip()
     return settings
+
+
+def _pbs_actions(text: str) -> dict[str, tuple[str, list[str]]]:
+    """OpenPBS's `$action NAME TIMEOUT !PROGRAM ARGS...` lines: {NAME: (TIMEOUT, [PROGRAM, ARGS...])}."""
+    actions = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 4 and words[0] == "$action" and words[3].startswith("!"):
+            actions[words[1]] = (words[2], [words[3][1:], *words[4:]])
+    return actions
+
+
+def _openpbs(
+    path: str, text: str, actions: dict[str, tuple[str, list[str]]], programs_dir: Path, config: Config
+) -> list[Check]:
+    program = programs_dir / "mom-checkpoint"
+    checks = []
+    for name in PBS_ACTIONS:
+        wanted = f"$action {name} 600 !{program} --pbs {name} {' '.join(PBS_WORDS)}"
+        if name not in actions:
+            checks.append(
+                Check(f"$action {name}", False, f"{path}: missing", f"add '{wanted}'; restart pbs_mom")
+            )
+            continue
+        timeout, words = actions[name]
+        same = os.path.exists(words[0]) and os.path.realpath(words[0]) == os.path.realpath(program)
+        if not same or words[1:] != ["--pbs", name, *PBS_WORDS]:
+            line = f"$action {name} {timeout} !{' '.join(words)}"
+            checks.append(
+                Check(f"$action {name}", False, f"{path}: {line}", f"set '{wanted}'; restart pbs_mom")
+            )
+            continue
+        checks.append(Check(f"$action {name}", True, f"{path}: runs {words[0]}"))
+        if name != "restart":
+            checks.append(_action_timeout(name, timeout, config))
+    checks.append(_script_permissions(program))
+    transmogrify = _mom_settings(text).get("$restart_transmogrify", "false").lower() in ("true", "1", "yes")
+    checks.append(
+        Check(
+            "$restart_transmogrify",
+            transmogrify,
+            f"{path}: {'true' if transmogrify else 'not true'}",
+            ""
+            if transmogrify
+            else "add '$restart_transmogrify true': without it pbs_mom tracks a restarted task by its old "
+            "session and declares the restored job gone",
+        )
+    )
+    return checks
+
+
+def _action_timeout(name: str, timeout: str, config: Config) -> Check:
+    """pbs_mom SIGKILLs only the script when its $action timeout expires, leaving a running checkpointer:
+    the tool's own timeout_s, plus time to hash and publish, must end first."""
+    needed = config.timeout_s + PBS_TIMEOUT_MARGIN_S
+    ok = timeout.isdigit() and int(timeout) >= needed
+    fix = "" if ok else f"raise the $action {name} timeout to at least {needed:g} s, or lower timeout_s"
+    return Check(f"$action {name} timeout", ok, f"{timeout} s, timeout_s = {config.timeout_s:g} s", fix)
+
+
+def _script_permissions(program: Path) -> Check:
+    """pbs_mom runs an $action script only if it is root's, gid <= 10, owner-executable, not
+    world-writable."""
+    problems = []
+    for path in dict.fromkeys([str(program), os.path.realpath(program)]):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            problems.append(f"{path}: {exc.strerror}")
+            continue
+        if st.st_uid != 0 or st.st_gid > 10:
+            problems.append(f"{path} is uid {st.st_uid} gid {st.st_gid}")
+        if not st.st_mode & stat.S_IXUSR or st.st_mode & stat.S_IWOTH:
+            problems.append(f"{path} has mode {stat.S_IMODE(st.st_mode):o}")
+    fix = f"chown root:root {program}; chmod 0755 {program}" if problems else ""
+    return Check("$action script", not problems, "; ".join(problems) or f"{program}: root's, 0755-like", fix)

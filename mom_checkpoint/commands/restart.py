@@ -63,6 +63,16 @@ class TorqueRestart:
 
 
 @dataclass(frozen=True)
+class PbsRestart(TorqueRestart):
+    """OpenPBS's ``$action restart`` with ``$restart_transmogrify true``: this process becomes the task
+    in a new session and stays in the foreground until the restored application ends."""
+
+    task_id: int = 1
+
+    convention = "openpbs"
+
+
+@dataclass(frozen=True)
 class SeedRestart:
     job_id: str | None  # --job: the newest complete generation of that job
     image: str | None  # --image: this generation folder
@@ -158,7 +168,7 @@ def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Any)
     """
     assert call.checkpoint_dir is not None and call.checkpoint_name is not None
     try:
-        dir_fd = open_checkpoint_dir(call.checkpoint_dir, config.torque_checkpoint_roots)
+        dir_fd = open_checkpoint_dir(call.checkpoint_dir, *config.checkpoint_roots(call.convention))
     except NoSuchProcess as exc:
         log.warning("restart.pointer_missing", error=exc.message)
         return None
@@ -333,8 +343,8 @@ class _Forwarder:
 
 def _mark(call: RestartCall, status: str, *, config: Config, env: Environment, log: Any) -> None:
     """TORQUE's sample restart script marks the job with checkpoint_restart_status through qalter."""
-    if not isinstance(call, TorqueRestart):
-        return
+    if not isinstance(call, TorqueRestart) or call.convention != "torque":
+        return  # OpenPBS has no checkpoint_restart_status
     try:
         qalter = locate(config.qalter, "qalter")
     except CheckpointerMissing:

@@ -205,6 +205,23 @@ def test_installed_files(installed: Path) -> None:
     assert settings["$checkpoint_script"] == "/usr/sbin/mom-checkpoint"
     assert settings["$restart_script"] == "/usr/sbin/mom-restart"
     assert settings["$checkpoint_run_exe"] == "/usr/sbin/mom-checkpoint-run"
+    openpbs = [line.split() for line in (DOC / "openpbs-mom_priv-config").read_text().splitlines()]
+    actions = {words[1]: words[3] for words in openpbs if words and words[0] == "$action"}
+    assert actions == dict.fromkeys(
+        ("checkpoint", "checkpoint_abort", "restart"), "!/usr/sbin/mom-checkpoint"
+    )
+    for unit in ("mom-checkpoint-tick.service", "mom-checkpoint-tick.timer"):
+        text = Path("/lib/systemd/system", unit).read_text()
+        assert "/usr/local/sbin" not in text, unit
+    assert (
+        "ExecStart=/usr/sbin/mom-checkpoint tick"
+        in Path("/lib/systemd/system/mom-checkpoint-tick.service").read_text()
+    )
+    assert "root /usr/sbin/mom-checkpoint tick" in (DOC / "cron.d-mom-checkpoint-tick").read_text()
+    if shutil.which("systemd-analyze"):
+        units = [f"/lib/systemd/system/mom-checkpoint-tick.{kind}" for kind in ("service", "timer")]
+        analyzed = run(["systemd-analyze", "verify", *units])
+        assert analyzed.returncode == 0, analyzed.stdout + analyzed.stderr
     sudoers = (DOC / "sudoers-mom-restart").read_text()
     assert "/usr/local/sbin" not in sudoers and "= /usr/sbin/mom-restart --own *" in sudoers
     assert run(["visudo", "-cf", DOC / "sudoers-mom-restart"]).returncode == 0, "sudoers syntax"
@@ -294,6 +311,14 @@ def test_doctor_passes_with_the_packaged_mom_priv_lines(installed: Path, site: S
     mom_config.write_text((DOC / "mom_priv-config").read_text())
     doctor = direct([SBIN / "mom-checkpoint", "doctor", "--mom-config", mom_config], site.config)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    # and OpenPBS's: its $action lines, as the package ships them
+    pbs_root = site.base / "pbs" / "checkpoint"
+    pbs_root.mkdir(parents=True, mode=0o700)
+    site.configure(pbs_checkpoint_roots=[str(pbs_root)], **{"backends.criu.run_as": "job-user"})
+    mom_config.write_text((DOC / "openpbs-mom_priv-config").read_text())
+    doctor = direct([SBIN / "mom-checkpoint", "doctor", "--mom-config", mom_config], site.config)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "[ok  ] $action checkpoint_abort: " in doctor.stdout and "[ok  ] $action script" in doctor.stdout
 
 
 # -- the RPM --------------------------------------------------------------------------------------------
@@ -320,6 +345,7 @@ def test_rpm_lists_the_programs_config_and_man_pages(rpm: Path) -> None:
         "/etc/mom-checkpoint/config.toml",
         "/etc/logrotate.d/mom-checkpoint",
         "/usr/lib/tmpfiles.d/mom-checkpoint.conf",
+        "/usr/lib/systemd/system/mom-checkpoint-tick.timer",
         "/var/spool/checkpoint",
     ):
         assert path in files, path

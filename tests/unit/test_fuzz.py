@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mom_checkpoint import config as config_module
-from mom_checkpoint.calls import SeedCall, TorqueCall, parse_checkpoint_call
+from mom_checkpoint.calls import SeedCall, TorqueCall, parse_checkpoint_call, parse_pbs_args, task_storage_id
 from mom_checkpoint.cli.restart import parse_restart_call
 from mom_checkpoint.commands.restart import SeedRestart, TorqueRestart
 from mom_checkpoint.errors import ConfigError, Error, StorageIOError, UsageError, VerificationFailed
@@ -98,6 +98,27 @@ def test_restart_arguments_are_refused_or_safe(args: list[str]) -> None:
         assert (call.job_id is None) != (call.image is None)
         assert call.job_id is None or safe_path_part(call.job_id)
         assert call.cwd is None or call.cwd.startswith("/")
+
+
+@given(
+    st.tuples(
+        st.sampled_from(["checkpoint", "checkpoint_abort", "restart", "suspend"]),
+        WORD,
+        st.one_of(WORD, st.integers(-(2**31), 2**31).map(str)),
+        st.one_of(WORD, st.integers(0, 2**20).map(str)),
+        WORD,
+        st.one_of(WORD, st.builds(lambda j, t: f"/var/spool/pbs/checkpoint/{j}.CK/{t}", WORD, WORD)),
+    )
+)
+def test_openpbs_words_are_refused_or_name_this_tasks_own_path(words: tuple[str, ...]) -> None:
+    try:
+        parsed = parse_pbs_args(["--pbs", *words])
+    except UsageError:
+        return
+    assert safe_path_part(parsed.job_id) and parsed.session_id > 1 and parsed.task_id >= 1
+    assert parsed.path.endswith(f"/{parsed.job_id}.CK/{parsed.task_id:08X}")
+    assert posixpath.normpath(parsed.path) == parsed.path
+    assert safe_path_part(task_storage_id(parsed.job_id, parsed.task_id))
 
 
 def a_manifest() -> dict[str, Any]:

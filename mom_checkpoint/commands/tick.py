@@ -1,0 +1,287 @@
+"""``tick``: the periodic checkpoints that pbs_mom of TORQUE 5.1.2 to 6.1.x never starts itself.
+
+Run every minute (systemd timer or cron): read the running jobs from ``qstat -t -x``, work out which
+are due (mom_checkpoint.schedule), and ``qchkpt`` each of those, so that pbs_mom runs the checkpoint
+script the normal way. What earlier ticks did (accepted and refused qchkpt calls, jobs reported as not
+checkpointable) is kept in ``<spool>/.tick/<host>.json``; a kernel lock at ``<spool>/.locks/tick-<host>.lock``
+keeps two ticks of one node from overlapping. ``--dry-run`` reads and changes nothing.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from mom_checkpoint.backends.base import last_line, locate
+from mom_checkpoint.config import Config
+from mom_checkpoint.environment import Environment, child_environ
+from mom_checkpoint.errors import Busy, StorageIOError, TorqueOutputError, TorqueUnavailable
+from mom_checkpoint.locking import describe_holder, lock_dir
+from mom_checkpoint.schedule import Decision, JobRecord, NodeView, Plan, Settings, plan, safe_job_id
+from mom_checkpoint.storage import INCOMING_PREFIX, Spool, storage_error, write_private
+from mom_checkpoint.torque import QstatOutputError, TorqueJob, parse_qstat_xml
+
+QSTAT_TIMEOUT_S = 60.0  # qstat hangs while pbs_server is unreachable: give up after this
+QCHKPT_TIMEOUT_S = 30.0
+STATE_DIR = ".tick"
+STATE_SCHEMA = 1
+# TORQUE's client commands find the server in /var/spool/torque/server_name, or in these
+PASSED_ENV = ("PBS_DEFAULT", "PBS_SERVER")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    dry_run: bool
+    host: str
+    plan: Plan
+    decisions: list[Decision]  # the plan's, with the qchkpt results filled in
+
+    @property
+    def failed(self) -> list[Decision]:
+        return [d for d in self.decisions if d.action == "qchkpt" and d.result not in ("", "accepted")]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "host": self.host,
+            "jobs": self.plan.jobs,
+            "running": self.plan.running,
+            "elsewhere": self.plan.elsewhere,
+            "decisions": [dataclasses.asdict(d) for d in self.decisions],
+        }
+
+
+def run(config: Config, env: Environment, log: Any | None, *, dry_run: bool) -> Outcome:
+    """One tick; ``log`` is None for a dry run (it writes nothing, not even a log line)."""
+    started = env.monotonic()
+    qstat = locate(config.qstat, "qstat")
+    qchkpt = locate(config.qchkpt, "qchkpt")
+    host = socket.gethostname()
+    jobs = read_jobs(qstat, env)
+    spool = Spool(config.spool_dir)
+    if dry_run:
+        now = env.clock()
+        result = _plan(config, spool, host, jobs, load_state(spool, host), now=now)
+        return Outcome(True, host, result, result.decisions)
+    spool.ensure_root()
+    with tick_lock(lock_dir(spool.root), host):
+        records = load_state(spool, host, log)
+        now = env.clock()
+        result = _plan(config, spool, host, jobs, records, now=now)
+        decisions = [_act(d, qchkpt, env, log) for d in result.decisions]
+        save_state(spool, host, _updated(records, decisions, jobs, now))
+    outcome = Outcome(False, host, result, decisions)
+    if log is not None:
+        log.info(
+            "tick.done", jobs=result.jobs, running=result.running, elsewhere=result.elsewhere,
+            asked=result.count("qchkpt"), failed=len(outcome.failed), deferred=result.count("defer"),
+            reported=result.count("report"), duration_s=round(env.monotonic() - started, 3),
+        )  # fmt: skip
+    return outcome
+
+
+# -- TORQUE ------------------------------------------------------------------------------------------
+
+
+def torque_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    return {**child_environ(), **{k: environ[k] for k in PASSED_ENV if environ.get(k)}}
+
+
+def read_jobs(qstat: str, env: Environment, job_id: str | None = None) -> list[TorqueJob]:
+    """Every job qstat lists (``qstat -t -x``), or one job; TorqueUnavailable or TorqueOutputError."""
+    argv = [qstat, "-t", "-x", *([job_id] if job_id else [])]
+    try:
+        completed = env.runner.run(argv, timeout_s=QSTAT_TIMEOUT_S, env=torque_environ(env.environ))
+    except OSError as exc:
+        raise TorqueUnavailable(f"cannot run {qstat}: {exc.strerror or exc}") from None
+    if completed.timed_out:
+        raise TorqueUnavailable(
+            f"{qstat} did not answer within {QSTAT_TIMEOUT_S:g}s: is pbs_server up and reachable?"
+        )
+    if completed.returncode != 0:
+        detail = last_line(completed.stderr) or last_line(completed.stdout) or "no message"
+        raise TorqueUnavailable(f"{' '.join(argv)} failed (exit {completed.returncode}): {detail}")
+    try:
+        return parse_qstat_xml(completed.stdout)
+    except QstatOutputError as exc:
+        raise TorqueOutputError(f"{' '.join(argv)}: {exc}") from None
+
+
+def _act(decision: Decision, qchkpt: str, env: Environment, log: Any | None) -> Decision:
+    if decision.action == "report" and log is not None:
+        log.warning("tick.not_checkpointable", job_id=decision.job_id, checkpoint=decision.checkpoint,
+                    detail=decision.reason)  # fmt: skip
+    if decision.action == "defer" and log is not None:
+        log.info("tick.deferred", job_id=decision.job_id, reason=decision.reason)
+    if decision.action != "qchkpt":
+        return decision
+    argv = [qchkpt, decision.job_id]
+    try:
+        completed = env.runner.run(argv, timeout_s=QCHKPT_TIMEOUT_S, env=torque_environ(env.environ))
+    except OSError as exc:
+        result = f"cannot run {qchkpt}: {exc.strerror or exc}"
+    else:
+        if completed.timed_out:
+            result = f"qchkpt did not answer within {QCHKPT_TIMEOUT_S:g}s"
+        elif completed.returncode != 0:
+            detail = last_line(completed.stderr) or last_line(completed.stdout) or "no message"
+            result = f"qchkpt failed (exit {completed.returncode}): {detail}"
+        else:
+            result = "accepted"
+    if log is not None:
+        event = "tick.qchkpt" if result == "accepted" else "tick.qchkpt_failed"
+        log.info(
+            event, job_id=decision.job_id, result=result, interval_s=decision.interval_s,
+            interval_source=decision.interval_source, last=decision.last, last_source=decision.last_source,
+        )  # fmt: skip
+    return dataclasses.replace(decision, result=result)
+
+
+# -- what this node knows ----------------------------------------------------------------------------
+
+
+def _plan(
+    config: Config,
+    spool: Spool,
+    host: str,
+    jobs: list[TorqueJob],
+    records: dict[str, JobRecord],
+    *,
+    now: float,
+) -> Plan:
+    settings = Settings(
+        default_interval_s=config.checkpoint_interval * 60.0,
+        max_qchkpt=config.tick_max_qchkpt,
+        scope=config.tick_jobs,
+        host=host,
+        advised_interval=config.tick_advised_interval,
+        mtbf_s=config.node_mtbf_h * 3600.0,
+    )
+    try:
+        views = {
+            job.job_id: node_view(spool, job.job_id, now, config)
+            for job in jobs
+            if job.running and safe_job_id(job.job_id)
+        }
+    except PermissionError as exc:
+        raise StorageIOError(
+            f"cannot read the spool {spool.root}: {exc.strerror} (tick runs as root)"
+        ) from None
+    return plan(jobs, records, views, settings, now)
+
+
+def node_view(spool: Spool, job_id: str, now: float, config: Config) -> NodeView:
+    newest = spool.newest(job_id)
+    last = float(calendar.timegm(time.strptime(newest.created, "%Y%m%dT%H%M%SZ"))) if newest else None
+    cost = None
+    if config.tick_advised_interval:
+        from mom_checkpoint.commands.advise import measured_cost
+
+        with contextlib.suppress(ValueError):
+            cost = measured_cost(spool, job_id)[0]
+    return NodeView(last, _checkpoint_running(spool, job_id, now, config.timeout_s), cost)
+
+
+def _checkpoint_running(spool: Spool, job_id: str, now: float, timeout_s: float) -> bool:
+    """A generation of the job is being written (a recent incoming folder). Read-only on purpose: trying
+    the job's lock could make a checkpoint that starts at that very moment fail as busy."""
+    for run_dir in spool.runs_of(job_id):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(run_dir):
+                recent = now - entry.stat(follow_symlinks=False).st_mtime < timeout_s + 60
+                if entry.name.startswith(INCOMING_PREFIX) and recent:
+                    return True
+    return False
+
+
+# -- the state of earlier ticks, and the lock ---------------------------------------------------------
+
+
+def state_path(spool: Spool, host: str) -> Path:
+    return spool.root / STATE_DIR / f"{_file_host(host)}.json"
+
+
+def _file_host(host: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in host) or "localhost"
+
+
+def load_state(spool: Spool, host: str, log: Any | None = None) -> dict[str, JobRecord]:
+    path = state_path(spool, host)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
+            raise ValueError(f"not a schema {STATE_SCHEMA} tick state")
+        return {str(k): JobRecord(**v) for k, v in data["jobs"].items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        # Losing the record costs at most one early qchkpt per job: TORQUE's checkpoint_time still counts.
+        if log is not None:
+            log.warning("tick.state_unreadable", path=str(path), error=repr(exc))
+        return {}
+
+
+def save_state(spool: Spool, host: str, records: Mapping[str, JobRecord]) -> None:
+    path = state_path(spool, host)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = {"schema": STATE_SCHEMA, "jobs": {k: dataclasses.asdict(v) for k, v in sorted(records.items())}}
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        write_private(tmp, json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise storage_error(exc, f"cannot record what this tick did in {path}") from None
+
+
+def _updated(
+    records: Mapping[str, JobRecord], decisions: list[Decision], jobs: list[TorqueJob], now: float
+) -> dict[str, JobRecord]:
+    """Records of jobs qstat still lists, with what this tick did."""
+    listed = {job.job_id for job in jobs}
+    updated = {job_id: record for job_id, record in records.items() if job_id in listed}
+    for decision in decisions:
+        record = updated.get(decision.job_id, JobRecord())
+        if decision.action == "report":
+            record = dataclasses.replace(record, reported=now)
+        elif decision.action == "qchkpt" and decision.result == "accepted":
+            record = dataclasses.replace(record, asked=now, error="")
+        elif decision.action == "qchkpt":
+            record = dataclasses.replace(record, refused=now, error=decision.result)
+        else:
+            continue
+        updated[decision.job_id] = record
+    return updated
+
+
+@contextlib.contextmanager
+def tick_lock(directory: Path, host: str) -> Iterator[None]:
+    """Hold this node's tick lock, or raise Busy at once naming the tick that holds it."""
+    path = directory / f"tick-{_file_host(host)}.lock"
+    lock = filelock.FileLock(str(path), timeout=0, mode=0o600)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise Busy(f"another tick is running ({describe_holder(path)}): not starting a second one") from None
+    try:
+        info = {"pid": os.getpid(), "host": host, "since": time.time(), "argv": ["tick"]}
+        holder = path.with_name(path.name + ".holder")
+        tmp = holder.with_name(f"{holder.name}.{os.getpid()}")
+        with contextlib.suppress(OSError):  # only the busy message depends on it
+            write_private(tmp, json.dumps(info))
+            os.replace(tmp, holder)
+        yield
+    finally:
+        lock.release()

@@ -1,0 +1,250 @@
+"""OpenPBS: mom-checkpoint as the $action checkpoint, checkpoint_abort and restart scripts, driven the way
+OpenPBS's pbs_mom drives them (tests/openpbs.py: closed stdio, no PATH, per-task %path, SIGKILL of the
+script alone at the $action timeout, transmogrified restart)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import Site, User, crash, installed, verify_generation, wait_until_gone
+from tests.openpbs import Mom, NotRun, Task
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mom_config(timeout: int = 660, transmogrify: bool = True) -> str:
+    text = (ROOT / "packaging" / "openpbs-mom_priv-config").read_text()
+    text = text.replace("/usr/local/sbin/mom-checkpoint", str(installed("mom-checkpoint")))
+    text = text.replace(" 660 !", f" {timeout} !")
+    return text if transmogrify else text.replace("$restart_transmogrify true", "")
+
+
+def make_mom(site: Site, timeout: int = 660, transmogrify: bool = True) -> Mom:
+    checkpoint_path = site.base / "pbs" / "checkpoint"
+    checkpoint_path.mkdir(parents=True, exist_ok=True)
+    checkpoint_path.chmod(0o700)  # OpenPBS wants its checkpoint folder root's 0700
+    mom_log = site.base / "mom.log"
+    mom_log.touch()
+    return Mom(mom_config(timeout, transmogrify), checkpoint_path, site.config, mom_log)
+
+
+def configure(site: Site, **keys: object) -> None:
+    roots = {"pbs_checkpoint_roots": [str(site.base / "pbs" / "checkpoint")]}
+    site.configure(**roots, **keys)  # type: ignore[arg-type]
+
+
+def psnc(site: Site, **standin_env: str) -> dict[str, object]:
+    return {"backend": "psnc", "backends.psnc.chkpnt": str(site.standin("chkpnt", **standin_env))}
+
+
+def counts(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().splitlines() if line.strip().isdigit()]
+
+
+def events(site: Site, name: str) -> list[dict[str, object]]:
+    return [e for e in site.log_events() if e.get("event") == name]
+
+
+@pytest.mark.usefixtures("criu")
+def test_checkpoint_abort_and_restart_as_openpbs_drives_them(site: Site) -> None:
+    configure(site, **{"backends.criu.run_as": "job-user"})
+    mom = make_mom(site)
+    job = site.start_job("31.vm", app_env={"COUNTER_LIMIT": "300", "COUNTER_EXIT": "3"})
+    restored = [job.exec_pid(), job.app_pid()]
+    task = Task(job, "31.vm")
+
+    periodic = mom.checkpoint(task)
+    assert (periodic.status, periodic.killed, periodic.marker_made) == (0, False, False), site.log_events()[
+        -1:
+    ]
+    pointer = json.loads(periodic.path.read_text())
+    assert periodic.path.name == "00000001" and pointer["job_id"] == "31.vm"
+    [first] = site.generations("31.vm")
+    assert pointer["generation"] == str(first)
+    verify_generation(first)
+    assert job.wait_count(job.count() + 3) and job.is_running()
+    assert (site.base / "mom.log").stat().st_size == 0, "the tool wrote into MOM's own log (fd 3)"
+
+    held = mom.checkpoint(task, abort=True)  # qhold
+    assert held.status == 0 and held.path.exists() and not held.marker_made
+    job.wait_ended()
+    checkpointed = counts(job.output)[-1]
+    assert len(site.generations("31.vm")) == 2
+    crash(job)
+
+    # qrls: MOM runs the restart script as the task's new top process, %sid the old one negated
+    restart = mom.start_restart(task, old_sid=job.session_id)
+    deadline = time.monotonic() + 30
+    while not all(psutil.pid_exists(pid) for pid in restored):
+        assert time.monotonic() < deadline, f"not restored: {events(site, 'restart.refused')}"
+        time.sleep(0.05)
+    assert {os.getsid(pid) for pid in restored} == {restart}, "the job must run in the task's session"
+    # the next checkpoint of the restarted task: MOM passes the task's session, the restart process
+    again = mom.checkpoint(Task(job, "31.vm", session_id=restart))
+    assert again.status == 0, events(site, "checkpoint.refused")
+    newest = site.generations("31.vm")[-1]
+    assert verify_generation(newest)["job"]["found_via"] == "restart-record"
+    _, status = os.waitpid(restart, 0)
+    assert os.waitstatus_to_exitcode(status) == 3, "the job's exit status is the application's"
+    after = counts(job.output)
+    assert after[after.index(checkpointed) + 1 :] == list(range(checkpointed + 1, 301))
+    [start] = events(site, "restart.start")
+    assert start["convention"] == "openpbs" and start["argv"] == [
+        "--pbs", "restart", "31.vm", f"-{job.session_id}", "1", site.user.name, str(held.path)
+    ]  # fmt: skip
+
+
+def test_a_failed_checkpoint_leaves_nothing_at_path_and_our_images_survive(site: Site) -> None:
+    configure(site, **psnc(site))
+    mom = make_mom(site)
+    job = site.start_job("32.vm")
+    task = Task(job, "32.vm")
+    assert mom.checkpoint(task).status == 0
+    [good] = site.generations("32.vm")
+
+    configure(site, **psnc(site, STANDIN_FAIL="5"))
+    failed = mom.checkpoint(task)
+    assert failed.status == 80 and not failed.believes_checkpointed
+    assert not (mom.checkpoint_path / "32.vm.CK").exists(), "MOM deletes its folder, the old one too"
+    assert site.generations("32.vm") == [good]
+    verify_generation(good)
+    [refusal] = events(site, "checkpoint.refused")
+    assert "psnc failed (exit 5)" in str(refusal["error"])
+
+    held = mom.checkpoint(task, abort=True)  # a failed qhold must leave no file at %path
+    assert held.status == 80 and not held.path.exists() and not held.believes_checkpointed
+    assert job.is_running(), "a failed checkpoint_abort must never end the task"
+
+
+def test_the_tools_timeout_ends_a_hung_checkpointer_before_moms(site: Site) -> None:
+    configure(site, timeout_s=1, **psnc(site, STANDIN_HANG="60"))
+    mom = make_mom(site, timeout=20)
+    job = site.start_job("33.vm")
+    outcome = mom.checkpoint(Task(job, "33.vm"), abort=True)
+    assert outcome.status == 81 and not outcome.killed and not outcome.path.exists()
+    hung = [c["pid"] for c in site.standin_calls()]
+    wait_until_gone(hung, timeout=10)
+    assert not any(psutil.pid_exists(pid) for pid in hung), "the hung checkpointer survived"
+    assert job.is_running()
+
+
+def test_when_mom_kills_the_script_the_next_call_ends_the_orphaned_checkpointer(site: Site) -> None:
+    configure(site, timeout_s=60, **psnc(site, STANDIN_HANG="60"))
+    mom = make_mom(site, timeout=2)  # misconfigured: shorter than timeout_s (doctor says so)
+    job = site.start_job("34.vm")
+    task = Task(job, "34.vm")
+    killed = mom.checkpoint(task)
+    assert killed.killed and killed.status is None
+    [orphan] = [c["pid"] for c in site.standin_calls()]
+    assert psutil.pid_exists(orphan), "pbs_mom kills the script alone: its checkpointer lives on"
+    configure(site, **psnc(site))
+    assert mom.checkpoint(task).status == 0
+    wait_until_gone([orphan], timeout=10)
+    assert not psutil.pid_exists(orphan), "the next checkpoint must stop the orphaned checkpointer"
+    assert [e for e in site.log_events() if e.get("event") == "incoming.stale_removed"]
+    assert site.incoming() == [] and len(site.generations("34.vm")) == 1
+
+
+def test_each_task_has_its_own_path_and_generations(site: Site) -> None:
+    configure(site, **psnc(site))
+    mom = make_mom(site)
+    first, second = site.start_job("35.vm"), site.start_job("35.vm-task2")
+    for task in (Task(first, "35.vm", 1), Task(second, "35.vm", 2)):
+        outcome = mom.checkpoint(task)
+        assert outcome.status == 0 and outcome.path.name == f"{task.task_id:08X}"
+        assert json.loads(outcome.path.read_text())["job_id"] == (
+            "35.vm" if task.task_id == 1 else "35.vm+task2"
+        )
+    assert len(site.generations("35.vm")) == 1 and len(site.generations("35.vm+task2")) == 1
+
+
+def test_mom_refuses_scripts_and_words_as_openpbs_does(site: Site, tmp_path: Path) -> None:
+    configure(site, **psnc(site))
+    job = site.start_job("36.vm")
+    copy = site.base / "mom-checkpoint-copy"
+    shutil.copy(installed("mom-checkpoint"), copy)
+    copy.chmod(0o777)
+    mom = make_mom(site)
+    mom.actions["checkpoint"] = (600, str(copy), mom.actions["checkpoint"][2])
+    with pytest.raises(NotRun, match="not root's"):
+        mom.checkpoint(Task(job, "36.vm"))
+    mom = make_mom(site)
+    timeout, script, words = mom.actions["checkpoint"]
+    mom.actions["checkpoint"] = (timeout, script, [*words, "%cookie"])
+    with pytest.raises(NotRun, match="unknown %cookie"):
+        mom.checkpoint(Task(job, "36.vm"))
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["checkpoint", "36.vm", "4711", "1", "momtest"], "7 words"),
+        (["suspend", "36.vm", "4711", "1", "momtest", "/x/36.vm.CK/00000001"], "ACTION must be one of"),
+        (["checkpoint", "36.vm", "4711", "1", "momtest", "/x/36.vm.CK/00000002"], "not this task's"),
+        (["checkpoint", "36.vm", "4711", "1", "momtest", "/x/37.vm.CK/00000001"], "not this task's"),
+        (["checkpoint", "../x", "4711", "1", "momtest", "/x/../x.CK/00000001"], "not safe"),
+        (["checkpoint", "36.vm", "abc", "1", "momtest", "/x/36.vm.CK/00000001"], "%sid"),
+        (["checkpoint", "36.vm", "4711", "0", "momtest", "/x/36.vm.CK/00000000"], "%taskid"),
+    ],
+)
+def test_bad_pbs_words_are_refused_with_nothing_written(site: Site, words: list[str], message: str) -> None:
+    configure(site)
+    proc = subprocess.run(
+        [str(installed("mom-checkpoint")), "--pbs", *words],
+        env={"MOM_CHECKPOINT_CONFIG": str(site.config)},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 64 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not any(site.spool.iterdir())
+
+
+def test_a_path_outside_pbs_checkpoint_roots_is_refused(site: Site) -> None:
+    configure(site, **psnc(site))
+    job = site.start_job("37.vm")
+    mom = make_mom(site)
+    mom.checkpoint_path = site.torque_root  # TORQUE's folder is not an OpenPBS root
+    outcome = mom.checkpoint(Task(job, "37.vm"))
+    assert outcome.status == 77 and not outcome.path.exists()
+    [refusal] = events(site, "checkpoint.refused")
+    assert "pbs_checkpoint_roots" in str(refusal["error"])
+
+
+def test_doctor_checks_the_action_lines_timeouts_permissions_and_transmogrify(
+    site: Site, root_user: User
+) -> None:
+    configure(site, backend="psnc", **{"backends.psnc.chkpnt": "/bin/true"})
+    make_mom(site)
+    mom_priv = site.base / "mom_priv-config"
+    program = installed("mom-checkpoint")
+
+    def doctor() -> str:
+        proc = subprocess.run(
+            [str(program), "doctor", "--mom-config", str(mom_priv)],
+            env={"PATH": "/bin:/usr/bin", "MOM_CHECKPOINT_CONFIG": str(site.config)},
+            capture_output=True,
+            text=True,
+        )
+        return proc.stdout
+
+    mom_priv.write_text(mom_config())
+    good = doctor()
+    for name in ("checkpoint", "checkpoint_abort", "restart"):
+        assert f"[ok  ] $action {name}: " in good, good
+    assert "[ok  ] $restart_transmogrify" in good and "[ok  ] $action script" in good
+    assert "[ok  ] checkpoint root" in good and "[ok  ] $action checkpoint timeout" in good
+
+    mom_priv.write_text(mom_config(timeout=100, transmogrify=False))  # the site's timeout_s is 120
+    bad = doctor()
+    assert "[FAIL] $restart_transmogrify" in bad and "add '$restart_transmogrify true'" in bad
+    assert "[FAIL] $action checkpoint timeout" in bad and "at least 180 s" in bad
+    mom_priv.write_text(mom_config().replace("%login %path", "%path"))
+    assert "[FAIL] $action checkpoint:" in doctor()

@@ -172,7 +172,8 @@ def kill9_checkpointer(site: Site, rng: random.Random) -> list[str]:
     criu = _checkpointer_of(hook.pid)
     assert criu is not None, "criu never started"
     time.sleep(rng.uniform(0, 0.08))
-    criu.send_signal(signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # criu may have finished already
+        os.kill(criu.pid, signal.SIGKILL)
     status = hook.wait(timeout=60)
     stderr = hook.stderr.read().decode() if hook.stderr else ""
     checks = ["criu killed with -9 during the dump"]
@@ -202,7 +203,8 @@ def hanging_checkpointer(site: Site, rng: random.Random) -> list[str]:
     criu = _checkpointer_of(hook.pid)
     assert criu is not None, "criu never started"
     time.sleep(rng.uniform(0, 0.05))
-    criu.send_signal(signal.SIGSTOP)
+    with contextlib.suppress(ProcessLookupError):  # criu may have finished already
+        os.kill(criu.pid, signal.SIGSTOP)
     status = hook.wait(timeout=60)
     stderr = hook.stderr.read().decode() if hook.stderr else ""
     checks = ["criu hung (SIGSTOP) during a SIGNAL 15 dump"]

@@ -14,6 +14,8 @@ from typing import TextIO
 
 # pbs_mom gives its hooks PATH=/bin:/usr/bin only; children get a PATH that also has the sbin folders.
 CHILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+POLL_S = 0.5
+LEFTOVER_GRACE_S = 2.0  # how long a finished program's leftovers may hold its output pipes
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,25 @@ class Runner:
         timed_out = False
         if on_start is not None:
             on_start(proc.pid)
-        try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        deadline = started + timeout_s
+        ended_at: float | None = None
+        while True:
+            try:
+                out, err = proc.communicate(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                if now >= deadline:
+                    timed_out = True
+                elif proc.poll() is None:
+                    continue
+                elif ended_at is None:
+                    ended_at = now  # the program has ended, but something it started holds its pipes
+                    continue
+                elif now - ended_at < LEFTOVER_GRACE_S:
+                    continue
+            # past the time limit, or the program's leftovers outlived it (a checkpointer's helper
+            # that was killed with it, stuck in ptrace-stop): end the whole group, keep what it said
             kill_group(proc.pid)
             try:
                 out, err = proc.communicate(timeout=10)
@@ -73,6 +90,7 @@ class Runner:
                 proc.kill()
                 out, err = b"", b""
                 proc.wait()
+            break
         return Completed(
             argv=tuple(argv),
             returncode=proc.returncode,

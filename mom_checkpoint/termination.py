@@ -66,11 +66,33 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def resume_tree(pids: list[int]) -> None:
-    """After a killed checkpointer: make sure no process of the job is left stopped."""
-    for pid in pids:
+def _state(pid: int) -> str | None:
+    """The process's state letter from /proc (None when it does not exist)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    return _state(pid) not in (None, "Z", "X")
+
+
+def stopped(pids: list[int]) -> set[int]:
+    """Those of ``pids`` that are stopped now (job control or ptrace stop)."""
+    return {pid for pid in pids if _state(pid) in ("T", "t")}
+
+
+def resume_tree(pids: list[int], *, stopped_before: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """After a failed or killed checkpointer: no process of the job is left stopped by it. Processes
+    that were stopped before the checkpoint (a user's qsig -s STOP) stay as they were."""
+    resumed = []
+    for pid in sorted(stopped(pids) - stopped_before):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGCONT)
+            resumed.append(pid)
+    return resumed
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:

@@ -21,7 +21,7 @@ from mom_checkpoint.backends import DumpRequest, DumpResult, JobUser
 from mom_checkpoint.calls import CheckpointCall
 from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import DiskFull, Error, TimedOut, UnknownUser
+from mom_checkpoint.errors import DiskFull, Error, UnknownUser
 from mom_checkpoint.hashing import ImageFile, digest_files
 from mom_checkpoint.locking import job_lock, lock_dir, node_slot
 from mom_checkpoint.manifest import (
@@ -44,7 +44,7 @@ from mom_checkpoint.pointer import (
     write_pointer,
 )
 from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generation_name
-from mom_checkpoint.termination import end_session, resume_tree
+from mom_checkpoint.termination import alive, end_session, resume_tree, stopped
 
 RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
 
@@ -158,6 +158,8 @@ class _Attempt:
             on_start=incoming.record_checkpointer,
         )
         result: DumpResult | None = None
+        pids = [p.pid for p in self.job.tree]
+        stopped_before = stopped(pids)
         try:
             result = self.backend.checkpoint(self.binary, request)
             dumped = self.env.monotonic()
@@ -178,9 +180,19 @@ class _Attempt:
                     raise type(exc)(message) from exc
                 raise
             incoming.discard()
-            if isinstance(exc, TimedOut):
-                resume_tree([p.pid for p in self.job.tree])
-            self.log.error("checkpoint.failed", error=str(exc), kind=type(exc).__name__)
+            resumed = resume_tree(pids, stopped_before=stopped_before)  # a killed criu may leave them stopped
+            lost = [pid for pid in pids if not alive(pid)]
+            self.log.error(
+                "checkpoint.failed", error=str(exc), kind=type(exc).__name__, resumed=resumed, lost=lost
+            )
+            if lost and result is None and isinstance(exc, Error):
+                # CRIU runs code inside the job while it dumps; if criu dies then, that code traps and
+                # the process dies with it. Say so: the user's next step is a restart, not a retry.
+                raise type(exc)(
+                    f"{exc.message}; {len(lost)} of the job's processes ended during the failed dump "
+                    f"(a checkpointer that dies inside a process takes it along): restart the job from "
+                    f"its newest complete checkpoint"
+                ) from exc
             raise
         self.log.info("generation.published", path=str(generation.path), bytes=manifest.total_bytes)
         return generation, manifest

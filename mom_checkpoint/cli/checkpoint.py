@@ -86,9 +86,8 @@ def _openpbs(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatu
     parsed = parse_pbs_args(args)
     if parsed.action != "restart":
         return _checkpoint(pbs_checkpoint_call(parsed), env, loggers)
-    from mom_checkpoint import config as config_module
+    from mom_checkpoint.cli.restart import run_restart
     from mom_checkpoint.commands import restart
-    from mom_checkpoint.log import make_logger
 
     call = restart.PbsRestart(
         session_id=parsed.session_id,
@@ -100,14 +99,7 @@ def _openpbs(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatu
         argv=parsed.argv,
         task_id=parsed.task_id,
     )
-    config = config_module.load(env.environ)
-    log = make_logger(config.log_file, program=PROG)
-    loggers.append(log)
-    try:
-        return restart.run(call, config, env, log)
-    except Error as exc:
-        log.error("restart.refused", error=exc.message, exit_status=int(exc.exit_status))
-        raise
+    return run_restart(call, env, loggers, PROG)
 
 
 def _checkpoint(call: Any, env: Environment, loggers: list[Any]) -> ExitStatus:

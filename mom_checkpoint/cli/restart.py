@@ -92,13 +92,17 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
 
 
 def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:
+    return run_restart(parse_restart_call(args), env, loggers, PROG)
+
+
+def run_restart(call: RestartCall, env: Environment, loggers: list[Any], prog: str) -> int:
+    """Config, log, restore and wait: the application's exit status (also for OpenPBS's restart)."""
     from mom_checkpoint import config as config_module
     from mom_checkpoint.commands import restart
     from mom_checkpoint.log import make_logger
 
-    call = parse_restart_call(args)
     config = config_module.load(env.environ)
-    log = make_logger(config.log_file, program=PROG)
+    log = make_logger(config.log_file, program=prog)
     loggers.append(log)
     try:
         return restart.run(call, config, env, log)

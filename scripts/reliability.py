@@ -65,7 +65,7 @@ def run_scenario(name: str, scenario: Scenario, runs: int, seed: int, user: User
             )
         else:
             tally.passed += 1
-            tally.checks.update(dict.fromkeys(checks))  # a check a scenario repeats counts once a run
+            tally.checks.update(list(dict.fromkeys(checks)))  # a check repeated in one run counts once
         finally:
             tally.runs += 1
             tally.seconds += time.monotonic() - started

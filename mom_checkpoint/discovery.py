@@ -63,6 +63,8 @@ class JobProcesses:
         return sum(p.rss for p in self.tree)
 
 
+_KERNEL_CHILDREN = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
 # Given a job id, the pid of the process that restarted it, if one is recorded and still alive.
 RestartLookup = Callable[[str], int | None]
 
@@ -111,7 +113,7 @@ def find_job(
                     f"job {job_id}: its restart process {leader.pid} runs no application of {euser}"
                 )
         records = [_record(target)]
-        for descendant in target.children(recursive=True):
+        for descendant in descendants(target):
             with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived child may end meanwhile
                 if _alive(descendant):
                     records.append(_record(descendant))
@@ -144,6 +146,40 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+def children_of(proc: psutil.Process) -> list[psutil.Process]:
+    """The process's children from the kernel's own lists (/proc/PID/task/TID/children): psutil's
+    children() reads the stat file of every process on the node, 0.3 s on a node with 10,000."""
+    if not _KERNEL_CHILDREN:
+        return proc.children()  # a kernel without CONFIG_PROC_CHILDREN
+    try:
+        tids = os.listdir(f"/proc/{proc.pid}/task")
+    except FileNotFoundError:
+        raise psutil.NoSuchProcess(proc.pid) from None
+    pids: set[int] = set()
+    for tid in tids:
+        # (a thread that has just ended has no children file any more)
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{proc.pid}/task/{tid}/children") as fh:
+            pids.update(int(pid) for pid in fh.read().split())
+    found = []
+    for pid in sorted(pids):
+        with contextlib.suppress(psutil.NoSuchProcess):  # ended meanwhile
+            child = psutil.Process(pid)
+            if child.ppid() == proc.pid:
+                found.append(child)
+    return found
+
+
+def descendants(proc: psutil.Process) -> list[psutil.Process]:
+    """Every descendant, parents before their children."""
+    found, todo = [], children_of(proc)
+    while todo:
+        child = todo.pop(0)
+        found.append(child)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            todo += children_of(child)
+    return found
+
+
 def _exec_process(
     leader: psutil.Process,
     session: int,
@@ -151,7 +187,7 @@ def _exec_process(
     several_children: Literal["fail", "oldest"],
     restored: bool = False,
 ) -> psutil.Process:
-    children = [c for c in leader.children() if _alive(c) and _session_of(c) == session]
+    children = [c for c in children_of(leader) if _alive(c) and _session_of(c) == session]
     if restored and leader.uids().real == 0:
         # the root restart program may still run a root restorer beside the application: not the job
         children = [c for c in children if c.uids().real != 0] or children

@@ -17,10 +17,8 @@ import errno
 import json
 import os
 import re
-import shutil
 import signal
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ PRUNING_PREFIX = ".pruning-"
 KEPT_PREFIX = ".unpublished-"
 MANIFEST = "manifest.json"
 CHECKPOINTER_RECORD = "checkpointer.json"
+RESTARTS = ".restarts"  # mom-restart's work folders: <host>.<pid>.<start time>
 IMAGE = "image"
 _GENERATION = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
 _RUN = re.compile(r"(\d+)\.(.+)")
@@ -192,7 +191,32 @@ class Spool:
         os.rename(generation.path, doomed)
         remove_tree(doomed)
 
+    # -- mom-restart's work folders ------------------------------------------------------------------
+    def restart_workdir(self, owner: Owner) -> Path:
+        """A private folder for one restart (the restorer's log and pid file), named after this
+        process; those of this host's restarts that have ended (killed with -9) are removed first."""
+        import socket
+
+        parent = self.root / RESTARTS
+        try:
+            parent.mkdir(mode=0o711, exist_ok=True)
+            check_private_dir(parent, 0o711)
+            host = socket.gethostname()
+            for entry in os.scandir(parent):
+                name, pid, start = [*entry.name.rsplit(".", 2), "", ""][:3]
+                if name == host and pid.isdigit() and _start_token(int(pid)) != start:
+                    remove_tree(Path(entry.path))
+            path = parent / f"{host}.{os.getpid()}.{_start_token(os.getpid())}"
+            path.mkdir(mode=0o700)
+            if not owner.is_root:
+                os.chown(path, owner.uid, owner.gid)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot create a work folder in {parent}") from None
+        return path
+
     def begin(self, run_dir: Path, owner: Owner) -> Incoming:
+        import tempfile  # here, with shutil below: the hook's start-up is most of its cost
+
         try:
             path = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=run_dir))
             if not owner.is_root:
@@ -300,6 +324,11 @@ def stop_orphan_checkpointer(incoming: Path) -> None:
         time.sleep(0.1)
 
 
+def _start_token(pid: int) -> str:
+    start = _start_time(pid)
+    return "gone" if start is None else str(int(start))
+
+
 def _start_time(pid: int) -> float | None:
     """The process's start time in clock ticks since boot, from /proc (None when it does not exist)."""
     try:
@@ -330,6 +359,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
+    import shutil
+
     # shutil.rmtree works through file descriptors on Linux and does not follow symlinks.
     shutil.rmtree(path, ignore_errors=True)
 

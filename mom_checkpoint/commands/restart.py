@@ -39,7 +39,7 @@ from mom_checkpoint.errors import (
 )
 from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
-from mom_checkpoint.storage import IMAGE, Spool
+from mom_checkpoint.storage import IMAGE, Owner, Spool
 from mom_checkpoint.verification import verify
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
@@ -122,7 +122,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
     if os.geteuid() == 0 and caller is None:
         sessions.record(spool.root, job_id, os.getpid())  # the next checkpoint finds the job through us
     forwarder = _Forwarder()
-    with forwarder, _workdir(user if config.run_as == "job-user" else None) as workdir:
+    with forwarder, _workdir(spool, user if config.run_as == "job-user" else None) as workdir:
         with _output_files(manifest, user) as inherited:
             request = RestoreRequest(
                 image_dir=generation / IMAGE,
@@ -245,11 +245,14 @@ def _check_pids_free(manifest: Manifest) -> None:
 
 
 @contextlib.contextmanager
-def _workdir(user: JobUser | None) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="mom-restart-"))
+def _workdir(spool: Spool, user: JobUser | None) -> Iterator[Path]:
+    """Under the spool when root (a restart killed with -9 leaves it there for the next one to
+    clean); a private temporary folder otherwise."""
+    if os.geteuid() == 0:
+        path = spool.restart_workdir(Owner(user.uid, user.gid) if user is not None else Owner(0, 0))
+    else:
+        path = Path(tempfile.mkdtemp(prefix="mom-restart-"))
     try:
-        if user is not None:
-            os.chown(path, user.uid, user.gid)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)

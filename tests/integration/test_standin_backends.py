@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import stat
+import subprocess
+import time
+from pathlib import Path
 
-from tests.helpers import Site, call_hook, crash, start_restart, verify_generation
+from tests.helpers import Site, call_hook, crash, kill_session, start_restart, verify_generation
 
 
 def test_psnc_runs_the_seeds_exact_command_line(site: Site) -> None:
@@ -119,3 +123,40 @@ def test_blcr_restore_runs_cr_restart_on_the_context_file(site: Site) -> None:
     assert restart.wait(timeout=60) == 6, restart.stderr.read() if restart.stderr else ""
     calls = [c for c in site.standin_calls() if c["prog"] == "cr_restart"]
     assert [c["argv"][1:] for c in calls] == [[str(generation / "image" / f"context.{exec_pid}")]]
+
+
+def test_a_restart_killed_with_9_leaves_its_work_folder_for_the_next_to_remove(site: Site) -> None:
+    site.configure(
+        backend="psnc",
+        **{
+            "backends.psnc.chkpnt": str(site.standin("chkpnt")),
+            "backends.psnc.resume": str(site.standin("resume")),
+        },
+    )
+    job = site.start_job("405.head")
+    assert call_hook(site.torque_args(job, signal_number=15), site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    restarts = site.spool / ".restarts"
+
+    def restart_and_wait() -> tuple[subprocess.Popen[bytes], Path]:
+        restart = start_restart(["--job", "405.head"], site.config)
+        deadline = time.monotonic() + 30
+        while not [c for c in site.standin_calls() if c["prog"] == "resume" and c["ppid"] == restart.pid]:
+            assert time.monotonic() < deadline and restart.poll() is None, "no restore started"
+            time.sleep(0.05)
+        [workdir] = [p for p in restarts.iterdir() if f".{restart.pid}." in p.name]
+        return restart, workdir
+
+    first, first_dir = restart_and_wait()
+    assert stat.S_IMODE(restarts.stat().st_mode) == 0o711 and stat.S_IMODE(first_dir.stat().st_mode) == 0o700
+    kill_session(first.pid)  # pbs_mom's qdel of an unresponsive job: SIGKILL, no clean-up
+    first.wait(timeout=30)
+    assert first_dir.exists()
+    second, second_dir = restart_and_wait()
+    try:
+        assert not first_dir.exists(), "the dead restart's work folder was not removed"
+        assert second_dir.exists()
+    finally:
+        kill_session(second.pid)
+        second.wait(timeout=30)

@@ -1,0 +1,100 @@
+"""hashing.digest_files: the same digests, order and refusals in the calling thread (small images) and on
+threads with the write-back overlapped (large ones), and every file fsync'd when asked."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from mom_checkpoint import hashing
+from mom_checkpoint.hashing import NotARegularFile, digest_files
+
+SIZES = {
+    "image/pages-1.img": 300_000,
+    "image/core-1.img": 3_000,
+    "image/empty.img": 0,
+    "image/pages-2.img": 70_000,
+}
+
+
+@pytest.fixture(params=["calling thread", "threads"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "threads":
+        monkeypatch.setattr(hashing, "THREADS_FROM_BYTES", 0)  # as if the image were large
+    return str(request.param)
+
+
+def image(tmp_path: Path) -> dict[str, bytes]:
+    (tmp_path / "image").mkdir()
+    contents = {}
+    for rel, size in SIZES.items():
+        data = os.urandom(size)
+        (tmp_path / rel).write_bytes(data)
+        contents[rel] = data
+    return contents
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_digests_sizes_and_order_match_hashlib(tmp_path: Path, mode: str, fsync: bool) -> None:
+    contents = image(tmp_path)
+    rels = list(SIZES)
+    files = digest_files(tmp_path, rels, fsync=fsync)
+    assert [f.path for f in files] == rels
+    for f in files:
+        assert f.size == len(contents[f.path])
+        assert f.sha256 == hashlib.sha256(contents[f.path]).hexdigest()
+
+
+def test_every_file_is_fsynced(tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    image(tmp_path)
+    synced: list[str] = []
+    lock = threading.Lock()
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        with lock:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    digest_files(tmp_path, list(SIZES), fsync=True)
+    assert sorted(synced) == sorted(str(tmp_path / rel) for rel in SIZES)
+    synced.clear()
+    digest_files(tmp_path, list(SIZES), fsync=False)
+    assert synced == []
+
+
+def test_progress_counts_every_byte(tmp_path: Path, mode: str) -> None:
+    image(tmp_path)
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def progress(n: int) -> None:
+        with lock:
+            seen.append(n)
+
+    digest_files(tmp_path, list(SIZES), progress=progress)
+    assert sum(seen) == sum(SIZES.values())
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_a_fifo_or_a_symlink_is_refused_without_hanging(tmp_path: Path, mode: str, fsync: bool) -> None:
+    image(tmp_path)
+    threads = threading.active_count()
+    os.mkfifo(tmp_path / "image" / "fifo.img")
+    with pytest.raises(NotARegularFile):
+        digest_files(tmp_path, [*SIZES, "image/fifo.img"], fsync=fsync)
+    (tmp_path / "image" / "link.img").symlink_to(tmp_path / "image" / "pages-1.img")
+    with pytest.raises(OSError):  # O_NOFOLLOW: ELOOP, never the file behind the link
+        digest_files(tmp_path, [*SIZES, "image/link.img"], fsync=fsync)
+    assert threading.active_count() == threads, "a hashing or fsync thread outlived the call"
+
+
+def test_a_missing_file_fails_the_call(tmp_path: Path, mode: str) -> None:
+    image(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        digest_files(tmp_path, [*SIZES, "image/gone.img"], fsync=True)

@@ -7,7 +7,7 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo pyth
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup venv criu test-user demo test lint typecheck install clean man deb rpm packaging-tools reliability
+.PHONY: setup venv criu test-user demo test lint typecheck install clean man deb rpm packaging-tools reliability benchmark
 
 setup: venv criu test-user packaging-tools
 
@@ -45,6 +45,11 @@ test: setup lint typecheck
 # Every fault and abuse scenario many times, and long fuzzing: writes docs/RELIABILITY.md.
 reliability: setup
 	$(BIN)/python scripts/reliability.py
+
+# The hook against the seed's script and raw CRIU, side by side: writes docs/PERFORMANCE.md.
+# It drops the page cache before each dump: run it on a quiet machine (it waits up to an hour).
+benchmark: setup
+	$(BIN)/python scripts/benchmark.py --wait-quiet 3600
 
 # A node install: a private venv on the system Python and the three programs in $(SBIN).
 PREFIX ?= /opt/mom-checkpoint

@@ -79,6 +79,23 @@ def alive(pid: int) -> bool:
     return _state(pid) not in (None, "Z", "X")
 
 
+def ended_soon(
+    pids: list[int],
+    within_s: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> list[int]:
+    """Those of ``pids`` that have ended, or end within ``within_s`` (a process that a dying
+    checkpointer was inside dies a moment after the checkpointer: see docs/CRIU.md)."""
+    deadline = monotonic() + within_s
+    while True:
+        gone = [pid for pid in pids if not alive(pid)]
+        if gone or monotonic() >= deadline:
+            return gone
+        sleep(0.05)
+
+
 def stopped(pids: list[int]) -> set[int]:
     """Those of ``pids`` that are stopped now (job control or ptrace stop)."""
     return {pid for pid in pids if _state(pid) in ("T", "t")}

@@ -44,9 +44,10 @@ from mom_checkpoint.pointer import (
     write_pointer,
 )
 from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generation_name
-from mom_checkpoint.termination import alive, end_session, resume_tree, stopped
+from mom_checkpoint.termination import end_session, ended_soon, resume_tree, stopped
 
 RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
+LOSS_SETTLE_S = 1.0  # after a failed dump, how long to watch for the job's processes dying of it
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class _Attempt:
                 raise
             incoming.discard()
             resumed = resume_tree(pids, stopped_before=stopped_before)  # a killed criu may leave them stopped
-            lost = [pid for pid in pids if not alive(pid)]
+            lost = ended_soon(pids, LOSS_SETTLE_S, sleep=self.env.sleep, monotonic=self.env.monotonic)
             self.log.error(
                 "checkpoint.failed", error=str(exc), kind=type(exc).__name__, resumed=resumed, lost=lost
             )

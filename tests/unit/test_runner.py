@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from mom_checkpoint.environment import Runner
-from mom_checkpoint.termination import resume_tree, stopped
+from mom_checkpoint.termination import ended_soon, resume_tree, stopped
 
 
 def test_a_finished_programs_leftovers_do_not_hold_the_runner() -> None:
@@ -65,3 +65,17 @@ def test_resume_only_what_the_checkpointer_left_stopped(sleeper: int) -> None:
     while sleeper in stopped([sleeper]):
         assert time.monotonic() < deadline, "SIGCONT did not resume it"
         time.sleep(0.01)
+
+
+def test_a_process_that_dies_a_moment_after_the_failure_is_counted_as_lost() -> None:
+    dying = subprocess.Popen(["sleep", "0.3"])
+    living = subprocess.Popen(["sleep", "60"])
+    try:
+        assert ended_soon([dying.pid, living.pid], 0.01) == []  # not yet
+        dying_gone = ended_soon([dying.pid, living.pid], 10)  # (a zombie counts as ended)
+        assert dying_gone == [dying.pid]
+        assert ended_soon([living.pid], 0.2) == []
+    finally:
+        living.kill()
+        for proc in (dying, living):
+            proc.wait()

@@ -566,45 +566,9 @@ class Bench:
         return path
 
     def start_app(self, site: Site, job_id: str, mib: int) -> Job:
-        """Site.start_job with the ticker instead of the counter: a job started the way pbs_mom does,
-        through mom-checkpoint-run, as the job's user (session-leader shell -> script shell -> ticker)."""
-        user = self.user
-        home = site.jobs_dir / job_id
-        home.mkdir(mode=0o755)
-        os.chown(home, user.uid, user.gid)
-        script = home / f"{job_id}.SC"
-        script.write_text(f"#!/bin/sh\n/usr/bin/python3 {TICKER}\n")
-        script.chmod(0o755)
-        output = home / f"{job_id}.OU"
-        with open(output, "wb") as out:
-            os.fchown(out.fileno(), user.uid, user.gid)
-            leader = subprocess.Popen(
-                [str(installed("mom-checkpoint-run")), "/bin/bash"],
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=home,
-                env={
-                    "PATH": "/usr/local/bin:/usr/bin:/bin",
-                    "HOME": str(home),
-                    "USER": user.name,
-                    "PBS_JOBID": job_id,
-                    "PBS_O_WORKDIR": str(home),
-                    "TICKER_MIB": str(mib),
-                },
-                user=user.uid,
-                group=user.gid,
-                extra_groups=[],
-                umask=0o077,
-                start_new_session=True,
-            )
-        assert leader.stdin is not None
-        leader.stdin.write(f"/bin/bash {script}\n".encode())
-        leader.stdin.flush()  # pbs_mom keeps its end of the pipe open, so do we
-        job = Job(job_id, leader, output, user, leader.stdin)
-        site._jobs.append(job)  # so that Site.stop_jobs() ends it
-        job.wait_count(3, timeout=120)  # the ballast is resident before the first line
-        return job
+        """A job started the way pbs_mom does, running the ticker instead of the counter; the ballast
+        is resident before its first line."""
+        return site.start_job(job_id, self.user, {"TICKER_MIB": str(mib)}, app=TICKER, wait_s=120)
 
     def fresh_page_cache(self) -> None:
         """Give the next dump the same start as any other: sync, drop the page cache, and read back what

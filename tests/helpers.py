@@ -283,15 +283,21 @@ class Site:
         ]
 
     def start_job(
-        self, job_id: str, user: User | None = None, app_env: Mapping[str, str] | None = None
+        self,
+        job_id: str,
+        user: User | None = None,
+        app_env: Mapping[str, str] | None = None,
+        app: Path = COUNTER,
+        wait_s: float = 30,
     ) -> Job:
-        """Start a job the way pbs_mom does, through mom-checkpoint-run, and wait until it counts."""
+        """Start a job the way pbs_mom does, through mom-checkpoint-run, and wait until it counts
+        (``app`` prints one integer a line: the counter, or the benchmarks' ticker)."""
         user = user or self.user
         home = self.jobs_dir / job_id
         home.mkdir(mode=0o755)
         os.chown(home, user.uid, user.gid)
         script = home / f"{job_id}.SC"
-        script.write_text(f"#!/bin/sh\n/usr/bin/python3 {COUNTER}\n")
+        script.write_text(f"#!/bin/sh\n/usr/bin/python3 {app}\n")
         script.chmod(0o755)
         output = home / f"{job_id}.OU"
         with open(output, "wb") as out:
@@ -322,7 +328,7 @@ class Site:
         leader.stdin.flush()  # pbs_mom keeps its end of the pipe open, so do we
         job = Job(job_id, leader, output, user, leader.stdin)
         self._jobs.append(job)
-        job.wait_count(3)
+        job.wait_count(3, timeout=wait_s)
         return job
 
     def stop_jobs(self) -> None:

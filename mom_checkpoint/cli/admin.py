@@ -11,6 +11,7 @@ from typing import Any
 
 from mom_checkpoint.cli.common import ArgumentParser
 from mom_checkpoint.cli.result import envelope
+from mom_checkpoint.cli.text import printable
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import UsageError
 from mom_checkpoint.status import ExitStatus
@@ -205,7 +206,8 @@ def _verify(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
         )
     else:
         env.stdout.write(
-            f"{path}: all {len(manifest.files)} files match the manifest ({manifest.total_bytes} bytes)\n"
+            f"{printable(path)}: all {len(manifest.files)} files match the manifest "
+            f"({manifest.total_bytes} bytes)\n"
         )
     return ExitStatus.OK
 

@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from mom_checkpoint.cli.text import printable
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import Error, UsageError
 from mom_checkpoint.status import ExitStatus
@@ -34,7 +35,9 @@ def run_program(
 
 
 def say(env: Environment, prog: str, message: str) -> None:
-    line = " ".join(message.split())  # pbs_mom turns stderr into the job comment: one line
+    """One line on stderr, which pbs_mom turns into the job comment (and an admin reads on a terminal):
+    whitespace runs become one space, other control characters visible escapes (``printable``)."""
+    line = printable(" ".join(message.split()))
     env.stderr.write(f"{prog}: {line}\n")
     env.stderr.flush()
 

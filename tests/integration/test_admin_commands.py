@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -222,3 +223,63 @@ def test_doctor_passes_on_a_set_up_node_and_says_how_to_fix_the_rest(site: Site,
     assert bad.returncode == 1
     assert f"fix: add '$restart_script {programs}/mom-restart' and restart pbs_mom" in bad.stdout
     assert "[FAIL] spool" in bad.stdout and f"chmod 0711 {site.spool}" in bad.stdout
+
+
+# A window title, a clear screen and a C1 CSI, then rich markup (an unbalanced [/] too) and an emoji code.
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x9b31m"
+TAGS = ["[bold]B", "[/]", "[link=file:///etc/shadow]L[/link]", ":smile:"]
+
+
+def shown_not_obeyed(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    for text in (result.stdout, result.stderr):
+        assert "\x1b" not in text and "\x9b" not in text and "\x07" not in text, text
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m" in result.stdout, result.stdout
+    return result.stdout
+
+
+def test_show_list_verify_prune_print_hostile_manifests_and_folders_literally(site: Site) -> None:
+    """A job's command line, its process names and open files, and folder names in the spool reach the
+    admin's terminal: shown with their escape sequences made visible, their markup as typed."""
+    site.configure(backend="psnc", **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))})
+    job = site.start_job("803.head")
+    assert call_hook(site.torque_args(job), site.config).returncode == 0
+    original = site.generations("803.head")[-1]
+    manifest = json.loads((original / "manifest.json").read_text())
+    evil = HOSTILE + " ".join(TAGS)
+    manifest["job"]["user"] += HOSTILE
+    manifest["host"]["name"] += HOSTILE
+    manifest["backend"]["command"].append(evil)
+    for process in manifest["processes"]:
+        process["name"] += HOSTILE
+        process["cmdline"] += [evil, "[/]"]  # an unbalanced closing tag: a MarkupError to rich
+        process["fds"].append({"fd": 99, "target": "/tmp/" + HOSTILE, "kind": "file", "flags": 0, "pos": 0})
+    manifest["stats"][HOSTILE] = 1
+    (original / "manifest.json").write_text(json.dumps(manifest))
+    # a job-run folder whose name (the job id in list and prune) is hostile, with a copy of the generation
+    # and a broken one whose problem names a hostile manifest field
+    run = site.spool / f"999999.evil{HOSTILE}[bold]x"
+    run.mkdir(mode=0o700)
+    copy = run / original.name
+    shutil.copytree(original, copy)
+    broken = run / "000009-20261124T193000Z"
+    broken.mkdir(mode=0o700)
+    (broken / "manifest.json").write_text(json.dumps({**manifest, evil: 1}))
+
+    text = shown_not_obeyed(admin(site, "show", "803.head"))
+    assert all(tag in text for tag in TAGS), text
+    assert "fd 99 -> /tmp/\\x1b]0;pwned" in text
+    text = shown_not_obeyed(admin(site, "show", str(copy)))
+    assert f"999999.evil\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m[bold]x/{copy.name}" in text, text
+    text = shown_not_obeyed(admin(site, "list"))
+    assert "evil\\x1b]0;pwned" in text and "broken" in text and "[bold]x" in text, text
+    text = shown_not_obeyed(admin(site, "verify", str(copy)))
+    assert "999999.evil\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m[bold]x" in text and "files match" in text
+    shown_not_obeyed(admin(site, "prune", "--dry-run"))
+    refused = admin(site, "show", str(broken))
+    assert refused.returncode == 65 and refused.stderr.count("\n") == 1 and "\x1b" not in refused.stderr
+    assert "\\x1b]0;pwned" in refused.stderr and "[link=file:///etc/shadow]L[/link]" in refused.stderr
+
+    as_json = admin(site, "show", str(copy), "--json")
+    assert as_json.stdout.isascii() and "\\u001b]0;pwned\\u0007" in as_json.stdout
+    assert data(as_json, "show")["manifest"] == manifest  # --json stays exact

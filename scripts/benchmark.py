@@ -1030,6 +1030,10 @@ class DumpFigures:
     outside: Series = field(default_factory=Series)  # the hook's call beyond its manifest's total_s (s)
 
 
+def size_label(mib: int) -> str:
+    return f"{mib} MiB" if mib < 1024 else f"{mib // 1024} GiB"
+
+
 def row_freeze(bench: Bench) -> None:
     site = bench.site("freeze")
     site.configure(keep=KEEP, **{"backends.criu.run_as": "job-user"})
@@ -1041,7 +1045,7 @@ def row_freeze(bench: Bench) -> None:
 
 
 def freeze_one(bench: Bench, site: Site, mib: int) -> list[str]:
-    label = f"{mib} MiB" if mib < 1024 else f"{mib // 1024} GiB"
+    label = size_label(mib)
     job = bench.start_app(site, f"{mib}.freeze", mib)
     ticks = TickLog(job.output)
     hook = installed("mom-checkpoint")
@@ -1327,7 +1331,7 @@ def row_restore(bench: Bench) -> None:
 
 
 def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
-    label = f"{mib} MiB" if mib < 1024 else f"{mib // 1024} GiB"
+    label = size_label(mib)
     job = bench.start_app(site, f"{mib}.restore", mib)
     check(
         as_pbs_mom(installed("mom-checkpoint"), site.torque_args(job, signal_number=15), site.config), "qhold"

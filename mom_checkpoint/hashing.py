@@ -1,7 +1,10 @@
 """sha256 of image files: run after the job is let go, on every core, fsync'ing each file as it goes.
 
-Files are opened without following symlinks and must be regular files: a user who owns an image folder
-cannot make root read a FIFO (and hang) or another file through a link.
+Every file is opened below its generation folder through ``safefs`` (no symlink at any component, no
+FIFO, regular files only) before any byte is read, and then read through that descriptor, exactly the
+size ``fstat`` gave and no more: a user who owns the image folder cannot make root follow a link,
+hang on a FIFO, or read past a bound, whatever they swap in meanwhile. ``max_bytes`` caps the whole
+image and ``deadline`` the time spent.
 
 A freshly dumped image is still in the page cache and not yet on disk: with ``fsync`` a thread of its own
 writes the files back while the others hash them, so the two overlap instead of adding up. Images too
@@ -13,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from mom_checkpoint import safefs
+from mom_checkpoint.errors import StorageIOError, TimedOut
 
 
 @dataclass(frozen=True)
@@ -27,8 +33,11 @@ class ImageFile:
     sha256: str
 
 
-class NotARegularFile(OSError):
-    pass
+class SizeChanged(StorageIOError):
+    """A file's size is not the one expected (verification): it was not read. Args: path, actual
+    size, expected size."""
+
+    template = "{} has {} bytes, {} expected"
 
 
 Progress = Callable[[int], None]  # told the number of bytes just hashed
@@ -36,89 +45,101 @@ CHUNK = 1 << 20
 THREADS_FROM_BYTES = 8 << 20  # below this much in all, threads cost more than they save
 
 
-def _open_regular(path: Path) -> tuple[int, os.stat_result]:
-    """A read-only descriptor of a regular file, never through a symlink, never blocking on a FIFO."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotARegularFile(f"{path} is not a regular file")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
-
-
-def digest_file(path: Path, *, fsync: bool = False, progress: Progress | None = None) -> tuple[int, str]:
-    fd, st = _open_regular(path)
-    try:
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as fh:
-            if progress is None:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
-            else:
-                hasher = hashlib.sha256()
-                buffer = bytearray(CHUNK)
-                view = memoryview(buffer)
-                while n := fh.readinto(buffer):
-                    hasher.update(view[:n])
-                    progress(n)
-                digest = hasher.hexdigest()
-        if fsync:
-            os.fsync(fd)
-        return st.st_size, digest
-    finally:
-        os.close(fd)
-
-
-def sync_file(path: Path) -> None:
-    fd, _ = _open_regular(path)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class _Opened:
+    rel: str
+    fd: int
+    size: int
 
 
 def digest_files(
-    base: Path, relpaths: Sequence[str], *, fsync: bool = False, progress: Progress | None = None
+    base: Path,
+    relpaths: Sequence[str],
+    *,
+    fsync: bool = False,
+    progress: Progress | None = None,
+    sizes: Sequence[int] | None = None,
+    max_bytes: int | None = None,
+    deadline: float | None = None,
 ) -> list[ImageFile]:
-    """Hash (and optionally fsync) every file; threads overlap I/O and hashlib releases the GIL."""
+    """Hash (and optionally fsync) every file below ``base``, in the order given.
 
-    def one(rel: str, sync: bool) -> ImageFile:
-        size, digest = digest_file(base / rel, fsync=sync, progress=progress)
-        return ImageFile(rel, size, digest)
+    ``sizes``: the size each file must have (a file of another size raises SizeChanged unread);
+    ``max_bytes``: the most all of them may hold together (safefs.TooLarge); ``deadline``: a
+    ``time.monotonic()`` value past which the call stops with TimedOut.
+    """
+    base_fd = safefs.open_dir(base)
+    opened: list[_Opened] = []
+    try:
+        for i, rel in enumerate(relpaths):
+            fd, st = safefs.open_regular(rel, dir_fd=base_fd)
+            opened.append(_Opened(rel, fd, st.st_size))
+            if sizes is not None and st.st_size != sizes[i]:
+                raise SizeChanged(rel, st.st_size, sizes[i])
+        total = sum(f.size for f in opened)
+        if max_bytes is not None and total > max_bytes:
+            raise safefs.TooLarge(
+                f"{base}: the image holds {total} bytes, more than the {max_bytes} it can hold: refusing it"
+            )
+        return _digest_opened(opened, total, fsync=fsync, progress=progress, deadline=deadline)
+    finally:
+        for f in opened:
+            os.close(f.fd)
+        os.close(base_fd)
 
-    sizes = {rel: _size(base / rel) for rel in relpaths}
-    workers = min(len(relpaths), os.cpu_count() or 1)
-    if sum(sizes.values()) < THREADS_FROM_BYTES or (workers <= 1 and not fsync):
-        return [one(rel, fsync) for rel in relpaths]
+
+def _digest_opened(
+    opened: list[_Opened], total: int, *, fsync: bool, progress: Progress | None, deadline: float | None
+) -> list[ImageFile]:
+    workers = min(len(opened), os.cpu_count() or 1)
+    if total < THREADS_FROM_BYTES or (workers <= 1 and not fsync):
+        results = []
+        for f in opened:
+            results.append(ImageFile(f.rel, f.size, _digest(f, progress, deadline)))
+            if fsync:
+                os.fsync(f.fd)
+        return results
     from concurrent.futures import ThreadPoolExecutor  # only for images that gain from it
 
     # Largest first, so the big pages file starts at once and the small ones fill the other cores.
-    by_size = sorted(relpaths, key=lambda rel: sizes[rel], reverse=True)
+    by_size = sorted(opened, key=lambda f: f.size, reverse=True)
     failed = threading.Event()
     with ThreadPoolExecutor(max_workers=workers + (1 if fsync else 0)) as pool:
-        syncing = pool.submit(_sync_all, base, by_size, failed) if fsync else None
+        syncing = pool.submit(_sync_all, by_size, failed) if fsync else None
         try:
-            results = {f.path: f for f in pool.map(lambda rel: one(rel, False), by_size)}
+            hashed = pool.map(lambda f: _digest(f, progress, deadline), by_size)
+            digests = {f.rel: d for f, d in zip(by_size, hashed, strict=True)}
         except BaseException:
             failed.set()  # stop writing back an image that is going to be thrown away
             raise
         if syncing is not None:
             syncing.result()  # an fsync error (EIO, ENOSPC at write-back) fails the whole call
-    return [results[rel] for rel in relpaths]
+    return [ImageFile(f.rel, f.size, digests[f.rel]) for f in opened]
 
 
-def _sync_all(base: Path, relpaths: Sequence[str], failed: threading.Event) -> None:
+def _digest(f: _Opened, progress: Progress | None, deadline: float | None) -> str:
+    """sha256 of exactly the first ``f.size`` bytes (a file that grows meanwhile is not read further;
+    one that shrinks hashes what is there, and then no longer matches its size)."""
+    hasher = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    offset = 0
+    while offset < f.size:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimedOut(f"out of time while hashing {f.rel} ({offset} of {f.size} bytes)")
+        n = os.preadv(f.fd, [view[: min(CHUNK, f.size - offset)]], offset)
+        if n == 0:
+            break
+        hasher.update(view[:n])
+        offset += n
+        if progress is not None:
+            progress(n)
+    return hasher.hexdigest()
+
+
+def _sync_all(opened: Sequence[_Opened], failed: threading.Event) -> None:
     """fsync each file in turn, the largest first, while other threads hash them."""
-    for rel in relpaths:
+    for f in opened:
         if failed.is_set():
             return
-        sync_file(base / rel)
-
-
-def _size(path: Path) -> int:
-    try:
-        return os.lstat(path).st_size
-    except OSError:
-        return 0
+        os.fsync(f.fd)

@@ -9,7 +9,6 @@ generation name without a readable manifest).
 from __future__ import annotations
 
 import calendar
-import contextlib
 import os
 import re
 import time
@@ -23,6 +22,7 @@ from mom_checkpoint import sessions
 from mom_checkpoint.errors import VerificationFailed
 from mom_checkpoint.locking import LOCK_DIR
 from mom_checkpoint.manifest import Manifest, read
+from mom_checkpoint.safefs import tree_bytes
 from mom_checkpoint.storage import (
     INCOMING_PREFIX,
     KEPT_PREFIX,
@@ -154,9 +154,4 @@ def job_is_running(spool: Spool, job_id: str, manifest: Manifest) -> bool:
 
 
 def _du(path: Path) -> int:
-    total = 0
-    for dirpath, _dirnames, filenames in os.walk(path, followlinks=False):
-        for name in filenames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
+    return tree_bytes(path)

@@ -113,11 +113,6 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _spool_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root, followlinks=False):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total
+    from mom_checkpoint.safefs import tree_bytes
+
+    return tree_bytes(root)

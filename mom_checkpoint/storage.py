@@ -246,14 +246,22 @@ class Incoming:
     def image_dir(self) -> Path:
         return self.path / IMAGE
 
-    def image_files(self) -> list[str]:
-        """Paths of the image's regular files, relative to the image folder, sorted."""
-        found = []
-        for dirpath, dirnames, filenames in os.walk(self.image_dir, followlinks=False):
-            dirnames.sort()
-            for name in filenames:
-                found.append(os.path.relpath(os.path.join(dirpath, name), self.image_dir))
-        return sorted(found)
+    def image_files(self, deadline: float | None = None) -> list[str]:
+        """Paths of the image's regular files, relative to the image folder, sorted. The folder may be
+        the job user's: it is walked through descriptors, and a symlink or special file in it (which
+        no checkpointer writes) refuses the whole image."""
+        from mom_checkpoint import safefs
+
+        fd = safefs.open_dir(self.image_dir)
+        try:
+            entries = safefs.walk(fd, deadline=deadline)
+        finally:
+            os.close(fd)
+        for entry in entries:
+            if entry.kind in ("symlink", "other"):
+                what = "a symlink" if entry.kind == "symlink" else "a special file"
+                raise safefs.UnsafePath(f"{self.image_dir}/{entry.path} is {what}: refusing this image")
+        return sorted(e.path for e in entries if e.kind == "file")
 
     def write_manifest(self, text: str, owner: Owner) -> None:
         target = self.path / MANIFEST
@@ -358,11 +366,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def remove_tree(path: Path) -> None:
-    import shutil
+def remove_tree(path: Path, *, deadline: float | None = None) -> bool:
+    """Remove a folder of the spool and everything in it, whatever a user left there (safefs: no
+    symlink followed, no recursion limit, errors on single entries skipped). Whether all is gone."""
+    from mom_checkpoint import safefs
 
-    # shutil.rmtree works through file descriptors on Linux and does not follow symlinks.
-    shutil.rmtree(path, ignore_errors=True)
+    return safefs.remove_tree(path, deadline=deadline)
 
 
 def storage_error(exc: OSError, what: str) -> StorageIOError:

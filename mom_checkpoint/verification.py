@@ -13,8 +13,9 @@ import os
 import stat
 from pathlib import Path
 
+from mom_checkpoint import safefs
 from mom_checkpoint.errors import Refused, VerificationFailed
-from mom_checkpoint.hashing import NotARegularFile, Progress, digest_files
+from mom_checkpoint.hashing import Progress, SizeChanged, digest_files
 from mom_checkpoint.manifest import Manifest, read
 from mom_checkpoint.storage import IMAGE, MANIFEST
 
@@ -25,71 +26,79 @@ def verify(
     allowed_uids: frozenset[int],
     expected_job: str | None = None,
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> Manifest:
     """Check a generation folder completely; return its manifest."""
-    check_ownership(generation, allowed_uids)
+    entries = check_ownership(generation, allowed_uids, deadline)
     manifest = read(generation / MANIFEST)
     if expected_job is not None and manifest.job.id != expected_job:
         raise VerificationFailed(f"{generation} holds job {manifest.job.id}, not {expected_job}")
     listed = {f.path for f in manifest.files}
-    present = set(image_files(generation))
+    present = set(image_files(generation, entries))
     if missing := sorted(listed - present):
         raise VerificationFailed(f"{generation}: image file missing: {missing[0]} ({len(missing)} missing)")
     if extra := sorted(present - listed):
         raise VerificationFailed(f"{generation}: image file not in the manifest: {extra[0]}")
     try:
-        digests = digest_files(generation, [f.path for f in manifest.files], progress=progress)
-    except NotARegularFile as exc:
-        raise VerificationFailed(f"{generation}: {exc}") from None
+        digests = digest_files(
+            generation,
+            [f.path for f in manifest.files],
+            sizes=[f.size for f in manifest.files],
+            progress=progress,
+            deadline=deadline,
+        )
+    except SizeChanged as exc:
+        path, actual, expected = exc.args
+        raise VerificationFailed(
+            f"{generation}: {path} has changed since the checkpoint (size {actual}, expected "
+            f"{expected}): refusing to restore it"
+        ) from None
     except OSError as exc:
         raise VerificationFailed(f"{generation}: cannot read an image file: {exc}") from None
     for expected, actual in zip(manifest.files, digests, strict=True):
-        if (expected.size, expected.sha256) != (actual.size, actual.sha256):
+        if expected.sha256 != actual.sha256:
             raise VerificationFailed(
                 f"{generation}: {expected.path} has changed since the checkpoint "
-                f"(size {actual.size}, expected {expected.size}; checksum mismatch): refusing to restore it"
+                f"(checksum mismatch): refusing to restore it"
             )
     return manifest
 
 
-def image_files(generation: Path) -> list[str]:
-    """Every entry below image/, relative to the generation; a symlink or special file is refused."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(generation / IMAGE, followlinks=False):
-        for name in [*dirnames, *filenames]:
-            path = Path(dirpath) / name
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                raise Refused(f"{path} is a symlink: refusing to restore from {generation}")
-            if stat.S_ISREG(mode):
-                found.append(str(path.relative_to(generation)))
-            elif not stat.S_ISDIR(mode):
-                raise Refused(f"{path} is not a regular file: refusing to restore from {generation}")
-    return found
+def image_files(generation: Path, entries: list[safefs.Entry]) -> list[str]:
+    """The regular files below image/, relative to the generation (entries of a walk of it)."""
+    prefix = f"{IMAGE}/"
+    return [e.path for e in entries if e.kind == "file" and e.path.startswith(prefix)]
 
 
-def check_ownership(generation: Path, allowed_uids: frozenset[int]) -> None:
-    """Refuse a generation that a user other than root (or the restoring job user) could have written."""
-    for path in [generation.parent, generation, *_walk(generation)]:
+def check_ownership(
+    generation: Path, allowed_uids: frozenset[int], deadline: float | None = None
+) -> list[safefs.Entry]:
+    """Refuse a generation that a user other than root (or the restoring job user) could have
+    written, or that holds a symlink or special file anywhere; return the walk of it."""
+    for path in (generation.parent, generation):
         try:
             st = path.lstat()
         except FileNotFoundError:
             raise VerificationFailed(f"{path} does not exist") from None
-        if stat.S_ISLNK(st.st_mode):
-            raise Refused(f"{path} is a symlink: refusing to restore from {generation}")
-        if st.st_uid not in allowed_uids:
-            raise Refused(
-                f"{path} belongs to uid {st.st_uid}: refusing to restore from a folder another user controls"
-            )
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise Refused(
-                f"{path} can be written by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
-                "refusing to restore"
-            )
+        _check_entry(str(path), st.st_mode, st.st_uid, allowed_uids, generation)
+    fd = safefs.open_dir(generation)
+    try:
+        entries = safefs.walk(fd, deadline=deadline)
+    finally:
+        os.close(fd)
+    for entry in entries:
+        _check_entry(f"{generation}/{entry.path}", entry.mode, entry.uid, allowed_uids, generation)
+    return entries
 
 
-def _walk(generation: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(generation, followlinks=False):
-        found += [Path(dirpath) / name for name in [*dirnames, *filenames]]
-    return found
+def _check_entry(path: str, mode: int, uid: int, allowed_uids: frozenset[int], generation: Path) -> None:
+    if stat.S_ISLNK(mode):
+        raise Refused(f"{path} is a symlink: refusing to restore from {generation}")
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise Refused(f"{path} is not a regular file: refusing to restore from {generation}")
+    if uid not in allowed_uids:
+        raise Refused(f"{path} belongs to uid {uid}: refusing to restore from a folder another user controls")
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise Refused(
+            f"{path} can be written by group or others (mode {stat.S_IMODE(mode):o}): refusing to restore"
+        )

@@ -32,6 +32,7 @@ from tests.conftest import _criu_problem  # noqa: E402  (the suite's own gate: r
 from tests.helpers import TEST_USER, Site, User, make_base, remove_base  # noqa: E402
 from tests.reliability.abuse import ABUSE  # noqa: E402
 from tests.reliability.faults import FAULTS, Scenario  # noqa: E402
+from tests.reliability.security import SECURITY  # noqa: E402
 
 FUZZ_PROFILE = "reliability"
 
@@ -133,7 +134,11 @@ def commit() -> str:
 
 
 def report(
-    faults: list[Tally], abuse: list[Tally], fuzz: tuple[bool, list[tuple[str, str]], str], seed: int
+    faults: list[Tally],
+    abuse: list[Tally],
+    security: list[Tally],
+    fuzz: tuple[bool, list[tuple[str, str]], str],
+    seed: int,
 ) -> str:
     ok, outcomes, summary = fuzz
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -158,6 +163,10 @@ def report(
         "",
         *table(abuse),
         "",
+        "## Security: attacks by an ordinary user of the node (docs/SECURITY.md)",
+        "",
+        *table(security),
+        "",
         "## Fuzzing (hypothesis, tests/unit/test_fuzz.py)",
         "",
         f"Up to {fuzz_examples()} generated examples per property: no input crashes a reader (every "
@@ -170,7 +179,7 @@ def report(
         f"pytest: {summary}{'' if ok else ' (FAILED)'}",
         "",
     ]
-    failed = [(t.name, f) for t in (*faults, *abuse) for f in t.failures]
+    failed = [(t.name, f) for t in (*faults, *abuse, *security) for f in t.failures]
     lines += ["## Failures", ""]
     if failed:
         lines += [f"- {name}: {failure}" for name, failure in failed]
@@ -206,10 +215,10 @@ def main() -> int:
             tallies.append(run_scenario(name, scenario, count, options.seed, user))
         return tallies
 
-    faults, abuse = runs_of(FAULTS), runs_of(ABUSE)
+    faults, abuse, security = runs_of(FAULTS), runs_of(ABUSE), runs_of(SECURITY)
     fuzz = (True, [], "skipped (--no-fuzz)") if options.no_fuzz else run_fuzz()
-    options.output.write_text(report(faults, abuse, fuzz, options.seed))
-    failed = sum(len(t.failures) for t in (*faults, *abuse))
+    options.output.write_text(report(faults, abuse, security, fuzz, options.seed))
+    failed = sum(len(t.failures) for t in (*faults, *abuse, *security))
     fuzzing = "passed" if fuzz[0] else "FAILED"
     print(f"reliability: {failed} failed runs; fuzzing {fuzzing}; wrote {options.output}")
     return 0 if failed == 0 and fuzz[0] else 1

@@ -12,7 +12,6 @@ import contextlib
 import os
 import pwd
 import re
-import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from mom_checkpoint.errors import (
 )
 from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
-from mom_checkpoint.storage import IMAGE, Owner, Spool
+from mom_checkpoint.storage import IMAGE, Owner, Spool, remove_tree
 from mom_checkpoint.verification import verify
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
@@ -255,7 +254,7 @@ def _workdir(spool: Spool, user: JobUser | None) -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
 
 
 @contextlib.contextmanager

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint import hashing
-from mom_checkpoint.hashing import NotARegularFile, digest_files
+from mom_checkpoint import hashing, safefs
+from mom_checkpoint.errors import TimedOut
+from mom_checkpoint.hashing import SizeChanged, digest_files
 
 SIZES = {
     "image/pages-1.img": 300_000,
@@ -86,10 +87,10 @@ def test_a_fifo_or_a_symlink_is_refused_without_hanging(tmp_path: Path, mode: st
     image(tmp_path)
     threads = threading.active_count()
     os.mkfifo(tmp_path / "image" / "fifo.img")
-    with pytest.raises(NotARegularFile):
+    with pytest.raises(safefs.UnsafePath, match="not a regular file"):
         digest_files(tmp_path, [*SIZES, "image/fifo.img"], fsync=fsync)
     (tmp_path / "image" / "link.img").symlink_to(tmp_path / "image" / "pages-1.img")
-    with pytest.raises(OSError):  # O_NOFOLLOW: ELOOP, never the file behind the link
+    with pytest.raises(safefs.UnsafePath, match="symlink"):  # never the file behind the link
         digest_files(tmp_path, [*SIZES, "image/link.img"], fsync=fsync)
     assert threading.active_count() == threads, "a hashing or fsync thread outlived the call"
 
@@ -98,3 +99,46 @@ def test_a_missing_file_fails_the_call(tmp_path: Path, mode: str) -> None:
     image(tmp_path)
     with pytest.raises(FileNotFoundError):
         digest_files(tmp_path, [*SIZES, "image/gone.img"], fsync=True)
+
+
+def test_a_folder_swapped_for_a_symlink_is_refused_not_followed(tmp_path: Path, mode: str) -> None:
+    """The user owns the image folder (job-user mode): a folder listed a moment ago is now a link to
+    /etc. Root refuses instead of hashing /etc/shadow into the manifest."""
+    image(tmp_path)
+    (tmp_path / "image" / "sub").symlink_to("/etc")
+    with pytest.raises(safefs.UnsafePath, match="symlink"):
+        digest_files(tmp_path, [*SIZES, "image/sub/shadow"])
+
+
+def test_sizes_bounds_and_deadline(tmp_path: Path, mode: str) -> None:
+    image(tmp_path)
+    rels = list(SIZES)
+    wrong = [*SIZES.values()]
+    wrong[1] += 1
+    with pytest.raises(SizeChanged, match=r"image/core-1\.img has 3000 bytes, 3001 expected"):
+        digest_files(tmp_path, rels, sizes=wrong)
+    with pytest.raises(safefs.TooLarge, match="more than the 1000"):
+        digest_files(tmp_path, rels, max_bytes=1000)
+    with pytest.raises(TimedOut):
+        digest_files(tmp_path, rels, deadline=0.0)
+    assert len(digest_files(tmp_path, rels, sizes=list(SIZES.values()), max_bytes=10**6)) == 4
+
+
+def test_a_file_growing_meanwhile_is_read_only_as_far_as_its_size(tmp_path: Path, mode: str) -> None:
+    """An 8 GiB sparse file planted after the size check costs nothing: reading stops at the size
+    fstat gave when the file was opened."""
+    contents = image(tmp_path)
+    real_open = safefs.open_regular
+
+    def open_then_grow(path: object, **kw: object) -> tuple[int, os.stat_result]:
+        fd, st = real_open(path, **kw)  # type: ignore[arg-type]
+        if str(path).endswith("pages-2.img"):
+            os.truncate(tmp_path / "image" / "pages-2.img", 8 << 30)
+        return fd, st
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(safefs, "open_regular", open_then_grow):
+        files = digest_files(tmp_path, list(SIZES))
+    grown = next(f for f in files if f.path == "image/pages-2.img")
+    assert (grown.size, grown.sha256) == (70_000, hashlib.sha256(contents["image/pages-2.img"]).hexdigest())

@@ -1,0 +1,348 @@
+"""Root's access below folders a user can write: nothing followed, nothing blocking, everything bounded.
+
+In job-user mode the user owns the image folder (their CRIU writes it), and users own their
+CHECKPOINT_DIR, their output files and much else that root touches. Whatever is there may have been
+swapped a moment ago for a symlink, a FIFO, a sparse file of terabytes or a tree ten thousand folders
+deep. So, below such a folder, root
+
+- resolves every path component itself, from an open folder descriptor, with ``O_NOFOLLOW``: a symlink
+  anywhere in the path is refused, not followed (a folder renamed or swapped after it was listed
+  changes nothing: what is open stays open);
+- opens with ``O_NONBLOCK`` and accepts only regular files (``fstat``), so a FIFO never hangs it;
+- reads at most a stated number of bytes, walks at most a stated depth and number of entries, and
+  removes trees iteratively with a bounded number of open descriptors (no recursion limit to hit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mom_checkpoint.errors import Refused, StorageIOError, TimedOut
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+MAX_DEPTH = 32  # folder levels a walk descends into before it refuses
+MAX_ENTRIES = 200_000  # entries a walk lists before it refuses
+MAX_OPEN = 64  # folder descriptors a removal keeps open; deeper folders are moved up first
+_MOVED = ".deep-"
+
+Kind = Literal["file", "dir", "symlink", "other"]
+
+
+class UnsafePath(Refused):
+    """A symlink, a special file, a path with '..' or a tree beyond the limits, where root looked."""
+
+
+class TooLarge(StorageIOError):
+    """A file or a tree holds more than root is prepared to read."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # relative to the walked folder, "/"-separated
+    kind: Kind
+    size: int
+    uid: int
+    mode: int
+
+
+def open_dir(path: str | Path, *, dir_fd: int | None = None) -> int:
+    """A descriptor of a folder: ``path`` relative to ``dir_fd``, each component without following a
+    symlink. Without ``dir_fd`` the path is absolute and only its last component is checked: use it
+    for folders whose ancestors are root's (the spool)."""
+    if dir_fd is None:
+        try:
+            return os.open(path, DIR_FLAGS)
+        except OSError as exc:
+            raise _refusal(exc, str(path)) from None
+    return _walk_components(dir_fd, _parts(str(path)), DIR_FLAGS)
+
+
+def open_regular(
+    path: str | Path, *, dir_fd: int | None = None, max_bytes: int | None = None
+) -> tuple[int, os.stat_result]:
+    """A blocking read-only descriptor of a regular file below ``dir_fd`` and its ``fstat``: refused
+    when any component is a symlink, when it is not a regular file, or when it holds more than
+    ``max_bytes``."""
+    if dir_fd is None:
+        parent, name = os.path.split(str(path))
+        dir_fd = open_dir(parent or ".")
+        try:
+            return open_regular(name, dir_fd=dir_fd, max_bytes=max_bytes)
+        finally:
+            os.close(dir_fd)
+    fd = _walk_components(dir_fd, _parts(str(path)), FILE_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{path} is not a regular file: refusing to read it")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise TooLarge(f"{path} holds {st.st_size} bytes, more than the {max_bytes} allowed: refusing")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_text(
+    path: str | Path, *, dir_fd: int | None = None, limit: int = 64 * 1024, tail: bool = False
+) -> str:
+    """At most ``limit`` bytes of a regular file (its end with ``tail``), decoded leniently; a file
+    that is missing, a symlink or not a regular file reads as nothing."""
+    try:
+        fd, st = open_regular(path, dir_fd=dir_fd)
+    except (OSError, UnsafePath):
+        return ""
+    try:
+        start = max(0, st.st_size - limit) if tail else 0
+        return os.pread(fd, limit, start).decode(errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def walk(
+    dir_fd: int, *, max_depth: int = MAX_DEPTH, max_entries: int = MAX_ENTRIES, deadline: float | None = None
+) -> list[Entry]:
+    """Every entry below an open folder, parents before children, sorted within each folder: walked
+    through descriptors (never a path twice), without recursion, refused beyond the limits."""
+    found: list[Entry] = []
+    stack: list[tuple[int, str, int]] = [(os.dup(dir_fd), "", 0)]
+    try:
+        while stack:
+            fd, prefix, depth = stack.pop()
+            try:
+                with os.scandir(fd) as listing:
+                    items = sorted(listing, key=lambda e: e.name)
+                subdirs = []
+                for item in items:
+                    _check_deadline(deadline, "walking a folder")
+                    if len(found) >= max_entries:
+                        raise UnsafePath(f"more than {max_entries} entries below one folder: refusing")
+                    st = item.stat(follow_symlinks=False)
+                    entry = Entry(prefix + item.name, _kind(st.st_mode), st.st_size, st.st_uid, st.st_mode)
+                    found.append(entry)
+                    if entry.kind == "dir":
+                        subdirs.append(item.name)
+                if subdirs and depth + 1 > max_depth:
+                    raise UnsafePath(f"{prefix}{subdirs[0]} is more than {max_depth} folders deep: refusing")
+                for name in reversed(subdirs):
+                    stack.append((_walk_components(fd, [name], DIR_FLAGS), f"{prefix}{name}/", depth + 1))
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    return found
+
+
+def tree_bytes(path: Path, *, max_entries: int = MAX_ENTRIES) -> int:
+    """Bytes in regular files below ``path``, counted without following anything; a tree that cannot
+    be walked (or is beyond the limits) counts what was seen before that, never raises."""
+    total = 0
+    with _opened(path) as fd:
+        if fd is None:
+            return 0
+        stack = [os.dup(fd)]
+        seen = 0
+        try:
+            while stack and seen < max_entries:
+                current = stack.pop()
+                try:
+                    with os.scandir(current) as listing:
+                        for item in listing:
+                            seen += 1
+                            with contextlib.suppress(OSError):
+                                st = item.stat(follow_symlinks=False)
+                                if stat.S_ISREG(st.st_mode):
+                                    total += st.st_size
+                                elif stat.S_ISDIR(st.st_mode) and len(stack) < MAX_OPEN:
+                                    stack.append(os.open(item.name, DIR_FLAGS, dir_fd=current))
+                except OSError:
+                    pass
+                finally:
+                    os.close(current)
+        finally:
+            for left in stack:
+                os.close(left)
+    return total
+
+
+@dataclass
+class _Frame:
+    fd: int
+    name: str  # in the parent frame's folder
+    names: list[tuple[str, bool]] | None = None  # (name, is a folder), listed on first visit
+    rescan: bool = False
+
+
+def remove_tree(path: Path, *, deadline: float | None = None) -> bool:
+    """Remove ``path`` and everything below it, never following a symlink, without recursion and with
+    at most MAX_OPEN folders open (a folder deeper than that is first renamed up to ``path`` itself).
+    Returns whether everything is gone; with a ``deadline`` (monotonic time) it stops there and
+    leaves the rest for a later call. Errors on single entries are skipped, never raised."""
+    parent, name = str(path.parent), path.name
+    try:
+        parent_fd = os.open(parent, DIR_FLAGS)
+    except OSError:
+        return not os.path.lexists(path)
+    try:
+        try:
+            top_fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=parent_fd)  # a symlink or a file: the link itself goes
+            return True
+        if not _empty_tree(top_fd, deadline):
+            return False
+        try:
+            os.rmdir(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        return True
+    finally:
+        os.close(parent_fd)
+
+
+def _empty_tree(top_fd: int, deadline: float | None) -> bool:
+    """Remove everything inside the open folder ``top_fd`` (which it closes)."""
+    frames = [_Frame(top_fd, "")]
+    moved = 0
+    failures = 0
+    try:
+        while frames:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            frame = frames[-1]
+            if frame.names is None or (not frame.names and frame.rescan):
+                frame.rescan = False
+                try:
+                    with os.scandir(frame.fd) as listing:
+                        frame.names = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+                except OSError:
+                    frame.names = []
+                    failures += 1
+            descended = False
+            while frame.names:
+                entry, is_dir = frame.names.pop()
+                try:
+                    if not is_dir:
+                        os.unlink(entry, dir_fd=frame.fd)
+                        continue
+                    if len(frames) >= MAX_OPEN:
+                        moved += 1
+                        target = f"{_MOVED}{moved}-{os.urandom(6).hex()}"
+                        os.rename(entry, target, src_dir_fd=frame.fd, dst_dir_fd=top_fd)
+                        frames[0].rescan = True
+                        continue
+                    child = os.open(entry, DIR_FLAGS, dir_fd=frame.fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link or a file meanwhile
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry, dir_fd=frame.fd)
+                            continue
+                    failures += 1
+                    if failures > 1000:
+                        return False
+                    continue
+                frames.append(_Frame(child, entry))
+                descended = True
+                break
+            if descended or (len(frames) == 1 and frame.rescan):
+                continue
+            if len(frames) == 1:
+                return failures == 0
+            frames.pop()
+            os.close(frame.fd)
+            try:
+                os.rmdir(frame.name, dir_fd=frames[-1].fd)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                failures += 1
+                if failures > 1000:
+                    return False
+        return failures == 0
+    finally:
+        for frame in frames:
+            os.close(frame.fd)
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[int | None]:
+    try:
+        fd = os.open(path, DIR_FLAGS)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _parts(path: str) -> list[str]:
+    parts = path.split("/")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise UnsafePath(f"{path!r} is not a plain relative path: refusing")
+    return parts
+
+
+def _walk_components(dir_fd: int, parts: list[str], last_flags: int) -> int:
+    fd = dir_fd
+    try:
+        for i, part in enumerate(parts):
+            flags = last_flags if i == len(parts) - 1 else DIR_FLAGS
+            try:
+                next_fd = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                raise _refusal(exc, "/".join(parts[: i + 1])) from None
+            if fd != dir_fd:
+                os.close(fd)
+            fd = next_fd
+        return fd
+    except BaseException:
+        if fd != dir_fd:
+            os.close(fd)
+        raise
+
+
+def _refusal(exc: OSError, shown: str) -> OSError | UnsafePath:
+    if exc.errno == errno.ELOOP:
+        return UnsafePath(f"{shown} is a symlink: refusing to follow it")
+    if exc.errno == errno.ENOTDIR:
+        return UnsafePath(f"{shown} is not a folder (a symlink or a file in its path?): refusing")
+    return exc
+
+
+def _kind(mode: int) -> Kind:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def _check_deadline(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimedOut(f"out of time while {what}")

@@ -152,21 +152,27 @@ def children_of(proc: psutil.Process) -> list[psutil.Process]:
     if not _KERNEL_CHILDREN:
         return proc.children()  # a kernel without CONFIG_PROC_CHILDREN
     try:
-        tids = os.listdir(f"/proc/{proc.pid}/task")
+        pids = child_pids(proc.pid)
     except FileNotFoundError:
         raise psutil.NoSuchProcess(proc.pid) from None
-    pids: set[int] = set()
-    for tid in tids:
-        # (a thread that has just ended has no children file any more)
-        with contextlib.suppress(FileNotFoundError), open(f"/proc/{proc.pid}/task/{tid}/children") as fh:
-            pids.update(int(pid) for pid in fh.read().split())
     found = []
-    for pid in sorted(pids):
+    for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):  # ended meanwhile
             child = psutil.Process(pid)
             if child.ppid() == proc.pid:
                 found.append(child)
     return found
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of a process's children, from /proc/PID/task/TID/children (FileNotFoundError when
+    the process has gone)."""
+    found: set[int] = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        # (a thread that has just ended has no children file any more)
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{tid}/children") as fh:
+            found.update(int(child) for child in fh.read().split())
+    return sorted(found)
 
 
 def descendants(proc: psutil.Process) -> list[psutil.Process]:

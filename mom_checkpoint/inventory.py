@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import calendar
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +23,16 @@ from mom_checkpoint.locking import LOCK_DIR
 from mom_checkpoint.manifest import Manifest, read
 from mom_checkpoint.safefs import tree_bytes
 from mom_checkpoint.storage import (
+    GENERATION_NAME,
     INCOMING_PREFIX,
     KEPT_PREFIX,
     MANIFEST,
     PRUNING_PREFIX,
+    RUN_NAME,
     Spool,
 )
 
 Status = Literal["complete", "incoming", "stale", "pruning", "unpublished", "broken"]
-_RUN = re.compile(r"(\d+)\.(.+)")
-_GENERATION = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def scan(spool: Spool, job_id: str | None = None) -> list[Entry]:
     except FileNotFoundError:
         return []
     for run in runs:
-        match = _RUN.fullmatch(run.name)
+        match = RUN_NAME.fullmatch(run.name)
         if not match or not run.is_dir(follow_symlinks=False):
             continue
         if job_id is not None and match.group(2) != job_id:
@@ -85,7 +84,7 @@ def _scan_run(spool: Spool, run: Path, exec_pid: int, job_id: str) -> list[Entry
         path = Path(item.path)
         if not item.is_dir(follow_symlinks=False):
             continue
-        match = _GENERATION.fullmatch(item.name)
+        match = GENERATION_NAME.fullmatch(item.name)
         if match:
             number = int(match.group(1))
             created = float(calendar.timegm(time.strptime(match.group(2), "%Y%m%dT%H%M%SZ")))

@@ -32,9 +32,10 @@ KEPT_PREFIX = ".unpublished-"
 MANIFEST = "manifest.json"
 CHECKPOINTER_RECORD = "checkpointer.json"
 RESTARTS = ".restarts"  # mom-restart's work folders: <host>.<pid>.<start time>
+RESTORER_DIR = "restorer"  # in a work folder: where the restorer writes (the job user's in job-user mode)
 IMAGE = "image"
-_GENERATION = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
-_RUN = re.compile(r"(\d+)\.(.+)")
+GENERATION_NAME = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
+RUN_NAME = re.compile(r"(\d+)\.(.+)")
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Spool:
             ) from None
         runs = []
         for entry in entries:
-            match = _RUN.fullmatch(entry.name)
+            match = RUN_NAME.fullmatch(entry.name)
             if match and match.group(2) == job_id and entry.is_dir(follow_symlinks=False):
                 runs.append(Path(entry.path))
         return sorted(runs)
@@ -148,7 +149,7 @@ class Spool:
         except FileNotFoundError:
             return []
         for entry in entries:
-            match = _GENERATION.fullmatch(entry.name)
+            match = GENERATION_NAME.fullmatch(entry.name)
             if match and entry.is_dir(follow_symlinks=False):
                 result.append(Generation(Path(entry.path), int(match.group(1)), match.group(2)))
         return sorted(result, key=lambda g: g.number)
@@ -192,9 +193,10 @@ class Spool:
         remove_tree(doomed)
 
     # -- mom-restart's work folders ------------------------------------------------------------------
-    def restart_workdir(self, owner: Owner) -> Path:
-        """A private folder for one restart (the restorer's log and pid file), named after this
-        process; those of this host's restarts that have ended (killed with -9) are removed first."""
+    def restart_workdir(self) -> Path:
+        """Root's folder for one restart (0711: a restorer running as the job's user reaches its own
+        subfolder in it), named after this process; those of this host's restarts that have ended
+        (killed with -9) are removed first."""
         import socket
 
         parent = self.root / RESTARTS
@@ -207,9 +209,7 @@ class Spool:
                 if name == host and pid.isdigit() and _start_token(int(pid)) != start:
                     remove_tree(Path(entry.path))
             path = parent / f"{host}.{os.getpid()}.{_start_token(os.getpid())}"
-            path.mkdir(mode=0o700)
-            if not owner.is_root:
-                os.chown(path, owner.uid, owner.gid)
+            path.mkdir(mode=0o711)
         except OSError as exc:
             raise storage_error(exc, f"cannot create a work folder in {parent}") from None
         return path
@@ -263,15 +263,15 @@ class Incoming:
                 raise safefs.UnsafePath(f"{self.image_dir}/{entry.path} is {what}: refusing this image")
         return sorted(e.path for e in entries if e.kind == "file")
 
-    def write_manifest(self, text: str, owner: Owner) -> None:
+    def write_manifest(self, text: str) -> None:
+        """Root's record of the generation, root's file in root's folder whatever the mode: no user
+        can change what root later reads back from it."""
         target = self.path / MANIFEST
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 os.write(fd, text.encode())
                 os.fsync(fd)
-                if not owner.is_root:
-                    os.fchown(fd, owner.uid, owner.gid)
             finally:
                 os.close(fd)
             fsync_dir(self.image_dir)
@@ -289,7 +289,7 @@ class Incoming:
             fsync_dir(self.path.parent)
         except OSError as exc:
             raise storage_error(exc, f"cannot publish {final}") from None
-        match = _GENERATION.fullmatch(name)
+        match = GENERATION_NAME.fullmatch(name)
         assert match is not None, name
         return Generation(final, int(match.group(1)), match.group(2))
 

@@ -115,3 +115,26 @@ def resume_tree(pids: list[int], *, stopped_before: set[int] | frozenset[int] = 
 def _signal(proc: psutil.Process, sig: int) -> None:
     with contextlib.suppress(psutil.NoSuchProcess):
         proc.send_signal(sig)
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and its descendants, parents first (from the kernel's children lists)."""
+    from mom_checkpoint.discovery import child_pids
+
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        found.append(current)
+        with contextlib.suppress(FileNotFoundError):
+            todo += child_pids(current)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a child of this process and everything below it (the deepest first, so nothing is left
+    to be reparented and go on), and reap it."""
+    for member in reversed(tree_pids(pid)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)

@@ -29,8 +29,20 @@ def verify(
     deadline: float | None = None,
 ) -> Manifest:
     """Check a generation folder completely; return its manifest."""
+    manifest = check_layout(
+        generation, allowed_uids=allowed_uids, expected_job=expected_job, deadline=deadline
+    )
+    check_digests(generation, manifest, progress=progress, deadline=deadline)
+    return manifest
+
+
+def check_layout(
+    generation: Path, *, allowed_uids: frozenset[int], expected_job: str | None, deadline: float | None
+) -> Manifest:
+    """Everything but the digests: a manifest root wrote, owners and modes, no link or special file,
+    exactly the files the manifest lists."""
+    manifest = read_trusted_manifest(generation)
     entries = check_ownership(generation, allowed_uids, deadline)
-    manifest = read(generation / MANIFEST)
     if expected_job is not None and manifest.job.id != expected_job:
         raise VerificationFailed(f"{generation} holds job {manifest.job.id}, not {expected_job}")
     listed = {f.path for f in manifest.files}
@@ -39,9 +51,22 @@ def verify(
         raise VerificationFailed(f"{generation}: image file missing: {missing[0]} ({len(missing)} missing)")
     if extra := sorted(present - listed):
         raise VerificationFailed(f"{generation}: image file not in the manifest: {extra[0]}")
+    return manifest
+
+
+def check_digests(
+    generation: Path,
+    manifest: Manifest,
+    *,
+    progress: Progress | None = None,
+    deadline: float | None = None,
+    read_from: Path | None = None,
+) -> None:
+    """Every image file's size and sha256 as the manifest records them. ``read_from``: a folder
+    holding the copy of image/ that the restorer will read (staging): that copy is what is hashed."""
     try:
         digests = digest_files(
-            generation,
+            read_from or generation,
             [f.path for f in manifest.files],
             sizes=[f.size for f in manifest.files],
             progress=progress,
@@ -61,7 +86,34 @@ def verify(
                 f"{generation}: {expected.path} has changed since the checkpoint "
                 f"(checksum mismatch): refusing to restore it"
             )
-    return manifest
+
+
+def read_trusted_manifest(generation: Path) -> Manifest:
+    """A generation's manifest, only if root wrote it and no user can have changed it since: the
+    manifest a regular file of root's, readable by root alone, in folders of root's that nobody else
+    can write. This is what root decides from (whose checkpoint it is, which files, which sizes),
+    before anything in the image is read."""
+    trusted = frozenset({0, os.geteuid()})
+    for path in (generation.parent, generation):
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            raise VerificationFailed(f"{path} does not exist") from None
+        _check_entry(str(path), st.st_mode, st.st_uid, trusted, generation)
+        if not stat.S_ISDIR(st.st_mode):
+            raise Refused(f"{path} is not a folder: refusing to restore from {generation}")
+    path = generation / MANIFEST
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        raise VerificationFailed(f"{path}: no manifest (not a complete generation)") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in trusted or st.st_mode & 0o077:
+        raise Refused(
+            f"{path} belongs to uid {st.st_uid} (mode {stat.S_IMODE(st.st_mode):o}): only a manifest that "
+            f"root wrote and alone can read is trusted (job-user generations of mom-checkpoint 0.1 had "
+            f"their user's manifest: take a new checkpoint)"
+        )
+    return read(path)
 
 
 def image_files(generation: Path, entries: list[safefs.Entry]) -> list[str]:

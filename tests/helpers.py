@@ -363,7 +363,8 @@ class Site:
 
 
 def snapshot(
-    root: Path, ignore: Sequence[str] = (".locks", "hook.log", "config.toml", "jobs", "standin.log")
+    root: Path,
+    ignore: Sequence[str] = (".locks", ".restarts", "hook.log", "config.toml", "jobs", "standin.log"),
 ) -> dict[str, tuple[int, int, int]]:
     """(mode, owner, size) of everything below ``root``, minus the paths that a refusal may touch."""
     state = {}

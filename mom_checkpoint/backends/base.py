@@ -13,16 +13,12 @@ from typing import ClassVar
 from mom_checkpoint.config import Config, RunAs
 from mom_checkpoint.environment import Completed, Environment, child_environ
 from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, TimedOut
+from mom_checkpoint.hashing import ImageFile
+from mom_checkpoint.identity import JobUser
+from mom_checkpoint.staging import StagedImage
 
 # pbs_mom runs hooks with PATH=/bin:/usr/bin: look in the sbin folders ourselves.
 SEARCH_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin")
-
-
-@dataclass(frozen=True)
-class JobUser:
-    name: str
-    uid: int
-    gid: int
 
 
 @dataclass(frozen=True)
@@ -54,13 +50,17 @@ class InheritedFile:
 
 @dataclass(frozen=True)
 class RestoreRequest:
-    image_dir: Path
+    image: StagedImage
     pids: list[int]  # the processes in the image (the root first)
     user: JobUser
     cwd: str | None  # the seed's "resume -cwd DIR"
-    workdir: Path  # private folder for the restorer's log and pid file
+    workdir: Path  # the restorer's own folder, for its log
     inherited: list[InheritedFile]
     timeout_s: float
+
+    @property
+    def image_dir(self) -> Path:
+        return self.image.image_dir
 
 
 @dataclass
@@ -70,6 +70,7 @@ class Restored:
     pid: int
     command: list[str]
     handle: subprocess.Popen[bytes] | None = None  # kept so the child is never reaped behind our back
+    stopped: bool = False  # restored stopped: nothing of it has run yet (CRIU --leave-stopped)
 
 
 class Backend(ABC):
@@ -108,6 +109,13 @@ class Backend(ABC):
 
     def find_restore_binary(self) -> str:
         return locate(self.restore_binary(), f"backends.{self.name}")
+
+    def stage_image(
+        self, generation: Path, files: Sequence[ImageFile], work: Path, user: JobUser
+    ) -> StagedImage:
+        """The image the restorer will read, checked for what can be checked before it runs. Here: the
+        generation in place (the psnc and blcr images are opaque; see docs/SECURITY.md)."""
+        return StagedImage(generation)
 
     def restore(self, binary: str, request: RestoreRequest) -> Restored:
         """Start the restorer as a child that becomes the application (resume, cr_restart)."""
@@ -184,9 +192,11 @@ def locate(name: str, config_key: str) -> str:
 
 
 def as_user(command: Sequence[str], user: JobUser, capabilities: Sequence[str]) -> list[str]:
-    """Prefix a command so that it runs as the job's user with only the named capabilities."""
+    """Prefix a command so that it runs as the job's user (uid, gid and groups exactly as given, from
+    the system's user database) with only the named capabilities."""
     setpriv = locate("setpriv", "setpriv (util-linux)")
-    argv = [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups"]
+    groups = f"--groups={','.join(map(str, user.groups))}" if user.groups else "--clear-groups"
+    argv = [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", groups]
     if capabilities:
         caps = ",".join(f"+{cap}" for cap in capabilities)
         argv += [f"--inh-caps={caps}", f"--ambient-caps={caps}"]

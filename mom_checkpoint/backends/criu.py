@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
+from mom_checkpoint import safefs, staging
 from mom_checkpoint.backends.base import Backend, DumpRequest, Restored, RestoreRequest
+from mom_checkpoint.criu_images import CORE_FILE, OLD_CREDS_FILE, CoreCredentials, ImageError, read_core
+from mom_checkpoint.discovery import child_pids
 from mom_checkpoint.environment import Completed
-from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, PidInUse, TimedOut
+from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, PidInUse, Refused, TimedOut
+from mom_checkpoint.hashing import ImageFile
+from mom_checkpoint.identity import JobUser, credentials_problem
+from mom_checkpoint.staging import StagedImage
+from mom_checkpoint.termination import kill_tree
 
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
-PIDFILE = "restored.pid"
+LOG_TAIL = 256 * 1024  # what root reads of a log the checkpointer wrote (the job user's in job-user mode)
 _PID_TAKEN = re.compile(r"Can't fork for (\d+): File exists")
+_ERROR = re.compile(r"^\s*(?:\d+: |pie: \d+: )?(Error \(.*)$")
+_HARMLESS = ("Can't setup RLIMIT_NOFILE for self",)  # printed by every run here, exit status 0
 _STAT = re.compile(r"^([A-Za-z][A-Za-z ]+?):\s+(\d+)(?:\s+us)?(?:\s+\(0x[0-9a-f]+\))?\s*$")
 
 
 class CriuBackend(Backend):
     name = "criu"
     dump_capabilities = ("checkpoint_restore", "sys_ptrace")
-    restore_capabilities = ("checkpoint_restore", "sys_ptrace", "setpcap")
+    # CRIU's unprivileged restore needs CAP_CHECKPOINT_RESTORE (PIDs, map_files); CAP_SETPCAP only to
+    # trim a bounding set narrower than its own (seen here: root's lacks CAP_SYS_RESOURCE), and only
+    # then is it given; CAP_SYS_PTRACE is not needed (docs/SECURITY.md)
+    restore_capabilities = ("checkpoint_restore",)
+    pages = re.compile(r"pages-\d+\.img")  # the job's memory: linked into the staged image, not copied
 
     def dump_binary(self) -> str:
         return self.config.backends.criu.binary
@@ -47,13 +62,13 @@ class CriuBackend(Backend):
     def restore_command(self, binary: str, request: RestoreRequest) -> list[str]:
         argv = [
             binary, "restore",
-            "-D", str(request.image_dir),
+            "-D", request.image.restorer_path,
             "--shell-job",
             "--restore-detached",
             "--restore-sibling",
-            "--work-dir", str(request.workdir),  # logs, pid file and stats-restore: never into the image
-            "--pidfile", str(request.workdir / PIDFILE),
-            "--log-file", str(request.workdir / RESTORE_LOG),
+            "--work-dir", str(request.workdir),  # log and stats-restore: never into the image
+            "--log-file", RESTORE_LOG,
+            "--leave-stopped",  # nothing runs before the identity gate has seen every task
         ]  # fmt: skip
         if self.run_as == "job-user":
             argv.append("--unprivileged")
@@ -62,33 +77,66 @@ class CriuBackend(Backend):
         return argv + list(self.config.backends.criu.extra_args)
 
     def restore(self, binary: str, request: RestoreRequest) -> Restored:
-        """criu restore -d -S: CRIU returns once the tree runs, its root a child of this process."""
+        """criu restore -d -S --leave-stopped: CRIU returns once the tree is restored, stopped, its root
+        a child of this process (found among this process's children: no pid file is trusted)."""
         command = self.restore_command(binary, request)
-        argv = self.as_configured_user(command, request.user, self.restore_capabilities)
+        argv = self.as_configured_user(command, request.user, request.image.capabilities or ())
+        image_fds = [request.image.fd] if request.image.fd is not None else []
         try:
             completed = self.env.runner.run(
                 argv,
                 timeout_s=request.timeout_s,
                 cwd=request.cwd,
-                pass_fds=[f.fd for f in request.inherited],
+                pass_fds=[f.fd for f in request.inherited] + image_fds,
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
+        children = own_children()
+        if completed.timed_out or completed.returncode != 0:
+            kill_trees(children)  # whatever a killed or failed restorer left stopped
         if completed.timed_out:
             raise TimedOut(f"criu restore did not finish within timeout_s={request.timeout_s:g}s: killed it")
-        log = _read(request.workdir / RESTORE_LOG)
+        log = read_log(request.workdir / RESTORE_LOG)
         if completed.returncode != 0:
             busy = _PID_TAKEN.search(log)
             if busy:
                 raise PidInUse(int(busy.group(1)))
-            errors = [line.strip() for line in log.splitlines() if line.startswith("Error")]
-            detail = errors[0] if errors else (completed.stderr.strip().splitlines() or [""])[-1]
+            detail = first_error(log) or (completed.stderr.strip().splitlines() or [""])[-1]
             raise CheckpointerFailed(f"criu restore failed (exit {completed.returncode}): {detail}")
+        if children != [request.pids[0]]:
+            kill_trees(children)
+            raise CheckpointerFailed(
+                f"criu restore left {children or 'no process'} as this process's children, not the job's "
+                f"process {request.pids[0]}: killed them"
+            )
+        return Restored(children[0], command, stopped=True)
+
+    def stage_image(
+        self, generation: Path, files: Sequence[ImageFile], work: Path, user: JobUser
+    ) -> StagedImage:
+        """Root's copy of the image's small files (pages linked), and the credentials in every core
+        file of it checked: exactly the owner's, no capability, or the restore is refused before
+        CRIU runs (criu_images)."""
+        staged = staging.stage(generation, files, work, self.pages)
         try:
-            pid = int(_read(request.workdir / PIDFILE).strip())
-        except ValueError:
-            raise CheckpointerFailed("criu restore succeeded but wrote no pid file") from None
-        return Restored(pid, command)
+            cores = _cores(staged)
+            problems = [
+                problem
+                for core in cores
+                if (problem := credentials_problem(f"core-{core.tid}.img", core.credentials, user))
+            ]
+            if problems:
+                raise Refused(
+                    f"the image would restore a task that is not {user.name}'s alone: {problems[0]}"
+                )
+            full = (1 << (_cap_last_cap() + 1)) - 1
+            trims = any(core.bounding & full != full for core in cores)
+            staged.capabilities = (*self.restore_capabilities, *(("setpcap",) if trims else ()))
+            staged.stopped = frozenset(core.tid for core in cores if core.stopped)
+        except BaseException:
+            staged.close()
+            raise
+        return staged
 
     def ends_job_on_abort(self) -> bool:
         return True  # without --leave-running CRIU kills the dumped tree after a good dump
@@ -99,15 +147,10 @@ class CriuBackend(Backend):
         return match.group(1) if match else "unknown"
 
     def failure_detail(self, request: DumpRequest, completed: Completed) -> str:
-        """CRIU writes its reasons to the log file: quote the first error."""
-        try:
-            log = (request.image_dir / DUMP_LOG).read_text(errors="replace")
-        except OSError:
-            log = ""
-        errors = [line.strip() for line in log.splitlines() if line.startswith("Error")]
-        if errors:
-            return errors[0]
-        return super().failure_detail(request, completed)
+        """CRIU writes its reasons to the log file (the job user's in job-user mode: read through
+        safefs, bounded): quote the first error."""
+        detail = first_error(read_log(request.image_dir / DUMP_LOG))
+        return detail or super().failure_detail(request, completed)
 
     def parse_stats(self, completed: Completed) -> tuple[float | None, dict[str, int]]:
         return parse_display_stats(completed.stdout)
@@ -131,8 +174,51 @@ def parse_display_stats(stdout: str) -> tuple[float | None, dict[str, int]]:
     return (frozen / 1e6 if frozen is not None else None), stats
 
 
-def _read(path: Path) -> str:
+def _cores(staged: StagedImage) -> list[CoreCredentials]:
+    if any(OLD_CREDS_FILE.fullmatch(name) for name in staged.contents):
+        raise Refused("the image holds an old-format creds-*.img file: refusing it")
+    cores = []
+    for name, data in sorted(staged.contents.items()):
+        match = CORE_FILE.fullmatch(name)
+        if match is None:
+            continue
+        try:
+            cores.append(read_core(int(match.group(1)), data))
+        except ImageError as exc:
+            raise Refused(f"{name} cannot be read as a CRIU core image ({exc}): refusing the image") from None
+    if not cores:
+        raise Refused("the image has no core-*.img file: refusing it")
+    return cores
+
+
+def _cap_last_cap() -> int:
     try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
+        with open("/proc/sys/kernel/cap_last_cap") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 40
+
+
+def read_log(path: Path) -> str:
+    """The end of a log CRIU wrote: never through a symlink, never a FIFO, at most LOG_TAIL bytes."""
+    return safefs.read_text(path, limit=LOG_TAIL, tail=True)
+
+
+def first_error(log: str) -> str:
+    """CRIU's first real error line, without the pid it is prefixed with (``  4711: Error (...)``)."""
+    for line in log.splitlines():
+        match = _ERROR.match(line)
+        if match and not any(harmless in line for harmless in _HARMLESS):
+            return match.group(1).strip()
+    return ""
+
+
+def own_children() -> list[int]:
+    """This process's children, from the kernel's own lists."""
+    return child_pids(os.getpid())
+
+
+def kill_trees(roots: list[int]) -> None:
+    """SIGKILL these children of ours and everything below them, and reap them."""
+    for pid in roots:
+        kill_tree(pid)

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mom_checkpoint import __version__, backends, discovery, retention, sessions
+from mom_checkpoint import __version__, backends, discovery, identity, retention, sessions
 from mom_checkpoint.backends import DumpRequest, DumpResult, JobUser
 from mom_checkpoint.calls import CheckpointCall
 from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import DiskFull, Error, UnknownUser
+from mom_checkpoint.errors import DiskFull, Error, Refused, UnknownUser
 from mom_checkpoint.hashing import ImageFile, digest_files
 from mom_checkpoint.locking import job_lock, lock_dir, node_slot
 from mom_checkpoint.manifest import (
@@ -70,7 +70,13 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
         restart_lookup=lambda job_id: sessions.lookup(spool.root, job_id),
     )
     group = _group_name(call.egroup, job.gid)
+    owner = identity.of_uid(job.uid, job.gid)
     log = log.bind(exec_pid=job.exec_pid, session_id=job.leader_pid, user=job.user)
+    if problems := identity.tree_problems([p.pid for p in job.tree], owner):
+        raise Refused(
+            f"job {call.job_id}: {problems[0]} (a setuid program?): not checkpointing it, a restart could "
+            f"only give it back as {owner.name}"
+        )
     log.info("checkpoint.start", found_via=job.found_via, processes=[p.pid for p in job.tree])
     pointer_fd = None
     if call.checkpoint_dir is not None and call.checkpoint_name is not None:
@@ -81,23 +87,34 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
         _check_space(spool, job, config)
         spool.ensure_root()
         locks = lock_dir(spool.root)
-        owner = Owner(job.uid, job.gid) if config.run_as == "job-user" else Owner(0, 0)
+        storage_owner = Owner(job.uid, job.gid) if config.run_as == "job-user" else Owner(0, 0)
         with (
             job_lock(locks, call.job_id, call.argv),
             node_slot(
                 locks, config.max_concurrent, config.timeout_s, sleep=env.sleep, monotonic=env.monotonic
             ),
         ):
-            run_dir = spool.open_run(job.exec_pid, call.job_id, owner)
+            run_dir = spool.open_run(job.exec_pid, call.job_id, storage_owner)
             for stale in spool.clean_stale(call.job_id):
                 log.warning("incoming.stale_removed", path=str(stale))
             number = spool.next_number(call.job_id)
             log = log.bind(generation=number)
             attempt = _Attempt(
-                call, config, env, log, job, group, owner, backend, binary, started_wall, started
+                call,
+                config,
+                env,
+                log,
+                job,
+                owner,
+                group,
+                storage_owner,
+                backend,
+                binary,
+                started_wall,
+                started,
             )
             try:
-                generation, manifest = attempt.dump_and_publish(spool.begin(run_dir, owner), number)
+                generation, manifest = attempt.dump_and_publish(spool.begin(run_dir, storage_owner), number)
             except BaseException:
                 spool.remove_if_empty(run_dir)  # a first checkpoint that failed leaves no trace
                 raise
@@ -141,8 +158,9 @@ class _Attempt:
     env: Environment
     log: Any
     job: discovery.JobProcesses
+    owner: JobUser
     group: str
-    owner: Owner
+    storage_owner: Owner
     backend: backends.Backend
     binary: str
     started_wall: float
@@ -154,7 +172,7 @@ class _Attempt:
             exec_pid=self.job.exec_pid,
             image_dir=incoming.image_dir,
             abort=self.call.abort,
-            user=JobUser(self.job.user, self.job.uid, self.job.gid),
+            user=self.owner,
             timeout_s=self.config.timeout_s,
             on_start=incoming.record_checkpointer,
         )
@@ -169,7 +187,7 @@ class _Attempt:
             relpaths = [f"image/{rel}" for rel in incoming.image_files()]
             files = digest_files(incoming.path, relpaths, fsync=True)
             manifest = self._manifest(result, GenerationInfo(number, name), files, dumped)
-            incoming.write_manifest(manifest.to_json(), self.owner)
+            incoming.write_manifest(manifest.to_json())
             generation = incoming.publish(name)
         except BaseException as exc:
             if result is not None and result.ended_job:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
 import signal
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +22,8 @@ from typing import Any
 
 import psutil
 
-from mom_checkpoint import backends, sessions
-from mom_checkpoint.backends.base import InheritedFile, JobUser, RestoreRequest, locate
+from mom_checkpoint import backends, identity, sessions
+from mom_checkpoint.backends.base import InheritedFile, Restored, RestoreRequest, locate
 from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import (
@@ -34,17 +34,19 @@ from mom_checkpoint.errors import (
     PidInUse,
     Refused,
     StorageIOError,
-    UnknownUser,
 )
+from mom_checkpoint.identity import JobUser, tree_problems
 from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
-from mom_checkpoint.storage import IMAGE, Owner, Spool, remove_tree
-from mom_checkpoint.verification import verify
+from mom_checkpoint.storage import GENERATION_NAME, RESTORER_DIR, RUN_NAME, Spool, remove_tree
+from mom_checkpoint.termination import kill_tree, tree_pids
+from mom_checkpoint.verification import check_digests, check_layout, read_trusted_manifest
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
 _GENERATION_PATH = re.compile(r"(\d+)\.(.+)/(\d{6,}-\d{8}T\d{6}Z)")
 # Files the application wrote to (O_WRONLY or O_RDWR) are handed back; devices are left to CRIU.
 _WRITE_MODES = os.O_WRONLY | os.O_RDWR
+_OUTPUT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -95,44 +97,45 @@ def run(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
 
 
 def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
+    deadline = env.monotonic() + config.timeout_s  # the work before the restored job runs is bounded
     caller = _sudo_caller(call, env)
+    stated = caller or _stated_owner(call)
     spool = Spool(config.spool_dir)
     backend = backends.create(config, env)
     binary = backend.find_restore_binary()
-    generation = _resolve(call, spool, config, log)
-    expected_job = call.job_id if call.job_id is not None else None
-    allowed = {0, os.geteuid()}
-    if config.run_as == "job-user":
-        allowed |= {_owner_uid(generation)}
-    manifest = verify(generation, allowed_uids=frozenset(allowed), expected_job=expected_job)
-    job_id = manifest.job.id
-    log = log.bind(job_id=job_id, generation=manifest.generation.number, path=str(generation))
-    if isinstance(call, TorqueRestart) and call.euser is not None and call.euser != manifest.job.user:
-        raise Refused(f"{generation} is {manifest.job.user}'s checkpoint, not {call.euser}'s: refusing")
-    if caller is not None:
-        if manifest.job.uid != caller.uid:
-            raise Refused(f"{generation} is {manifest.job.user}'s checkpoint, not {caller.name}'s: refusing")
-        if call.cwd is not None:
-            _check_cwd(call.cwd, caller)
+    generation, record = _resolve(call, spool, config, log, stated)
+    user = _owner(call, stated, record)
+    allowed = frozenset({0, user.uid} if config.run_as == "job-user" else {0})
+    log = log.bind(
+        job_id=record.job.id, generation=record.generation.number, path=str(generation), user=user.name
+    )
+    if caller is not None and call.cwd is not None:
+        _check_cwd(call.cwd, caller)
     if backend.name == "criu":
-        _check_pids_free(manifest)
-    user = JobUser(manifest.job.user, manifest.job.uid, manifest.job.gid)
-    log.info("restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name)
-    if os.geteuid() == 0 and caller is None:
-        sessions.record(spool.root, job_id, os.getpid())  # the next checkpoint finds the job through us
+        _check_pids_free(record)
+    manifest = check_layout(generation, allowed_uids=allowed, expected_job=call.job_id, deadline=deadline)
     forwarder = _Forwarder()
-    with forwarder, _workdir(spool, user if config.run_as == "job-user" else None) as workdir:
-        with _output_files(manifest, user) as inherited:
-            request = RestoreRequest(
-                image_dir=generation / IMAGE,
-                pids=[p.pid for p in manifest.processes],
-                user=user,
-                cwd=call.cwd,
-                workdir=workdir,
-                inherited=inherited,
-                timeout_s=config.timeout_s,
-            )
-            restored = backend.restore(binary, request)
+    with forwarder, _workdir(spool, user if config.run_as == "job-user" else None) as work:
+        staged = backend.stage_image(generation, manifest.files, work.root, user)
+        try:
+            check_digests(generation, manifest, deadline=deadline, read_from=staged.base)
+            log.info("restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name)
+            if os.geteuid() == 0 and caller is None:
+                sessions.record(spool.root, manifest.job.id, os.getpid())  # the next checkpoint finds us
+            with _output_files(manifest, user) as inherited:
+                request = RestoreRequest(
+                    image=staged,
+                    pids=[p.pid for p in manifest.processes],
+                    user=user,
+                    cwd=call.cwd,
+                    workdir=work.restorer,
+                    inherited=inherited,
+                    timeout_s=max(1.0, deadline - env.monotonic()),
+                )
+                restored = backend.restore(binary, request)
+        finally:
+            staged.close()
+        _admit(restored, user, staged.stopped, log)
         log.info("restart.running", pid=restored.pid, command=restored.command)
         _mark(call, "Successfully restarted job", config=config, env=env, log=log)
         status = forwarder.wait(restored.pid)
@@ -140,23 +143,126 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
     return status
 
 
-def _resolve(call: RestartCall, spool: Spool, config: Config, log: Any) -> Path:
+def _admit(restored: Restored, user: JobUser, keep_stopped: frozenset[int], log: Any) -> None:
+    """The identity gate: every thread of the restored tree has exactly the owner's uids, gids and
+    groups and no capability, or the whole tree is killed before any of it ran. Only a backend that
+    restores stopped (CRIU, --leave-stopped) can be held at the gate; the others' restorers
+    (resume, cr_restart) are the restored process themselves, root's until they have restored it:
+    their images are root's own in root mode, and in job-user mode they run with the owner's identity
+    and no capability, so the kernel bounds what they can give back (docs/SECURITY.md)."""
+    if not restored.stopped:
+        return
+    pids = tree_pids(restored.pid)
+    problems = tree_problems(pids, user)
+    if problems:
+        kill_tree(restored.pid)
+        log.error("restart.identity_refused", problems=problems[:20], pids=pids)
+        raise Refused(
+            f"the restored job would not run as {user.name} alone: {problems[0]}; killed it before any "
+            f"of it ran"
+        )
+    for pid in pids:
+        if pid not in keep_stopped:  # a task stopped when it was checkpointed stays stopped
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _stated_owner(call: RestartCall) -> JobUser | None:
+    """The owner the batch system names: TORQUE's EUSER (and EGROUP), OpenPBS's %login."""
+    if isinstance(call, TorqueRestart) and call.euser is not None:
+        user = identity.of_name(call.euser)
+        return identity.of_name(call.euser, call.egroup) if call.egroup is not None else user
+    return None
+
+
+def _owner(call: RestartCall, stated: JobUser | None, record: Manifest) -> JobUser:
+    """Whose restore this is: the owner the caller states; only for root's own --job/--image, the user
+    a root-written manifest names. uid, gid and groups always from the system's user database."""
+    recorded_gid: int | None = record.job.gid
+    if stated is not None:
+        if isinstance(call, TorqueRestart) and call.egroup is not None:
+            recorded_gid = None  # TORQUE said which group the job runs in
+        user = stated
+    else:
+        user = identity.of_name(record.job.user)
+    if recorded_gid is not None and recorded_gid in user.all_groups:
+        user = identity.of_uid(user.uid, recorded_gid)
+    if record.job.uid != user.uid:
+        if isinstance(call, SeedRestart) and call.own:
+            raise _no_checkpoint(call, None)
+        raise Refused(
+            f"{call.job_id or call_image(call)}: the checkpoint is of uid {record.job.uid} "
+            f"({record.job.user}), not of {user.name} ({user.uid}): refusing"
+        )
+    return user
+
+
+def call_image(call: RestartCall) -> str:
+    return (call.image if isinstance(call, SeedRestart) else None) or "-"
+
+
+def _resolve(
+    call: RestartCall, spool: Spool, config: Config, log: Any, owner: JobUser | None
+) -> tuple[Path, Manifest]:
+    """The generation to restore and its manifest (root's record of it, read before anything is
+    hashed). With an owner known, only that owner's generations of the job are candidates."""
     if isinstance(call, SeedRestart) and call.image is not None:
-        path = Path(call.image)
-        if not path.is_dir():
-            raise NoCheckpoint(f"{call.image} is not a generation folder")
-        return path
+        path = _spool_generation(spool, call.image) if call.own else Path(call.image)
+        if path is None or not path.is_dir():
+            raise _no_checkpoint(call, spool)
+        record = _record_of(path, call)
+        return path, record
     job_id = call.job_id
     assert job_id is not None
     if isinstance(call, TorqueRestart) and call.checkpoint_dir and call.checkpoint_name:
         pointed = _follow_pointer(call, spool, config, log)
         if pointed is not None:
-            return pointed
-    newest = spool.newest(job_id)
-    if newest is None:
-        raise NoCheckpoint(f"job {job_id} has no complete checkpoint in {spool.root}")
-    log.info("restart.newest", job_id=job_id, path=str(newest.path))
-    return newest.path
+            return pointed, read_trusted_manifest(pointed)
+    own = isinstance(call, SeedRestart) and call.own
+    for generation in reversed(spool.job_generations(job_id)):
+        try:
+            record = read_trusted_manifest(generation.path)
+        except Error as exc:
+            if not own:
+                raise  # the newest generation is unusable: say why, never fall back to older state
+            log.warning("restart.generation_skipped", path=str(generation.path), error=exc.message)
+            continue  # for a sudo caller, a generation root cannot vouch for is not theirs
+        if owner is not None and record.job.uid != owner.uid:
+            log.info("restart.other_owner", path=str(generation.path), owner=record.job.uid)
+            continue
+        log.info("restart.newest", job_id=job_id, path=str(generation.path))
+        return generation.path, record
+    raise _no_checkpoint(call, spool)
+
+
+def _record_of(path: Path, call: SeedRestart) -> Manifest:
+    if not call.own:
+        return read_trusted_manifest(path)
+    try:
+        return read_trusted_manifest(path)
+    except Error:
+        raise _no_checkpoint(call, None) from None
+
+
+def _no_checkpoint(call: RestartCall, spool: Spool | None) -> NoCheckpoint:
+    """One answer for a job or folder that does not exist and for one that is another user's."""
+    if isinstance(call, SeedRestart) and call.image is not None:
+        return NoCheckpoint(f"{call.image} is not a complete generation folder of yours in the spool")
+    where = f" in {spool.root}" if spool is not None else ""
+    return NoCheckpoint(f"job {call.job_id} has no complete checkpoint{where}")
+
+
+def _spool_generation(spool: Spool, image: str) -> Path | None:
+    """--own --image: only a generation folder of the spool, recognised by its name alone: nothing
+    outside the spool is walked, stat'ed or named for a sudo caller."""
+    root = os.path.normpath(spool.root)
+    clean = os.path.normpath(image)
+    if clean != image.rstrip("/") or not clean.startswith(root + "/"):
+        return None
+    parts = clean[len(root) + 1 :].split("/")
+    if len(parts) != 2 or not RUN_NAME.fullmatch(parts[0]) or not GENERATION_NAME.fullmatch(parts[1]):
+        return None
+    return Path(root, *parts)
 
 
 def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Any) -> Path | None:
@@ -206,11 +312,7 @@ def _sudo_caller(call: RestartCall, env: Environment) -> JobUser | None:
     uid = int(raw)
     if uid == 0:
         return None
-    try:
-        entry = pwd.getpwuid(uid)
-    except KeyError:
-        raise UnknownUser(f"SUDO_UID {uid} is not a user on this node") from None
-    return JobUser(entry.pw_name, uid, entry.pw_gid)
+    return identity.of_uid(uid)
 
 
 def _check_cwd(cwd: str, user: JobUser) -> None:
@@ -220,13 +322,6 @@ def _check_cwd(cwd: str, user: JobUser) -> None:
             os.close(os.open(cwd, os.O_RDONLY | os.O_DIRECTORY))
     except OSError as exc:
         raise Refused(f"--cwd {cwd}: {exc.strerror} for {user.name}") from None
-
-
-def _owner_uid(generation: Path) -> int:
-    try:
-        return (generation / IMAGE).lstat().st_uid
-    except OSError:
-        return 0
 
 
 def _check_pids_free(manifest: Manifest) -> None:
@@ -243,16 +338,25 @@ def _check_pids_free(manifest: Manifest) -> None:
         raise PidInUse(holder)
 
 
+@dataclass(frozen=True)
+class _Work:
+    root: Path  # root's own folder (0711): the staged image lives in its 0700 "pinned" subfolder
+    restorer: Path  # where the restorer writes its log: the job user's when it runs as them
+
+
 @contextlib.contextmanager
-def _workdir(spool: Spool, user: JobUser | None) -> Iterator[Path]:
-    """Under the spool when root (a restart killed with -9 leaves it there for the next one to
-    clean); a private temporary folder otherwise."""
-    if os.geteuid() == 0:
-        path = spool.restart_workdir(Owner(user.uid, user.gid) if user is not None else Owner(0, 0))
-    else:
-        path = Path(tempfile.mkdtemp(prefix="mom-restart-"))
+def _workdir(spool: Spool, user: JobUser | None) -> Iterator[_Work]:
+    """Where the restorer writes its log (and CRIU its stats): under the spool when root (a restart
+    killed with -9 leaves it there for the next one to clean), a private temporary folder otherwise.
+    Root's folder, with the restorer's own subfolder the job user's when the restorer runs as them:
+    nothing in it is ever authority for root (no pid file is read; logs are read through safefs)."""
+    path = spool.restart_workdir() if os.geteuid() == 0 else Path(tempfile.mkdtemp(prefix="mom-restart-"))
     try:
-        yield path
+        restorer = path / RESTORER_DIR
+        restorer.mkdir(mode=0o700)
+        if user is not None and os.geteuid() == 0:
+            os.chown(restorer, user.uid, user.gid)
+        yield _Work(path, restorer)
     finally:
         remove_tree(path)
 
@@ -281,7 +385,11 @@ def _output_files(manifest: Manifest, user: JobUser) -> Iterator[list[InheritedF
     try:
         with _as_user(user):
             for path in paths:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = os.open(path, _OUTPUT_FLAGS, 0o600)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)  # a FIFO or device at the path now: CRIU deals with it (or refuses)
+                    continue
+                os.set_blocking(fd, True)
                 opened.append(InheritedFile(fd, path))
         yield opened
     except PermissionError as exc:
@@ -293,12 +401,13 @@ def _output_files(manifest: Manifest, user: JobUser) -> Iterator[list[InheritedF
 
 @contextlib.contextmanager
 def _as_user(user: JobUser) -> Iterator[None]:
-    """Root opens the job's files with the job user's rights (a manifest can name any path)."""
+    """Root opens the job's files with the owner's rights, always (the owner comes from the system's
+    user database, never from a file: a root job's files are opened as root)."""
     if os.geteuid() != 0 or user.uid == 0:
         yield
         return
     groups = os.getgroups()
-    os.setgroups(os.getgrouplist(user.name, user.gid))
+    os.setgroups(list(user.groups))
     os.setegid(user.gid)
     os.seteuid(user.uid)
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 from mom_checkpoint import verification
@@ -11,14 +9,14 @@ from mom_checkpoint.commands import targets
 from mom_checkpoint.config import Config
 from mom_checkpoint.hashing import Progress
 from mom_checkpoint.manifest import Manifest
-from mom_checkpoint.storage import IMAGE, Spool
+from mom_checkpoint.storage import Spool
 
 
 def run(config: Config, target: str, progress: Progress | None = None) -> tuple[Path, Manifest]:
     generation = targets.resolve(Spool(config.spool_dir), target)
-    allowed = {0, os.geteuid()}
-    if config.run_as == "job-user":
-        with contextlib.suppress(OSError):
-            allowed.add((generation / IMAGE).lstat().st_uid)
+    record = verification.read_trusted_manifest(generation)
+    # in job-user mode the image folder is its owner's (their checkpointer wrote it); root's record
+    # says who that is
+    allowed = {0, record.job.uid} if record.backend.run_as == "job-user" else {0}
     manifest = verification.verify(generation, allowed_uids=frozenset(allowed), progress=progress)
     return generation, manifest

@@ -8,18 +8,27 @@ runs each once (tests/reliability/test_security.py) and ``make reliability`` man
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import socket
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from tests.helpers import Site, call_direct, call_hook, crash
+import psutil
+
+from tests.helpers import Job, Site, User, call_direct, call_hook, crash, installed, start_restart
+
+ROOT = Path(__file__).resolve().parents[2]
+SUDOERS = Path("/etc/sudoers.d/mom-checkpoint-security-test")
 
 Scenario = Callable[[Site, random.Random], list[str]]
 
 
-def as_user(site: Site, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+def as_user(site: Site, code: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Python ``code`` run as the job's user, the way a user's own shell on the node would."""
     return subprocess.run(
         [
@@ -36,9 +45,77 @@ def as_user(site: Site, code: str, *args: str) -> subprocess.CompletedProcess[st
         ],
         capture_output=True,
         text=True,
-        check=True,
+        check=check,
         timeout=120,
+        env={"PATH": "/usr/bin:/bin", "MOM_CHECKPOINT_CONFIG": str(site.config)},
     )
+
+
+def user_shell(site: Site, command: str) -> subprocess.CompletedProcess[str]:
+    """A shell command of the job's user (a new job's script, or their login shell on the node)."""
+    return subprocess.run(
+        ["/bin/sh", "-c", command],
+        user=site.user.uid,
+        group=site.user.gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin", "MOM_CHECKPOINT_CONFIG": str(site.config)},
+    )
+
+
+@contextlib.contextmanager
+def sudo_rule() -> Iterator[Path]:
+    """The packaged sudoers rule, for the program under test (and the test site's config through
+    sudo: test-only, the shipped rule keeps sudo's env_reset)."""
+    program = installed("mom-restart")
+    rule = (
+        (ROOT / "packaging" / "sudoers-mom-restart")
+        .read_text()
+        .replace("/usr/local/sbin/mom-restart", str(program))
+    )
+    rule += f'Defaults!{program} env_keep += "MOM_CHECKPOINT_CONFIG"\n'
+    SUDOERS.write_text(rule)
+    SUDOERS.chmod(0o440)
+    try:
+        yield program
+    finally:
+        SUDOERS.unlink()
+
+
+def restart_args(job: Job, checkpoint_args: list[object]) -> list[object]:
+    """pbs_mom's six $restart_script arguments for a job checkpointed with ``checkpoint_args``."""
+    name = job.user.name
+    return [job.session_id, job.job_id, name, name, checkpoint_args[4], checkpoint_args[5]]
+
+
+def held(site: Site, job_id: str, **app_env: str) -> tuple[Job, list[object], Path]:
+    """A job of the site's user checkpointed by qhold (SIGNAL 15) in job-user mode, then gone (its
+    application's pid is kept as ``job.restored_app``)."""
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    job = site.start_job(job_id, app_env={"COUNTER_LIMIT": "2000", **app_env})
+    job.restored_app = job.app_pid()  # type: ignore[attr-defined]
+    args = site.torque_args(job, signal_number=15)
+    result = call_hook(args, site.config)
+    assert result.returncode == 0, result.stderr
+    job.wait_ended()
+    crash(job)
+    [generation] = site.generations(job_id)
+    return job, args, generation
+
+
+@contextlib.contextmanager
+def roots_file(rng: random.Random, where: str = "/etc") -> Iterator[Path]:
+    """A file of root's that an attack aims at (a line written into it would be root's doing)."""
+    path = Path(where) / f"mom-checkpoint-target-{rng.randrange(10**9)}"
+    path.write_text("root's own\n")
+    path.chmod(0o644)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 DEEP_TREE = """
@@ -111,9 +188,195 @@ def deep_trees(site: Site, rng: random.Random) -> list[str]:
     return checks
 
 
-NEEDS_CRIU: set[Scenario] = set()
+FORGE_MANIFEST = """
+import json, sys
+path = sys.argv[1]
+data = json.load(open(path))
+data["job"]["uid"] = data["job"]["gid"] = 0
+open(path, "w").write(json.dumps(data))
+"""
+
+
+def forged_manifest(site: Site, rng: random.Random) -> list[str]:
+    """Issue 11 #1: the user rewrites uid/gid in their manifest to 0 and swaps their output file for a
+    symlink to a root-owned file, then pbs_mom restarts the job (qrls): root must not write there."""
+    job, args, generation = held(site, "3101.head")
+    manifest = generation / "manifest.json"
+    st = manifest.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600), (
+        f"the manifest is {st.st_uid}'s, mode {st.st_mode:o}"
+    )
+    forged = as_user(site, FORGE_MANIFEST, str(manifest), check=False)
+    assert forged.returncode != 0 and "Permission denied" in forged.stderr, (
+        "the user could rewrite the manifest"
+    )
+    checks = ["the manifest is root's 0600: the user can neither read nor rewrite it (job-user mode)"]
+    with roots_file(rng) as target:
+        as_user(site, "import os, sys; os.unlink(sys.argv[1]); os.symlink(sys.argv[2], sys.argv[1])",
+                str(job.output), str(target))  # fmt: skip
+        restart = start_restart(restart_args(job, args), site.config)
+        status = restart.wait(timeout=120)
+        err = restart.stderr.read().decode() if restart.stderr else ""
+        assert target.read_text() == "root's own\n", "the restored job wrote into a root-owned file"
+        assert status == 77 and "as momtest: Permission denied" in err, (status, err)
+    checks.append(
+        "the output file swapped for a symlink to a root-owned file: opened with the user's rights, "
+        "refused (77), the root file untouched"
+    )
+    return checks
+
+
+def own_surface(site: Site, rng: random.Random) -> list[str]:
+    """Issue 11 #2 and #7: through sudo, --own --image names, walks or restores nothing outside the
+    spool, and another user's job is 'no such job'."""
+    job, _args, generation = held(site, "3201.head")
+    secret = Path("/root") / f"mom-checkpoint-secret-{rng.randrange(10**9)}"
+    secret.write_text("x")
+    home_copy = Path(site.user.home) / f"copy-{rng.randrange(10**6)}"
+    checks = []
+    try:
+        with sudo_rule() as program:
+            root_dir = user_shell(site, f"sudo -n {program} --own --image /root")
+            assert root_dir.returncode == 66, (root_dir.returncode, root_dir.stderr)
+            assert secret.name not in root_dir.stderr and root_dir.stderr.count("\n") == 1, root_dir.stderr
+            checks.append("--own --image /root: 66, one line that names nothing in it")
+            exists = user_shell(site, f"sudo -n {program} --own --image {secret}")
+            missing = user_shell(site, f"sudo -n {program} --own --image {secret}-not-there")
+            assert exists.returncode == missing.returncode == 66, (exists.stderr, missing.stderr)
+            assert exists.stderr == missing.stderr.replace("-not-there", ""), (exists.stderr, missing.stderr)
+            checks.append("--own --image of a root-only file: the answer a path that does not exist gets")
+            # a copy of the user's own generation, in their home, with a forged manifest
+            subprocess.run(["cp", "-a", str(generation), str(home_copy)], check=True)
+            subprocess.run(["chown", "-R", f"{site.user.uid}:{site.user.gid}", str(home_copy)], check=True)
+            as_user(site, FORGE_MANIFEST, str(home_copy / "manifest.json"))
+            result = user_shell(site, f"sudo -n {program} --own --image {home_copy}")
+            assert result.returncode == 66 and "of yours in the spool" in result.stderr, result.stderr
+            checks.append("--own --image of a forged copy in the user's home: 66, nothing restored")
+            # another user's job: the same answer as a job that does not exist
+            root_job = site.start_job("3202.head", user=_root())
+            site.configure()  # root mode for root's own job (root here cannot dump other users' processes)
+            assert call_hook(site.torque_args(root_job), site.config).returncode == 0
+            theirs = user_shell(site, f"sudo -n {program} --own --job 3202.head")
+            nobody = user_shell(site, f"sudo -n {program} --own --job 3299.head")
+            assert theirs.returncode == nobody.returncode == 66, (theirs.stderr, nobody.stderr)
+            assert theirs.stderr.replace("3202", "3299") == nobody.stderr, (theirs.stderr, nobody.stderr)
+            hashed = [e for e in site.log_events() if e.get("event") == "restart.start"]
+            assert not hashed, "a restore of another user's job was started"
+            checks.append("--own --job of another user's job: the very answer an unknown job gets (66)")
+    finally:
+        secret.unlink(missing_ok=True)
+        subprocess.run(["rm", "-rf", str(home_copy)], check=False)
+    assert not job.processes()
+    return checks
+
+
+def _root() -> User:
+    return User.named("root")
+
+
+def restart_signals(site: Site, rng: random.Random) -> list[str]:
+    """Issue 11 #3: what mom-restart reads back is never the user's: its work folder is root's, no pid
+    file is read, and a signal is passed to the restored job only, never to a pid the user names."""
+    job, args, _generation = held(site, "3301.head", COUNTER_LIMIT="0")
+    victim = subprocess.Popen(["sleep", "300"])  # a root process the attack aims at
+    try:
+        restart = start_restart(restart_args(job, args), site.config)
+        deadline = time.monotonic() + 60
+        work = None
+        while work is None or not psutil.pid_exists(job.restored_app):  # type: ignore[attr-defined,unused-ignore]
+            assert time.monotonic() < deadline and restart.poll() is None, "the job was not restored"
+            found = [p for p in (site.spool / ".restarts").glob(f"*.{restart.pid}.*")]
+            work = found[0] if found else None
+            time.sleep(0.05)
+        st = work.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (0, 0o711), f"the work folder is uid {st.st_uid}'s"
+        restorer = work / "restorer"
+        for folder in (restorer, work):
+            as_user(site, "import sys; open(sys.argv[1] + '/restored.pid', 'w').write(sys.argv[2])",
+                    str(folder), str(victim.pid), check=False)  # fmt: skip
+        os.kill(restart.pid, signal.SIGTERM)  # pbs_mom's qdel, or sudo relaying the user's signal
+        status = restart.wait(timeout=60)
+        assert victim.poll() is None, "mom-restart signalled the root process the user named"
+        assert status == 143, status
+    finally:
+        victim.kill()
+        victim.wait()
+    return [
+        "mom-restart's work folder is root's (0711); only the restorer's own folder is the user's",
+        "a restored.pid naming a root process, planted by the user: ignored; SIGTERM reaches the job (143)",
+    ]
+
+
+FORGING_CRIU = """#!/usr/bin/python3
+# The job user's own CRIU (job-user mode: it runs with their uid): after a good dump, it rewrites the
+# credentials in the image's core files, as the user could while the dump runs, before root hashes it.
+import glob, os, subprocess, sys
+from pathlib import Path
+{forge}
+if sys.argv[1] != "dump":
+    os.execv("/usr/local/sbin/criu", ["criu", *sys.argv[1:]])
+status = subprocess.call(["/usr/local/sbin/criu", *sys.argv[1:]], close_fds=False)
+if status == 0:
+    image = Path(sys.argv[sys.argv.index("-D") + 1])
+    for core in glob.glob(str(image / "core-*.img")):
+        forge(Path(core), **{changes})
+sys.exit(status)
+"""
+FORGERIES: list[tuple[str, dict[str, list[int]]]] = [
+    (
+        "CAP_CHECKPOINT_RESTORE and CAP_SETPCAP kept",
+        {"cap_prm": [1 << 8, 1 << 8], "cap_eff": [1 << 8, 1 << 8]},
+    ),
+    ("CAP_SYS_PTRACE in the ambient set", {"cap_amb": [1 << 19, 0], "cap_prm": [1 << 19, 0]}),
+    ("gid 42 (shadow) everywhere", {"gid": [42], "egid": [42], "sgid": [42], "fsgid": [42]}),
+    ("uid 0 everywhere", {"uid": [0], "euid": [0], "suid": [0], "fsuid": [0]}),
+    ("supplementary group 0", {"groups": [0]}),
+]
+
+
+def forged_credentials(site: Site, rng: random.Random) -> list[str]:
+    """Issue 11 #1 and #2: the credentials in the image's core files forged (capabilities, gid 42,
+    uid 0, group 0) by the user while their own CRIU dumps, so that root's manifest even records the
+    forged files' digests. The restart refuses before CRIU runs; nothing of the job runs."""
+    name, changes = rng.choice(FORGERIES)
+    forger = site.base / "bin" / "criu"
+    forger.parent.mkdir(mode=0o755, exist_ok=True)
+    source = (ROOT / "tests" / "criu_forge.py").read_text().split('"""', 2)[2]
+    source = source.replace("from __future__ import annotations", "")
+    forger.write_text(FORGING_CRIU.format(forge=source, changes=repr(changes)))
+    forger.chmod(0o755)
+    site.configure(**{"backends.criu.run_as": "job-user", "backends.criu.binary": str(forger)})
+    job = site.start_job("3401.head", app_env={"COUNTER_LIMIT": "2000"})
+    pids = [job.exec_pid(), job.app_pid()]
+    args = site.torque_args(job, signal_number=15)
+    result = call_hook(args, site.config)
+    assert result.returncode == 0, result.stderr
+    job.wait_ended()
+    crash(job)
+    counted = job.output.read_text()
+    restart = start_restart(restart_args(job, args), site.config)
+    status = restart.wait(timeout=120)
+    err = restart.stderr.read().decode() if restart.stderr else ""
+    assert status == 77 and "core-" in err and "not momtest's" in err, (status, err)
+    time.sleep(1)
+    assert job.output.read_text() == counted, "the forged job ran"
+    assert not any(psutil.pid_exists(pid) for pid in pids), "a forged task is left"
+    return [
+        f"core files forged during the dump ({name}): the restart refuses (77) before CRIU runs",
+        "nothing of the job ran (its output did not grow); no task of it is left",
+    ]
+
+
+NEEDS_CRIU: set[Scenario] = {forged_manifest, own_surface, restart_signals, forged_credentials}
 
 SECURITY: dict[str, tuple[Scenario, int]] = {
     # name: (scenario, runs by `make reliability`)
     "a folder tree thousands deep where root cleans up and measures": (deep_trees, 3),
+    "a forged manifest and an output file swapped for a link to root's file (real CRIU)": (
+        forged_manifest,
+        3,
+    ),
+    "sudo --own: paths outside the spool, a forged copy, another user's job (real CRIU)": (own_surface, 3),
+    "a pid file naming a root process; signals through mom-restart (real CRIU)": (restart_signals, 3),
+    "credentials forged in the image's core files during the dump (real CRIU)": (forged_credentials, 5),
 }

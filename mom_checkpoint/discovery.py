@@ -58,6 +58,8 @@ class JobProcesses:
     tree: list[ProcessRecord]  # the exec PID first, then its descendants
     found_via: Literal["session", "restart-record"] = "session"
 
+    swap_bytes: int = 0  # swapped out: CRIU dumps it too
+
     @property
     def resident_bytes(self) -> int:
         return sum(p.rss for p in self.tree)
@@ -135,7 +137,20 @@ def find_job(
         gid=records[0].gid,
         tree=records,
         found_via=found_via,
+        swap_bytes=sum(_swapped(record.pid) for record in records),
     )
+
+
+def _swapped(pid: int) -> int:
+    """VmSwap of a process, in bytes (0 when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmSwap:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def process_start_time(pid: int) -> float | None:

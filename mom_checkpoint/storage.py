@@ -169,7 +169,7 @@ class Spool:
             numbers += [n for n in _kept_numbers(run)]
         return max(numbers, default=0) + 1
 
-    def clean_stale(self, job_id: str) -> list[Path]:
+    def clean_stale(self, job_id: str, deadline: float | None = None) -> list[Path]:
         """Remove the job's incoming folders. Call only while holding the job's lock: then none is live.
 
         A hook killed with -9 may have left its checkpointer running (it has its own process group):
@@ -181,16 +181,16 @@ class Spool:
                 if entry.name.startswith(INCOMING_PREFIX):
                     stop_orphan_checkpointer(Path(entry.path))
                 if entry.name.startswith((INCOMING_PREFIX, PRUNING_PREFIX)):
-                    remove_tree(Path(entry.path))
+                    remove_tree(Path(entry.path), deadline=deadline)  # the rest: the next call's
                     removed.append(Path(entry.path))
         return removed
 
-    def drop(self, generation: Generation) -> None:
+    def drop(self, generation: Generation, deadline: float | None = None) -> None:
         """Remove a generation: first out of the generation names (one rename), then from the disk,
         so that a crash half way through never leaves a partial folder that looks complete."""
         doomed = generation.run_dir / f"{PRUNING_PREFIX}{generation.path.name}"
         os.rename(generation.path, doomed)
-        remove_tree(doomed)
+        remove_tree(doomed, deadline=deadline)
 
     # -- mom-restart's work folders ------------------------------------------------------------------
     def restart_workdir(self) -> Path:

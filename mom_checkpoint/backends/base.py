@@ -157,7 +157,7 @@ class Backend(ABC):
             raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
         if completed.timed_out:
             raise TimedOut(
-                f"{self.name} did not finish within timeout_s={request.timeout_s:g}s: killed it, "
+                f"{self.name} did not finish within timeout_s={self.config.timeout_s:g}s: killed it, "
                 f"the job keeps running"
             )
         if completed.returncode != 0:

@@ -95,7 +95,9 @@ class CriuBackend(Backend):
         if completed.timed_out or completed.returncode != 0:
             kill_trees(children)  # whatever a killed or failed restorer left stopped
         if completed.timed_out:
-            raise TimedOut(f"criu restore did not finish within timeout_s={request.timeout_s:g}s: killed it")
+            raise TimedOut(
+                f"criu restore did not finish within timeout_s={self.config.timeout_s:g}s: killed it"
+            )
         log = read_log(request.workdir / RESTORE_LOG)
         if completed.returncode != 0:
             busy = _PID_TAKEN.search(log)

@@ -47,6 +47,8 @@ from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generatio
 from mom_checkpoint.termination import end_session, ended_soon, resume_tree, stopped
 
 RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
+PRUNE_GRACE_S = 10.0  # what pruning may take beyond timeout_s (the rest is left for the next call)
+IMAGE_MARGIN = 64 * 1024 * 1024  # an image's files beyond the job's memory: CRIU's metadata, logs
 LOSS_SETTLE_S = 1.0  # after a failed dump, how long to watch for the job's processes dying of it
 
 
@@ -60,6 +62,7 @@ class Outcome:
 
 def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Outcome:
     started_wall, started = env.clock(), env.monotonic()
+    deadline = started + config.timeout_s  # the whole call: waiting, the dump, reading and hashing it
     log = log.bind(job_id=call.job_id, convention=call.convention, argv=list(call.argv))
     spool = Spool(config.spool_dir)
     job = discovery.find_job(
@@ -91,11 +94,15 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
         with (
             job_lock(locks, call.job_id, call.argv),
             node_slot(
-                locks, config.max_concurrent, config.timeout_s, sleep=env.sleep, monotonic=env.monotonic
+                locks,
+                config.max_concurrent,
+                max(0.0, deadline - env.monotonic()),
+                sleep=env.sleep,
+                monotonic=env.monotonic,
             ),
         ):
             run_dir = spool.open_run(job.exec_pid, call.job_id, storage_owner)
-            for stale in spool.clean_stale(call.job_id):
+            for stale in spool.clean_stale(call.job_id, deadline=deadline):
                 log.warning("incoming.stale_removed", path=str(stale))
             number = spool.next_number(call.job_id)
             log = log.bind(generation=number)
@@ -112,6 +119,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
                 binary,
                 started_wall,
                 started,
+                deadline,
             )
             try:
                 generation, manifest = attempt.dump_and_publish(spool.begin(run_dir, storage_owner), number)
@@ -122,7 +130,14 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
                 pointer = _pointer(call.job_id, generation, env)
                 write_pointer(pointer_fd, call.checkpoint_name, pointer, job.uid, job.gid)
             try:
-                pruned = _prune(spool, call.job_id, call.depth or config.keep, run_dir, log)
+                pruned = _prune(
+                    spool,
+                    call.job_id,
+                    call.depth or config.keep,
+                    run_dir,
+                    log,
+                    deadline=max(deadline, env.monotonic() + PRUNE_GRACE_S),
+                )
             except BaseException:
                 if pointer_fd is not None and call.checkpoint_name is not None:
                     remove_pointer(pointer_fd, call.checkpoint_name)  # a failed call leaves no pointer
@@ -165,6 +180,7 @@ class _Attempt:
     binary: str
     started_wall: float
     started: float
+    deadline: float  # monotonic: the dump, reading and hashing the image all end by then
 
     def dump_and_publish(self, incoming: Incoming, number: int) -> tuple[Generation, Manifest]:
         name = generation_name(number, self.started_wall)
@@ -173,7 +189,7 @@ class _Attempt:
             image_dir=incoming.image_dir,
             abort=self.call.abort,
             user=self.owner,
-            timeout_s=self.config.timeout_s,
+            timeout_s=max(1.0, self.deadline - self.env.monotonic()),
             on_start=incoming.record_checkpointer,
         )
         result: DumpResult | None = None
@@ -184,8 +200,9 @@ class _Attempt:
             dumped = self.env.monotonic()
             self.log.info("dump.done", seconds=result.completed.duration_s, frozen_s=result.frozen_s)
             # The job runs again (or has ended): only now read, hash and fsync the image.
-            relpaths = [f"image/{rel}" for rel in incoming.image_files()]
-            files = digest_files(incoming.path, relpaths, fsync=True)
+            relpaths = [f"image/{rel}" for rel in incoming.image_files(self.deadline)]
+            limit = image_limit(self.job, self.config.backends.criu.ghost_limit)
+            files = digest_files(incoming.path, relpaths, fsync=True, max_bytes=limit, deadline=self.deadline)
             manifest = self._manifest(result, GenerationInfo(number, name), files, dumped)
             incoming.write_manifest(manifest.to_json())
             generation = incoming.publish(name)
@@ -267,6 +284,15 @@ class _Attempt:
         )
 
 
+def image_limit(job: discovery.JobProcesses, ghost_limit: int) -> int:
+    """The most an honest image of this job holds: its memory, resident and swapped, twice over (CRIU
+    writes each page once, plus its page maps and whatever the job allocates during the dump), one
+    ghost file per open file at most, and a margin for the rest. More than that, in a folder the job's
+    user may write (job-user mode), is not read: the checkpoint is refused."""
+    files = sum(1 for process in job.tree for fd in process.fds if fd.kind == "file")
+    return 2 * (job.resident_bytes + job.swap_bytes) + files * ghost_limit + IMAGE_MARGIN
+
+
 def _check_space(spool: Spool, job: discovery.JobProcesses, config: Config) -> None:
     if config.space_margin == 0:
         return
@@ -291,12 +317,15 @@ def _pointer(job_id: str, generation: Generation, env: Environment) -> Pointer:
     )
 
 
-def _prune(spool: Spool, job_id: str, keep: int, current_run: Path, log: Any) -> list[Path]:
-    """Drop generations beyond ``keep`` (only ever after a new one is complete) and emptied runs."""
+def _prune(
+    spool: Spool, job_id: str, keep: int, current_run: Path, log: Any, *, deadline: float
+) -> list[Path]:
+    """Drop generations beyond ``keep`` (only ever after a new one is complete) and emptied runs. A
+    removal not done by ``deadline`` is left, renamed out of the generations, for the next call."""
     removed = []
     for verdict in retention.plan(spool.job_generations(job_id), keep):
         if not verdict.keep:
-            spool.drop(verdict.item)
+            spool.drop(verdict.item, deadline=deadline)
             removed.append(verdict.item.path)
             log.info("generation.pruned", path=str(verdict.item.path), reason=verdict.reason)
     for run_dir in spool.runs_of(job_id):

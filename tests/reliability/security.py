@@ -367,7 +367,89 @@ def forged_credentials(site: Site, rng: random.Random) -> list[str]:
     ]
 
 
-NEEDS_CRIU: set[Scenario] = {forged_manifest, own_surface, restart_signals, forged_credentials}
+HOSTILE_CRIU = """#!/usr/bin/python3
+# The job user's own CRIU (job-user mode: their uid), which they can stop, kill or race: after its
+# dump it leaves the image the way the attack wants it, and ends with the attack's exit status.
+import os, subprocess, sys
+from pathlib import Path
+if sys.argv[1] != "dump":
+    os.execv("/usr/local/sbin/criu", ["criu", *sys.argv[1:]])
+subprocess.call(["/usr/local/sbin/criu", *sys.argv[1:]], close_fds=False)
+image = Path(sys.argv[sys.argv.index("-D") + 1])
+{action}
+sys.exit({status})
+"""
+HOSTILE_DUMPS: list[tuple[str, str, int, int, str]] = [
+    # what the user did, the code, their CRIU's exit status, the hook's, words in its one line
+    (
+        "dump.log swapped for a FIFO, CRIU failing",
+        "os.unlink(image / 'dump.log'); os.mkfifo(image / 'dump.log')",
+        1,
+        80,
+        "criu failed (exit 1)",
+    ),
+    (
+        "dump.log swapped for a symlink to a root-only file, CRIU failing",
+        "os.unlink(image / 'dump.log'); os.symlink('{secret}', image / 'dump.log')",
+        1,
+        80,
+        "criu failed (exit 1)",
+    ),
+    (
+        "an 8 GiB sparse file planted in the image",
+        "open(image / 'pages-99.img', 'wb').truncate(8 << 30)",
+        0,
+        74,
+        "more than the",
+    ),
+    (
+        "a folder of the image that is a symlink to /etc",
+        "os.symlink('/etc', image / 'sub')",
+        0,
+        77,
+        "symlink",
+    ),
+]
+
+
+def hostile_dumps(site: Site, rng: random.Random) -> list[str]:
+    """Issue 11 #5 and #6: the user's own CRIU leaves a FIFO or a link to a root-only file as its log,
+    an 8 GiB sparse file or a link to /etc in the image. Root reads none of it, follows none of it,
+    ends within timeout_s, publishes nothing, and the job runs on."""
+    name, action, criu_status, status, words = rng.choice(HOSTILE_DUMPS)
+    secret = Path("/root") / f"mom-checkpoint-secret-{rng.randrange(10**9)}"
+    marker = f"TOPSECRET{rng.randrange(10**9)}"
+    secret.write_text(f"Error (criu/x.c:1): {marker}\n")
+    secret.chmod(0o600)
+    wrapper = site.base / "bin" / "criu"
+    wrapper.parent.mkdir(mode=0o755, exist_ok=True)
+    wrapper.write_text(HOSTILE_CRIU.format(action=action.format(secret=secret), status=criu_status))
+    wrapper.chmod(0o755)
+    timeout_s = 20
+    site.configure(
+        timeout_s=timeout_s, **{"backends.criu.run_as": "job-user", "backends.criu.binary": str(wrapper)}
+    )
+    try:
+        job = site.start_job("3501.head")
+        started = time.monotonic()
+        result = call_hook(site.torque_args(job), site.config, timeout=timeout_s + 60)
+        took = time.monotonic() - started
+    finally:
+        secret.unlink()
+    assert result.returncode == status and words in result.stderr, (result.returncode, result.stderr)
+    assert result.stderr.count("\n") == 1 and marker not in result.stderr, result.stderr
+    assert took < timeout_s + 10, f"the hook took {took:.0f}s with timeout_s = {timeout_s}"
+    assert not site.generations("3501.head") and not site.incoming(), "something was published or left"
+    logged = site.log.read_text()
+    assert marker not in logged, "root read the root-only file the user linked"
+    job.wait_count(job.count() + 3)
+    return [
+        f"{name}: {status}, one line, in {took:.0f}s (timeout_s {timeout_s}), nothing published",
+        "nothing of a root-only file reached the comment or the log; the job runs on",
+    ]
+
+
+NEEDS_CRIU: set[Scenario] = {forged_manifest, own_surface, restart_signals, forged_credentials, hostile_dumps}
 
 SECURITY: dict[str, tuple[Scenario, int]] = {
     # name: (scenario, runs by `make reliability`)
@@ -379,4 +461,8 @@ SECURITY: dict[str, tuple[Scenario, int]] = {
     "sudo --own: paths outside the spool, a forged copy, another user's job (real CRIU)": (own_surface, 3),
     "a pid file naming a root process; signals through mom-restart (real CRIU)": (restart_signals, 3),
     "credentials forged in the image's core files during the dump (real CRIU)": (forged_credentials, 5),
+    "a FIFO, a link to a root-only file, a sparse giant, a link to /etc in the image (real CRIU)": (
+        hostile_dumps,
+        8,
+    ),
 }

@@ -18,19 +18,19 @@ from typing import Literal
 import filelock
 
 from mom_checkpoint import sessions
-from mom_checkpoint.errors import VerificationFailed
+from mom_checkpoint.errors import Error
 from mom_checkpoint.locking import LOCK_DIR
-from mom_checkpoint.manifest import Manifest, read
+from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.safefs import tree_bytes
 from mom_checkpoint.storage import (
     GENERATION_NAME,
     INCOMING_PREFIX,
     KEPT_PREFIX,
-    MANIFEST,
     PRUNING_PREFIX,
     RUN_NAME,
     Spool,
 )
+from mom_checkpoint.verification import read_trusted_manifest
 
 Status = Literal["complete", "incoming", "stale", "pruning", "unpublished", "broken"]
 
@@ -78,50 +78,51 @@ def scan(spool: Spool, job_id: str | None = None) -> list[Entry]:
 
 
 def _scan_run(spool: Spool, run: Path, exec_pid: int, job_id: str) -> list[Entry]:
+    """The entries of one run folder; whatever one of them holds (a user's image in job-user mode), it
+    is reported on its own line and never stops the others."""
     found = []
     writing = _lock_held(spool, job_id)
-    for item in sorted(os.scandir(run), key=lambda e: e.name):
-        path = Path(item.path)
-        if not item.is_dir(follow_symlinks=False):
-            continue
-        match = GENERATION_NAME.fullmatch(item.name)
-        if match:
-            number = int(match.group(1))
-            created = float(calendar.timegm(time.strptime(match.group(2), "%Y%m%dT%H%M%SZ")))
-            try:
-                manifest = read(path / MANIFEST)
-            except VerificationFailed as exc:
-                found.append(
-                    Entry(job_id, exec_pid, path, "broken", number, created, _du(path), problem=exc.message)
-                )
-                continue
-            found.append(
-                Entry(
-                    job_id,
-                    exec_pid,
-                    path,
-                    "complete",
-                    number,
-                    created,
-                    manifest.total_bytes,
-                    manifest.backend.name,
-                )
-            )
-            continue
-        status: Status | None = None
-        if item.name.startswith(INCOMING_PREFIX):
-            status = "incoming" if writing else "stale"
-        elif item.name.startswith(PRUNING_PREFIX):
-            status = "pruning"
-        elif item.name.startswith(KEPT_PREFIX):
-            status = "unpublished"
-        if status is not None:
-            found.append(
-                Entry(
-                    job_id, exec_pid, path, status, None, item.stat(follow_symlinks=False).st_mtime, _du(path)
-                )
-            )
+    try:
+        items = sorted(os.scandir(run), key=lambda e: e.name)
+    except OSError as exc:
+        return [
+            Entry(job_id, exec_pid, run, "broken", None, 0.0, 0, problem=f"cannot list it: {exc.strerror}")
+        ]
+    for item in items:
+        try:
+            entry = _entry(item, exec_pid, job_id, writing)
+        except (OSError, ValueError) as exc:
+            entry = Entry(job_id, exec_pid, Path(item.path), "broken", None, 0.0, 0, problem=str(exc))
+        if entry is not None:
+            found.append(entry)
     return found
+
+
+def _entry(item: os.DirEntry[str], exec_pid: int, job_id: str, writing: bool) -> Entry | None:
+    path = Path(item.path)
+    if not item.is_dir(follow_symlinks=False):
+        return None
+    match = GENERATION_NAME.fullmatch(item.name)
+    if match:
+        number = int(match.group(1))
+        created = float(calendar.timegm(time.strptime(match.group(2), "%Y%m%dT%H%M%SZ")))
+        try:
+            manifest = read_trusted_manifest(path)
+        except Error as exc:
+            return Entry(job_id, exec_pid, path, "broken", number, created, _du(path), problem=exc.message)
+        return Entry(
+            job_id, exec_pid, path, "complete", number, created, manifest.total_bytes, manifest.backend.name
+        )
+    status: Status | None = None
+    if item.name.startswith(INCOMING_PREFIX):
+        status = "incoming" if writing else "stale"
+    elif item.name.startswith(PRUNING_PREFIX):
+        status = "pruning"
+    elif item.name.startswith(KEPT_PREFIX):
+        status = "unpublished"
+    if status is None:
+        return None
+    return Entry(job_id, exec_pid, path, status, None, item.stat(follow_symlinks=False).st_mtime, _du(path))
 
 
 def _lock_held(spool: Spool, job_id: str) -> bool:

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -105,8 +106,10 @@ def read_pointer(path: str, dir_fd: int | None = None) -> Pointer:
     """Read a pointer (never through a symlink). It travelled through the user's hands: trust nothing
     in it beyond naming a generation, which the caller checks against the spool."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
         with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StorageIOError(f"{path} is not a regular file")
             data = json.loads(fh.read(65536))
     except (OSError, ValueError) as exc:
         raise StorageIOError(f"cannot read the checkpoint pointer {path}: {exc}") from None

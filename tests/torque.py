@@ -153,6 +153,7 @@ class Cluster:
             (path / "image").mkdir(mode=0o700)
             record = manifest(job_id, number, name, exec_pid, dump_s)
             (path / "manifest.json").write_text(record.to_json())
+            (path / "manifest.json").chmod(0o600)  # as the hook writes it: root's alone
         return path
 
 

@@ -13,11 +13,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mom_checkpoint import interval, manifest
+from mom_checkpoint import interval
 from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import Error, NoCheckpoint, StorageIOError, UsageError, VerificationFailed
+from mom_checkpoint.errors import Error, NoCheckpoint, StorageIOError, UsageError
 from mom_checkpoint.storage import Spool
+from mom_checkpoint.verification import read_trusted_manifest
 
 SAMPLES = 10  # the newest generations whose dump times count
 
@@ -59,8 +60,8 @@ def measured_cost(spool: Spool, job_id: str, limit: int = SAMPLES) -> tuple[floa
     samples = []
     for generation in spool.job_generations(job_id)[-limit:]:
         try:
-            samples.append(manifest.read(generation.manifest_path).times.dump_s)
-        except VerificationFailed:
+            samples.append(read_trusted_manifest(generation.path).times.dump_s)
+        except Error:
             continue
     return interval.typical_cost(samples), len(samples)
 

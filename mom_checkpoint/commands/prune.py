@@ -6,12 +6,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mom_checkpoint import inventory, manifest, retention
+from mom_checkpoint import inventory, retention
 from mom_checkpoint.config import Config
-from mom_checkpoint.errors import Busy, VerificationFailed
+from mom_checkpoint.errors import Busy, Error
 from mom_checkpoint.locking import job_lock, lock_dir
 from mom_checkpoint.retention import Candidate, Verdict
-from mom_checkpoint.storage import MANIFEST, Generation, Spool, remove_tree
+from mom_checkpoint.storage import Generation, Spool, remove_tree
+from mom_checkpoint.verification import read_trusted_manifest
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def _running(spool: Spool, job_id: str, entries: list[inventory.Entry]) -> bool:
     if not newest:
         return False
     try:
-        record = manifest.read(Path(newest[0].path) / MANIFEST)
-    except VerificationFailed:
+        record = read_trusted_manifest(Path(newest[0].path))
+    except Error:
         return False
     return inventory.job_is_running(spool, job_id, record)

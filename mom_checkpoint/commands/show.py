@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mom_checkpoint import manifest as manifest_module
 from mom_checkpoint.commands import targets
 from mom_checkpoint.config import Config
 from mom_checkpoint.manifest import Manifest
-from mom_checkpoint.storage import MANIFEST, Spool
+from mom_checkpoint.storage import Spool
+from mom_checkpoint.verification import read_trusted_manifest
 
 
 def run(config: Config, target: str) -> tuple[Path, Manifest]:
     generation = targets.resolve(Spool(config.spool_dir), target)
-    return generation, manifest_module.read(generation / MANIFEST)
+    return generation, read_trusted_manifest(generation)

@@ -22,7 +22,8 @@ from typing import Any
 
 import psutil
 
-from mom_checkpoint import backends, identity, sessions
+from mom_checkpoint import access, backends, identity, sessions
+from mom_checkpoint.access import acting_as
 from mom_checkpoint.backends.base import InheritedFile, Restored, RestoreRequest, locate
 from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment
@@ -135,7 +136,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
                 restored = backend.restore(binary, request)
         finally:
             staged.close()
-        _admit(restored, user, staged.stopped, log)
+        _admit(restored, user, staged.stopped, log, held_files=config.run_as == "root")
         log.info("restart.running", pid=restored.pid, command=restored.command)
         _mark(call, "Successfully restarted job", config=config, env=env, log=log)
         status = forwarder.wait(restored.pid)
@@ -143,7 +144,9 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
     return status
 
 
-def _admit(restored: Restored, user: JobUser, keep_stopped: frozenset[int], log: Any) -> None:
+def _admit(
+    restored: Restored, user: JobUser, keep_stopped: frozenset[int], log: Any, *, held_files: bool
+) -> None:
     """The identity gate: every thread of the restored tree has exactly the owner's uids, gids and
     groups and no capability, or the whole tree is killed before any of it ran. Only a backend that
     restores stopped (CRIU, --leave-stopped) can be held at the gate; the others' restorers
@@ -154,6 +157,8 @@ def _admit(restored: Restored, user: JobUser, keep_stopped: frozenset[int], log:
         return
     pids = tree_pids(restored.pid)
     problems = tree_problems(pids, user)
+    if held_files and not problems:  # root's CRIU reopened the job's files by their paths
+        problems = access.problems(pids, user)
     if problems:
         kill_tree(restored.pid)
         log.error("restart.identity_refused", problems=problems[:20], pids=pids)
@@ -318,7 +323,7 @@ def _sudo_caller(call: RestartCall, env: Environment) -> JobUser | None:
 def _check_cwd(cwd: str, user: JobUser) -> None:
     """--own: the working directory must be one the calling user may enter."""
     try:
-        with _as_user(user):
+        with acting_as(user):
             os.close(os.open(cwd, os.O_RDONLY | os.O_DIRECTORY))
     except OSError as exc:
         raise Refused(f"--cwd {cwd}: {exc.strerror} for {user.name}") from None
@@ -383,7 +388,7 @@ def _output_files(manifest: Manifest, user: JobUser) -> Iterator[list[InheritedF
     )
     opened: list[InheritedFile] = []
     try:
-        with _as_user(user):
+        with acting_as(user):
             for path in paths:
                 fd = os.open(path, _OUTPUT_FLAGS, 0o600)
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -397,25 +402,6 @@ def _output_files(manifest: Manifest, user: JobUser) -> Iterator[list[InheritedF
     finally:
         for inherited in opened:
             os.close(inherited.fd)
-
-
-@contextlib.contextmanager
-def _as_user(user: JobUser) -> Iterator[None]:
-    """Root opens the job's files with the owner's rights, always (the owner comes from the system's
-    user database, never from a file: a root job's files are opened as root)."""
-    if os.geteuid() != 0 or user.uid == 0:
-        yield
-        return
-    groups = os.getgroups()
-    os.setgroups(list(user.groups))
-    os.setegid(user.gid)
-    os.seteuid(user.uid)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
-        os.setgroups(groups)
 
 
 class _Forwarder:

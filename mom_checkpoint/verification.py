@@ -110,8 +110,8 @@ def read_trusted_manifest(generation: Path) -> Manifest:
     if not stat.S_ISREG(st.st_mode) or st.st_uid not in trusted or st.st_mode & 0o077:
         raise Refused(
             f"{path} belongs to uid {st.st_uid} (mode {stat.S_IMODE(st.st_mode):o}): only a manifest that "
-            f"root wrote and alone can read is trusted (job-user generations of mom-checkpoint 0.1 had "
-            f"their user's manifest: take a new checkpoint)"
+            f"root wrote and alone can read is trusted (older job-user generations had their user's "
+            f"manifest: take a new checkpoint)"
         )
     return read(path)
 

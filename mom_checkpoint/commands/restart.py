@@ -175,8 +175,7 @@ def _admit(
 def _stated_owner(call: RestartCall) -> JobUser | None:
     """The owner the batch system names: TORQUE's EUSER (and EGROUP), OpenPBS's %login."""
     if isinstance(call, TorqueRestart) and call.euser is not None:
-        user = identity.of_name(call.euser)
-        return identity.of_name(call.euser, call.egroup) if call.egroup is not None else user
+        return identity.of_name(call.euser, call.egroup)
     return None
 
 
@@ -195,15 +194,12 @@ def _owner(call: RestartCall, stated: JobUser | None, record: Manifest) -> JobUs
     if record.job.uid != user.uid:
         if isinstance(call, SeedRestart) and call.own:
             raise _no_checkpoint(call, None)
+        what = call.job_id or (call.image if isinstance(call, SeedRestart) else None)
         raise Refused(
-            f"{call.job_id or call_image(call)}: the checkpoint is of uid {record.job.uid} "
-            f"({record.job.user}), not of {user.name} ({user.uid}): refusing"
+            f"{what}: the checkpoint is of uid {record.job.uid} ({record.job.user}), not of {user.name} "
+            f"({user.uid}): refusing"
         )
     return user
-
-
-def call_image(call: RestartCall) -> str:
-    return (call.image if isinstance(call, SeedRestart) else None) or "-"
 
 
 def _resolve(

@@ -95,7 +95,10 @@ def plan(
             continue
         running += 1
         record, view = records.get(job.job_id, JobRecord()), views.get(job.job_id, NodeView())
-        decision = _decide(job, record, view, settings, now)
+        try:
+            decision = _decide(job, record, view, settings, now)
+        except (ValueError, ArithmeticError) as exc:  # one job's values never cost the others
+            decision = Decision(job.job_id, "skip", f"cannot plan for it: {type(exc).__name__}: {exc}"[:300])
         (due if decision.action == "qchkpt" else decisions).append(decision)
     due.sort(key=lambda d: (d.due_at or 0.0, d.job_id))
     cap = f"tick_max_qchkpt={settings.max_qchkpt} reached: next tick"

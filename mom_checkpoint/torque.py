@@ -17,10 +17,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# XML 1.0 forbids these characters even escaped; a user's environment variable may hold them.
-_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# XML 1.0 forbids these characters even escaped (anything but its Char production); a user's
+# environment variable or job name may hold them, and pbs_server prints them as they are.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _DECLARATION = re.compile(r"<\?xml[^>]*\?>")
+_JOB = re.compile(r"<Job>.*?</Job>", re.S)  # values are escaped: "</Job>" only ever closes a job
 _ATOI = re.compile(r"\s*([+-]?\d+)")
+MAX_INTERVAL_MIN = 10**6  # about two years: a longer c=N or interval=N is taken as this
 
 
 class QstatOutputError(ValueError):
@@ -50,16 +53,54 @@ class TorqueJob:
         return host or None
 
 
-def parse_qstat_xml(text: str) -> list[TorqueJob]:
-    """The jobs in ``qstat -x`` output; QstatOutputError naming the problem when it cannot be read."""
-    cleaned = _DECLARATION.sub("", _NOT_XML.sub("", text))
+@dataclass(frozen=True)
+class QstatJobs:
+    """What ``qstat -x`` said: the jobs that could be read, and why each of the others could not."""
+
+    jobs: list[TorqueJob]
+    unreadable: list[str]
+
+
+def parse_qstat_xml(text: str) -> QstatJobs:
+    """The jobs in ``qstat -x`` output. A job whose values make it unreadable is set aside with the
+    reason, the others are read; QstatOutputError when the output as a whole cannot be (cut short,
+    not qstat's)."""
+    cleaned = _DECLARATION.sub("", _NOT_XML.sub("?", text))
     if not cleaned.strip():
-        return []  # no jobs at all: qstat prints nothing
+        return QstatJobs([], [])  # no jobs at all: qstat prints nothing
     try:
         # qstat's output, from pbs_server: every value is escaped (MXMLSetVal), no entities or DTD.
         root = ET.fromstring(f"<qstat>{cleaned}</qstat>")  # noqa: S314
     except ET.ParseError as exc:
-        raise QstatOutputError(f"qstat -x printed something that is not complete XML ({exc})") from None
+        framed = cleaned.strip()
+        if not (framed.startswith("<Data>") and framed.endswith("</Data>")):
+            raise QstatOutputError(f"qstat -x printed something that is not complete XML ({exc})") from None
+        return _job_by_job(framed)
+    return QstatJobs(_jobs_of(root), [])
+
+
+def _job_by_job(framed: str) -> QstatJobs:
+    """One job's values broke the document: read every <Job> on its own."""
+    jobs, unreadable = [], []
+    for number, fragment in enumerate(_JOB.findall(framed), start=1):
+        try:
+            jobs.append(_job(ET.fromstring(fragment)))  # noqa: S314
+        except (ET.ParseError, QstatOutputError) as exc:
+            unreadable.append(f"job #{number} of qstat's output: {exc}")
+    return QstatJobs(_unique(jobs, unreadable), unreadable)
+
+
+def _unique(jobs: list[TorqueJob], unreadable: list[str]) -> list[TorqueJob]:
+    seen: dict[str, TorqueJob] = {}
+    for job in jobs:
+        if job.job_id in seen:
+            unreadable.append(f"job {job.job_id} listed twice: the first one taken")
+            continue
+        seen[job.job_id] = job
+    return list(seen.values())
+
+
+def _jobs_of(root: ET.Element) -> list[TorqueJob]:
     stray = " ".join(t.strip() for t in [root.text or "", *(d.tail or "" for d in root)] if t.strip())
     if stray:
         raise QstatOutputError(f"qstat -x printed text outside <Data>: {stray[:60]!r}")
@@ -168,7 +209,12 @@ def _value(items: Sequence[str], key: str) -> int | None:
             if not sep:
                 return None
             match = _ATOI.match(rest)
-            return int(match.group(1)) if match else 0
+            if not match:
+                return 0
+            digits = match.group(1).lstrip("+-").lstrip("0") or "0"
+            if len(digits) > 7:  # a number no int could hold as minutes: not read as one
+                return MAX_INTERVAL_MIN if not match.group(1).startswith("-") else 0
+            return max(-MAX_INTERVAL_MIN, min(int(match.group(1)), MAX_INTERVAL_MIN))
     return None
 
 

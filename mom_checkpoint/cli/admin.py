@@ -153,15 +153,19 @@ def add_subcommands(parser: ArgumentParser) -> None:
     )
 
 
-def dispatch(options: argparse.Namespace, env: Environment) -> ExitStatus:
+def dispatch(options: argparse.Namespace, env: Environment, loggers: list[Any]) -> ExitStatus:
+    """Run one subcommand; a command that logs puts its logger in ``loggers`` (an internal error is
+    logged there too)."""
     from mom_checkpoint import config as config_module
 
     if options.command == "doctor":
         return _doctor(options, env)
     config = config_module.load(env.environ)
+    if options.command == "tick":
+        return _tick(options, config, env, loggers)
     handler = {
         "list": _list, "show": _show, "verify": _verify, "prune": _prune, "config": _config,
-        "tick": _tick, "advise": _advise,
+        "advise": _advise,
     }[options.command]  # fmt: skip
     result: ExitStatus = handler(options, config, env)
     return result
@@ -266,7 +270,7 @@ def _config(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
     return ExitStatus.OK
 
 
-def _tick(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+def _tick(options: argparse.Namespace, config: Any, env: Environment, loggers: list[Any]) -> ExitStatus:
     from mom_checkpoint.cli import periodic
     from mom_checkpoint.commands import tick
     from mom_checkpoint.errors import Error
@@ -274,6 +278,8 @@ def _tick(options: argparse.Namespace, config: Any, env: Environment) -> ExitSta
 
     # A dry run writes nothing, not even a log line.
     log = None if options.dry_run else make_logger(config.log_file, program="mom-checkpoint", command="tick")
+    if log is not None:
+        loggers.append(log)  # a tick that fails for any reason says so in the log
     try:
         outcome = tick.run(config, env, log, dry_run=options.dry_run)
     except Error as exc:

@@ -73,7 +73,7 @@ def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStat
             build_parser().error("no job and no command given")
         from mom_checkpoint.cli import admin
 
-        return admin.dispatch(options, env)
+        return admin.dispatch(options, env, loggers)
     from mom_checkpoint.calls import parse_checkpoint_call
 
     return _checkpoint(parse_checkpoint_call(args), env, loggers)

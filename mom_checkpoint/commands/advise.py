@@ -124,7 +124,7 @@ def _current(
     from mom_checkpoint.torque import parse_checkpoint
 
     try:
-        jobs = read_jobs(locate(config.qstat, "qstat"), env, job_id)
+        jobs = read_jobs(locate(config.qstat, "qstat"), env, job_id).jobs
     except Error as exc:
         return default[0], f"{default[1]}; qstat could not tell the job's own: {exc.message}"
     if len(jobs) != 1:

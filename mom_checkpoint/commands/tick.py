@@ -26,11 +26,11 @@ import filelock
 from mom_checkpoint.backends.base import last_line, locate
 from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment, child_environ
-from mom_checkpoint.errors import Busy, StorageIOError, TorqueOutputError, TorqueUnavailable
+from mom_checkpoint.errors import Busy, Error, Refused, StorageIOError, TorqueOutputError, TorqueUnavailable
 from mom_checkpoint.locking import describe_holder, lock_dir
 from mom_checkpoint.schedule import Decision, JobRecord, NodeView, Plan, Settings, plan, safe_job_id
 from mom_checkpoint.storage import INCOMING_PREFIX, Spool, storage_error, write_private
-from mom_checkpoint.torque import QstatOutputError, TorqueJob, parse_qstat_xml
+from mom_checkpoint.torque import QstatJobs, QstatOutputError, TorqueJob, parse_qstat_xml
 
 QSTAT_TIMEOUT_S = 60.0  # qstat hangs while pbs_server is unreachable: give up after this
 QCHKPT_TIMEOUT_S = 30.0
@@ -68,7 +68,11 @@ def run(config: Config, env: Environment, log: Any | None, *, dry_run: bool) -> 
     qstat = locate(config.qstat, "qstat")
     qchkpt = locate(config.qchkpt, "qchkpt")
     host = socket.gethostname()
-    jobs = read_jobs(qstat, env)
+    listed = read_jobs(qstat, env)
+    jobs = listed.jobs
+    if log is not None:
+        for problem in listed.unreadable:
+            log.warning("tick.job_unreadable", detail=problem[:500])
     spool = Spool(config.spool_dir)
     if dry_run:
         now = env.clock()
@@ -98,8 +102,9 @@ def torque_environ(environ: Mapping[str, str]) -> dict[str, str]:
     return {**child_environ(), **{k: environ[k] for k in PASSED_ENV if environ.get(k)}}
 
 
-def read_jobs(qstat: str, env: Environment, job_id: str | None = None) -> list[TorqueJob]:
-    """Every job qstat lists (``qstat -t -x``), or one job; TorqueUnavailable or TorqueOutputError."""
+def read_jobs(qstat: str, env: Environment, job_id: str | None = None) -> QstatJobs:
+    """Every job qstat lists (``qstat -t -x``), or one job, and those it could not read (one job's
+    values never cost the others); TorqueUnavailable or TorqueOutputError for the output as a whole."""
     argv = [qstat, "-t", "-x", *([job_id] if job_id else [])]
     try:
         completed = env.runner.run(argv, timeout_s=QSTAT_TIMEOUT_S, env=torque_environ(env.environ))
@@ -169,15 +174,16 @@ def _plan(
         mtbf_s=config.node_mtbf_h * 3600.0,
     )
     try:
-        views = {
-            job.job_id: node_view(spool, job.job_id, now, config)
-            for job in jobs
-            if job.running and safe_job_id(job.job_id)
-        }
-    except PermissionError as exc:
-        raise StorageIOError(
-            f"cannot read the spool {spool.root}: {exc.strerror} (tick runs as root)"
-        ) from None
+        spool.runs_of("-")  # the spool as a whole must be readable: that is the node's problem
+    except Refused:
+        raise StorageIOError(f"cannot read the spool {spool.root} (tick runs as root)") from None
+    views = {}
+    for job in jobs:
+        if job.running and safe_job_id(job.job_id):
+            try:
+                views[job.job_id] = node_view(spool, job.job_id, now, config)
+            except (OSError, Error):  # one job's leftovers: planned without what the spool says
+                views[job.job_id] = NodeView()
     return plan(jobs, records, views, settings, now)
 
 

@@ -126,3 +126,18 @@ def test_help_has_its_usage_examples_and_statuses(command: str, capsys: pytest.C
     assert helptext.startswith(f"usage: mom-checkpoint {command} [-h]")
     assert f"examples:\n  mom-checkpoint {command}" in helptext
     assert "exit status: 0 " in helptext and "64 usage error" in helptext
+
+
+def test_a_tick_that_fails_for_any_reason_says_so_in_the_log(
+    node: Callable[..., tuple[int, str, str, FakeTorque]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mom_checkpoint.commands import tick
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(tick, "plan", broken)
+    status, _out, err, _fake = node("tick")
+    assert status == ExitStatus.SOFTWARE and "internal error: RuntimeError: a bug" in err
+    events = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    assert [e["event"] for e in events if e["event"] == "internal_error"] == ["internal_error"]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mom_checkpoint.torque import QstatOutputError, epoch, parse_checkpoint, parse_qstat_xml
+from mom_checkpoint.torque import MAX_INTERVAL_MIN, QstatOutputError, epoch, parse_checkpoint, parse_qstat_xml
 
 ONE_JOB = (
     "<Data><Job><Job_Id>42.head</Job_Id><Job_Name>sim</Job_Name><Job_Owner>alice@login1</Job_Owner>"
@@ -20,7 +20,7 @@ ONE_JOB = (
 
 
 def test_a_job_of_qstat_x() -> None:
-    [job] = parse_qstat_xml(ONE_JOB)
+    [job] = parse_qstat_xml(ONE_JOB).jobs
     assert job.job_id == "42.head" and job.state == "R" and job.running
     assert job.checkpoint == "c=10"
     assert job.start_time == 1795545603.0 and job.checkpoint_time == 1795548005.0
@@ -29,25 +29,25 @@ def test_a_job_of_qstat_x() -> None:
 
 
 def test_no_jobs_is_no_output() -> None:
-    assert parse_qstat_xml("") == []
-    assert parse_qstat_xml("\n") == []
-    assert parse_qstat_xml("<Data></Data>\n") == []
+    assert parse_qstat_xml("").jobs == []
+    assert parse_qstat_xml("\n").jobs == []
+    assert parse_qstat_xml("<Data></Data>\n").jobs == []
 
 
 def test_a_users_control_characters_do_not_break_the_listing() -> None:
     # MXML escapes & < > " ' but passes control characters through; XML 1.0 forbids them.
     text = ONE_JOB.replace("X=&lt;a", "X=\x01\x1b[31m&lt;a")
-    assert parse_qstat_xml(text)[0].job_id == "42.head"
+    assert parse_qstat_xml(text).jobs[0].job_id == "42.head"
 
 
 def test_several_servers_and_a_declaration() -> None:
     other = ONE_JOB.replace("42.head", "7.other")
-    jobs = parse_qstat_xml('<?xml version="1.0"?>' + ONE_JOB + other)
+    jobs = parse_qstat_xml('<?xml version="1.0"?>' + ONE_JOB + other).jobs
     assert [j.job_id for j in jobs] == ["42.head", "7.other"]
 
 
 def test_unset_attributes_are_none() -> None:
-    [job] = parse_qstat_xml("<Data><Job><Job_Id>9.h</Job_Id><job_state>Q</job_state></Job></Data>")
+    [job] = parse_qstat_xml("<Data><Job><Job_Id>9.h</Job_Id><job_state>Q</job_state></Job></Data>").jobs
     assert (job.checkpoint, job.checkpoint_time, job.start_time, job.exec_host) == (None, None, None, None)
     assert not job.running and job.mother_superior is None
 
@@ -115,3 +115,22 @@ def test_checkpoint_attribute_as_torque_reads_it(
 ) -> None:
     spec = parse_checkpoint(value)
     assert (spec.periodic, spec.interval_min, spec.qchkpt_allowed) == (periodic, interval, qchkpt)
+
+
+def test_a_job_that_breaks_the_xml_costs_only_that_job() -> None:
+    """A value pbs_server printed as it was (an entity XML does not know, a character XML forbids):
+    the other jobs are read, the broken one is named."""
+    good = "<Job><Job_Id>1.h</Job_Id><job_state>R</job_state></Job>"
+    broken = "<Job><Job_Id>2.h</Job_Id><job_state>R</job_state><Variable_List>A=&bogus;</Variable_List></Job>"
+    forbidden = "<Job><Job_Id>3.h</Job_Id><job_state>R</job_state><Job_Name>x\ufffe\x01y</Job_Name></Job>"
+    listed = parse_qstat_xml(f"<Data>{good}{broken}{forbidden}</Data>\n")
+    assert [j.job_id for j in listed.jobs] == ["1.h", "3.h"]
+    assert len(listed.unreadable) == 1 and "job #2" in listed.unreadable[0], listed.unreadable
+
+
+def test_an_interval_no_number_can_hold_is_bounded() -> None:
+    huge = parse_checkpoint("enabled,periodic,interval=" + "9" * 400)
+    assert huge.interval_min == MAX_INTERVAL_MIN and huge.periodic
+    assert parse_checkpoint("c=-" + "9" * 400).interval_min == 0
+    assert parse_checkpoint("c=00000000000015").interval_min == 15
+    assert parse_checkpoint("c=-5").interval_min == -5 and not parse_checkpoint("c=-5").periodic

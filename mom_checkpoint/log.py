@@ -51,6 +51,29 @@ def _structlog() -> Any:
     return structlog
 
 
+MAX_VALUE = 2000  # characters of one logged string: a caller's argument cannot flood the log
+MAX_ITEMS = 200  # items of one logged list
+
+
+def cap_values(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor: every value of an event cut to a bound, saying how much was cut (argv,
+    paths and messages come from callers; sudo lets any user call mom-restart --own)."""
+    return {
+        key: _cap(value, 10 * MAX_VALUE if key == "traceback" else MAX_VALUE) for key, value in event.items()
+    }
+
+
+def _cap(value: Any, limit: int = MAX_VALUE) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}... ({len(value) - limit} more characters)"
+    if isinstance(value, list | tuple):
+        items = [_cap(item) for item in value[:MAX_ITEMS]]
+        return items + ([f"... ({len(value) - MAX_ITEMS} more)"] if len(value) > MAX_ITEMS else [])
+    if isinstance(value, dict):
+        return {key: _cap(item) for key, item in list(value.items())[:MAX_ITEMS]}
+    return value
+
+
 def make_logger(log_file: str, **context: Any) -> Any:
     structlog = _structlog()  # imported here: only the programs that log pay for it
 
@@ -61,6 +84,7 @@ def make_logger(log_file: str, **context: Any) -> Any:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        cap_values,
         structlog.processors.JSONRenderer(sort_keys=False),
     ]
     return structlog.wrap_logger(target, processors=processors).bind(pid=os.getpid(), **context)

@@ -83,6 +83,8 @@ def parse_restart_call(args: Sequence[str]) -> RestartCall:
     wanted = path_part("JOB_ID", options.job) if options.job is not None else None
     if options.image is not None and options.image == MISSING:
         raise UsageError("--image needs a generation folder")
+    if options.image is not None:
+        abs_path_arg("--image", options.image)
     cwd = abs_path_arg("--cwd", options.cwd) if options.cwd is not None else None
     return SeedRestart(job_id=wanted, image=options.image, cwd=cwd, argv=argv, own=options.own)
 

@@ -27,3 +27,37 @@ import rich.console  # the admin commands still get it
         "checkpoint.start", "42.head", "mom-checkpoint", "info"
     )  # fmt: skip
     assert log.stat().st_mode & 0o027 == 0  # never writable by the group, nothing for others
+
+
+def test_a_callers_long_values_are_cut_in_the_log(tmp_path: Path) -> None:
+    """Issue 12 #6: sudo lets any user call mom-restart --own with a 128 KiB argument; the log keeps
+    a bounded part of it and says how much was cut."""
+    from mom_checkpoint.log import MAX_ITEMS, MAX_VALUE, make_logger
+
+    log = tmp_path / "hook.log"
+    huge = "/" + "a" * (128 * 1024)
+    make_logger(str(log), program="mom-restart").error(
+        "restart.refused", error=f"{huge} is not", argv=["--image", huge] * 300, nested={"path": huge}
+    )
+    [line] = log.read_text().splitlines()
+    assert len(line) < 3 * MAX_ITEMS * MAX_VALUE // 2
+    event = json.loads(line)
+    assert event["error"].endswith(f"... ({128 * 1024 + 8 - MAX_VALUE} more characters)")
+    assert len(event["argv"]) == MAX_ITEMS + 1 and event["argv"][-1] == f"... ({600 - MAX_ITEMS} more)"
+    assert len(event["nested"]["path"]) < MAX_VALUE + 50
+
+
+def test_an_image_argument_is_checked_before_anything_uses_it(tmp_path: Path) -> None:
+    import io
+
+    from mom_checkpoint.cli import restart
+    from mom_checkpoint.environment import Environment
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'spool_dir = "{tmp_path / "spool"}"\nlog_file = "{tmp_path / "log"}"\n')
+    config.chmod(0o644)
+    err = io.StringIO()
+    env = Environment(stdout=io.StringIO(), stderr=err, environ={"MOM_CHECKPOINT_CONFIG": str(config)})
+    status = restart.main(["--image", "/" + "a" * (128 * 1024)], env)
+    assert status == 64 and len(err.getvalue()) < 300 and err.getvalue().count("\n") == 1, err.getvalue()
+    assert not (tmp_path / "log").exists() or len((tmp_path / "log").read_text()) < 10_000

@@ -58,6 +58,8 @@ class Config:
     backend: Literal["criu", "psnc", "blcr"] = "criu"
     spool_dir: str = "/var/spool/checkpoint"
     keep: int = 2
+    max_keep: int = 10  # the most generations any job keeps: a larger depth=N is capped to it
+    user_quota_gib: float = 0.0  # the most a user's complete generations may hold on the node; 0: none
     timeout_s: float = 600.0
     max_concurrent: int = 2
     log_file: str = "/var/log/mom-checkpoint.log"
@@ -129,6 +131,10 @@ def _check_values(config: Config, source: str) -> None:
     problems: list[tuple[str, str]] = []
     if config.keep < 1:
         problems.append(("keep", f"must be at least 1, got {config.keep}"))
+    if config.max_keep < config.keep:
+        problems.append(("max_keep", f"must be at least keep ({config.keep}), got {config.max_keep}"))
+    if not (math.isfinite(config.user_quota_gib) and config.user_quota_gib >= 0):
+        problems.append(("user_quota_gib", f"must be 0 (none) or more, got {config.user_quota_gib:g}"))
     if config.timeout_s <= 0:
         problems.append(("timeout_s", f"must be more than 0, got {config.timeout_s:g}"))
     if config.max_concurrent < 1:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mom_checkpoint import __version__, backends, discovery, identity, retention, sessions
+from mom_checkpoint import usage as usage_module
 from mom_checkpoint.backends import DumpRequest, DumpResult, JobUser
 from mom_checkpoint.calls import CheckpointCall
 from mom_checkpoint.config import Config
@@ -87,7 +88,12 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
     try:
         backend = backends.create(config, env)
         binary = backend.find_binary()
-        _check_space(spool, job, config)
+        try:
+            _check_space(spool, job, config)
+        except DiskFull:
+            _log_spool_users(spool, log)  # whose generations take the space: root's log only
+            raise
+        keep = _keep(call, config, log)
         spool.ensure_root()
         locks = lock_dir(spool.root)
         storage_owner = Owner(job.uid, job.gid) if config.run_as == "job-user" else Owner(0, 0)
@@ -101,6 +107,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
                 monotonic=env.monotonic,
             ),
         ):
+            quota = _Quota.of(spool, config, job, call.job_id, keep)  # before anything is written
             run_dir = spool.open_run(job.exec_pid, call.job_id, storage_owner)
             for stale in spool.clean_stale(call.job_id, deadline=deadline):
                 log.warning("incoming.stale_removed", path=str(stale))
@@ -120,6 +127,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
                 started_wall,
                 started,
                 deadline,
+                quota,
             )
             try:
                 generation, manifest = attempt.dump_and_publish(spool.begin(run_dir, storage_owner), number)
@@ -133,7 +141,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
                 pruned = _prune(
                     spool,
                     call.job_id,
-                    call.depth or config.keep,
+                    keep,
                     run_dir,
                     log,
                     deadline=max(deadline, env.monotonic() + PRUNE_GRACE_S),
@@ -181,6 +189,7 @@ class _Attempt:
     started_wall: float
     started: float
     deadline: float  # monotonic: the dump, reading and hashing the image all end by then
+    quota: _Quota | None  # the user's share of the spool, when user_quota_gib sets one
 
     def dump_and_publish(self, incoming: Incoming, number: int) -> tuple[Generation, Manifest]:
         name = generation_name(number, self.started_wall)
@@ -203,6 +212,8 @@ class _Attempt:
             relpaths = [f"image/{rel}" for rel in incoming.image_files(self.deadline)]
             limit = image_limit(self.job, self.config.backends.criu.ghost_limit)
             files = digest_files(incoming.path, relpaths, fsync=True, max_bytes=limit, deadline=self.deadline)
+            if self.quota is not None:
+                self.quota.check(sum(f.size for f in files), "this checkpoint")
             manifest = self._manifest(result, GenerationInfo(number, name), files, dumped)
             incoming.write_manifest(manifest.to_json())
             generation = incoming.publish(name)
@@ -282,6 +293,64 @@ class _Attempt:
             total_bytes=sum(f.size for f in files),
             stats=result.stats,
         )
+
+
+def _keep(call: CheckpointCall, config: Config, log: Any) -> int:
+    """Generations the job keeps: its depth=N, else ``keep``; never more than ``max_keep``."""
+    wanted = call.depth or config.keep
+    if wanted > config.max_keep:
+        log.warning("retention.capped", depth=wanted, max_keep=config.max_keep)
+        return config.max_keep
+    return wanted
+
+
+@dataclass(frozen=True)
+class _Quota:
+    """``user_quota_gib``: what the job's user's generations may hold once this one is in and the job
+    pruned, checked on the estimate before the dump and on the real size before publishing."""
+
+    usage: usage_module.Usage
+    uid: int
+    user: str
+    job_id: str
+    keep: int
+    limit: int
+
+    @classmethod
+    def of(
+        cls, spool: Spool, config: Config, job: discovery.JobProcesses, job_id: str, keep: int
+    ) -> _Quota | None:
+        if config.user_quota_gib <= 0:
+            return None
+        limit = int(config.user_quota_gib * 2**30)
+        quota = cls(usage_module.scan(spool), job.uid, job.user, job_id, keep, limit)
+        quota.check(job.resident_bytes + job.swap_bytes, "this checkpoint (about the job's memory)")
+        return quota
+
+    def check(self, new_bytes: int, what: str) -> None:
+        after = usage_module.after_checkpoint(self.usage, self.uid, self.job_id, self.keep, new_bytes)
+        if after > self.limit:
+            now = self.usage.by_uid.get(self.uid, 0)
+            raise DiskFull(
+                f"{self.user}'s checkpoints on this node hold {_mib(now)}; with {what} they would hold "
+                f"{_mib(after)}, more than user_quota_gib allows ({_mib(self.limit)}): not keeping it, the "
+                f"job keeps running (fewer generations: qsub -c depth=N; or remove old ones)"
+            )
+
+
+def _log_spool_users(spool: Spool, log: Any) -> None:
+    usage = usage_module.scan(spool)
+    biggest = usage.by_uid.most_common(5)
+    log.warning("spool.full", users=[{"user": _user_name(uid), "bytes": size} for uid, size in biggest])
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def image_limit(job: discovery.JobProcesses, ghost_limit: int) -> int:

@@ -9,6 +9,7 @@ runs each once (tests/reliability/test_security.py) and ``make reliability`` man
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -449,6 +450,58 @@ def hostile_dumps(site: Site, rng: random.Random) -> list[str]:
     ]
 
 
+def spool_share(site: Site, rng: random.Random) -> list[str]:
+    """Issue 12 #4: qsub -c depth=999999 keeps no more than max_keep generations, a user's images stop
+    at user_quota_gib, another user's checkpoints go on, and a full spool is explained in root's log
+    only."""
+    image = rng.choice((2, 3, 4)) << 20
+    quota_gib = rng.choice((0.05, 0.06))
+    site.configure(
+        backend="psnc",
+        max_keep=3,
+        user_quota_gib=quota_gib,
+        **{
+            "backends.psnc.chkpnt": str(site.standin("chkpnt", STANDIN_IMAGE_BYTES=str(image))),
+            "backends.psnc.resume": str(site.standin("resume")),
+        },
+    )
+    greedy = site.start_job("3601.head")
+    for _ in range(5):
+        result = call_hook(site.torque_args(greedy, depth="999999"), site.config)
+        assert result.returncode == 0, result.stderr
+    assert len(site.generations("3601.head")) == 3, site.generations("3601.head")
+    assert [e for e in site.log_events() if e["event"] == "retention.capped"], "the cap was not logged"
+    checks = ["depth=999999: 3 generations kept (max_keep = 3), the cap logged"]
+    refused = None
+    for i in range(30):
+        job = site.start_job(f"361{i:02d}.head")
+        result = call_hook(site.torque_args(job), site.config)
+        if result.returncode != 0:
+            refused = (job, result)
+            break
+    assert refused is not None, "user_quota_gib never stopped the user's checkpoints"
+    job, result = refused
+    assert result.returncode == 74 and "user_quota_gib" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and job.is_running()
+    held = sum(
+        json.loads((g / "manifest.json").read_text())["total_bytes"]
+        for g in site.spool.glob("*/[0-9]*")
+        if json.loads((g / "manifest.json").read_text())["job"]["uid"] == site.user.uid
+    )
+    assert held <= quota_gib * 2**30, f"{held} bytes held, past the quota"
+    checks.append(f"the user's images stopped at user_quota_gib ({quota_gib:g} GiB): 74, the job runs on")
+    theirs = site.start_job("3699.head", user=_root())
+    assert call_hook(site.torque_args(theirs), site.config).returncode == 0, "another user was refused"
+    checks.append("another user's checkpoint is taken")
+    site.configure(backend="psnc", space_margin=1e12, **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))})
+    full = call_hook(site.torque_args(job), site.config)
+    assert full.returncode == 74 and "root" not in full.stderr.replace(str(site.base), ""), full.stderr
+    [told] = [e for e in site.log_events() if e["event"] == "spool.full"][-1:]
+    assert site.user.name in {u["user"] for u in told["users"]}, told
+    checks.append("a full spool: the job's line names no other user; root's log lists whose images fill it")
+    return checks
+
+
 NEEDS_CRIU: set[Scenario] = {forged_manifest, own_surface, restart_signals, forged_credentials, hostile_dumps}
 
 SECURITY: dict[str, tuple[Scenario, int]] = {
@@ -461,6 +514,7 @@ SECURITY: dict[str, tuple[Scenario, int]] = {
     "sudo --own: paths outside the spool, a forged copy, another user's job (real CRIU)": (own_surface, 3),
     "a pid file naming a root process; signals through mom-restart (real CRIU)": (restart_signals, 3),
     "credentials forged in the image's core files during the dump (real CRIU)": (forged_credentials, 5),
+    "depth=999999, one user's images filling the spool": (spool_share, 3),
     "a FIFO, a link to a root-only file, a sparse giant, a link to /etc in the image (real CRIU)": (
         hostile_dumps,
         8,

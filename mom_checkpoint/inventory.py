@@ -19,7 +19,8 @@ import filelock
 
 from mom_checkpoint import sessions
 from mom_checkpoint.errors import Error
-from mom_checkpoint.locking import LOCK_DIR
+from mom_checkpoint.jobkey import JobKey
+from mom_checkpoint.locking import LOCK_DIR, job_lock_path
 from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.safefs import tree_bytes
 from mom_checkpoint.storage import (
@@ -29,6 +30,7 @@ from mom_checkpoint.storage import (
     PRUNING_PREFIX,
     RUN_NAME,
     Spool,
+    incoming_key,
 )
 from mom_checkpoint.verification import read_trusted_manifest
 
@@ -45,8 +47,14 @@ class Entry:
     created: float  # seconds since the epoch
     size: int
     backend: str | None = None
-    newest: bool = False  # the job's newest complete generation
+    newest: bool = False  # the newest complete generation of its job key
     problem: str | None = None
+    owner_key: str | None = None  # the job key (system.uid.job id) of its job, when known (jobkey.py)
+
+    @property
+    def group(self) -> str:
+        """What retention counts generations within: the job key, else the job id."""
+        return self.owner_key or self.job_id
 
     @property
     def run_dir(self) -> Path:
@@ -70,10 +78,10 @@ def scan(spool: Spool, job_id: str | None = None) -> list[Entry]:
     newest: dict[str, Entry] = {}
     for entry in entries:
         if entry.status == "complete" and entry.number is not None:
-            current = newest.get(entry.job_id)
+            current = newest.get(entry.group)
             if current is None or (current.number or 0) < entry.number:
-                newest[entry.job_id] = entry
-    marked = [Entry(**{**e.__dict__, "newest": True}) if newest.get(e.job_id) is e else e for e in entries]
+                newest[entry.group] = entry
+    marked = [Entry(**{**e.__dict__, "newest": True}) if newest.get(e.group) is e else e for e in entries]
     return sorted(marked, key=lambda e: (e.job_id, e.number if e.number is not None else 1 << 62, e.created))
 
 
@@ -81,7 +89,6 @@ def _scan_run(spool: Spool, run: Path, exec_pid: int, job_id: str) -> list[Entry
     """The entries of one run folder; whatever one of them holds (a user's image in job-user mode), it
     is reported on its own line and never stops the others."""
     found = []
-    writing = _lock_held(spool, job_id)
     try:
         items = sorted(os.scandir(run), key=lambda e: e.name)
     except OSError as exc:
@@ -90,7 +97,7 @@ def _scan_run(spool: Spool, run: Path, exec_pid: int, job_id: str) -> list[Entry
         ]
     for item in items:
         try:
-            entry = _entry(item, exec_pid, job_id, writing)
+            entry = _entry(spool, item, exec_pid, job_id)
         except (OSError, ValueError) as exc:
             entry = Entry(job_id, exec_pid, Path(item.path), "broken", None, 0.0, 0, problem=str(exc))
         if entry is not None:
@@ -98,7 +105,7 @@ def _scan_run(spool: Spool, run: Path, exec_pid: int, job_id: str) -> list[Entry
     return found
 
 
-def _entry(item: os.DirEntry[str], exec_pid: int, job_id: str, writing: bool) -> Entry | None:
+def _entry(spool: Spool, item: os.DirEntry[str], exec_pid: int, job_id: str) -> Entry | None:
     path = Path(item.path)
     if not item.is_dir(follow_symlinks=False):
         return None
@@ -110,24 +117,27 @@ def _entry(item: os.DirEntry[str], exec_pid: int, job_id: str, writing: bool) ->
             manifest = read_trusted_manifest(path)
         except Error as exc:
             return Entry(job_id, exec_pid, path, "broken", number, created, _du(path), problem=exc.message)
-        return Entry(
-            job_id, exec_pid, path, "complete", number, created, manifest.total_bytes, manifest.backend.name
-        )
+        size, backend, key = manifest.total_bytes, manifest.backend.name, JobKey.of(manifest).token
+        return Entry(job_id, exec_pid, path, "complete", number, created, size, backend, owner_key=key)
     status: Status | None = None
+    owner_key = None
     if item.name.startswith(INCOMING_PREFIX):
-        status = "incoming" if writing else "stale"
+        owner_key = incoming_key(path)
+        status = "incoming" if _lock_held(spool, owner_key or job_id) else "stale"
     elif item.name.startswith(PRUNING_PREFIX):
         status = "pruning"
     elif item.name.startswith(KEPT_PREFIX):
         status = "unpublished"
     if status is None:
         return None
-    return Entry(job_id, exec_pid, path, status, None, item.stat(follow_symlinks=False).st_mtime, _du(path))
+    mtime = item.stat(follow_symlinks=False).st_mtime
+    return Entry(job_id, exec_pid, path, status, None, mtime, _du(path), owner_key=owner_key)
 
 
-def _lock_held(spool: Spool, job_id: str) -> bool:
-    """Whether a checkpoint of the job runs now (it holds the job's lock)."""
-    path = spool.root / LOCK_DIR / f"job-{job_id}.lock"
+def _lock_held(spool: Spool, key: str) -> bool:
+    """Whether a checkpoint of the job key (or, for an older version's folder, the job id) runs now:
+    it holds that lock."""
+    path = job_lock_path(spool.root / LOCK_DIR, key)
     if not path.exists():
         return False
     lock = filelock.FileLock(str(path), timeout=0, mode=0o600)
@@ -139,10 +149,11 @@ def _lock_held(spool: Spool, job_id: str) -> bool:
     return False
 
 
-def job_is_running(spool: Spool, job_id: str, manifest: Manifest) -> bool:
+def job_is_running(spool: Spool, manifest: Manifest) -> bool:
     """Whether the job of this manifest still runs on this node: its exec PID with the same start
-    time, or a live restart process recorded for the job id."""
-    if sessions.lookup(spool.root, job_id) is not None:
+    time, or a live restart process recorded for its job key."""
+    key = JobKey.of(manifest)
+    if sessions.lookup(spool.root, key.system, key.job_id, key.uid) is not None:
         return True
     for process in manifest.processes[:1]:
         from mom_checkpoint.discovery import process_start_time

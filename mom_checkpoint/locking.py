@@ -33,10 +33,16 @@ def lock_dir(spool_root: Path) -> Path:
     return path
 
 
+def job_lock_path(directory: Path, key: str) -> Path:
+    """The lock of a job key (jobkey.py's token), or of a bare job id (older versions' locks)."""
+    return directory / f"job-{key}.lock"
+
+
 @contextmanager
-def job_lock(directory: Path, job_id: str, argv: Sequence[str]) -> Iterator[None]:
-    """Hold the job's lock, or raise Busy at once naming the run that holds it."""
-    path = directory / f"job-{job_id}.lock"
+def job_lock(directory: Path, key: str, argv: Sequence[str], job_id: str | None = None) -> Iterator[None]:
+    """Hold the lock of a job key, or raise Busy at once naming the run that holds it."""
+    job_id = job_id or key
+    path = job_lock_path(directory, key)
     lock = filelock.FileLock(str(path), timeout=0, mode=0o600)
     try:
         lock.acquire()

@@ -7,32 +7,48 @@ SESSION_ID has gone, and only while that very process (same pid *and* start time
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
 
 from mom_checkpoint.discovery import process_start_time
+from mom_checkpoint.jobkey import JobKey
 from mom_checkpoint.storage import write_private
 
 SESSIONS_DIR = ".sessions"
 
 
-def record_path(spool_root: Path, job_id: str) -> Path:
-    return spool_root / SESSIONS_DIR / f"{job_id}.json"
+def record_path(spool_root: Path, key: JobKey) -> Path:
+    return spool_root / SESSIONS_DIR / f"{key.token}.json"
 
 
-def record(spool_root: Path, job_id: str, pid: int) -> None:
+def record(spool_root: Path, key: JobKey, pid: int) -> None:
     start = process_start_time(pid)
     directory = spool_root / SESSIONS_DIR
     directory.mkdir(mode=0o700, exist_ok=True)
-    tmp = directory / f".{job_id}.{os.getpid()}.tmp"
-    write_private(tmp, json.dumps({"job_id": job_id, "pid": pid, "start_time": start}))
-    os.replace(tmp, record_path(spool_root, job_id))
+    tmp = directory / f".{key.token}.{os.getpid()}.tmp"
+    write_private(tmp, json.dumps({"job_id": key.job_id, "system": key.system, "uid": key.uid, "pid": pid,
+                                   "start_time": start}))  # fmt: skip
+    os.replace(tmp, record_path(spool_root, key))
 
 
-def lookup(spool_root: Path, job_id: str) -> int | None:
+def lookup(spool_root: Path, system: str, job_id: str, uid: int | None = None) -> int | None:
+    """The live restart process of the job id from ``system`` (and owner ``uid`` when known); a
+    record of another system or owner is never taken. An older version's record (named by the job
+    id alone) counts only when no record of the key exists."""
+    directory = spool_root / SESSIONS_DIR
+    pattern = f"{system}.{uid if uid is not None else '*'}.{glob.escape(job_id)}.json"
+    candidates = sorted(directory.glob(pattern))
+    if not candidates:
+        candidates = [directory / f"{job_id}.json"]
+    live = [pid for path in candidates if (pid := _live(path)) is not None]
+    return live[0] if len(live) == 1 else None
+
+
+def _live(path: Path) -> int | None:
     try:
-        data = json.loads(record_path(spool_root, job_id).read_text())
+        data = json.loads(path.read_text())
         pid, start = int(data["pid"]), float(data["start_time"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -31,6 +31,7 @@ PRUNING_PREFIX = ".pruning-"
 KEPT_PREFIX = ".unpublished-"
 MANIFEST = "manifest.json"
 CHECKPOINTER_RECORD = "checkpointer.json"
+KEY_FILE = "key"  # in an incoming folder: the job key (jobkey.py) of the run that writes it
 RESTARTS = ".restarts"  # mom-restart's work folders: <host>.<pid>.<start time>
 RESTORER_DIR = "restorer"  # in a work folder: where the restorer writes (the job user's in job-user mode)
 IMAGE = "image"
@@ -169,8 +170,11 @@ class Spool:
             numbers += [n for n in _kept_numbers(run)]
         return max(numbers, default=0) + 1
 
-    def clean_stale(self, job_id: str, deadline: float | None = None) -> list[Path]:
-        """Remove the job's incoming folders. Call only while holding the job's lock: then none is live.
+    def clean_stale(self, job_id: str, key: str, deadline: float | None = None) -> list[Path]:
+        """Remove the incoming folders of the job key ``key`` and interrupted prunes of the job id.
+        Call only while holding that key's lock: then none of its incoming folders is live. Another
+        key's (the same job id from another batch system or owner) are left to their own runs; one
+        without a key (an older version's) only when the checkpointer it records is gone.
 
         A hook killed with -9 may have left its checkpointer running (it has its own process group):
         that one is killed first, so it cannot collide with the next dump of the job.
@@ -178,11 +182,16 @@ class Spool:
         removed = []
         for run in self.runs_of(job_id):
             for entry in os.scandir(run):
+                path = Path(entry.path)
                 if entry.name.startswith(INCOMING_PREFIX):
-                    stop_orphan_checkpointer(Path(entry.path))
-                if entry.name.startswith((INCOMING_PREFIX, PRUNING_PREFIX)):
-                    remove_tree(Path(entry.path), deadline=deadline)  # the rest: the next call's
-                    removed.append(Path(entry.path))
+                    owner = incoming_key(path)
+                    if owner != key and (owner is not None or checkpointer_alive(path)):
+                        continue
+                    stop_orphan_checkpointer(path)
+                elif not entry.name.startswith(PRUNING_PREFIX):
+                    continue
+                remove_tree(path, deadline=deadline)  # what is left: the next call's
+                removed.append(path)
         return removed
 
     def drop(self, generation: Generation, deadline: float | None = None) -> None:
@@ -214,11 +223,12 @@ class Spool:
             raise storage_error(exc, f"cannot create a work folder in {parent}") from None
         return path
 
-    def begin(self, run_dir: Path, owner: Owner) -> Incoming:
+    def begin(self, run_dir: Path, owner: Owner, key: str) -> Incoming:
         import tempfile  # here, with shutil below: the hook's start-up is most of its cost
 
         try:
             path = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=run_dir))
+            write_private(path / KEY_FILE, key)
             if not owner.is_root:
                 os.chmod(path, 0o711)
             image = path / IMAGE
@@ -283,8 +293,9 @@ class Incoming:
         """Give the generation its name: from this rename on it is complete."""
         final = self.path.parent / name
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path / CHECKPOINTER_RECORD)
+            for record in (CHECKPOINTER_RECORD, KEY_FILE):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path / record)
             os.rename(self.path, final)
             fsync_dir(self.path.parent)
         except OSError as exc:
@@ -314,6 +325,23 @@ def write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+
+
+def incoming_key(incoming: Path) -> str | None:
+    """The job key of the run that writes an incoming folder (root's file in root's folder)."""
+    from mom_checkpoint.safefs import read_text
+
+    return read_text(incoming / KEY_FILE, limit=512).strip() or None
+
+
+def checkpointer_alive(incoming: Path) -> bool:
+    """Whether the checkpointer an incoming folder records still runs."""
+    try:
+        data = json.loads((incoming / CHECKPOINTER_RECORD).read_text())
+        pid, start = int(data["pid"]), float(data["start_time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return _start_time(pid) == start
 
 
 def stop_orphan_checkpointer(incoming: Path) -> None:

@@ -24,6 +24,7 @@ from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import DiskFull, Error, Refused, UnknownUser
 from mom_checkpoint.hashing import ImageFile, digest_files
+from mom_checkpoint.jobkey import JobKey, system_of
 from mom_checkpoint.locking import job_lock, lock_dir, node_slot
 from mom_checkpoint.manifest import (
     SCHEMA,
@@ -46,6 +47,7 @@ from mom_checkpoint.pointer import (
 )
 from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generation_name
 from mom_checkpoint.termination import end_session, ended_soon, resume_tree, stopped
+from mom_checkpoint.verification import read_trusted_manifest
 
 RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
 PRUNE_GRACE_S = 10.0  # what pruning may take beyond timeout_s (the rest is left for the next call)
@@ -66,13 +68,16 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
     deadline = started + config.timeout_s  # the whole call: waiting, the dump, reading and hashing it
     log = log.bind(job_id=call.job_id, convention=call.convention, argv=list(call.argv))
     spool = Spool(config.spool_dir)
+    system = system_of(call.convention)
+    stated_uid = identity.of_name(call.euser).uid if call.euser is not None else None
     job = discovery.find_job(
         call.top_pid,
         job_id=call.job_id,
         euser=call.euser,
         several_children=config.several_children,
-        restart_lookup=lambda job_id: sessions.lookup(spool.root, job_id),
+        restart_lookup=lambda job_id: sessions.lookup(spool.root, system, job_id, stated_uid),
     )
+    key = JobKey(system, job.uid, call.job_id)
     group = _group_name(call.egroup, job.gid)
     owner = identity.of_uid(job.uid, job.gid)
     log = log.bind(exec_pid=job.exec_pid, session_id=job.leader_pid, user=job.user)
@@ -98,7 +103,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
         locks = lock_dir(spool.root)
         storage_owner = Owner(job.uid, job.gid) if config.run_as == "job-user" else Owner(0, 0)
         with (
-            job_lock(locks, call.job_id, call.argv),
+            job_lock(locks, key.token, call.argv, call.job_id),
             node_slot(
                 locks,
                 config.max_concurrent,
@@ -109,7 +114,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
         ):
             quota = _Quota.of(spool, config, job, call.job_id, keep)  # before anything is written
             run_dir = spool.open_run(job.exec_pid, call.job_id, storage_owner)
-            for stale in spool.clean_stale(call.job_id, deadline=deadline):
+            for stale in spool.clean_stale(call.job_id, key.token, deadline=deadline):
                 log.warning("incoming.stale_removed", path=str(stale))
             number = spool.next_number(call.job_id)
             log = log.bind(generation=number)
@@ -130,7 +135,9 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
                 quota,
             )
             try:
-                generation, manifest = attempt.dump_and_publish(spool.begin(run_dir, storage_owner), number)
+                generation, manifest = attempt.dump_and_publish(
+                    spool.begin(run_dir, storage_owner, key.token), number
+                )
             except BaseException:
                 spool.remove_if_empty(run_dir)  # a first checkpoint that failed leaves no trace
                 raise
@@ -140,7 +147,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
             try:
                 pruned = _prune(
                     spool,
-                    call.job_id,
+                    key,
                     keep,
                     run_dir,
                     log,
@@ -295,6 +302,17 @@ class _Attempt:
         )
 
 
+def _generations_of(spool: Spool, key: JobKey) -> list[Generation]:
+    mine = []
+    for generation in spool.job_generations(key.job_id):
+        try:
+            if key.owns(read_trusted_manifest(generation.path)):
+                mine.append(generation)
+        except Error:
+            continue
+    return mine
+
+
 def _keep(call: CheckpointCall, config: Config, log: Any) -> int:
     """Generations the job keeps: its depth=N, else ``keep``; never more than ``max_keep``."""
     wanted = call.depth or config.keep
@@ -387,12 +405,15 @@ def _pointer(job_id: str, generation: Generation, env: Environment) -> Pointer:
 
 
 def _prune(
-    spool: Spool, job_id: str, keep: int, current_run: Path, log: Any, *, deadline: float
+    spool: Spool, key: JobKey, keep: int, current_run: Path, log: Any, *, deadline: float
 ) -> list[Path]:
-    """Drop generations beyond ``keep`` (only ever after a new one is complete) and emptied runs. A
-    removal not done by ``deadline`` is left, renamed out of the generations, for the next call."""
+    """Drop the job key's generations beyond ``keep`` (only ever after a new one is complete) and
+    emptied runs. A generation of the same job id from another batch system or owner, or one whose
+    manifest root cannot vouch for, is never this job's to prune. A removal not done by ``deadline``
+    is left, renamed out of the generations, for the next call."""
     removed = []
-    for verdict in retention.plan(spool.job_generations(job_id), keep):
+    job_id = key.job_id
+    for verdict in retention.plan(_generations_of(spool, key), keep):
         if not verdict.keep:
             spool.drop(verdict.item, deadline=deadline)
             removed.append(verdict.item.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,19 +39,21 @@ def run(
     if keep is None and older_than_s is None:
         keep = config.keep
     entries = {str(e.path): e for e in inventory.scan(spool, job_id)}
+    # generations count within their job key: the same job id of another batch system or owner is
+    # another job
     running = {
-        jid: _running(spool, jid, list(entries.values())) for jid in {e.job_id for e in entries.values()}
+        group: _running(spool, group, list(entries.values())) for group in {e.group for e in entries.values()}
     }
     candidates = [
-        Candidate(key, e.job_id, e.status, e.number, now - e.created, running[e.job_id])
+        Candidate(key, e.group, e.status, e.number, now - e.created, running[e.group])
         for key, e in entries.items()
     ]
     verdicts = retention.plan_prune(
         candidates, keep=keep, older_than_s=older_than_s, include_running=include_running
     )
     decisions: list[Decision] = []
-    for job in sorted({v.item.job_id for v in verdicts}):
-        mine = [v for v in verdicts if v.item.job_id == job]
+    for job in sorted({entries[v.item.key].job_id for v in verdicts}):
+        mine = [v for v in verdicts if entries[v.item.key].job_id == job]
         decisions += _apply(spool, job, mine, entries, dry_run)
     return decisions
 
@@ -65,8 +68,13 @@ def _apply(
     doomed = [v for v in verdicts if not v.keep]
     if dry_run or not doomed:
         return [Decision(entries[v.item.key], v.keep, v.reason, not v.keep) for v in verdicts]
+    # every key that has folders of this job id, and the job id itself (older versions' lock): no
+    # checkpoint of any of them runs while prune removes
+    keys = sorted({key for v in verdicts if (key := entries[v.item.key].owner_key)} | {job})
     try:
-        with job_lock(lock_dir(spool.root), job, ["prune"]):
+        with contextlib.ExitStack() as held:
+            for key in keys:
+                held.enter_context(job_lock(lock_dir(spool.root), key, ["prune"], job))
             for verdict in doomed:
                 entry = entries[verdict.item.key]
                 if entry.status == "complete" and entry.number is not None:
@@ -83,12 +91,12 @@ def _apply(
     return [Decision(entries[v.item.key], v.keep, v.reason, not v.keep) for v in verdicts]
 
 
-def _running(spool: Spool, job_id: str, entries: list[inventory.Entry]) -> bool:
-    newest = [e for e in entries if e.job_id == job_id and e.newest]
+def _running(spool: Spool, group: str, entries: list[inventory.Entry]) -> bool:
+    newest = [e for e in entries if e.group == group and e.newest]
     if not newest:
         return False
     try:
         record = read_trusted_manifest(Path(newest[0].path))
     except Error:
         return False
-    return inventory.job_is_running(spool, job_id, record)
+    return inventory.job_is_running(spool, record)

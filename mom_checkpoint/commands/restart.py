@@ -37,6 +37,7 @@ from mom_checkpoint.errors import (
     StorageIOError,
 )
 from mom_checkpoint.identity import JobUser, tree_problems
+from mom_checkpoint.jobkey import JobKey, system_of
 from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
 from mom_checkpoint.storage import GENERATION_NAME, RESTORER_DIR, RUN_NAME, Spool, remove_tree
@@ -122,7 +123,8 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
             check_digests(generation, manifest, deadline=deadline, read_from=staged.base)
             log.info("restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name)
             if os.geteuid() == 0 and caller is None:
-                sessions.record(spool.root, manifest.job.id, os.getpid())  # the next checkpoint finds us
+                key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
+                sessions.record(spool.root, key, os.getpid())  # the next checkpoint finds the job through us
             with _output_files(manifest, user) as inherited:
                 request = RestoreRequest(
                     image=staged,
@@ -220,6 +222,8 @@ def _resolve(
         if pointed is not None:
             return pointed, read_trusted_manifest(pointed)
     own = isinstance(call, SeedRestart) and call.own
+    # the batch system that calls knows only its own jobs: the same id from the other is another job
+    system = system_of(call.convention) if isinstance(call, TorqueRestart) else None
     for generation in reversed(spool.job_generations(job_id)):
         try:
             record = read_trusted_manifest(generation.path)
@@ -228,8 +232,11 @@ def _resolve(
                 raise  # the newest generation is unusable: say why, never fall back to older state
             log.warning("restart.generation_skipped", path=str(generation.path), error=exc.message)
             continue  # for a sudo caller, a generation root cannot vouch for is not theirs
-        if owner is not None and record.job.uid != owner.uid:
-            log.info("restart.other_owner", path=str(generation.path), owner=record.job.uid)
+        if (owner is not None and record.job.uid != owner.uid) or (
+            system is not None and system_of(record.call.convention) != system
+        ):
+            log.info("restart.another_job", path=str(generation.path), owner=record.job.uid,
+                     convention=record.call.convention)  # fmt: skip
             continue
         log.info("restart.newest", job_id=job_id, path=str(generation.path))
         return generation.path, record

@@ -502,6 +502,50 @@ def spool_share(site: Site, rng: random.Random) -> list[str]:
     return checks
 
 
+def same_job_id(site: Site, rng: random.Random) -> list[str]:
+    """Issue 12 #3: TORQUE and OpenPBS on one node share the spool, and another user's OpenPBS job has
+    the id of a held TORQUE job. Its checkpoints must not prune the TORQUE job's generations, and the
+    TORQUE job's restart must take its own."""
+    from tests.integration.test_openpbs import make_mom
+    from tests.openpbs import Task
+
+    site.configure(
+        backend="psnc",
+        keep=2,
+        pbs_checkpoint_roots=[str(site.base / "pbs" / "checkpoint")],
+        **{
+            "backends.psnc.chkpnt": str(site.standin("chkpnt")),
+            "backends.psnc.resume": str(site.standin("resume")),
+        },
+    )
+    job_id = f"{rng.randrange(1000, 9999)}.vm"
+    victim = site.start_job(job_id, app_env={"COUNTER_LIMIT": "30"})
+    args = site.torque_args(victim)
+    for _ in range(2):
+        assert call_hook(args, site.config).returncode == 0
+    theirs = site.generations(job_id)
+    assert len(theirs) == 2
+    mom = make_mom(site)
+    other = site.start_job(f"other-{job_id}", user=_root())
+    task = Task(other, job_id)
+    rounds = rng.randrange(2, 5)
+    for _ in range(rounds):
+        outcome = mom.checkpoint(task)
+        assert outcome.status == 0, outcome
+    assert all(g.exists() for g in theirs), "the other system's job pruned the TORQUE job's generations"
+    assert len(site.generations(job_id)) == 4, site.generations(job_id)  # 2 of each: keep = 2 apiece
+    checks = [f"{rounds} OpenPBS checkpoints of another user's job {job_id}: the TORQUE job's 2 kept"]
+    crash(victim)
+    restart = start_restart(
+        [victim.session_id, job_id, site.user.name, site.user.name, args[4], "gone"], site.config
+    )
+    assert restart.wait(timeout=120) == 0, restart.stderr.read() if restart.stderr else ""
+    started = [e for e in site.log_events() if e.get("event") == "restart.start"]
+    assert started and started[-1]["path"] == str(theirs[-1]), started
+    checks.append("the TORQUE job's restart takes its own newest generation, not the other job's")
+    return checks
+
+
 NEEDS_CRIU: set[Scenario] = {forged_manifest, own_surface, restart_signals, forged_credentials, hostile_dumps}
 
 SECURITY: dict[str, tuple[Scenario, int]] = {
@@ -515,6 +559,7 @@ SECURITY: dict[str, tuple[Scenario, int]] = {
     "a pid file naming a root process; signals through mom-restart (real CRIU)": (restart_signals, 3),
     "credentials forged in the image's core files during the dump (real CRIU)": (forged_credentials, 5),
     "depth=999999, one user's images filling the spool": (spool_share, 3),
+    "the same job id from TORQUE and OpenPBS, two owners, one spool": (same_job_id, 3),
     "a FIFO, a link to a root-only file, a sparse giant, a link to /etc in the image (real CRIU)": (
         hostile_dumps,
         8,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from mom_checkpoint.cli.text import printable
 from mom_checkpoint.commands.advise import Report
 from mom_checkpoint.commands.tick import Outcome
 from mom_checkpoint.interval import WASTE_MODEL, Option
@@ -28,8 +29,9 @@ def tick(outcome: Outcome, stream: TextIO) -> None:
         shown = outcome.decisions
     else:
         shown = [d for d in outcome.decisions if d.action in ("qchkpt", "report", "defer")]
-    for decision in shown:
-        stream.write(f"{_label(decision, outcome.dry_run):<18} {decision.job_id}: {_detail(decision)}\n")
+    for decision in shown:  # job ids and Checkpoint values come from users, through qstat
+        label, job, detail = _label(decision, outcome.dry_run), printable(decision.job_id), _detail(decision)
+        stream.write(f"{label:<18} {job}: {printable(detail)}\n")
     if outcome.dry_run or shown:
         stream.write(_summary(outcome) + "\n")
 
@@ -71,7 +73,7 @@ def _summary(outcome: Outcome) -> str:
 
 def advice(report: Report, stream: TextIO) -> None:
     a = report.advice
-    lines = [f"job {report.job_id}" if report.job_id else "checkpoint interval advice"]
+    lines = [f"job {printable(report.job_id)}" if report.job_id else "checkpoint interval advice"]
     lines.append(f"  checkpoint cost  delta = {a.cost_s:.4g} s  ({report.cost_source})")
     lines.append(f"  node MTBF        M = {a.mtbf_s / 3600:.4g} h  ({report.mtbf_source})")
     lines.append("")

@@ -326,3 +326,13 @@ def test_one_jobs_hostile_values_cost_only_that_job(cluster: Cluster) -> None:
     assert "101.head.example.org: due in" in cluster.tick("--dry-run").stdout  # about two years away
     [done] = cluster.log_events("tick.done")
     assert done["asked"] == len(DUE) - 1
+
+
+def test_a_users_values_are_shown_not_obeyed(cluster: Cluster) -> None:
+    """Issue 12 #1: qstat passes a user's Checkpoint value on as it is (XML allows C1 controls and
+    direction overrides); tick prints it escaped. (C0 controls XML forbids arrive as '?'.)"""
+    cluster.set("104.head.example.org", "Checkpoint", "periodic,\x9b2J\u202einterval=5\x1b")
+    result = cluster.tick("--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert not any(c in result.stdout for c in "\x9b\u202e\x1b"), result.stdout
+    assert "\\x9b2J\\u202einterval=5?" in result.stdout, result.stdout

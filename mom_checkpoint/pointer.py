@@ -49,7 +49,8 @@ def open_checkpoint_dir(path: str, roots: Sequence[str], key: str = "torque_chec
             relative = clean[len(root_clean) :].strip("/")
             return _walk(root_clean, relative, path)
     raise Refused(
-        f"CHECKPOINT_DIR {path} is outside the allowed roots ({', '.join(roots)}; set {key}): refusing"
+        f"CHECKPOINT_DIR {path} is outside the allowed roots ({', '.join(roots)}): refusing. Users: "
+        f"submit without -c dir=, or with a folder inside them; administrators: add the folder to {key}"
     )
 
 

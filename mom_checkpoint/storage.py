@@ -33,7 +33,9 @@ MANIFEST = "manifest.json"
 CHECKPOINTER_RECORD = "checkpointer.json"
 KEY_FILE = "key"  # in an incoming folder: the job key (jobkey.py) of the run that writes it
 RESTARTS = ".restarts"  # mom-restart's work folders: <host>.<pid>.<start time>
-RESTORER_DIR = "restorer"  # in a work folder: where the restorer writes (the job user's in job-user mode)
+RESTORER_DIR = "restorer"
+LOGS = ".logs"  # logs of failed restores, root's: <job id>.<UTC time>.<kind>.log, the newest KEPT_LOGS
+KEPT_LOGS = 50  # in a work folder: where the restorer writes (the job user's in job-user mode)
 IMAGE = "image"
 GENERATION_NAME = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
 RUN_NAME = re.compile(r"(\d+)\.(.+)")
@@ -221,6 +223,20 @@ class Spool:
             path.mkdir(mode=0o711)
         except OSError as exc:
             raise storage_error(exc, f"cannot create a work folder in {parent}") from None
+        return path
+
+    def keep_log(self, job_id: str, kind: str, text: str) -> Path:
+        """Keep a checkpointer's log (the part root read of it) as root's file in the spool, for a
+        person to read after the work folder it was in is gone; only the newest KEPT_LOGS stay."""
+        folder = self.root / LOGS
+        folder.mkdir(mode=0o700, exist_ok=True)
+        check_private_dir(folder, 0o700)
+        path = folder / f"{job_id}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.{os.getpid()}.{kind}.log"
+        write_private(path, text)
+        kept = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
+        for old in kept[: max(0, len(kept) - KEPT_LOGS)]:
+            with contextlib.suppress(OSError):
+                old.unlink()
         return path
 
     def begin(self, run_dir: Path, owner: Owner, key: str) -> Incoming:

@@ -135,6 +135,10 @@ class Backend(ABC):
     def ends_job_on_abort(self) -> bool:
         return False
 
+    def restore_log(self, request: RestoreRequest) -> str:
+        """What the restorer logged (its end), for a failed restore to be kept; "" when it logs nothing."""
+        return ""
+
     def version(self, binary: str) -> str:
         return "unknown"
 

@@ -140,6 +140,9 @@ class CriuBackend(Backend):
             raise
         return staged
 
+    def restore_log(self, request: RestoreRequest) -> str:
+        return read_log(request.workdir / RESTORE_LOG)
+
     def ends_job_on_abort(self) -> bool:
         return True  # without --leave-running CRIU kills the dumped tree after a good dump
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from mom_checkpoint import __version__
 from mom_checkpoint.cli.admin import COMMANDS, add_subcommands
-from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, main_for
+from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, log_refused_call, main_for
 from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import Error
+from mom_checkpoint.errors import Error, UsageError
 from mom_checkpoint.status import ExitStatus
 
 PROG = "mom-checkpoint"
@@ -76,7 +76,12 @@ def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStat
         return admin.dispatch(options, env, loggers)
     from mom_checkpoint.calls import parse_checkpoint_call
 
-    return _checkpoint(parse_checkpoint_call(args), env, loggers)
+    try:
+        call = parse_checkpoint_call(args)
+    except UsageError as exc:
+        log_refused_call(PROG, "checkpoint.refused", args, exc, env)
+        raise
+    return _checkpoint(call, env, loggers)
 
 
 def _openpbs(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:

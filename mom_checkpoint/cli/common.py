@@ -87,3 +87,18 @@ def main_for(prog: str, dispatch: Dispatch, argv: Sequence[str] | None, env: Env
         return run_program(prog, lambda: dispatch(args, env, loggers), env, loggers)
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
+
+
+def log_refused_call(prog: str, event: str, args: Sequence[str], exc: Error, env: Environment) -> None:
+    """A call refused before it got as far as its log (wrong argument count, an unsafe job id):
+    pbs_mom keeps no record of its hooks, so the structured log gets it, if the config can be read."""
+    from mom_checkpoint import config as config_module
+    from mom_checkpoint.log import make_logger
+
+    try:
+        config = config_module.load(env.environ)
+    except Error:
+        return  # the config's own error is what the caller reports
+    make_logger(config.log_file, program=prog).error(
+        event, argv=list(args), error=exc.message, exit_status=int(exc.exit_status)
+    )

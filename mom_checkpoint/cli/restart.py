@@ -8,12 +8,15 @@ pbs_mom execs it directly (no shell, no options), so the TORQUE form is position
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from mom_checkpoint import __version__
 from mom_checkpoint.calls import MISSING, abs_path_arg, path_part, torque_job_args
-from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, main_for
+from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, log_refused_call, main_for
 from mom_checkpoint.commands.restart import RestartCall, SeedRestart, TorqueRestart
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import Error, UsageError
@@ -94,7 +97,12 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
 
 
 def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:
-    return run_restart(parse_restart_call(args), env, loggers, PROG)
+    try:
+        call = parse_restart_call(args)
+    except UsageError as exc:
+        log_refused_call(PROG, "restart.refused", args, exc, env)
+        raise
+    return run_restart(call, env, loggers, PROG)
 
 
 def run_restart(call: RestartCall, env: Environment, loggers: list[Any], prog: str) -> int:
@@ -107,7 +115,25 @@ def run_restart(call: RestartCall, env: Environment, loggers: list[Any], prog: s
     log = make_logger(config.log_file, program=prog)
     loggers.append(log)
     try:
-        return restart.run(call, config, env, log)
+        status = restart.run(call, config, env, log)
     except Error as exc:
-        log.error("restart.refused", error=exc.message, exit_status=int(exc.exit_status))
+        log.error("restart.refused", job_id=call.job_id, error=exc.message, exit_status=int(exc.exit_status))
         raise
+    if status < 0:
+        end_by_signal(-status)
+    return status
+
+
+def end_by_signal(signum: int) -> None:
+    """End this process by the signal that ended the restored application, as the job itself would
+    have ended: pbs_mom then reports 256+N (qdel: 271), not 128+N. Where the signal cannot end us (it
+    is ignored, or stops rather than ends), exit with 128+N."""
+    import signal
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        os.kill(os.getpid(), signum)
+    raise SystemExit(128 + signum)

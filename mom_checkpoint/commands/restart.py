@@ -90,7 +90,8 @@ RestartCall = TorqueRestart | SeedRestart
 
 
 def run(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
-    """Restore the job and wait for it; return the application's exit status."""
+    """Restore the job and wait for it; return the application's exit status, or -N when signal N
+    ended it (the caller then ends the same way: pbs_mom reports 256+N for a killed job)."""
     try:
         return _restart(call, config, env, log)
     except Error as exc:
@@ -135,15 +136,37 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
                     inherited=inherited,
                     timeout_s=max(1.0, deadline - env.monotonic()),
                 )
-                restored = backend.restore(binary, request)
+                try:
+                    restored = backend.restore(binary, request)
+                except Error as exc:
+                    _keep_restore_log(spool, backend, request, manifest.job.id, exc, log=log)
+                    raise
         finally:
             staged.close()
         _admit(restored, user, staged.stopped, log, held_files=config.run_as == "root")
-        log.info("restart.running", pid=restored.pid, command=restored.command)
+        log.info("restart.running", restored_pid=restored.pid, command=restored.command)
         _mark(call, "Successfully restarted job", config=config, env=env, log=log)
         status = forwarder.wait(restored.pid)
-    log.info("restart.ended", pid=restored.pid, exit_status=status)
+    log.info(
+        "restart.ended",
+        restored_pid=restored.pid,
+        **({"signal": -status} if status < 0 else {"exit_status": status}),
+    )
     return status
+
+
+def _keep_restore_log(
+    spool: Spool, backend: backends.Backend, request: RestoreRequest, job_id: str, exc: Error, *, log: Any
+) -> None:
+    """A failed restore's log outlives the work folder it was written in: root's copy in the spool."""
+    text = backend.restore_log(request)
+    kept = None
+    if text and os.geteuid() == 0:
+        try:
+            kept = str(spool.keep_log(job_id, "restore", text))
+        except (OSError, Error):
+            kept = None
+    log.error("restart.restore_failed", error=exc.message, log=kept)
 
 
 def _admit(
@@ -437,8 +460,7 @@ class _Forwarder:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
         _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        return 128 - code if code < 0 else code
+        return os.waitstatus_to_exitcode(status)  # -N when signal N ended it
 
 
 def _mark(call: RestartCall, status: str, *, config: Config, env: Environment, log: Any) -> None:

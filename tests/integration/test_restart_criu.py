@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -74,6 +75,14 @@ def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Sit
     verify_generation(generation)  # a restore leaves the generation exactly as it was (restorable again)
     events = [e["event"] for e in site.log_events()]
     assert "restart.running" in events and "qalter.missing" in events
+    [running] = [e for e in site.log_events() if e["event"] == "restart.running"]
+    assert (running["pid"], running["restored_pid"], running["job_id"]) == (
+        restart.pid,
+        restored[0],
+        "601.head",
+    )
+    [ended] = [e for e in site.log_events() if e["event"] == "restart.ended"]
+    assert (ended["pid"], ended["exit_status"]) == (restart.pid, 7)
 
 
 def test_periodic_checkpoint_then_a_crash_with_output_that_grew(user_mode: Site) -> None:
@@ -160,7 +169,8 @@ def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -
         with contextlib.suppress(ProcessLookupError):
             if os.getsid(pid) == restart.pid:
                 os.kill(pid, signal.SIGTERM)  # (psutil would take a restored pid for a reused one)
-    assert restart.wait(timeout=30) == 128 + signal.SIGTERM
+    # mom-restart ends by the signal that ended the application: pbs_mom reports 256+15, as for any job
+    assert restart.wait(timeout=30) == -signal.SIGTERM
     deadline = time.monotonic() + 10
     while running := [pid for pid in restored if _running(pid)]:  # a zombie waits for init to reap it
         assert time.monotonic() < deadline, f"restored processes {running} survived the SIGTERM"
@@ -272,3 +282,26 @@ def test_root_refuses_a_generation_another_user_can_write(site: Site) -> None:
     assert restart.wait(timeout=60) == 77
     assert restart.stderr is not None and "belongs to uid 4242" in restart.stderr.read().decode()
     assert not job.processes()
+
+
+def test_a_failed_restore_names_criu_s_first_error_and_its_log_is_kept(user_mode: Site) -> None:
+    """Issue 13 #4: CRIU prefixes its restore errors with a pid; the line must carry the first real
+    one, and the restore log must outlive the work folder, root's, named in the structured log. (The
+    job's script file deleted, as pbs_mom deletes it when a job ends, makes CRIU fail.)"""
+    site = user_mode
+    job = site.start_job("606.head")
+    args = site.torque_args(job, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    (job.output.parent / "606.head.SC").unlink()
+    restart = start_restart(restart_args(site, job, args), site.config)
+    assert restart.wait(timeout=60) == 80
+    err = restart.stderr.read().decode() if restart.stderr else ""
+    assert "criu restore failed (exit 1): Error (criu/" in err and "606.head.SC" in err, err
+    [failed] = [e for e in site.log_events() if e["event"] == "restart.restore_failed"]
+    kept = Path(failed["log"])
+    st = kept.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600) and "Restoring FAILED" in kept.read_text()
+    [refused] = [e for e in site.log_events() if e["event"] == "restart.refused"]
+    assert refused["job_id"] == "606.head"

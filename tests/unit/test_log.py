@@ -61,3 +61,31 @@ def test_an_image_argument_is_checked_before_anything_uses_it(tmp_path: Path) ->
     status = restart.main(["--image", "/" + "a" * (128 * 1024)], env)
     assert status == 64 and len(err.getvalue()) < 300 and err.getvalue().count("\n") == 1, err.getvalue()
     assert not (tmp_path / "log").exists() or len((tmp_path / "log").read_text()) < 10_000
+
+
+def test_a_call_refused_before_it_ran_is_in_the_log(tmp_path: Path) -> None:
+    """Issue 13 #9: pbs_mom keeps no record of its hooks; a 9-argument call (qsub -c 'dir=/x y'
+    split by pbs_mom's shell) is refused with 64 and logged with its argv."""
+    import io
+
+    from mom_checkpoint.cli import checkpoint, restart
+    from mom_checkpoint.environment import Environment
+
+    config = tmp_path / "config.toml"
+    log = tmp_path / "log"
+    config.write_text(f'spool_dir = "{tmp_path / "spool"}"\nlog_file = "{log}"\n')
+    config.chmod(0o644)
+
+    def env() -> Environment:
+        return Environment(
+            stdout=io.StringIO(), stderr=io.StringIO(), environ={"MOM_CHECKPOINT_CONFIG": str(config)}
+        )
+
+    nine = ["4711", "42.head", "alice", "users", "/x", "y", "ckpt.42.head.1", "0", "-"]
+    assert checkpoint.main(nine, env()) == 64
+    assert restart.main(["4711", "42.head"], env()) == 64
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["event"], e["argv"], e["exit_status"]) for e in events] == [
+        ("checkpoint.refused", nine, 64),
+        ("restart.refused", ["4711", "42.head"], 64),
+    ]

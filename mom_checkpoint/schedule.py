@@ -21,6 +21,7 @@ from mom_checkpoint.torque import CheckpointSpec, TorqueJob, parse_checkpoint, s
 
 Action = Literal["qchkpt", "wait", "defer", "report", "skip"]
 RETRY_S = 300.0  # a refused qchkpt is tried again after this long (or the job's interval if shorter)
+TOLERANCE_S = 5.0  # a job due within this is due now: a timer's tick comes a little early or late
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def _decide(job: TorqueJob, record: JobRecord, view: NodeView, settings: Setting
     every = f"every {format_duration(interval_s)} ({interval_source})"
     if view.checkpointing:
         return _with(decision, action="wait", reason=f"a checkpoint of it is running now; {every}")
-    if now >= due_at:
+    if now + TOLERANCE_S >= due_at:  # else a tick 0.4 s early waits a whole minute more
         return _with(decision, action="qchkpt", reason=f"due: {since}, {every}")
     return _with(decision, action="wait", reason=f"due in {format_duration(due_at - now)}: {since}, {every}")
 

@@ -42,11 +42,12 @@ def lookup(spool_root: Path, system: str, job_id: str, uid: int | None = None) -
     candidates = sorted(directory.glob(pattern))
     if not candidates:
         candidates = [directory / f"{job_id}.json"]
-    live = [pid for path in candidates if (pid := _live(path)) is not None]
-    return live[0] if len(live) == 1 else None
+    running = [pid for path in candidates if (pid := live(path)) is not None]
+    return running[0] if len(running) == 1 else None
 
 
-def _live(path: Path) -> int | None:
+def live(path: Path) -> int | None:
+    """The pid a session record names, while that very process (same start time) runs."""
     try:
         data = json.loads(path.read_text())
         pid, start = int(data["pid"]), float(data["start_time"])

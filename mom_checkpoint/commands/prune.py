@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mom_checkpoint import inventory, retention
+from mom_checkpoint import inventory, retention, sessions
 from mom_checkpoint.config import Config
 from mom_checkpoint.errors import Busy, Error
-from mom_checkpoint.locking import job_lock, lock_dir
+from mom_checkpoint.locking import LOCK_DIR, job_lock, lock_dir
 from mom_checkpoint.retention import Candidate, Verdict
 from mom_checkpoint.storage import Generation, Spool, remove_tree
 from mom_checkpoint.verification import read_trusted_manifest
@@ -55,7 +55,39 @@ def run(
     for job in sorted({entries[v.item.key].job_id for v in verdicts}):
         mine = [v for v in verdicts if entries[v.item.key].job_id == job]
         decisions += _apply(spool, job, mine, entries, dry_run)
+    if not dry_run:
+        forget_gone_jobs(spool)
     return decisions
+
+
+def forget_gone_jobs(spool: Spool) -> list[Path]:
+    """The locks and session records of jobs that have nothing left in the spool: a session record
+    whose restart process has ended, and the lock (and holder note) of a job key, or an older
+    version's job id, with no folder left. A lock is removed only while held, so no checkpoint can
+    hold it meanwhile. Returns what was removed."""
+    left = inventory.scan(spool)
+    keys = {e.owner_key for e in left if e.owner_key} | {e.job_id for e in left}
+    removed: list[Path] = []
+    locks = spool.root / LOCK_DIR
+    for path in sorted(locks.glob("job-*.lock")) if locks.is_dir() else []:
+        key = path.name[len("job-") : -len(".lock")]
+        if key in keys:
+            continue
+        try:
+            with job_lock(locks, key, ["prune"]):
+                for doomed in (path, path.with_name(path.name + ".holder")):
+                    with contextlib.suppress(FileNotFoundError):
+                        doomed.unlink()
+                        removed.append(doomed)
+        except Busy:
+            continue  # a checkpoint of it runs now: it is not gone
+    records = spool.root / sessions.SESSIONS_DIR
+    for path in sorted(records.glob("*.json")) if records.is_dir() else []:
+        if sessions.live(path) is None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _apply(

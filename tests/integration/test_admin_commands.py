@@ -7,6 +7,7 @@ import os
 import pty
 import shutil
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import filelock
 import pytest
 
-from tests.helpers import Site, call_hook, crash, installed, snapshot
+from tests.helpers import Site, call_direct, call_hook, crash, installed, snapshot
 
 
 def admin(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
@@ -284,3 +285,34 @@ def test_show_list_verify_prune_print_hostile_manifests_and_folders_literally(si
     as_json = admin(site, "show", str(copy), "--json")
     assert as_json.stdout.isascii() and "\\u001b]0;pwned\\u0007" in as_json.stdout
     assert data(as_json, "show")["manifest"] == manifest  # --json stays exact
+
+
+def test_prune_forgets_the_locks_and_session_records_of_jobs_gone_from_the_spool(site: Site) -> None:
+    """Issue 13 #7: .locks/job-<key>.lock(.holder) and .sessions/<key>.json stayed forever after the
+    job was gone; prune removes them with the job's last generation."""
+    site.configure(
+        backend="psnc",
+        **{
+            "backends.psnc.chkpnt": str(site.standin("chkpnt")),
+            "backends.psnc.resume": str(site.standin("resume")),
+        },
+    )
+    job = site.start_job("731.head", app_env={"COUNTER_LIMIT": "5"})
+    kept = site.start_job("732.head")
+    for each in (job, kept):
+        assert call_hook(site.torque_args(each), site.config).returncode == 0
+    job.stop()
+    restart = call_direct(["--job", "731.head"], site.config, program="mom-restart")  # runs to its end
+    assert restart.returncode == 0, restart.stderr
+    locks = sorted(p.name for p in (site.spool / ".locks").glob("job-*"))
+    assert any("731.head" in name for name in locks) and any("732.head" in name for name in locks), locks
+    assert list((site.spool / ".sessions").glob("*731.head.json")), "no session record was written"
+    [generation] = site.generations("731.head")
+    time.sleep(2)  # older than 1s by its name's second
+    pruned = call_direct(["prune", "--job", "731.head", "--older-than", "1s"], site.config)
+    assert pruned.returncode == 0, pruned.stderr
+    assert not generation.exists()
+    left = sorted(p.name for p in (site.spool / ".locks").glob("job-*"))
+    assert not any("731.head" in name for name in left), left
+    assert any("732.head" in name for name in left), "a job that still has generations lost its lock"
+    assert not list((site.spool / ".sessions").glob("*731.head.json"))

@@ -13,17 +13,24 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mom_checkpoint.discovery import ProcessRecord
 from mom_checkpoint.errors import VerificationFailed
 from mom_checkpoint.hashing import ImageFile
 from mom_checkpoint.records import RecordError, build
 
-SCHEMA = 1
+SCHEMA = 2
 MAX_BYTES = 32 * 1024 * 1024
+
+
+def _kept_files_added(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 added ``kept``: files the job held, copied into the generation (none before)."""
+    return {**data, "schema": 2, "kept": []}
+
+
 # schema N -> function turning a schema-N dict into a schema-(N+1) dict
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _kept_files_added}
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,19 @@ class GenerationInfo:
 
 
 @dataclass(frozen=True)
+class KeptFile:
+    """A file the job held when it was checkpointed, copied into the generation (kept/, root's): a
+    restore hands the copy back whatever has happened to the original since."""
+
+    path: str  # the path the job had open, as /proc showed it
+    copy: str  # relative to the generation: "kept/<name>"
+    role: Literal["held", "output"]  # a file it reads (its script...), or where its stdout/stderr went
+    pos: int  # the file offset the job was at (held files)
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema: int
     tool: ToolInfo
@@ -101,6 +121,7 @@ class Manifest:
     files: list[ImageFile]
     total_bytes: int
     stats: dict[str, int] = field(default_factory=dict)  # the checkpointer's own counters (CRIU's dump stats)
+    kept: list[KeptFile] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
@@ -150,7 +171,14 @@ def parse(data: object, source: str) -> Manifest:
             raise VerificationFailed(
                 f"{source}: manifest names a file outside its image: {image_file.path!r}"
             )
+    for kept in manifest.kept:
+        name = kept.copy[len(f"{KEPT}/") :] if kept.copy.startswith(f"{KEPT}/") else ""
+        if not name or "/" in name or name in (".", "..") or "\0" in name or not kept.path.startswith("/"):
+            raise VerificationFailed(f"{source}: manifest names a kept file it cannot have: {kept.copy!r}")
     return manifest
+
+
+KEPT = "kept"  # in a generation: copies of files the job held (root's)
 
 
 def is_inside_image(relpath: str) -> bool:

@@ -336,11 +336,11 @@ def _kept_numbers(run: Path) -> Iterator[int]:
             yield int(entry.name[len(KEPT_PREFIX) :])
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, data: str | bytes) -> None:
     """Create a small file only its owner can read (never through a symlink)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
 
 
 def incoming_key(incoming: Path) -> str | None:

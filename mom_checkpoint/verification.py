@@ -16,7 +16,7 @@ from pathlib import Path
 from mom_checkpoint import safefs
 from mom_checkpoint.errors import Refused, VerificationFailed
 from mom_checkpoint.hashing import Progress, SizeChanged, digest_files
-from mom_checkpoint.manifest import Manifest, read
+from mom_checkpoint.manifest import KEPT, Manifest, read
 from mom_checkpoint.storage import IMAGE, MANIFEST
 
 
@@ -51,6 +51,11 @@ def check_layout(
         raise VerificationFailed(f"{generation}: image file missing: {missing[0]} ({len(missing)} missing)")
     if extra := sorted(present - listed):
         raise VerificationFailed(f"{generation}: image file not in the manifest: {extra[0]}")
+    kept = {e.path: e for e in entries if e.path.startswith(f"{KEPT}/")}
+    if {k.copy for k in manifest.kept} != {path for path, e in kept.items() if e.kind == "file"}:
+        raise VerificationFailed(f"{generation}: the kept files are not those the manifest lists")
+    if any(e.uid != 0 for e in kept.values()) and os.geteuid() == 0:
+        raise Refused(f"{generation}: a kept file is not root's: refusing to restore")
     return manifest
 
 
@@ -80,6 +85,15 @@ def check_digests(
         ) from None
     except OSError as exc:
         raise VerificationFailed(f"{generation}: cannot read an image file: {exc}") from None
+    try:  # root's copies of what the job held: in the generation itself, never in a staged copy
+        kept = digest_files(
+            generation, [k.copy for k in manifest.kept], sizes=[k.size for k in manifest.kept]
+        )
+    except (SizeChanged, OSError) as exc:
+        raise VerificationFailed(f"{generation}: a kept file has changed or cannot be read: {exc}") from None
+    for k, actual in zip(manifest.kept, kept, strict=True):
+        if k.sha256 != actual.sha256:
+            raise VerificationFailed(f"{generation}: {k.copy} has changed since the checkpoint: refusing it")
     for expected, actual in zip(manifest.files, digests, strict=True):
         if expected.sha256 != actual.sha256:
             raise VerificationFailed(

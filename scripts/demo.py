@@ -110,10 +110,13 @@ def main() -> int:
         print("$ mom-restart " + " ".join(map(str, restart_args)))
         restart = start_restart(restart_args, site.config)
         status = restart.wait(timeout=120)
-        numbers = [line for line in job.output.read_text().split() if line.isdigit()]
-        print(f"the job ran on from count {numbers[0]} to {numbers[-1]} (checkpointed at {held_at})")
+        numbers = [int(line) for line in job.output.read_text().splitlines() if line.strip().isdigit()]
+        print(
+            f"the job's output holds {numbers[0]}..{numbers[-1]}: what it printed before the hold (put back "
+            f"into the re-created file), then on from count {held_at + 1}"
+        )
         print(f"mom-restart exit status {status} (the application's own exit status: 7)")
-        if int(numbers[0]) != held_at + 1 or status != 7:
+        if numbers != list(range(1, numbers[-1] + 1)) or numbers[-1] <= held_at or status != 7:
             print("demo: the restarted job did not continue where it was", file=sys.stderr)
             return 1
         say("the hook's log (JSON lines):")

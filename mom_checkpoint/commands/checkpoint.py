@@ -25,6 +25,7 @@ from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import DiskFull, Error, Refused, UnknownUser
 from mom_checkpoint.hashing import ImageFile, digest_files
 from mom_checkpoint.jobkey import JobKey, system_of
+from mom_checkpoint.keeping import OUTPUT_MAX, Copy, keep_held, keep_outputs
 from mom_checkpoint.locking import job_lock, lock_dir, node_slot
 from mom_checkpoint.manifest import (
     SCHEMA,
@@ -33,6 +34,7 @@ from mom_checkpoint.manifest import (
     GenerationInfo,
     HostInfo,
     JobInfo,
+    KeptFile,
     Manifest,
     Timings,
     ToolInfo,
@@ -212,16 +214,20 @@ class _Attempt:
         pids = [p.pid for p in self.job.tree]
         stopped_before = stopped(pids)
         try:
+            copies = keep_held(self.job.tree, incoming.path)  # before the dump: an abort ends the job
             result = self.backend.checkpoint(self.binary, request)
             dumped = self.env.monotonic()
             self.log.info("dump.done", seconds=result.completed.duration_s, frozen_s=result.frozen_s)
+            if self.call.abort:  # pbs_mom re-creates the output files empty before the restart
+                copies += keep_outputs(self.job.tree, incoming.path, self.owner)
             # The job runs again (or has ended): only now read, hash and fsync the image.
             relpaths = [f"image/{rel}" for rel in incoming.image_files(self.deadline)]
             limit = image_limit(self.job, self.config.backends.criu.ghost_limit)
             files = digest_files(incoming.path, relpaths, fsync=True, max_bytes=limit, deadline=self.deadline)
             if self.quota is not None:
                 self.quota.check(sum(f.size for f in files), "this checkpoint")
-            manifest = self._manifest(result, GenerationInfo(number, name), files, dumped)
+            held = self._kept(incoming, copies)
+            manifest = self._manifest(result, GenerationInfo(number, name), files, dumped, held)
             incoming.write_manifest(manifest.to_json())
             generation = incoming.publish(name)
         except BaseException as exc:
@@ -251,8 +257,23 @@ class _Attempt:
         self.log.info("generation.published", path=str(generation.path), bytes=manifest.total_bytes)
         return generation, manifest
 
+    def _kept(self, incoming: Incoming, copies: list[Copy]) -> list[KeptFile]:
+        digests = digest_files(incoming.path, [c.copy for c in copies], fsync=True, deadline=self.deadline)
+        for copy in copies:
+            if copy.cut:
+                self.log.warning("output.cut", path=copy.path, kept=OUTPUT_MAX, left_out=copy.cut)
+        return [
+            KeptFile(c.path, c.copy, "output" if c.role == "output" else "held", c.pos, d.size, d.sha256)
+            for c, d in zip(copies, digests, strict=True)
+        ]
+
     def _manifest(
-        self, result: DumpResult, generation: GenerationInfo, files: list[ImageFile], dumped: float
+        self,
+        result: DumpResult,
+        generation: GenerationInfo,
+        files: list[ImageFile],
+        dumped: float,
+        kept: list[KeptFile],
     ) -> Manifest:
         call, job, env = self.call, self.job, self.env
         return Manifest(
@@ -299,6 +320,7 @@ class _Attempt:
             files=files,
             total_bytes=sum(f.size for f in files),
             stats=result.stats,
+            kept=kept,
         )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from mom_checkpoint import access, backends, identity, sessions
+from mom_checkpoint import access, backends, identity, safefs, sessions
 from mom_checkpoint.access import acting_as
 from mom_checkpoint.backends.base import InheritedFile, Restored, RestoreRequest, locate
 from mom_checkpoint.config import Config
@@ -38,7 +38,7 @@ from mom_checkpoint.errors import (
 )
 from mom_checkpoint.identity import JobUser, tree_problems
 from mom_checkpoint.jobkey import JobKey, system_of
-from mom_checkpoint.manifest import Manifest
+from mom_checkpoint.manifest import KeptFile, Manifest
 from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
 from mom_checkpoint.storage import GENERATION_NAME, RESTORER_DIR, RUN_NAME, Spool, remove_tree
 from mom_checkpoint.termination import kill_tree, tree_pids
@@ -126,7 +126,8 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
             if os.geteuid() == 0 and caller is None:
                 key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
                 sessions.record(spool.root, key, os.getpid())  # the next checkpoint finds the job through us
-            with _output_files(manifest, user) as inherited:
+            own = isinstance(call, SeedRestart)
+            with _output_files(manifest, user, generation, work.root, own_streams=own) as inherited:
                 request = RestoreRequest(
                     image=staged,
                     pids=[p.pid for p in manifest.processes],
@@ -393,14 +394,22 @@ def _workdir(spool: Spool, user: JobUser | None) -> Iterator[_Work]:
 
 
 @contextlib.contextmanager
-def _output_files(manifest: Manifest, user: JobUser) -> Iterator[list[InheritedFile]]:
-    """Open the files the application was writing, in append mode and with the job user's rights.
+def _output_files(
+    manifest: Manifest, user: JobUser, generation: Path, work: Path, *, own_streams: bool
+) -> Iterator[list[InheritedFile]]:
+    """The descriptors handed to the restored job with --inherit-fd, in place of paths CRIU would open.
 
-    pbs_mom re-creates the job's .OU/.ER files before a restart, and a job checkpointed with
-    --leave-running wrote on after the checkpoint: CRIU would refuse the changed sizes. Handing it
-    these descriptors (--inherit-fd) lets the application continue writing at their end.
+    - The files the application was writing, in append mode and with the owner's rights: pbs_mom
+      re-creates the job's .OU/.ER files before a restart (empty: what a SIGNAL 15 checkpoint kept of
+      them is put back first), and a job checkpointed with --leave-running wrote on after the
+      checkpoint, so CRIU would refuse the changed sizes. With ``own_streams`` (the seed's flow: a
+      new job resumes an old one) where its stdout and stderr went is this program's own stdout and
+      stderr instead: the new job's output, and nothing is created for the old job.
+    - The files it was reading that were kept with the generation (its job script, which pbs_mom
+      deletes when a job ends): a copy of root's copy, the owner's and already unlinked (so the job's
+      own checkpointer can dump it again, as a deleted file), at the offset the job was at.
     """
-    paths = sorted(
+    written = sorted(
         {
             fd.target
             for process in manifest.processes
@@ -412,22 +421,89 @@ def _output_files(manifest: Manifest, user: JobUser) -> Iterator[list[InheritedF
             and not fd.target.endswith(" (deleted)")
         }
     )
+    streams = _streams(manifest) if own_streams else {}
+    outputs = {k.path: k for k in manifest.kept if k.role == "output"}
     opened: list[InheritedFile] = []
     try:
-        with acting_as(user):
-            for path in paths:
+        for kept in manifest.kept:
+            if kept.role == "held" and kept.path not in written:
+                opened.append(InheritedFile(_held_copy(generation, kept, work, user), kept.path))
+        for path in written:
+            if path in streams:
+                opened.append(InheritedFile(os.dup(streams[path]), path))
+                continue
+            with acting_as(user):
                 fd = os.open(path, _OUTPUT_FLAGS, 0o600)
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    os.close(fd)  # a FIFO or device at the path now: CRIU deals with it (or refuses)
-                    continue
-                os.set_blocking(fd, True)
-                opened.append(InheritedFile(fd, path))
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)  # a FIFO or device at the path now: CRIU deals with it (or refuses)
+                continue
+            os.set_blocking(fd, True)
+            opened.append(InheritedFile(fd, path))
+            if path in outputs and os.fstat(fd).st_size == 0:  # re-created empty by pbs_mom
+                _put_back(generation, outputs[path], fd)
         yield opened
     except PermissionError as exc:
         raise Refused(f"cannot open {exc.filename} as {user.name}: {exc.strerror}") from None
     finally:
         for inherited in opened:
             os.close(inherited.fd)
+
+
+def _streams(manifest: Manifest) -> dict[str, int]:
+    """Where the application's stdout and stderr went -> this program's 1 and 2."""
+    found: dict[str, int] = {}
+    for process in manifest.processes:
+        for fd in process.fds:
+            if fd.fd in (1, 2) and fd.kind == "file":
+                found.setdefault(fd.target, fd.fd)
+    return found
+
+
+def _kept_copy(generation: Path, kept: KeptFile) -> int:
+    """Root's copy of a file the job held, open read-only at the job's offset."""
+    folder = safefs.open_dir(generation)
+    try:
+        fd, _st = safefs.open_regular(kept.copy, dir_fd=folder)
+    finally:
+        os.close(folder)
+    os.lseek(fd, kept.pos, os.SEEK_SET)
+    return fd
+
+
+def _held_copy(generation: Path, kept: KeptFile, work: Path, user: JobUser) -> int:
+    """A file the job reads, given back: the owner's copy of root's copy, unlinked at once, open
+    read-only at the job's offset."""
+    source = _kept_copy(generation, kept)
+    path = work / f"held-{os.urandom(8).hex()}"
+    copy = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
+    try:
+        os.unlink(path)
+        if os.geteuid() == 0:
+            os.fchown(copy, user.uid, user.gid)
+        os.lseek(source, 0, os.SEEK_SET)
+        while chunk := os.read(source, 1 << 20):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(copy, view) :]
+        reading = os.open(f"/proc/self/fd/{copy}", os.O_RDONLY | os.O_CLOEXEC)  # a read-only description
+    finally:
+        os.close(copy)
+        os.close(source)
+    os.lseek(reading, kept.pos, os.SEEK_SET)
+    return reading
+
+
+def _put_back(generation: Path, kept: KeptFile, fd: int) -> None:
+    """What the job had printed before its SIGNAL 15 checkpoint, into its re-created output file."""
+    source = _kept_copy(generation, kept)
+    try:
+        os.lseek(source, 0, os.SEEK_SET)
+        while chunk := os.read(source, 1 << 20):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    finally:
+        os.close(source)
 
 
 class _Forwarder:

@@ -102,7 +102,8 @@ def _newest_restores(site: Site, job: Job, spool: Path | None = None) -> str:
     last = before[-1] if before else 0
     crash(job)
     newest = sorted((spool or site.spool).glob(f"*.{job.job_id}/[0-9]*"), key=lambda p: p.name)[-1]
-    restart = start_restart(["--job", job.job_id], site.config)
+    with open(job.output, "ab") as output:  # the resume job's own output: where --job's job writes on
+        restart = start_restart(["--job", job.job_id], site.config, stdout=output)
     try:
         deadline = time.monotonic() + 60
         while len(_numbers(job)) < len(before) + 3:

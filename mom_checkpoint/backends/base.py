@@ -179,13 +179,14 @@ class Backend(ABC):
         )
 
 
-def locate(name: str, config_key: str) -> str:
-    """Resolve a checkpointer's configured name or path without trusting the caller's PATH."""
+def locate(name: str, config_key: str, *, use_path: bool = True) -> str:
+    """Resolve a checkpointer's configured name or path without trusting the caller's PATH (the
+    standard folders first; ``use_path=False``: only them, as under pbs_mom, cron or systemd)."""
     if "/" in name:
         if os.path.isfile(name) and os.access(name, os.X_OK):
             return name
         raise CheckpointerMissing(f"{name} ({config_key}) does not exist or is not executable")
-    path_dirs = [d for d in os.environ.get("PATH", "").split(":") if d.startswith("/")]
+    path_dirs = [d for d in os.environ.get("PATH", "").split(":") if d.startswith("/")] if use_path else []
     for directory in (*SEARCH_DIRS, *path_dirs):
         candidate = os.path.join(directory, name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):

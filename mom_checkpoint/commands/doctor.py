@@ -69,6 +69,8 @@ def run(env: Environment, mom_config: str, programs_dir: Path) -> list[Check]:
         checks += _roots(config.pbs_checkpoint_roots, "pbs_checkpoint_roots", "<PBS_HOME>/checkpoint", 0o700)
         return checks + _openpbs(mom_config, text, actions, programs_dir, config)
     checks += _roots(config.torque_checkpoint_roots, "torque_checkpoint_roots", "<torque home>/checkpoint")
+    checks.append(_moms_checkpoint_folder(config, mom_config))
+    checks += _torque_clients(config)
     return checks + _mom_config(mom_config, text, programs_dir)
 
 
@@ -225,8 +227,84 @@ def _mom_config(path: str, text: str, programs_dir: Path) -> list[Check]:
             checks.append(Check(key, False, f"{path}: {line}", f"add '{key} {wanted}' and restart pbs_mom"))
             continue
         same = os.path.exists(value) and os.path.realpath(value) == os.path.realpath(wanted)
-        fix = "" if same else f"set '{key} {wanted}' (the installed {program}) and restart pbs_mom"
+        if not same and _runs(value, program):
+            checks.append(Check(key, True, f"{path}: {line} (a site's wrapper that runs {program})"))
+            continue
+        fix = (
+            ""
+            if same
+            else f"set '{key} {wanted}' (the installed {program}), or have the site's wrapper there run it; "
+            f"then restart pbs_mom"
+        )
         checks.append(Check(key, same, f"{path}: {line}", fix))
+    return checks
+
+
+def _runs(path: str, program: str) -> bool:
+    """Whether an executable script names ``program``: a site's wrapper around it (kept as it is)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64 * 1024)
+    except OSError:
+        return False
+    return os.access(path, os.X_OK) and head.startswith(b"#!") and program.encode() in head
+
+
+def _moms_checkpoint_folder(config: Config, mom_config: str) -> Check:
+    """The folder pbs_mom passes as CHECKPOINT_DIR's parent: its -C option when it runs with one, else
+    <torque home>/checkpoint (the home is the folder above mom_priv). It must lie inside a root."""
+    folder, source = _pbs_mom_option_c()
+    if folder is None:
+        folder, source = str(Path(mom_config).resolve().parent.parent / "checkpoint"), "the default"
+    inside = [r for r in config.torque_checkpoint_roots if _within(folder, r)]
+    detail = f"pbs_mom checkpoints into {folder} ({source})"
+    fix = "" if inside else f"add {folder} to torque_checkpoint_roots: every checkpoint is refused until then"
+    return Check("pbs_mom checkpoint folder", bool(inside), detail, fix)
+
+
+def _pbs_mom_option_c() -> tuple[str | None, str]:
+    """A running pbs_mom's -C DIR (``pbs_mom -C /var/spool/torque/mom_checkpoint``), if any."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or os.path.basename(argv[0].decode(errors="replace")) != "pbs_mom":
+            continue
+        words = [w.decode(errors="replace") for w in argv[1:] if w]
+        for i, word in enumerate(words):
+            if word == "-C" and i + 1 < len(words):
+                return words[i + 1].rstrip("/") or "/", f"pbs_mom -C, pid {entry.name}"
+            if word.startswith("-C") and len(word) > 2:
+                return word[2:].rstrip("/") or "/", f"pbs_mom -C, pid {entry.name}"
+    return None, ""
+
+
+def _within(folder: str, root: str) -> bool:
+    folder, root = os.path.normpath(folder), os.path.normpath(root)
+    return folder == root or folder.startswith(root.rstrip("/") + "/")
+
+
+def _torque_clients(config: Config) -> list[Check]:
+    """qstat and qchkpt (tick) and qalter (mom-restart) as those programs will find them: under
+    pbs_mom, cron or systemd, PATH has only the standard folders."""
+    checks = []
+    for key, who in (("qstat", "tick"), ("qchkpt", "tick"), ("qalter", "mom-restart's marks")):
+        name = getattr(config, key)
+        try:
+            found = locate(name, key, use_path=False)
+        except CheckpointerMissing:
+            try:
+                elsewhere = locate(name, key)
+            except CheckpointerMissing:
+                fix = f"install TORQUE's clients on the node, or set {key} to the path of {name}"
+            else:
+                fix = f'set {key} = "{elsewhere}" (found on your PATH only: {who} would not find it)'
+            checks.append(Check(key, False, f"{name} not found where {who} looks", fix))
+            continue
+        checks.append(Check(key, True, found))
     return checks
 
 

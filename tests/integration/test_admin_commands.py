@@ -7,6 +7,7 @@ import os
 import pty
 import shutil
 import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -197,10 +198,16 @@ def test_config_print_is_the_effective_config(site: Site) -> None:
     assert data(admin(site, "config", "--print", "--json"), "config")["config"] == printed
 
 
+def torque_clients(site: Site) -> dict[str, str]:
+    """qstat, qchkpt and qalter where a site installed TORQUE outside the standard folders."""
+    return {name: str(site.standin(name)) for name in ("qstat", "qchkpt", "qalter")}
+
+
 def test_doctor_passes_on_a_set_up_node_and_says_how_to_fix_the_rest(site: Site, criu: None) -> None:
-    site.configure(**{"backends.criu.run_as": "job-user"})
+    site.configure(**{"backends.criu.run_as": "job-user"}, **torque_clients(site))
     programs = installed("mom-checkpoint").parent
-    mom_config = site.base / "mom_priv-config"
+    mom_config = site.base / "torque" / "mom_priv" / "config"  # <torque home>/mom_priv: home's checkpoint/
+    mom_config.parent.mkdir()
     mom_config.write_text(
         f"$pbsserver head\n$checkpoint_script {programs}/mom-checkpoint\n"
         f"$restart_script {programs}/mom-restart\n$checkpoint_run_exe {programs}/mom-checkpoint-run\n"
@@ -224,6 +231,51 @@ def test_doctor_passes_on_a_set_up_node_and_says_how_to_fix_the_rest(site: Site,
     assert bad.returncode == 1
     assert f"fix: add '$restart_script {programs}/mom-restart' and restart pbs_mom" in bad.stdout
     assert "[FAIL] spool" in bad.stdout and f"chmod 0711 {site.spool}" in bad.stdout
+
+
+def test_doctor_finds_what_would_fail_under_pbs_mom_cron_and_site_wrappers(site: Site, criu: None) -> None:
+    """Issue 13 #5: (a) pbs_mom -C DIR outside torque_checkpoint_roots; (b) TORQUE's clients only on the
+    admin's PATH (/opt/torque/bin), where tick under cron and mom-restart would not find them; (c) a
+    site's wrapper as $checkpoint_script is not to be replaced."""
+    site.configure(**{"backends.criu.run_as": "job-user"}, **torque_clients(site))
+    programs = installed("mom-checkpoint").parent
+    home = site.base / "torque"
+    mom_config = home / "mom_priv" / "config"
+    mom_config.parent.mkdir()
+    wrapper = site.base / "site-checkpoint.sh"
+    wrapper.write_text(f'#!/bin/sh\nlogger checkpoint "$2"\nexec {programs}/mom-checkpoint "$@"\n')
+    wrapper.chmod(0o755)
+    mom_config.write_text(
+        f"$checkpoint_script {wrapper}\n$restart_script {programs}/mom-restart\n"
+        f"$checkpoint_run_exe {programs}/mom-checkpoint-run\n"
+    )
+    good = admin(site, "doctor", "--mom-config", str(mom_config))
+    assert good.returncode == 0, good.stdout
+    assert "a site's wrapper that runs mom-checkpoint" in good.stdout
+
+    elsewhere = site.base / "mom_checkpoint"
+    elsewhere.mkdir()
+    code = "import time; time.sleep(60)"
+    mom = subprocess.Popen(["pbs_mom", "-c", code, "-C", str(elsewhere)], executable=sys.executable)
+    try:
+        opt = site.base / "opt-torque-bin"
+        opt.mkdir()
+        for name in ("qstat", "qchkpt", "qalter"):
+            (opt / name).symlink_to(site.standin(name))
+        site.configure(**{"backends.criu.run_as": "job-user"})  # qstat, qchkpt, qalter: plain names
+        env = {**os.environ, "PATH": f"{opt}:/usr/bin:/bin", "MOM_CHECKPOINT_CONFIG": str(site.config)}
+        bad = subprocess.run(
+            [str(installed("mom-checkpoint")), "doctor", "--mom-config", str(mom_config)],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+    finally:
+        mom.kill()
+        mom.wait()
+    assert bad.returncode == 1, bad.stdout
+    assert f"[FAIL] pbs_mom checkpoint folder: pbs_mom checkpoints into {elsewhere} (pbs_mom -C" in bad.stdout
+    assert f"fix: add {elsewhere} to torque_checkpoint_roots" in bad.stdout
+    for name in ("qstat", "qchkpt", "qalter"):
+        assert f'fix: set {name} = "{opt}/{name}" (found on your PATH only' in bad.stdout, bad.stdout
 
 
 # A window title, a clear screen and a C1 CSI, then rich markup (an unbalanced [/] too) and an emoji code.

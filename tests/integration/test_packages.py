@@ -305,8 +305,9 @@ def test_installed_programs_checkpoint_and_restart_a_real_job(installed: Path, s
 
 @pytest.mark.usefixtures("criu")
 def test_doctor_passes_with_the_packaged_mom_priv_lines(installed: Path, site: Site) -> None:
-    site.configure(**{"backends.criu.run_as": "job-user"})
-    mom_config = site.base / "mom_priv" / "config"
+    clients = {name: str(site.standin(name)) for name in ("qstat", "qchkpt", "qalter")}  # TORQUE's
+    site.configure(**{"backends.criu.run_as": "job-user"}, **clients)
+    mom_config = site.base / "torque" / "mom_priv" / "config"  # its checkpoint/ is the site's root
     mom_config.parent.mkdir(mode=0o751)
     # the package's own snippet: the three lines naming /usr/sbin
     mom_config.write_text((DOC / "mom_priv-config").read_text())

@@ -1,6 +1,8 @@
 #!/bin/sh
-# A checkpointable job: pbs_mom checkpoints it every 10 minutes, and whenever `qchkpt JOB` or
-# `qhold JOB` asks (qhold checkpoints, then ends the job; `qrls JOB` restarts it from the image).
+# A checkpointable job: checkpointed every 10 minutes, and whenever `qchkpt JOB` or `qhold JOB` asks
+# (qhold checkpoints, then ends the job; `qrls JOB` restarts it from the image). The periodic ones
+# need `mom-checkpoint tick` on TORQUE 5.1.2 to 6.1.x, whose pbs_mom never fires them itself (the
+# README's "Periodic checkpoints"); qchkpt and qhold work everywhere.
 # Submit it with
 #
 #   qsub -c enabled,periodic,interval=10 checkpointable-job.sh

@@ -1,6 +1,7 @@
 #!/bin/sh
 # The seed's run_job.sh: a checkpointable job in TORQUE's short form, checkpointed every minute
-# (c=N: every N minutes). Submit it with
+# (c=N: every N minutes; on TORQUE 5.1.2 to 6.1.x only with `mom-checkpoint tick` running, as the
+# README says: their pbs_mom never fires periodic checkpoints itself). Submit it with
 #
 #   qsub -c c=1 run_job.sh
 #

@@ -1,15 +1,21 @@
-"""Test support for tick and advise: a TORQUE server made of a ``qstat -f -1`` fixture that the qstat and
-qchkpt stand-ins (tests/standins/) read, and a node's config that points mom-checkpoint at them."""
+"""Test support for TORQUE: for tick and advise, a server made of a ``qstat -f -1`` fixture that the
+qstat and qchkpt stand-ins (tests/standins/) read, and a node's config that points mom-checkpoint at
+them; for checkpoints and restarts, ``TorqueMom``: what pbs_mom does around them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from mom_checkpoint import __version__
 from mom_checkpoint.manifest import (
@@ -23,7 +29,19 @@ from mom_checkpoint.manifest import (
     Timings,
     ToolInfo,
 )
-from tests.helpers import MOM_ENV, STANDINS, TESTS, installed, toml_value
+from tests.helpers import (
+    MOM_ENV,
+    STANDINS,
+    TESTS,
+    HookResult,
+    Job,
+    Site,
+    call_hook,
+    crash,
+    installed,
+    start_restart,
+    toml_value,
+)
 
 FIXTURES = TESTS / "fixtures"
 FIXTURE = "qstat-f-1.txt"
@@ -181,3 +199,52 @@ def decisions(envelope: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def one_line(stderr: str) -> str:
     assert stderr.count("\n") == 1 and stderr.endswith("\n"), repr(stderr)
     return stderr
+
+
+class TorqueMom:
+    """pbs_mom's side of a job's checkpoints and restarts, as a real TORQUE 6.1.3 pbs_mom was seen to
+    do them (shared/MOM_CONTRACT.md): the hook through popen as root, the job ended by the hook alone
+    (SIGNAL 15), the job script deleted when the job ends, empty .OU/.ER re-created before a restart,
+    the restart script started with fork + setsid + execv, and qdel as SIGTERM then SIGKILL to the
+    job's session, reported as 256+signal."""
+
+    KILL_DELAY_S = 2.0
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+
+    def checkpoint(self, job: Job, signal_number: int = 0) -> tuple[HookResult, list[object]]:
+        args = self.site.torque_args(job, signal_number=signal_number)
+        return call_hook(args, self.site.config), args
+
+    def job_ended(self, job: Job) -> None:
+        """The job's processes are gone (held, killed or the node lost them): pbs_mom deletes the job
+        script, and what is left of the session dies with it."""
+        crash(job)
+        (job.output.parent / f"{job.job_id}.SC").unlink(missing_ok=True)
+
+    def release(self, job: Job, checkpoint_args: list[object]) -> subprocess.Popen[bytes]:
+        """qrls of a held job: empty .OU/.ER re-created, then $restart_script with the job's old session
+        id and the pair the last good checkpoint left."""
+        job.output.write_text("")
+        name = job.user.name
+        return start_restart(
+            [job.session_id, job.job_id, name, name, checkpoint_args[4], checkpoint_args[5]], self.site.config
+        )
+
+    def qdel(self, task: subprocess.Popen[bytes]) -> int:
+        """SIGTERM to every process of the task's session, SIGKILL after kill_delay; the job's exit
+        status as TORQUE reports it (256+N when a signal ended the task)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in psutil.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    if os.getsid(pid) == task.pid:
+                        os.kill(pid, sig)
+            try:
+                status = task.wait(timeout=self.KILL_DELAY_S)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            status = task.wait(timeout=30)
+        return 256 - status if status < 0 else status

@@ -331,3 +331,40 @@ def test_an_ordinary_job_script_resumes_after_pbs_mom_deleted_it(user_mode: Site
     assert restart.wait(timeout=90) == 0, restart.stderr.read() if restart.stderr else ""
     assert counts(job) == list(range(1, 151)), "the job did not count on to its end"
     assert not script.exists(), "the script was re-created at its path"
+
+
+def test_qchkpt_qhold_qrls_qdel_of_an_ordinary_job_as_pbs_mom_runs_them(user_mode: Site) -> None:
+    """Issue 13 #1, #3 and #8 under TorqueMom, which does what a real pbs_mom does around the hook: the
+    job script deleted when the job ends, empty output files before the restart, qdel as SIGTERM
+    then SIGKILL to the restarted job's session."""
+    from tests.torque import TorqueMom
+
+    site = user_mode
+    mom = TorqueMom(site)
+    job = site.start_job("620.head")
+    assert mom.checkpoint(job)[0].returncode == 0  # qchkpt
+    job.wait_count(job.count() + 5)
+    result, args = mom.checkpoint(job, signal_number=15)  # qhold
+    assert result.returncode == 0, result.stderr
+    job.wait_ended()
+    held_at = counts(job)[-1]
+    mom.job_ended(job)
+    restart = mom.release(job, args)  # qrls
+    deadline = time.monotonic() + 60
+    while len(counts(job)) < held_at + 10:
+        assert time.monotonic() < deadline and restart.poll() is None, "the job did not count on"
+        time.sleep(0.05)
+    numbers = counts(job)
+    assert numbers == list(range(1, len(numbers) + 1)), "the delivered output is not all of it, in order"
+    assert mom.qdel(restart) == 256 + signal.SIGTERM  # as TORQUE reports any killed job
+    deadline = time.monotonic() + 10
+    while left := [p for p in psutil.pids() if _in_session(p, restart.pid) and _running(p)]:
+        assert time.monotonic() < deadline, f"{left} of the restarted job outlived qdel"
+        time.sleep(0.05)
+
+
+def _in_session(pid: int, session: int) -> bool:
+    try:
+        return os.getsid(pid) == session
+    except ProcessLookupError:
+        return False

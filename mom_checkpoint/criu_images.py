@@ -186,3 +186,76 @@ def _ints(values: list[Value]) -> list[int]:
 def _bits(words: list[int]) -> int:
     """Capability words (32 bits each, the lowest first) as one bit set."""
     return sum((word & 0xFFFFFFFF) << (32 * i) for i, word in enumerate(words))
+
+
+# -- one change root makes to its own staged copy ----------------------------------------------------
+
+PDEATH_SIG = 8  # thread_core_entry.pdeath_sig
+
+
+def with_pdeath_signal(data: bytes, signo: int) -> bytes:
+    """A core image whose thread gets ``signo`` when its parent ends (prctl PR_SET_PDEATHSIG, which
+    CRIU restores from the image): for a restored session leader that its restart process's session
+    would not take along. Every other byte of the image is kept as it was."""
+    header = data[:8] if struct.unpack_from("<I", data)[0] == IMG_COMMON_MAGIC else data[:4]
+    [entry] = list(_entries(data[len(header) :]))
+    core = _raw_fields(entry)
+    thread_core = [f for f in core if f[0] == 5]
+    if len(thread_core) != 1:
+        raise ImageError("no thread_core to set the parent-death signal in")
+    inner = [f for f in _raw_fields(_value_bytes(thread_core[0])) if f[0] != PDEATH_SIG]
+    inner.append((PDEATH_SIG, 0, _varint_bytes(signo)))
+    patched = [(5, 2, _length_delimited(_encode(inner))) if f[0] == 5 else f for f in core]
+    message = _encode(patched)
+    return header + struct.pack("<I", len(message)) + message
+
+
+RawField = tuple[int, int, bytes]  # number, wire type, the encoded value as it was
+
+
+def _raw_fields(message: bytes) -> list[RawField]:
+    fields: list[RawField] = []
+    offset = 0
+    while offset < len(message):
+        key, start = _varint(message, offset)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, end = _varint(message, start)
+        elif wire == 2:
+            size, after = _varint(message, start)
+            end = after + size
+        elif wire == 1:
+            end = start + 8
+        elif wire == 5:
+            end = start + 4
+        else:
+            raise ImageError(f"unsupported protobuf wire type {wire}")
+        if end > len(message):
+            raise ImageError("truncated field")
+        fields.append((number, wire, message[start:end]))
+        offset = end
+    return fields
+
+
+def _value_bytes(field: RawField) -> bytes:
+    """The payload of a length-delimited field."""
+    size, start = _varint(field[2], 0)
+    return field[2][start : start + size]
+
+
+def _length_delimited(payload: bytes) -> bytes:
+    return _varint_bytes(len(payload)) + payload
+
+
+def _encode(fields: list[RawField]) -> bytes:
+    return b"".join(_varint_bytes(number << 3 | wire) + raw for number, wire, raw in fields)
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

@@ -208,7 +208,9 @@ def _exec_process(
     several_children: Literal["fail", "oldest"],
     restored: bool = False,
 ) -> psutil.Process:
-    children = [c for c in children_of(leader) if _alive(c) and _session_of(c) == session]
+    # a restored job is the restart program's own child, in its session, or in its own if it was a
+    # session leader when it was checkpointed (CRIU gives such a process its session back)
+    children = [c for c in children_of(leader) if _alive(c) and (restored or _session_of(c) == session)]
     if restored and leader.uids().real == 0:
         # the root restart program may still run a root restorer beside the application: not the job
         children = [c for c in children if c.uids().real != 0] or children

@@ -57,6 +57,9 @@ class RestoreRequest:
     workdir: Path  # the restorer's own folder, for its log
     inherited: list[InheritedFile]
     timeout_s: float
+    # the image's root process was a session leader (an OpenPBS task started with pbsdsh -o): CRIU
+    # gives it back its own session, which the restart process's session does not take along
+    root_session_leader: bool = False
 
     @property
     def image_dir(self) -> Path:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
 from mom_checkpoint import safefs, staging
 from mom_checkpoint.backends.base import Backend, DumpRequest, Restored, RestoreRequest
-from mom_checkpoint.criu_images import CORE_FILE, OLD_CREDS_FILE, CoreCredentials, ImageError, read_core
+from mom_checkpoint.criu_images import (
+    CORE_FILE,
+    OLD_CREDS_FILE,
+    CoreCredentials,
+    ImageError,
+    read_core,
+    with_pdeath_signal,
+)
 from mom_checkpoint.discovery import child_pids
 from mom_checkpoint.environment import Completed
 from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, PidInUse, Refused, TimedOut
@@ -79,6 +87,8 @@ class CriuBackend(Backend):
     def restore(self, binary: str, request: RestoreRequest) -> Restored:
         """criu restore -d -S --leave-stopped: CRIU returns once the tree is restored, stopped, its root
         a child of this process (found among this process's children: no pid file is trusted)."""
+        if request.root_session_leader:
+            _dies_with_its_parent(request.image, request.pids[0])
         command = self.restore_command(binary, request)
         argv = self.as_configured_user(command, request.user, request.image.capabilities or ())
         image_fds = [request.image.fd] if request.image.fd is not None else []
@@ -177,6 +187,24 @@ def parse_display_stats(stdout: str) -> tuple[float | None, dict[str, int]]:
         stats[key] = int(match.group(2))
     frozen = stats.get("frozen_time_us")
     return (frozen / 1e6 if frozen is not None else None), stats
+
+
+def _dies_with_its_parent(image: StagedImage, pid: int) -> None:
+    """The restored root gets SIGKILL when this program (its parent) ends, so a root that keeps its
+    own session never outlives the job: a change to root's staged copy only, made after its digests
+    were checked."""
+    name = f"core-{pid}.img"
+    if image.fd is None or name not in image.contents:
+        return
+    patched = with_pdeath_signal(image.contents[name], signal.SIGKILL)
+    fd = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=image.fd)
+    try:
+        view = memoryview(patched)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    image.contents[name] = patched
 
 
 def _cores(staged: StagedImage) -> list[CoreCredentials]:

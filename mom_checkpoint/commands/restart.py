@@ -136,6 +136,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
                     workdir=work.restorer,
                     inherited=inherited,
                     timeout_s=max(1.0, deadline - env.monotonic()),
+                    root_session_leader=manifest.processes[0].session_id == manifest.processes[0].pid,
                 )
                 try:
                     restored = backend.restore(binary, request)

@@ -107,3 +107,17 @@ def test_root_jobs_keep_roots_capabilities() -> None:
         credentials_problem("task 1", ids(uid=0, gid=0, groups=frozenset({0}), caps=(1 << 41) - 1), root)
         is None
     )
+
+
+def test_the_parent_death_signal_is_set_and_nothing_else_changes() -> None:
+    from mom_checkpoint.criu_images import with_pdeath_signal
+    from tests.criu_forge import decode
+
+    image = core_image(creds(), task_state=1)
+    patched = with_pdeath_signal(image, 9)
+    assert read_core(1, patched) == read_core(1, image)  # the credentials and the state as they were
+    core = decode(patched[12:])
+    [thread_core] = [f[2] for f in core if f[0] == 5]
+    assert isinstance(thread_core, bytes)
+    assert [f for f in decode(thread_core) if f[0] == 8] == [(8, 0, 9)]
+    assert with_pdeath_signal(patched, 9) == patched  # set once, not twice

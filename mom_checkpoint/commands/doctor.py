@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -332,8 +333,9 @@ def _openpbs(
 ) -> list[Check]:
     program = programs_dir / "mom-checkpoint"
     checks = []
+    needed = _action_timeout_needed(config)  # one number for every line doctor suggests and checks
     for name in PBS_ACTIONS:
-        wanted = f"$action {name} 600 !{program} --pbs {name} {' '.join(PBS_WORDS)}"
+        wanted = f"$action {name} {needed} !{program} --pbs {name} {' '.join(PBS_WORDS)}"
         if name not in actions:
             checks.append(
                 Check(f"$action {name}", False, f"{path}: missing", f"add '{wanted}'; restart pbs_mom")
@@ -369,10 +371,15 @@ def _openpbs(
 def _action_timeout(name: str, timeout: str, config: Config) -> Check:
     """pbs_mom SIGKILLs only the script when its $action timeout expires, leaving a running checkpointer:
     the tool's own timeout_s, plus time to hash and publish, must end first."""
-    needed = config.timeout_s + PBS_TIMEOUT_MARGIN_S
+    needed = _action_timeout_needed(config)
     ok = timeout.isdigit() and int(timeout) >= needed
-    fix = "" if ok else f"raise the $action {name} timeout to at least {needed:g} s, or lower timeout_s"
+    fix = "" if ok else f"raise the $action {name} timeout to at least {needed} s, or lower timeout_s"
     return Check(f"$action {name} timeout", ok, f"{timeout} s, timeout_s = {config.timeout_s:g} s", fix)
+
+
+def _action_timeout_needed(config: Config) -> int:
+    """The shortest $action timeout that lets the tool end first: timeout_s and a margin, in seconds."""
+    return math.ceil(config.timeout_s + PBS_TIMEOUT_MARGIN_S)
 
 
 def _script_permissions(program: Path) -> Check:

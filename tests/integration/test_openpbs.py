@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import Site, User, crash, installed, verify_generation, wait_until_gone
+from tests.helpers import Job, Site, User, crash, installed, verify_generation, wait_until_gone
 from tests.openpbs import Mom, NotRun, Task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -247,4 +248,56 @@ def test_doctor_checks_the_action_lines_timeouts_permissions_and_transmogrify(
     assert "[FAIL] $restart_transmogrify" in bad and "add '$restart_transmogrify true'" in bad
     assert "[FAIL] $action checkpoint timeout" in bad and "at least 180 s" in bad
     mom_priv.write_text(mom_config().replace("%login %path", "%path"))
-    assert "[FAIL] $action checkpoint:" in doctor()
+    wrong = doctor()
+    assert "[FAIL] $action checkpoint:" in wrong
+    # what doctor suggests passes doctor (issue 14 #2: it suggested 600, then failed 600 for 660)
+    fixes = [line for line in wrong.splitlines() if "fix: set '$action checkpoint " in line]
+    suggested = fixes[0].split("set '", 1)[1].split("';", 1)[0]
+    assert suggested.startswith("$action checkpoint 180 !"), suggested
+    lines = [
+        suggested if line.startswith("$action checkpoint ") else line for line in mom_config().splitlines()
+    ]
+    mom_priv.write_text("\n".join(lines) + "\n")
+    followed = doctor()
+    assert "[ok  ] $action checkpoint: " in followed and "[ok  ] $action checkpoint timeout" in followed
+
+
+def test_a_task_that_is_its_own_session_leader_restarts_and_ends_with_its_task(site: Site) -> None:
+    """Issue 14 #1: a job's second task started with `pbsdsh -o` runs its application as the leader of
+    its own session, and CRIU gives a restored session leader its old session back. Its next
+    checkpoint (MOM passes the restart process's session) must find it, and when MOM kills that
+    session (qdel, the task's end) the application must not outlive it."""
+    configure(site, **{"backends.criu.run_as": "job-user"})
+    mom = make_mom(site)
+    output = site.jobs_dir / "41.vm.task2.OU"
+    with open(output, "wb") as out:
+        os.fchown(out.fileno(), site.user.uid, site.user.gid)
+        leader = subprocess.Popen(
+            ["/usr/bin/python3", str(Path(__file__).parents[1] / "apps" / "counter.py")],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=site.jobs_dir,
+            user=site.user.uid, group=site.user.gid, extra_groups=[], start_new_session=True,
+            env={"PATH": "/usr/bin:/bin", "COUNTER_LIMIT": "4000"},
+        )  # fmt: skip
+    task2 = Task(Job("41.vm", leader, output, site.user), "41.vm", task_id=2)
+    deadline = time.monotonic() + 30
+    while len(counts(output)) < 3:
+        assert time.monotonic() < deadline, "task 2 does not count"
+        time.sleep(0.05)
+    held = mom.checkpoint(task2, abort=True)
+    assert held.status == 0, events(site, "checkpoint.refused")
+    leader.wait(timeout=30)
+
+    restart = mom.start_restart(task2, old_sid=leader.pid)
+    deadline = time.monotonic() + 30
+    while not psutil.pid_exists(leader.pid) or os.getsid(leader.pid) != leader.pid:
+        assert time.monotonic() < deadline, f"not restored: {events(site, 'restart.refused')}"
+        time.sleep(0.05)
+    assert os.getsid(leader.pid) == leader.pid != os.getsid(restart)  # its own session, as CRIU restores it
+    again = mom.checkpoint(Task(task2.job, "41.vm", task_id=2, session_id=restart))
+    assert again.status == 0, events(site, "checkpoint.refused")
+    os.killpg(restart, signal.SIGKILL)  # MOM ends the task: its session, the restart process's
+    os.waitpid(restart, 0)
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(leader.pid) and psutil.Process(leader.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the restored application outlived its task"
+        time.sleep(0.05)

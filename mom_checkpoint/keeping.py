@@ -4,8 +4,11 @@
   job shell keeps open (bash on fd 255, dash on fd 10) and pbs_mom deletes when the job ends, so an
   image of an ordinary job script could never be restored after its job was gone. They are copied
   before the dump, through the process's own descriptor (/proc/PID/fd/N: the very file it holds,
-  whatever its path names now), with the offset the job is at; a restore hands the copy back at that
-  offset with CRIU's --inherit-fd.
+  whatever its path names now), with the offset the job is at. The dump names each as CRIU's external
+  file (``file[mnt_id:inode]``), so CRIU records neither its path nor its contents, and a restore hands
+  the copy back with --inherit-fd under that name. A file the job holds that is already unlinked (the
+  copy a restore handed back, at the next checkpoint) is kept the same way: otherwise CRIU would dump
+  it as a ghost file and re-create it at restore in a folder that is gone or root's.
 - **output**: where the job's stdout and stderr go, at a SIGNAL 15 (qhold) checkpoint: pbs_mom
   re-creates them empty before the restart, so what the job printed before the hold would be lost.
   Copied after the dump (the job has ended then) with the owner's rights, put back into the
@@ -18,6 +21,7 @@ of a larger one, said in the log).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 from collections.abc import Sequence
@@ -32,6 +36,7 @@ from mom_checkpoint.storage import write_private
 HELD_MAX = 1 << 20
 HELD_FILES = 64
 OUTPUT_MAX = 64 << 20
+MAPS_MAX = 65536  # lines of /proc/PID/maps read per process
 _SYSTEM = ("/dev/", "/proc/", "/sys/")
 
 
@@ -44,32 +49,36 @@ class Copy:
     role: str  # "held" or "output"
     pos: int
     cut: int = 0  # bytes of the original left out (the start of an output larger than OUTPUT_MAX)
+    external: str = ""  # held: CRIU's name for it at the dump, "file[<mnt_id>:<inode>]" (hex)
+    mode: int = 0  # held: the original's permission bits (CRIU checks the file it gets has them)
 
 
 def keep_held(processes: Sequence[ProcessRecord], generation: Path) -> list[Copy]:
     """Copy the small files the job reads into ``generation``/kept, through each holder's own
-    descriptor. A path held at two different offsets is not kept (one copy cannot be at both)."""
-    holders: dict[str, list[tuple[int, int]]] = {}
+    descriptor: one copy per file however many descriptors hold it, named as the dump will name it.
+    A file the job also writes (another descriptor, a shared writable mapping) is not kept: the dump
+    would name its writers external too, and they would write into the copy."""
+    copies: list[Copy] = []
+    seen: set[str] = set()
+    written = _written_inodes(processes)
     for process in processes:
         for open_file in process.fds:
             flags = open_file.flags if open_file.flags is not None else os.O_WRONLY
             if open_file.kind != "file" or flags & os.O_ACCMODE != os.O_RDONLY or _skipped(open_file.target):
                 continue
-            holders.setdefault(open_file.target, []).append((process.pid, open_file.fd))
-    copies: list[Copy] = []
-    for path, held in sorted(holders.items()):
-        if len(copies) >= HELD_FILES:
-            break
-        positions = {_position(pid, fd) for pid, fd in held}
-        if len(positions) != 1 or None in positions:
-            continue
-        pid, fd = held[0]
-        data = _read_held(pid, fd)
-        if data is None:
-            continue
-        name = f"held-{len(copies)}"
-        _write(generation, name, data)
-        copies.append(Copy(path, f"{KEPT}/{name}", "held", positions.pop() or 0))
+            if len(copies) >= HELD_FILES:
+                return copies
+            held = _read_held(process.pid, open_file.fd)
+            position = _position(process.pid, open_file.fd)
+            if held is None or position is None or held.external in seen or held.inode in written:
+                continue
+            seen.add(held.external)
+            name = f"held-{len(copies)}"
+            _write(generation, name, held.data)
+            kept = Copy(
+                open_file.target, f"{KEPT}/{name}", "held", position, external=held.external, mode=held.mode
+            )
+            copies.append(kept)
     return copies
 
 
@@ -85,6 +94,7 @@ def keep_outputs(processes: Sequence[ProcessRecord], generation: Path, user: Job
             for fd in process.fds
             if fd.fd in (1, 2) and fd.kind == "file" and fd.flags is not None
             and fd.flags & (os.O_WRONLY | os.O_RDWR) and not _skipped(fd.target)
+            and not fd.target.endswith(" (deleted)")
         }
     )  # fmt: skip
     copies: list[Copy] = []
@@ -109,32 +119,70 @@ def keep_outputs(processes: Sequence[ProcessRecord], generation: Path, user: Job
 
 
 def _skipped(path: str) -> bool:
-    return not path.startswith("/") or path.startswith(_SYSTEM) or path.endswith(" (deleted)")
+    return not path.startswith("/") or path.startswith(_SYSTEM)
 
 
 def _position(pid: int, fd: int) -> int | None:
+    return _fdinfo(f"/proc/{pid}/fdinfo/{fd}", "pos")
+
+
+def _fdinfo(path: str, field: str) -> int | None:
     try:
-        with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+        with open(path) as fh:
             for line in fh:
                 key, _, value = line.partition(":")
-                if key == "pos":
+                if key == field:
                     return int(value.strip())
     except (OSError, ValueError):
         pass
     return None
 
 
-def _read_held(pid: int, fd: int) -> bytes | None:
-    """The whole file the process holds as fd, if it is a regular file of at most HELD_MAX bytes."""
+@dataclass(frozen=True)
+class _Held:
+    data: bytes
+    mode: int
+    external: str
+    inode: tuple[int, int]  # (st_dev, st_ino)
+
+
+def _written_inodes(processes: Sequence[ProcessRecord]) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every file the tree holds open for writing or maps shared and writable."""
+    found: set[tuple[int, int]] = set()
+    for process in processes:
+        for open_file in process.fds:
+            if open_file.kind == "file" and (open_file.flags is None or open_file.flags & os.O_ACCMODE):
+                with contextlib.suppress(OSError):
+                    st = os.stat(f"/proc/{process.pid}/fd/{open_file.fd}")
+                    found.add((st.st_dev, st.st_ino))
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{process.pid}/maps") as maps:
+            for line in itertools.islice(maps, MAPS_MAX):
+                fields = line.split(maxsplit=5)
+                if len(fields) >= 5 and fields[1][1] == "w" and fields[1][3] == "s" and fields[4] != "0":
+                    major, minor = (int(part, 16) for part in fields[3].split(":"))
+                    found.add((os.makedev(major, minor), int(fields[4])))
+    return found
+
+
+def _read_held(pid: int, fd: int) -> _Held | None:
+    """The whole file the process holds as fd, if it is a regular file of at most HELD_MAX bytes that
+    its owner may read and that is not set-id (the copy handed back has the same bits, the owner's),
+    with CRIU's name for it under --external: "file[<mnt_id>:<inode>]" in hex (criu/files-reg.c,
+    dump_one_reg_file), both read from the very descriptor the data is read from."""
     try:
         own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         st = os.fstat(own)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > HELD_MAX:
+        mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > HELD_MAX or mode & 0o7000 or not mode & stat.S_IRUSR:
             return None
-        return _pread_all(own, st.st_size, 0)
+        mnt_id = _fdinfo(f"/proc/self/fdinfo/{own}", "mnt_id")
+        if mnt_id is None:
+            return None
+        external = f"file[{mnt_id:x}:{st.st_ino:x}]"
+        return _Held(_pread_all(own, st.st_size, 0), mode, external, (st.st_dev, st.st_ino))
     except OSError:
         return None
     finally:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from mom_checkpoint.errors import VerificationFailed
 from mom_checkpoint.hashing import ImageFile
 from mom_checkpoint.records import RecordError, build
 
-SCHEMA = 2
+SCHEMA = 3
 MAX_BYTES = 32 * 1024 * 1024
 
 
@@ -29,8 +30,15 @@ def _kept_files_added(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema": 2, "kept": []}
 
 
+def _kept_files_named(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 3 named each held file as the dump did (``external``, with its ``mode``): a schema-2
+    held file was dumped by its path, and is handed back by its path."""
+    return {**data, "schema": 3}
+
+
 # schema N -> function turning a schema-N dict into a schema-(N+1) dict
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _kept_files_added}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _kept_files_added, 2: _kept_files_named}
+EXTERNAL = re.compile(r"file\[[0-9a-f]{1,8}:[0-9a-f]{1,16}\]")  # CRIU's --external name of a held file
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,8 @@ class KeptFile:
     pos: int  # the file offset the job was at (held files)
     size: int
     sha256: str
+    external: str = ""  # held: its name in the image, "file[<mnt_id>:<inode>]" (dumped with --external)
+    mode: int = 0  # held: its permission bits, which the copy handed back must have
 
 
 @dataclass(frozen=True)
@@ -173,7 +183,17 @@ def parse(data: object, source: str) -> Manifest:
             )
     for kept in manifest.kept:
         name = kept.copy[len(f"{KEPT}/") :] if kept.copy.startswith(f"{KEPT}/") else ""
-        if not name or "/" in name or name in (".", "..") or "\0" in name or not kept.path.startswith("/"):
+        bad_external = (
+            kept.external and not EXTERNAL.fullmatch(kept.external)
+        ) or not 0 <= kept.mode <= 0o777
+        if (
+            not name
+            or "/" in name
+            or name in (".", "..")
+            or "\0" in name
+            or not kept.path.startswith("/")
+            or bad_external
+        ):
             raise VerificationFailed(f"{source}: manifest names a kept file it cannot have: {kept.copy!r}")
     return manifest
 

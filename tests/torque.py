@@ -213,8 +213,13 @@ class TorqueMom:
     def __init__(self, site: Site) -> None:
         self.site = site
 
-    def checkpoint(self, job: Job, signal_number: int = 0) -> tuple[HookResult, list[object]]:
+    def checkpoint(
+        self, job: Job, signal_number: int = 0, session: int | None = None
+    ) -> tuple[HookResult, list[object]]:
+        """``session``: the job's session now (a restarted job's is its restart process's)."""
         args = self.site.torque_args(job, signal_number=signal_number)
+        if session is not None:
+            args[0] = session
         return call_hook(args, self.site.config), args
 
     def job_ended(self, job: Job) -> None:

@@ -29,6 +29,7 @@ class DumpRequest:
     user: JobUser
     timeout_s: float
     on_start: Callable[[int], None] | None = None  # told the checkpointer's pid as soon as it runs
+    external_files: tuple[str, ...] = ()  # files kept with the generation: dumped by these names only
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class InheritedFile:
     """An output file opened by the restart program and handed to the restored application."""
 
     fd: int  # open in this process
-    path: str  # the path recorded in the image
+    path: str  # the path recorded in the image, or the file's external name there (file[...])
 
 
 @dataclass(frozen=True)

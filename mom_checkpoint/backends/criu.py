@@ -62,6 +62,8 @@ class CriuBackend(Backend):
             argv.append("--leave-running")
         if self.run_as == "job-user":
             argv.append("--unprivileged")
+        for external in request.external_files:  # kept with the generation, handed back at restore
+            argv += ["--external", external]
         return argv + list(criu.extra_args)
 
     def restore_binary(self) -> str:

@@ -202,19 +202,20 @@ class _Attempt:
 
     def dump_and_publish(self, incoming: Incoming, number: int) -> tuple[Generation, Manifest]:
         name = generation_name(number, self.started_wall)
-        request = DumpRequest(
-            exec_pid=self.job.exec_pid,
-            image_dir=incoming.image_dir,
-            abort=self.call.abort,
-            user=self.owner,
-            timeout_s=max(1.0, self.deadline - self.env.monotonic()),
-            on_start=incoming.record_checkpointer,
-        )
         result: DumpResult | None = None
         pids = [p.pid for p in self.job.tree]
         stopped_before = stopped(pids)
         try:
             copies = keep_held(self.job.tree, incoming.path)  # before the dump: an abort ends the job
+            request = DumpRequest(
+                exec_pid=self.job.exec_pid,
+                image_dir=incoming.image_dir,
+                abort=self.call.abort,
+                user=self.owner,
+                timeout_s=max(1.0, self.deadline - self.env.monotonic()),
+                on_start=incoming.record_checkpointer,
+                external_files=tuple(c.external for c in copies),
+            )
             result = self.backend.checkpoint(self.binary, request)
             dumped = self.env.monotonic()
             self.log.info("dump.done", seconds=result.completed.duration_s, frozen_s=result.frozen_s)
@@ -263,7 +264,16 @@ class _Attempt:
             if copy.cut:
                 self.log.warning("output.cut", path=copy.path, kept=OUTPUT_MAX, left_out=copy.cut)
         return [
-            KeptFile(c.path, c.copy, "output" if c.role == "output" else "held", c.pos, d.size, d.sha256)
+            KeptFile(
+                c.path,
+                c.copy,
+                "output" if c.role == "output" else "held",
+                c.pos,
+                d.size,
+                d.sha256,
+                c.external,
+                c.mode,
+            )
             for c, d in zip(copies, digests, strict=True)
         ]
 

@@ -427,7 +427,9 @@ def _output_files(
     opened: list[InheritedFile] = []
     try:
         for kept in manifest.kept:
-            if kept.role == "held" and kept.path not in written:
+            if kept.role == "held" and kept.external:  # dumped as external: given back under that name
+                opened.append(InheritedFile(_held_copy(generation, kept, work, user), kept.external))
+            elif kept.role == "held" and kept.path not in written:  # schema 2: dumped by its path
                 opened.append(InheritedFile(_held_copy(generation, kept, work, user), kept.path))
         for path in written:
             if path in streams:
@@ -481,6 +483,8 @@ def _held_copy(generation: Path, kept: KeptFile, work: Path, user: JobUser) -> i
         os.unlink(path)
         if os.geteuid() == 0:
             os.fchown(copy, user.uid, user.gid)
+        if kept.mode:  # CRIU checks an external file's mode against the image's
+            os.fchmod(copy, kept.mode & 0o777)
         os.lseek(source, 0, os.SEEK_SET)
         while chunk := os.read(source, 1 << 20):
             view = memoryview(chunk)

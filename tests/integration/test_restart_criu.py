@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import Job, Site, call_hook, crash, start_restart, verify_generation
+from tests.helpers import Job, Site, call_hook, crash, start_restart, verify_generation, wait_until_gone
 
 pytestmark = pytest.mark.usefixtures("criu")
 
@@ -353,6 +353,22 @@ def test_qchkpt_qhold_qrls_qdel_of_an_ordinary_job_as_pbs_mom_runs_them(user_mod
     deadline = time.monotonic() + 60
     while len(counts(job)) < held_at + 10:
         assert time.monotonic() < deadline and restart.poll() is None, "the job did not count on"
+        time.sleep(0.05)
+    numbers = counts(job)
+    assert numbers == list(range(1, len(numbers) + 1)), "the delivered output is not all of it, in order"
+    # a second qhold and qrls: the job now holds the copy of its script a restore handed back, unlinked
+    restored = [p.pid for p in psutil.Process(restart.pid).children(recursive=True)]
+    result, args = mom.checkpoint(job, signal_number=15, session=restart.pid)
+    assert result.returncode == 0, result.stderr
+    restart.wait(timeout=30)  # the restart process ends with its job
+    wait_until_gone(restored)  # reaped too: CRIU needs their PIDs
+    held_at = counts(job)[-1]
+    mom.job_ended(job)
+    restart = mom.release(job, args)
+    deadline = time.monotonic() + 60
+    while len(counts(job)) < held_at + 10:
+        refused = [e for e in site.log_events() if e["event"] == "restart.refused"]
+        assert time.monotonic() < deadline and restart.poll() is None, f"not counting on: {refused}"
         time.sleep(0.05)
     numbers = counts(job)
     assert numbers == list(range(1, len(numbers) + 1)), "the delivered output is not all of it, in order"

@@ -204,7 +204,7 @@ def test_json_keeps_every_string_exact_and_escaped() -> None:
     assert shown["path"] == "/spool/" + TERMINAL
     # read at schema 1, shown as this version's schema: upgraded (kept files added, none), else exact
     assert (
-        shown["manifest"] == json.loads(manifest.to_json()) == {**hostile_manifest(), "schema": 2, "kept": []}
+        shown["manifest"] == json.loads(manifest.to_json()) == {**hostile_manifest(), "schema": 3, "kept": []}
     )
 
 

@@ -21,6 +21,7 @@ uses the default /etc/mom-checkpoint/config.toml).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +29,8 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from tests.helpers import Job
 
@@ -116,30 +119,44 @@ class Mom:
 
     # -- the calls ----------------------------------------------------------------------------------------
     def checkpoint(self, task: Task, abort: bool = False) -> Outcome:
+        """A job of one task; see checkpoint_job."""
+        [outcome] = self.checkpoint_job([task], abort)
+        return outcome
+
+    def checkpoint_job(self, tasks: list[Task], abort: bool = False) -> list[Outcome]:
+        """mom_checkpoint_job (requests.c ~3513): the job's <jobid>.CK is renamed to .old once, then
+        the script runs for each running task in turn; the first failure ends the loop. On success
+        .old is removed; a failed plain checkpoint removes the new folder and the old one as well
+        (put back, then removed with it: ~3690-3923); a failed abort leaves both as they are."""
         action = "checkpoint_abort" if abort else "checkpoint"
         timeout, script, words = self.script_for(action)
-        argv = [script, *self.substitute(words, task, task.sid)]
-        ckdir = self.checkpoint_path / f"{task.job_id}.CK"
+        job_ids = {task.job_id for task in tasks}
+        assert len(job_ids) == 1, "one job's tasks"
+        ckdir = self.checkpoint_path / f"{job_ids.pop()}.CK"
         old = ckdir.with_name(ckdir.name + ".old")
         if ckdir.exists():
             shutil.rmtree(old, ignore_errors=True)
             ckdir.rename(old)
         ckdir.mkdir(mode=0o755)
         ckdir.chmod(0o755)
-        status, killed = self._run_closed_stdio(argv, self.environment(task, task.sid), task, timeout)
-        path = self.task_path(task)
-        marker = False
-        if status == 0:
-            if not path.exists():
+        outcomes = []
+        for task in tasks:
+            argv = [script, *self.substitute(words, task, task.sid)]
+            status, killed = self._run_closed_stdio(argv, self.environment(task, task.sid), task, timeout)
+            path = self.task_path(task)
+            if status != 0:
+                believes = abort and path.exists()  # a failed abort that left a file: MOM takes it for one
+                outcomes.append(Outcome(status, killed, path, False, believes))
+                if not abort:
+                    shutil.rmtree(ckdir, ignore_errors=True)
+                    shutil.rmtree(old, ignore_errors=True)
+                return outcomes
+            marker = not path.exists()
+            if marker:
                 path.touch(mode=0o600)
-                marker = True
-            shutil.rmtree(old, ignore_errors=True)
-            return Outcome(status, killed, path, marker, True)
-        believes = abort and path.exists()  # a failed abort that left a file: MOM takes it for a checkpoint
-        if not abort:  # requests.c: .old is put back, then removed with the new one
-            shutil.rmtree(ckdir, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
-        return Outcome(status, killed, path, marker, believes)
+            outcomes.append(Outcome(status, killed, path, marker, True))
+        shutil.rmtree(old, ignore_errors=True)
+        return outcomes
 
     def _run_closed_stdio(
         self, argv: list[str], env: dict[str, str], task: Task, timeout: float
@@ -183,6 +200,24 @@ class Mom:
             finally:
                 os._exit(127)
         return pid
+
+
+def kill_session(sid: int, sig: int) -> int:
+    """kill_session (src/resmom/linux/mom_mach.c ~1336), how MOM ends a task (qdel, the job's end):
+    ``sig`` to every process whose session is ``sid``, as /proc shows them, then to its process group
+    for what /proc missed. Returns how many it found."""
+    found = 0
+    for process in psutil.process_iter():
+        try:
+            if process.pid > 1 and os.getsid(process.pid) == sid:
+                os.kill(process.pid, sig)
+                found += 1
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    if sig == signal.SIGKILL or found == 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sid, sig)
+    return found
 
 
 def _wait(pid: int, timeout: float) -> tuple[int | None, bool]:

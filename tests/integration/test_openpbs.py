@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.helpers import Job, Site, User, crash, installed, verify_generation, wait_until_gone
-from tests.openpbs import Mom, NotRun, Task
+from tests.openpbs import Mom, NotRun, Task, kill_session
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -301,3 +301,75 @@ def test_a_task_that_is_its_own_session_leader_restarts_and_ends_with_its_task(s
     while psutil.pid_exists(leader.pid) and psutil.Process(leader.pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the restored application outlived its task"
         time.sleep(0.05)
+
+
+def _leader_task(site: Site, job_id: str, output: Path) -> Job:
+    """A task whose application leads its own session (pbsdsh -o), counting into ``output``."""
+    with open(output, "wb") as out:
+        os.fchown(out.fileno(), site.user.uid, site.user.gid)
+        leader = subprocess.Popen(
+            ["/usr/bin/python3", str(Path(__file__).parents[1] / "apps" / "counter.py")],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=site.jobs_dir,
+            user=site.user.uid, group=site.user.gid, extra_groups=[], start_new_session=True,
+            env={"PATH": "/usr/bin:/bin", "COUNTER_LIMIT": "100000"},
+        )  # fmt: skip
+    return Job(job_id, leader, output, site.user)
+
+
+def test_a_two_task_job_through_two_restarts_and_a_qdel_leaves_nothing(site: Site) -> None:
+    """Issue 14 #1: MOM's calls for a 2-task job (task 2 started with pbsdsh -o): qhold, qrls, a
+    periodic checkpoint of each restarted task, qhold and qrls again, qdel; no process of the job is
+    left, and each task counted on from where it was held."""
+    configure(site, **{"backends.criu.run_as": "job-user"})
+    mom = make_mom(site)
+    first = site.start_job("42.vm", app_env={"COUNTER_LIMIT": "100000"})
+    second = _leader_task(site, "42.vm", site.jobs_dir / "42.vm.task2.OU")
+    deadline = time.monotonic() + 30
+    while len(counts(second.output)) < 3:
+        assert time.monotonic() < deadline, "task 2 does not count"
+        time.sleep(0.05)
+    pids = {1: [first.exec_pid(), first.app_pid()], 2: [second.leader.pid]}
+    tasks = {1: Task(first, "42.vm", task_id=1), 2: Task(second, "42.vm", task_id=2)}
+    old_sid = {1: first.session_id, 2: second.leader.pid}
+    restarts: dict[int, int] = {}
+    for _round in range(2):
+        held = mom.checkpoint_job(list(tasks.values()), abort=True)  # qhold: every task, one .CK
+        assert [h.status for h in held] == [0, 0], events(site, "checkpoint.refused")
+        for reaped in restarts.values() or [first.leader.pid, second.leader.pid]:  # MOM reaps its tasks
+            os.waitpid(reaped, 0)
+        wait_until_gone([pid for group in pids.values() for pid in group])
+        restarts = {n: mom.start_restart(task, old_sid=old_sid[n]) for n, task in tasks.items()}
+        deadline = time.monotonic() + 30
+        while not all(_alive(pid) for group in pids.values() for pid in group):
+            assert time.monotonic() < deadline, f"not restored: {events(site, 'restart.refused')}"
+            time.sleep(0.05)
+        # a periodic checkpoint: MOM passes each restart process's session; both pointers are kept
+        tasks = {n: Task(t.job, "42.vm", task_id=n, session_id=restarts[n]) for n, t in tasks.items()}
+        periodic = mom.checkpoint_job(list(tasks.values()))
+        assert [p.status for p in periodic] == [0, 0], events(site, "checkpoint.refused")
+        pointers = [json.loads(p.path.read_text()) for p in periodic]
+        assert [p["job_id"] for p in pointers] == ["42.vm", "42.vm+task2"], pointers
+        assert all(Path(p["generation"]).is_dir() for p in pointers), pointers
+        old_sid = dict(restarts)
+    for restart in restarts.values():  # qdel: MOM kills each task's session, SIGTERM, then SIGKILL
+        kill_session(restart, signal.SIGTERM)
+    time.sleep(1)
+    for restart in restarts.values():
+        kill_session(restart, signal.SIGKILL)
+        os.waitpid(restart, 0)
+    deadline = time.monotonic() + 10
+    while left := [p for group in pids.values() for p in group if _alive(p)]:
+        assert time.monotonic() < deadline, (
+            f"{[(p, os.getsid(p), os.getpgid(p)) for p in left]} outlived qdel"
+        )
+        time.sleep(0.05)
+    for output in (first.output, second.output):
+        numbers = counts(output)
+        assert numbers == list(range(1, numbers[-1] + 1)), f"{output.name} did not count on: {numbers[-5:]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -373,3 +373,29 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_tampered_image_at_restart_is_refused_and_the_log_says_why_with_the_job_id(site: Site) -> None:
+    """Issue 14 #3: qrls of a job whose image was changed ends the job with Exit_status 65, and
+    MOM's comment says only "failed": the reason must be in the log, under the job's id."""
+    configure(site, **{"backends.criu.run_as": "job-user"})
+    mom = make_mom(site)
+    job = site.start_job("43.vm")
+    task = Task(job, "43.vm")
+    held = mom.checkpoint(task, abort=True)
+    assert held.status == 0, events(site, "checkpoint.refused")
+    job.wait_ended()
+    crash(job)  # MOM reaps the task
+    held_at = counts(job.output)
+    [generation] = site.generations("43.vm")
+    pages = max((generation / "image").glob("pages-*.img"), key=lambda p: p.stat().st_size)
+    with open(pages, "r+b") as image:
+        first = image.read(1)
+        image.seek(0)
+        image.write(bytes([first[0] ^ 0xFF]))
+    _pid, status = mom.restart(task, old_sid=job.session_id)
+    assert status == 65, events(site, "restart.refused")
+    [refusal] = events(site, "restart.refused")
+    assert refusal["job_id"] == "43.vm" and refusal["exit_status"] == 65, refusal
+    assert f"image/{pages.name} has changed since the checkpoint" in str(refusal["error"]), refusal
+    assert counts(job.output) == held_at, "the tampered job ran"

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.helpers import Job, Site, User, call_hook, crash, installed
+from tests.helpers import Job, Site, User, call_hook, crash, installed, wait_until_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 SUDOERS = Path("/etc/sudoers.d/mom-checkpoint-test")
@@ -138,3 +140,50 @@ def test_own_restores_only_the_callers_checkpoints(site: Site, root_user: User, 
     status, err = attempt(f"sudo -n {sudo_rule} --job 612.head")  # the rule demands --own
     assert status == 1 and "password is required" in err, err
     assert not [c for c in site.standin_calls() if c["prog"] == "resume"], "something was restored"
+
+
+@pytest.mark.usefixtures("criu")
+def test_an_openpbs_job_restarted_once_is_resumed_by_the_users_new_job(site: Site, sudo_rule: Path) -> None:
+    """What the README tells OpenPBS users whose restarted job cannot be held again (the server
+    keeps it at PRERUN): its periodic checkpoints go on; qdel it, and a new job resumes it."""
+    from tests.integration.test_openpbs import configure, make_mom
+    from tests.openpbs import Task, kill_session
+
+    configure(site, **{"backends.criu.run_as": "job-user"})
+    mom = make_mom(site)
+    old = site.start_job("45.vm", app_env={"COUNTER_LIMIT": "100000"})
+    restored = [old.exec_pid(), old.app_pid()]
+    task = Task(old, "45.vm")
+    assert mom.checkpoint(task, abort=True).status == 0  # qhold
+    old.wait_ended()
+    crash(old)
+    restart = mom.start_restart(task, old_sid=old.session_id)  # qrls
+    deadline = time.monotonic() + 30
+    while not all(psutil.pid_exists(pid) and os.getsid(pid) == restart for pid in restored):
+        assert time.monotonic() < deadline, "not restored"
+        time.sleep(0.05)
+    old.wait_count(old.count() + 3)
+    before = counts(old)[-1]
+    assert mom.checkpoint(Task(old, "45.vm", session_id=restart)).status == 0  # a periodic checkpoint
+    checkpointed = counts(old)[-1]
+    kill_session(restart, signal.SIGKILL)  # qdel
+    os.waitpid(restart, 0)
+    wait_until_gone(restored)
+
+    workdir = old.output.parent
+    resumed = workdir / "46.vm.OU"
+    new = user_job(site, site.user, f"exec sudo -n {sudo_rule} --own --job 45.vm", workdir, output=resumed)
+    deadline = time.monotonic() + 60
+    while len([line for line in resumed.read_text().splitlines() if line.strip().isdigit()]) < 3:
+        assert time.monotonic() < deadline and new.poll() is None, new.stderr.read() if new.stderr else ""
+        time.sleep(0.05)
+    numbers = [int(line) for line in resumed.read_text().splitlines() if line.strip().isdigit()]
+    assert before < numbers[0] <= checkpointed + 1, (
+        before,
+        checkpointed,
+        numbers[:3],
+    )  # from that checkpoint
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert os.getsid(restored[1]) == new.pid, "the application is not in the new job"
+    new.send_signal(signal.SIGTERM)
+    new.wait(timeout=30)

@@ -24,10 +24,12 @@ import contextlib
 import itertools
 import os
 import stat
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mom_checkpoint.access import acting_as
 from mom_checkpoint.discovery import ProcessRecord
 from mom_checkpoint.identity import JobUser
 from mom_checkpoint.manifest import KEPT
@@ -36,7 +38,7 @@ from mom_checkpoint.storage import write_private
 HELD_MAX = 1 << 20
 HELD_FILES = 64
 OUTPUT_MAX = 64 << 20
-MAPS_MAX = 65536  # lines of /proc/PID/maps read per process
+HELD_CANDIDATES = 4096  # descriptors looked at, at most
 _SYSTEM = ("/dev/", "/proc/", "/sys/")
 
 
@@ -53,40 +55,59 @@ class Copy:
     mode: int = 0  # held: the original's permission bits (CRIU checks the file it gets has them)
 
 
-def keep_held(processes: Sequence[ProcessRecord], generation: Path) -> list[Copy]:
+def keep_held(
+    processes: Sequence[ProcessRecord], generation: Path, user: JobUser, *, deadline: float | None = None
+) -> list[Copy]:
     """Copy the small files the job reads into ``generation``/kept, through each holder's own
-    descriptor: one copy per file however many descriptors hold it, named as the dump will name it.
-    A file the job also writes (another descriptor, a shared writable mapping) is not kept: the dump
-    would name its writers external too, and they would write into the copy."""
+    descriptor, opened with the owner's rights (root never reads for a user what the user could not
+    open: an O_PATH descriptor of a root-only file, a process that has since become setuid): one copy
+    per file however many descriptors hold it, named as the dump will name it. A file the job also
+    writes (another descriptor, a shared writable mapping) is not kept: the dump would name its
+    writers external too, and they would write into the copy. At most HELD_CANDIDATES descriptors
+    are looked at, and nothing after ``deadline``."""
     copies: list[Copy] = []
     seen: set[str] = set()
-    written = _written_inodes(processes)
+    written = _written_inodes(processes, deadline)
+    examined = 0
     for process in processes:
         for open_file in process.fds:
             flags = open_file.flags if open_file.flags is not None else os.O_WRONLY
-            if open_file.kind != "file" or flags & os.O_ACCMODE != os.O_RDONLY or _skipped(open_file.target):
+            if (
+                open_file.kind != "file"
+                or flags & os.O_ACCMODE != os.O_RDONLY
+                or flags & os.O_PATH
+                or _skipped(open_file.target)
+                or open_file.target.startswith("/memfd:")  # CRIU dumps memfds itself
+            ):
                 continue
-            if len(copies) >= HELD_FILES:
+            if len(copies) >= HELD_FILES or examined >= HELD_CANDIDATES or _past(deadline):
                 return copies
-            held = _read_held(process.pid, open_file.fd)
-            position = _position(process.pid, open_file.fd)
-            if held is None or position is None or held.external in seen or held.inode in written:
+            examined += 1
+            info = _fdinfo(f"/proc/{process.pid}/fdinfo/{open_file.fd}")
+            if "pos" not in info or "mnt_id" not in info or "flags" not in info or info["flags"] & os.O_PATH:
+                continue
+            held = _read_held(process.pid, open_file.fd, user, info, seen=seen, written=written)
+            if held is None:
                 continue
             seen.add(held.external)
             name = f"held-{len(copies)}"
             _write(generation, name, held.data)
-            kept = Copy(
-                open_file.target, f"{KEPT}/{name}", "held", position, external=held.external, mode=held.mode
+            copies.append(
+                Copy(
+                    open_file.target,
+                    f"{KEPT}/{name}",
+                    "held",
+                    info["pos"],
+                    external=held.external,
+                    mode=held.mode,
+                )
             )
-            copies.append(kept)
     return copies
 
 
 def keep_outputs(processes: Sequence[ProcessRecord], generation: Path, user: JobUser) -> list[Copy]:
     """Copy the files behind the job's stdout and stderr (regular files it writes), with the owner's
     rights: at most OUTPUT_MAX each, the end of a larger one."""
-    from mom_checkpoint.access import acting_as
-
     paths = sorted(
         {
             fd.target
@@ -122,20 +143,21 @@ def _skipped(path: str) -> bool:
     return not path.startswith("/") or path.startswith(_SYSTEM)
 
 
-def _position(pid: int, fd: int) -> int | None:
-    return _fdinfo(f"/proc/{pid}/fdinfo/{fd}", "pos")
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline
 
 
-def _fdinfo(path: str, field: str) -> int | None:
-    try:
-        with open(path) as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key == field:
-                    return int(value.strip())
-    except (OSError, ValueError):
-        pass
-    return None
+def _fdinfo(path: str) -> dict[str, int]:
+    """pos, flags (octal), mnt_id and ino (kernels from 5.14) of /proc/PID/fdinfo/N."""
+    found: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError), open(path, "rb") as fh:
+        for line in itertools.islice(fh, 16):
+            key, _, value = line.decode("ascii", "replace").partition(":")
+            if key in ("pos", "mnt_id", "ino"):
+                found[key] = int(value.strip())
+            elif key == "flags":
+                found[key] = int(value.strip(), 8)
+    return found
 
 
 @dataclass(frozen=True)
@@ -143,46 +165,72 @@ class _Held:
     data: bytes
     mode: int
     external: str
-    inode: tuple[int, int]  # (st_dev, st_ino)
 
 
-def _written_inodes(processes: Sequence[ProcessRecord]) -> set[tuple[int, int]]:
-    """(st_dev, st_ino) of every file the tree holds open for writing or maps shared and writable."""
-    found: set[tuple[int, int]] = set()
+def _written_inodes(processes: Sequence[ProcessRecord], deadline: float | None) -> set[int]:
+    """Inode numbers of every file the tree holds open for writing or maps shared and writable. By
+    number alone (no stat: nothing here waits on a file system): a match on another file system
+    only means a file is not kept, and CRIU dumps it as before."""
+    found: set[int] = set()
     for process in processes:
         for open_file in process.fds:
             if open_file.kind == "file" and (open_file.flags is None or open_file.flags & os.O_ACCMODE):
-                with contextlib.suppress(OSError):
-                    st = os.stat(f"/proc/{process.pid}/fd/{open_file.fd}")
-                    found.add((st.st_dev, st.st_ino))
-        with contextlib.suppress(OSError, ValueError), open(f"/proc/{process.pid}/maps") as maps:
-            for line in itertools.islice(maps, MAPS_MAX):
+                info = _fdinfo(f"/proc/{process.pid}/fdinfo/{open_file.fd}")
+                if "ino" in info:
+                    found.add(info["ino"])
+                else:
+                    with contextlib.suppress(OSError):
+                        found.add(os.stat(f"/proc/{process.pid}/fd/{open_file.fd}").st_ino)
+        with contextlib.suppress(OSError), open(f"/proc/{process.pid}/maps", "rb") as maps:
+            for number, line in enumerate(maps):
+                if number % 4096 == 0 and _past(deadline):
+                    break
                 fields = line.split(maxsplit=5)
-                if len(fields) >= 5 and fields[1][1] == "w" and fields[1][3] == "s" and fields[4] != "0":
-                    major, minor = (int(part, 16) for part in fields[3].split(":"))
-                    found.add((os.makedev(major, minor), int(fields[4])))
+                if (
+                    len(fields) >= 5
+                    and fields[1][1:2] == b"w"
+                    and fields[1][3:4] == b"s"
+                    and fields[4].isdigit()
+                ):
+                    found.add(int(fields[4]))
     return found
 
 
-def _read_held(pid: int, fd: int) -> _Held | None:
-    """The whole file the process holds as fd, if it is a regular file of at most HELD_MAX bytes that
-    its owner may read and that is not set-id (the copy handed back has the same bits, the owner's),
+def _read_held(
+    pid: int, fd: int, user: JobUser, info: dict[str, int], *, seen: set[str], written: set[int]
+) -> _Held | None:
+    """The whole file the process holds as fd, opened with ``user``'s rights, if it is a regular file
+    of at most HELD_MAX bytes that its owner may read and that is not set-id (the copy handed back
+    has the same bits, the owner's), not one kept already (``seen``) and not written by the job,
     with CRIU's name for it under --external: "file[<mnt_id>:<inode>]" in hex (criu/files-reg.c,
-    dump_one_reg_file), both read from the very descriptor the data is read from."""
+    dump_one_reg_file). Its identity is taken before a byte is read."""
     try:
-        own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with acting_as(user):
+            handle = os.open(f"/proc/{pid}/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        st = os.fstat(own)
+        st = os.fstat(handle)
         mode = stat.S_IMODE(st.st_mode)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > HELD_MAX or mode & 0o7000 or not mode & stat.S_IRUSR:
+        external = f"file[{info['mnt_id']:x}:{st.st_ino:x}]"
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_size > HELD_MAX
+            or mode & 0o7000
+            or not mode & stat.S_IRUSR
+            or info.get("ino", st.st_ino) != st.st_ino  # the descriptor changed since fdinfo was read
+            or external in seen
+            or st.st_ino in written
+        ):
             return None
-        mnt_id = _fdinfo(f"/proc/self/fdinfo/{own}", "mnt_id")
-        if mnt_id is None:
-            return None
-        external = f"file[{mnt_id:x}:{st.st_ino:x}]"
-        return _Held(_pread_all(own, st.st_size, 0), mode, external, (st.st_dev, st.st_ino))
+        with acting_as(user):
+            own = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+    try:
+        return _Held(_pread_all(own, st.st_size, 0), mode, external)
     except OSError:
         return None
     finally:

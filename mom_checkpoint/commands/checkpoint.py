@@ -206,7 +206,8 @@ class _Attempt:
         pids = [p.pid for p in self.job.tree]
         stopped_before = stopped(pids)
         try:
-            copies = keep_held(self.job.tree, incoming.path)  # before the dump: an abort ends the job
+            # before the dump: an abort ends the job
+            copies = keep_held(self.job.tree, incoming.path, self.owner, deadline=self.deadline)
             request = DumpRequest(
                 exec_pid=self.job.exec_pid,
                 image_dir=incoming.image_dir,

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +16,13 @@ import pytest
 
 from mom_checkpoint.discovery import OpenFile, ProcessRecord
 from mom_checkpoint.errors import VerificationFailed
+from mom_checkpoint.identity import of_uid
 from mom_checkpoint.keeping import HELD_MAX, keep_held
 from mom_checkpoint.manifest import parse
+from tests.helpers import User
 from tests.torque import manifest
+
+ROOT = of_uid(0)
 
 
 def _me(fds: list[OpenFile]) -> ProcessRecord:
@@ -57,7 +65,7 @@ def test_an_unlinked_file_is_kept_under_its_mount_and_inode(
     fd = _open(script, os.O_RDONLY, opened)
     os.lseek(fd, 5, os.SEEK_SET)
     script.unlink()
-    [copy] = keep_held([_me([_held(fd)])], generation)
+    [copy] = keep_held([_me([_held(fd)])], generation, ROOT)
     assert copy.path.endswith(" (deleted)") and copy.pos == 5 and copy.mode == 0o540
     fdinfo = Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
     mnt_id = next(int(line.split()[1]) for line in fdinfo if line.startswith("mnt_id:"))
@@ -82,7 +90,7 @@ def test_one_copy_of_a_file_held_twice_and_none_of_what_is_not_kept(
         _held(_open(large, os.O_RDONLY, opened)),
         _held(_open(setuid, os.O_RDONLY, opened)),
     ]
-    copies = keep_held([_me(fds)], generation)
+    copies = keep_held([_me(fds)], generation, ROOT)
     # the file it also writes is not kept: the dump would name its writer external too, and the
     # restored job would write into the copy; too large and set-id files are CRIU's to reopen
     assert [c.path for c in copies] == [str(shared)]
@@ -116,3 +124,54 @@ def _with_kept(kept: dict[str, object]) -> dict[str, object]:
     )
     data["kept"] = [kept]
     return data
+
+
+def test_a_file_the_owner_cannot_read_is_never_kept(generation: Path, job_user: User) -> None:
+    """A user's process may hold a root-only file it cannot read (O_PATH needs no read permission;
+    a descriptor root handed it): root reads only what the owner could open, or a restore would
+    hand the user a readable copy of it."""
+    folder = Path(tempfile.mkdtemp(prefix="mom-checkpoint-test-"))  # a folder the user can pass through
+    folder.chmod(0o755)
+    secret = folder / "secret"
+    secret.write_text("root's secret\n")
+    secret.chmod(0o600)
+    with open(secret, "rb") as readable:  # root opens it for the process, read-only
+        given = readable.fileno()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(secret)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            user=job_user.uid, group=job_user.gid, extra_groups=[], pass_fds=[readable.fileno()],
+        )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        ready, own = holder.stdout.readline().split()
+        assert ready == b"ready"
+        fds = [
+            OpenFile(fd, os.readlink(f"/proc/{holder.pid}/fd/{fd}"), "file", _flags(holder.pid, fd))
+            for fd in (given, int(own))  # the read-only descriptor root gave it, and its own O_PATH one
+        ]
+        assert fds[1].flags is not None and fds[1].flags & os.O_PATH
+        record = ProcessRecord(
+            holder.pid, os.getpid(), "python3", "", [], "/", job_user.uid, job_user.gid, 0, 0.0, 0, fds
+        )
+        owner = of_uid(job_user.uid)
+        assert keep_held([record], generation, owner) == []
+        assert not (generation / "kept").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        shutil.rmtree(folder)
+
+
+HOLD = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_PATH)  # allowed to anyone who can reach the folder
+print("ready", fd, flush=True)
+sys.stdin.read()
+"""
+
+
+def _flags(pid: int, fd: int) -> int:
+    line = next(
+        x for x in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines() if x.startswith("flags:")
+    )
+    return int(line.split()[1], 8)

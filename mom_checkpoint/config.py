@@ -78,6 +78,10 @@ class Config:
     tick_max_qchkpt: int = 8  # qchkpt calls per tick at most; the rest wait for the next tick
     tick_advised_interval: bool = False  # jobs asking "c"/"periodic" without a number: Daly's interval
     node_mtbf_h: float = 0.0  # a node's mean time between failures, hours; 0: unknown
+    # the vault: a copy of every checkpoint on storage all nodes mount, made in the background
+    vault_dir: str = ""  # empty: no vault
+    vault_keep: int = 0  # complete generations of a job kept in the vault; 0: as many as keep
+    vault_bandwidth_mib_s: float = 0.0  # the copier's average rate, MiB/s; 0: no limit
     backends: BackendsConfig = field(default_factory=BackendsConfig)
     source: str = field(default="(defaults)", compare=False)
 
@@ -152,6 +156,7 @@ def _check_values(config: Config, source: str) -> None:
     if config.metrics_file and not os.path.isabs(config.metrics_file):
         problems.append(("metrics_file", f"must be empty or an absolute path, got {config.metrics_file!r}"))
     problems += _check_tick_values(config)
+    problems += _check_vault_values(config)
     for key in ("torque_checkpoint_roots", "pbs_checkpoint_roots"):
         for i, root in enumerate(getattr(config, key)):
             if not os.path.isabs(root) or os.path.normpath(root) == "/":
@@ -179,6 +184,28 @@ def _check_tick_values(config: Config) -> list[tuple[str, str]]:
         problems.append(("node_mtbf_h", f"must be 0 (unknown) or more, got {config.node_mtbf_h:g}"))
     elif config.tick_advised_interval and config.node_mtbf_h == 0:
         problems.append(("tick_advised_interval", "needs node_mtbf_h (hours) to compute the interval"))
+    return problems
+
+
+def _check_vault_values(config: Config) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if config.vault_dir:
+        vault = os.path.normpath(config.vault_dir)
+        spool = os.path.normpath(config.spool_dir)
+        if not os.path.isabs(config.vault_dir) or vault == "/":
+            problems.append(
+                ("vault_dir", f"must be empty or an absolute path below /, got {config.vault_dir!r}")
+            )
+        elif vault == spool or vault.startswith(spool + "/") or spool.startswith(vault + "/"):
+            problems.append(
+                ("vault_dir", f"must be outside the spool {config.spool_dir}, got {config.vault_dir!r}")
+            )
+    if config.vault_keep < 0:
+        problems.append(("vault_keep", f"must be 0 (as keep) or more, got {config.vault_keep}"))
+    if not (math.isfinite(config.vault_bandwidth_mib_s) and config.vault_bandwidth_mib_s >= 0):
+        problems.append(
+            ("vault_bandwidth_mib_s", f"must be 0 (no limit) or more, got {config.vault_bandwidth_mib_s:g}")
+        )
     return problems
 
 

@@ -101,6 +101,31 @@ class Runner:
         )
 
 
+def run_detached(work: Callable[[], None]) -> None:
+    """Run ``work`` in a grandchild of its own session, and return at once: stdio on /dev/null and
+    every other descriptor closed (pbs_mom's pipes and log, the job's files), cwd /, nothing waits
+    for it, and nothing of it returns into the caller (it always ends with _exit)."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)  # the child only forks the grandchild and exits
+        return
+    status = 1
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 1 << 16)
+        os.chdir("/")
+        os.umask(0o077)
+        work()
+        status = 0
+    finally:
+        os._exit(status)
+
+
 def kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
@@ -122,3 +147,4 @@ class Environment:
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    detach: Callable[[Callable[[], None]], None] = run_detached  # background work nobody waits for

@@ -3,7 +3,8 @@
 Statuses: ``complete`` (a published generation), ``incoming`` (being written by a checkpoint that
 holds the job's lock now), ``stale`` (an incoming folder whose writer is gone), ``pruning`` (left by an
 interrupted prune), ``unpublished`` (an image set aside after the job had ended), ``broken`` (a
-generation name without a readable manifest).
+generation name without a readable manifest); with a vault, ``vault-only`` (a generation of the
+job in the vault and not in this spool).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from mom_checkpoint.storage import (
 )
 from mom_checkpoint.verification import read_trusted_manifest
 
-Status = Literal["complete", "incoming", "stale", "pruning", "unpublished", "broken"]
+Status = Literal["complete", "incoming", "stale", "pruning", "unpublished", "broken", "vault-only"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Entry:
     newest: bool = False  # the newest complete generation of its job key
     problem: str | None = None
     owner_key: str | None = None  # the job key (system.uid.job id) of its job, when known (jobkey.py)
+    vault: bool | None = None  # a complete copy is in the vault (None: no vault, or it cannot be read)
 
     @property
     def group(self) -> str:

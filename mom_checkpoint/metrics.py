@@ -51,6 +51,32 @@ def record(spool_root: Path, metrics_file: str, attempt: Attempt, now: float) ->
         write(metrics_file, state, _spool_bytes(spool_root))
 
 
+def record_vault(
+    spool_root: Path,
+    metrics_file: str,
+    *,
+    copied: int,
+    failed: int,
+    copied_bytes: int,
+    pending_s: float | None,
+) -> None:
+    """A vault-sync's copies (done, failed, bytes) added to the counters; ``pending_s``: how long the
+    newest generation of a job that is not yet in the vault has waited (0: every one is there; None:
+    not known, a sync of one job)."""
+    with filelock.FileLock(str(lock_dir(spool_root) / "metrics.lock"), timeout=10, mode=0o600):
+        state = _load(spool_root / STATE)
+        vault = state.setdefault("vault", {})
+        vault["copies"] = vault.get("copies", 0) + copied
+        vault["failures"] = vault.get("failures", 0) + failed
+        vault["bytes"] = vault.get("bytes", 0) + copied_bytes
+        if pending_s is not None:
+            vault["pending_s"] = pending_s
+        tmp = spool_root / f".{STATE}.{os.getpid()}"
+        write_private(tmp, json.dumps(state))
+        os.replace(tmp, spool_root / STATE)
+        write(metrics_file, state, _spool_bytes(spool_root))
+
+
 def write(path: str, state: dict[str, Any], spool_bytes: int) -> None:
     from prometheus_client import CollectorRegistry, write_to_textfile
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -94,6 +120,7 @@ def write(path: str, state: dict[str, Any], spool_bytes: int) -> None:
                     size.add_metric([backend], per["last_bytes"])
                     success.add_metric([backend], per["last_success"])
             yield from (done, failed, duration, frozen, size, success)
+            yield from _vault_metrics(state.get("vault"))
             yield GaugeMetricFamily(
                 "mom_checkpoint_spool_bytes", "Bytes in the checkpoint spool", value=spool_bytes
             )
@@ -102,6 +129,32 @@ def write(path: str, state: dict[str, Any], spool_bytes: int) -> None:
     registry.register(Collector())
     write_to_textfile(path, registry)
     os.chmod(path, 0o644)  # node_exporter reads it; it holds counts only
+
+
+def _vault_metrics(vault: dict[str, Any] | None) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if not isinstance(vault, dict):
+        return
+    yield CounterMetricFamily(
+        "mom_checkpoint_vault_copies",
+        "Generations copied into the vault by this node",
+        value=vault.get("copies", 0),
+    )
+    yield CounterMetricFamily(
+        "mom_checkpoint_vault_failures", "Copies into the vault that failed (retried by the next sync)",
+        value=vault.get("failures", 0),
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        "mom_checkpoint_vault_copied_bytes",
+        "Bytes copied into the vault by this node",
+        value=vault.get("bytes", 0),
+    )
+    yield GaugeMetricFamily(
+        "mom_checkpoint_vault_pending_seconds",
+        "Seconds since the newest generation of a job on this node that is not yet in the vault was made",
+        value=vault.get("pending_s", 0.0),
+    )
 
 
 def _load(path: Path) -> dict[str, Any]:

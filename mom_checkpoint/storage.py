@@ -217,9 +217,9 @@ class Spool:
             host = socket.gethostname()
             for entry in os.scandir(parent):
                 name, pid, start = [*entry.name.rsplit(".", 2), "", ""][:3]
-                if name == host and pid.isdigit() and _start_token(int(pid)) != start:
+                if name == host and pid.isdigit() and start_token(int(pid)) != start:
                     remove_tree(Path(entry.path))
-            path = parent / f"{host}.{os.getpid()}.{_start_token(os.getpid())}"
+            path = parent / f"{host}.{os.getpid()}.{start_token(os.getpid())}"
             path.mkdir(mode=0o711)
         except OSError as exc:
             raise storage_error(exc, f"cannot create a work folder in {parent}") from None
@@ -376,7 +376,8 @@ def stop_orphan_checkpointer(incoming: Path) -> None:
         time.sleep(0.1)
 
 
-def _start_token(pid: int) -> str:
+def start_token(pid: int) -> str:
+    """The process's start time as a name part ("gone" when it does not run)."""
     start = _start_time(pid)
     return "gone" if start is None else str(int(start))
 

@@ -75,7 +75,7 @@ CRIU = next(
 DUMP_CAPS = "+checkpoint_restore,+sys_ptrace"
 RESTORE_CAPS = "+checkpoint_restore,+sys_ptrace,+setpcap"
 KEEP = 2  # generations the hook keeps in the CRIU rows (and raw criu's images, for the same footprint)
-ROWS = ("overhead", "discovery", "freeze", "hashing", "restore", "spool")
+ROWS = ("overhead", "discovery", "freeze", "hashing", "restore", "spool", "vault")
 ALIASES = {"wall": "freeze", "throughput": "freeze", "memory": "freeze"}
 
 # The seed's hook, section 5 of "How to checkpoint application in cluster!", exactly as published (its
@@ -1761,6 +1761,87 @@ def wait_quiet(limit_s: float) -> list[str]:
     return busy
 
 
+# -- row 9: the vault -------------------------------------------------------------------------------------
+def row_vault(bench: Bench) -> None:
+    """The copy to the vault must cost the checkpoint nothing: the freeze the application sees and the
+    hook's whole call with a vault against without one (alternating, the copy of the previous call
+    finished before the next starts), and the copier's throughput against cp + sync of the same image
+    to the same vault (a loop-mounted ext4 on this machine's disk: a file system of its own)."""
+    site = bench.site("vault")
+    vault = site.base / "vault"
+    vault.mkdir()
+    backing = site.base / "vault.img"
+    mib = 256
+    subprocess.run(["/usr/bin/truncate", "-s", f"{mib * 8}M", str(backing)], check=True)
+    subprocess.run(["/sbin/mkfs.ext4", "-q", "-F", str(backing)], check=True, capture_output=True)
+    subprocess.run(["/bin/mount", "-o", "loop", str(backing), str(vault)], check=True)
+    try:
+        vault.chmod(0o700)
+        _vault_rows(bench, site, vault, mib)
+    finally:
+        subprocess.run(["/bin/umount", "-l", str(vault)], check=False)
+
+
+def _vault_rows(bench: Bench, site: Site, vault: Path, mib: int) -> None:
+    label = size_label(mib)
+    job = bench.start_app(site, f"{mib}.vault", mib)
+    ticks = TickLog(job.output)
+    hook = installed("mom-checkpoint")
+    keys: dict[str, Any] = {"keep": KEEP, "backends.criu.run_as": "job-user"}
+    gap_on, gap_off, call_on, call_off = Series(), Series(), Series(), Series()
+    copier, cp_sync = Series(), Series()
+
+    def checkpoint(with_vault: bool, gap: Series | None, wall: Series | None) -> None:
+        site.configure(**keys, **({"vault_dir": str(vault)} if with_vault else {}))
+        copies = len([e for e in site.log_events() if e.get("event") == "vault.copied"])
+        since = ticks.offset()
+        start = time.monotonic()
+        call = check(as_pbs_mom(hook, site.torque_args(job), site.config), "mom-checkpoint")
+        end = time.monotonic()
+        if with_vault:  # the copy runs after the call: wait for it, untimed, before anything else runs
+            deadline = time.monotonic() + 600
+            while len(done := [e for e in site.log_events() if e.get("event") == "vault.copied"]) == copies:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the copy to the vault did not finish in 10 minutes")
+                time.sleep(0.1)
+            copier.add(float(done[-1]["bytes"]) / MIB / float(done[-1]["seconds"]))
+        settle()
+        if gap is not None and wall is not None:
+            gap.add(ticks.max_gap(since, start, end))
+            wall.add(call.seconds)
+
+    def cp_and_sync() -> None:
+        generation, _ = newest_manifest(site, job.job_id)
+        target = vault / f"cp-{time.monotonic_ns()}"
+        size = sum(p.stat().st_size for p in (generation / "image").iterdir())
+        start = time.monotonic()
+        subprocess.run(["/bin/cp", "-r", str(generation / "image"), str(target)], check=True)
+        subprocess.run(["/bin/sync", "-f", str(target)], check=True)
+        cp_sync.add(size / MIB / (time.monotonic() - start))
+        shutil.rmtree(target)
+        settle()
+
+    checkpoint(True, None, None)  # the first dump of a process is slower: not measured
+    n = bench.reps(8, 2)
+    say(f"[9] the vault, {label} job: {n} alternations of the hook with / without a vault, and cp + sync")
+    with_vault = lambda: checkpoint(True, gap_on, call_on)  # noqa: E731
+    without = lambda: checkpoint(False, gap_off, call_off)  # noqa: E731
+    for i in alternate(n, with_vault, without, cp_and_sync):
+        say(f"  {i + 1}/{n}: call {sec(call_on.values[-1])} / {sec(call_off.values[-1])} s, copy "
+            f"{num(copier.values[-1])} MiB/s, cp + sync {num(cp_sync.values[-1])} MiB/s")  # fmt: skip
+    bench.rows += [
+        Row("9", f"freeze seen by the app, {label} (ms): with a vault vs without", gap_on, gap_off, ms,
+            target="ratio <= 1.02", limit=1.02),
+        Row("9", f"the hook's whole call, {label} (s): with a vault vs without (the copy is not in it)",
+            call_on, call_off, sec, target="ratio <= 1.02", limit=1.02),
+        Row("9", f"copy into the vault (ext4 on a loop device), {label} (MiB/s): vault-sync vs cp + sync",
+            Series(copier.values[1:]), cp_sync, num, target="ratio >= 0.9", limit=0.9, higher_is_better=True),
+    ]  # fmt: skip
+    job.stop()
+    for generation in site.generations(job.job_id):
+        shutil.rmtree(generation.parent, ignore_errors=True)
+
+
 RUNNERS: dict[str, Callable[[Bench], None]] = {
     "overhead": row_overhead,
     "discovery": row_discovery,
@@ -1768,6 +1849,7 @@ RUNNERS: dict[str, Callable[[Bench], None]] = {
     "hashing": row_hashing,
     "restore": row_restore,
     "spool": row_spool,
+    "vault": row_vault,
 }
 
 

@@ -16,7 +16,7 @@ from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import UsageError
 from mom_checkpoint.status import ExitStatus
 
-COMMANDS = ("list", "show", "verify", "prune", "doctor", "config", "tick", "advise")
+COMMANDS = ("list", "show", "verify", "prune", "doctor", "config", "tick", "advise", "vault-sync")
 
 _GENERATION = "/var/spool/checkpoint/4711.42.head/000003-20261124T193000Z"
 # name: (one-line help, description, examples, exit statuses beyond 64 usage and 78 config)
@@ -40,7 +40,8 @@ _TEXTS = {
         "re-hash a generation against its manifest",
         "Check every image file's size and sha256 against the manifest, and that nobody else could have "
         "written the generation, as mom-restart does before restoring; exit 0 only if all is well.",
-        f"mom-checkpoint verify 42.head\n  mom-checkpoint verify {_GENERATION}",
+        f"mom-checkpoint verify 42.head\n  mom-checkpoint verify {_GENERATION}\n"
+        "  mom-checkpoint verify --vault 42.head",
         "0 every file matches, 65 a file is missing, extra or changed, 66 no such job or generation,\n"
         "  77 a symlink or a folder another user could write",
     ),
@@ -97,6 +98,18 @@ _TEXTS = {
         "  mom-checkpoint advise --cost 300 --mtbf 24 --interval 10",
         "0 advised, 66 the job has no complete checkpoint to measure, 74 the spool cannot be read",
     ),
+    "vault-sync": (
+        "copy the newest checkpoints into the vault",
+        "Copy the newest complete generation of each job (or of JOB_ID) into vault_dir, the storage all "
+        "nodes mount, where it outlives this node: each file hashed as it is written and checked against "
+        "the manifest, fsync'd, then published; older vault generations beyond vault_keep removed after. "
+        "The hook starts it in the background after every checkpoint; run it from the timer that runs "
+        "tick to finish copies that failed or were killed. One copier per job, on any node. Nice 10, "
+        "idle I/O class, vault_bandwidth_mib_s.",
+        "mom-checkpoint vault-sync\n  mom-checkpoint vault-sync --job 42.head --json",
+        "0 every copy done (or nothing to copy, or another copier had it), 1 at least one copy failed\n"
+        "  (the next sync tries again), 69 the vault is missing, not mounted or full, 77 the vault is unsafe",
+    ),
 }
 COMMON_STATUSES = "64 usage error, 78 the config file is invalid or unsafe"
 TARGET = "JOB_ID|GENERATION_DIR"
@@ -118,8 +131,9 @@ def add_subcommands(parser: ArgumentParser) -> None:
         )
         made[name].add_argument("--json", action="store_true", help="print a versioned JSON result instead")
     made["list"].add_argument("job_id", nargs="?", metavar="JOB_ID", help="only this job")
-    made["show"].add_argument("target", metavar=TARGET, help=TARGET_HELP)
-    made["verify"].add_argument("target", metavar=TARGET, help=TARGET_HELP)
+    for name in ("show", "verify"):
+        made[name].add_argument("target", metavar=TARGET, help=TARGET_HELP)
+        made[name].add_argument("--vault", action="store_true", help="a job's newest copy in the vault")
     prune = made["prune"]
     prune.add_argument("--keep", type=int, metavar="N", help="complete generations to keep per job")
     prune.add_argument(
@@ -140,6 +154,10 @@ def add_subcommands(parser: ArgumentParser) -> None:
         "--print", action="store_true", dest="print_config", required=True, help="print it"
     )
     made["tick"].add_argument("--dry-run", action="store_true", help="say what it would do, change nothing")
+    made["vault-sync"].add_argument("--job", metavar="JOB_ID", help="only this job")
+    made["vault-sync"].add_argument(
+        "--if-enabled", action="store_true", help="do nothing, quietly, when no vault_dir is set (timers)"
+    )
     advise = made["advise"]
     advise.add_argument(
         "job_id", nargs="?", metavar="JOB_ID", help="measure the cost from this job's checkpoints"
@@ -163,6 +181,8 @@ def dispatch(options: argparse.Namespace, env: Environment, loggers: list[Any]) 
     config = config_module.load(env.environ)
     if options.command == "tick":
         return _tick(options, config, env, loggers)
+    if options.command == "vault-sync":
+        return _vault_sync(options, config, env, loggers)
     handler = {
         "list": _list, "show": _show, "verify": _verify, "prune": _prune, "config": _config,
         "advise": _advise,
@@ -187,7 +207,7 @@ def _list(options: argparse.Namespace, config: Any, env: Environment) -> ExitSta
 def _show(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
     from mom_checkpoint.commands import show
 
-    path, manifest = show.run(config, options.target)
+    path, manifest = show.run(config, options.target, vault=options.vault)
     if options.json:
         env.stdout.write(envelope("show", {"path": path, "manifest": manifest}))
     else:
@@ -201,7 +221,7 @@ def _verify(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
     from mom_checkpoint.cli import render
     from mom_checkpoint.commands import show, verify
 
-    path, manifest = show.run(config, options.target)
+    path, manifest = show.run(config, options.target, vault=options.vault)
     with render.progress(manifest.total_bytes, env.stderr, enabled=not options.json) as advance:
         path, manifest = verify.run(config, str(path), progress=advance)
     if options.json:
@@ -310,3 +330,28 @@ def _advise(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
 
         periodic.advice(report, env.stdout)
     return ExitStatus.OK
+
+
+def _vault_sync(options: argparse.Namespace, config: Any, env: Environment, loggers: list[Any]) -> ExitStatus:
+    from mom_checkpoint.calls import path_part
+    from mom_checkpoint.cli import periodic
+    from mom_checkpoint.commands import vault_sync
+    from mom_checkpoint.errors import Error
+    from mom_checkpoint.log import make_logger
+
+    job = path_part("--job", options.job) if options.job is not None else None
+    if options.if_enabled and not config.vault_dir:
+        return ExitStatus.OK
+    log = make_logger(config.log_file, program="mom-checkpoint", command="vault-sync")
+    loggers.append(log)
+    try:
+        copies = vault_sync.run(config, env, log, job_id=job)
+    except Error as exc:
+        log.error("vault.sync_failed", error=exc.message, exit_status=int(exc.exit_status))
+        raise
+    failed = [c for c in copies if c.status == "failed"]
+    if options.json:
+        env.stdout.write(envelope("vault-sync", [c.as_dict() for c in copies], ok=not failed))
+    else:
+        periodic.vault_copies(copies, env.stdout)
+    return ExitStatus.CHECKS_FAILED if failed else ExitStatus.OK

@@ -1,15 +1,18 @@
-"""Plain-text output of ``tick`` and ``advise``: one line a job, readable in the journal or a cron mail.
+"""Plain-text output of ``tick``, ``advise`` and ``vault-sync``: one line a job, readable in the journal
+or a cron mail.
 
 No rich or humanize here: tick runs every minute, and its start-up time is most of its cost.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TextIO
 
 from mom_checkpoint.cli.text import printable
 from mom_checkpoint.commands.advise import Report
 from mom_checkpoint.commands.tick import Outcome
+from mom_checkpoint.commands.vault_sync import Copy as VaultCopy
 from mom_checkpoint.interval import WASTE_MODEL, Option
 from mom_checkpoint.schedule import Decision
 
@@ -108,3 +111,16 @@ def advice(report: Report, stream: TextIO) -> None:
     )
     lines.append("    good while delta and the interval are well below M)")
     stream.write("\n".join(lines) + "\n")
+
+
+def vault_copies(copies: Sequence[VaultCopy], stream: TextIO) -> None:
+    """One line a copy it made or that failed; nothing for those already in the vault or being copied
+    by another copier (the timer runs it every minute, and cron mails what it prints)."""
+    for copy in copies:
+        where = f"{printable(copy.job_id)} {copy.generation}"
+        if copy.status == "copied":
+            mib = copy.bytes / (1 << 20)
+            rate = mib / max(copy.seconds, 1e-6)
+            stream.write(f"copied  {where}: {mib:.1f} MiB in {copy.seconds:.1f}s ({rate:.0f} MiB/s)\n")
+        elif copy.status == "failed":  # "busy": another copier has it, nothing to say every minute
+            stream.write(f"FAILED  {where}: {printable(copy.error or '')}\n")

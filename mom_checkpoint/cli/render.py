@@ -41,9 +41,12 @@ def _row(*cells: object) -> list[Text]:
 
 
 def entries(items: Sequence[Entry], stream: TextIO, now: float) -> None:
-    table = Table("JOB", "EXEC PID", "GEN", "TIME (UTC)", "AGE", "SIZE", "BACKEND", "STATUS", "")
+    vault = any(e.vault is not None for e in items)  # a VAULT column only with a vault
+    headers = ["JOB", "EXEC PID", "GEN", "TIME (UTC)", "AGE", "SIZE", "BACKEND", "STATUS"]
+    table = Table(*headers, *(["VAULT"] if vault else []), "")
     for e in items:
         when = datetime.datetime.fromtimestamp(e.created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        in_vault = ["-" if e.vault is None else "yes" if e.vault else "no"] if vault else []
         table.add_row(
             *_row(
                 e.job_id,
@@ -54,6 +57,7 @@ def entries(items: Sequence[Entry], stream: TextIO, now: float) -> None:
                 humanize.naturalsize(e.size, binary=True),
                 e.backend or "-",
                 e.status,
+                *in_vault,
                 "newest" if e.newest else (e.problem or ""),
             )
         )

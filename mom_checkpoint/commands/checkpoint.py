@@ -178,6 +178,10 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
         total_s=env.monotonic() - started,
         pruned=[str(p) for p in pruned],
     )
+    if config.vault_dir:  # the copy to the vault runs after this call, never in it
+        from mom_checkpoint.commands import vault_sync
+
+        vault_sync.start_detached(config, env, call.job_id, log)
     return Outcome(generation, manifest, pruned, ended)
 
 

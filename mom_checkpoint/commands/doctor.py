@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import re
@@ -56,6 +58,8 @@ def run(env: Environment, mom_config: str, programs_dir: Path) -> list[Check]:
     checks += _backend(config, env)
     checks += _privileges(config)
     checks.append(_spool(config))
+    if config.vault_dir:
+        checks.append(_vault(config))
     checks.append(_log_file(config))
     try:
         text = Path(mom_config).read_text()
@@ -179,6 +183,74 @@ def _spool(config: Config) -> Check:
         f"{path} root's, mode {mode:o}, {free / 2**30:.1f} GiB free",
         "" if ok else "free space in the spool",
     )
+
+
+def _vault(config: Config) -> Check:
+    """The vault: there (mounted), not on the spool's file system, root's 0700, and root can write
+    files there that are root's (an NFS export with root_squash makes them nobody's), with space."""
+    path = Path(config.vault_dir)
+    create = f"mount the shared file system, then: install -d -m 0700 -o root -g root {path}"
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        return Check("vault", False, f"{path}: {exc.strerror} (not mounted?)", create)
+    kind = _fs_type(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return Check("vault", False, f"{path} is not a folder (a symlink?)", create)
+    with contextlib.suppress(OSError):
+        if os.stat(config.spool_dir).st_dev == st.st_dev:
+            return Check(
+                "vault",
+                False,
+                f"{path} is on the same file system as the spool ({kind}): it would die with the node",
+                "set vault_dir to a folder on a file system all nodes mount (Lustre, GPFS, NFS...)",
+            )
+    probe = path / f".doctor.{os.uname().nodename}.{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        owner = os.fstat(fd).st_uid
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        squash = " (root_squash?)" if exc.errno in (errno.EACCES, errno.EPERM) else ""
+        return Check(
+            "vault", False, f"{path} ({kind}): root cannot write there: {exc.strerror}{squash}", _SQUASH_FIX
+        )
+    if owner != 0:
+        detail = f"{path} ({kind}): files root makes there belong to uid {owner} (root_squash)"
+        return Check("vault", False, detail, _SQUASH_FIX)
+    if st.st_uid != 0:
+        detail = f"{path} ({kind}) belongs to uid {st.st_uid}, not root (made under root_squash?)"
+        return Check("vault", False, detail, f"chown root:root {path}; " + _SQUASH_FIX)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        return Check("vault", False, f"{path} has mode {mode:o}: must be 0700", f"chmod 0700 {path}")
+    vfs = os.statvfs(path)
+    free = vfs.f_bavail * vfs.f_frsize
+    ok = free >= MIN_FREE_BYTES
+    detail = f"{path} ({kind}) root's, mode {mode:o}, {free / 2**30:.1f} GiB free"
+    return Check("vault", ok, detail, "" if ok else "free space in the vault")
+
+
+_SQUASH_FIX = (
+    "export the vault to the compute nodes with no_root_squash (NFS: '/srv/checkpoints "
+    "node*(rw,sync,no_root_squash)' in /etc/exports), or give the nodes' root its own uid there"
+)
+
+
+def _fs_type(path: Path) -> str:
+    """The file system type of the mount holding ``path`` (from /proc/self/mountinfo)."""
+    best, kind = "", "unknown file system"
+    target = os.path.realpath(path)
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            if " - " not in line or len(fields) < 5:
+                continue
+            mount = fields[4].replace("\\040", " ")
+            if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                best, kind = mount, line.split(" - ", 1)[1].split()[0]
+    return kind
 
 
 def _log_file(config: Config) -> Check:

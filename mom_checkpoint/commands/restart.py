@@ -106,7 +106,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
     spool = Spool(config.spool_dir)
     backend = backends.create(config, env)
     binary = backend.find_restore_binary()
-    generation, record = _resolve(call, spool, config, log, stated)
+    generation, record = _resolve(call, spool, config, log, stated, deadline=deadline)
     user = _owner(call, stated, record)
     allowed = frozenset({0, user.uid} if config.run_as == "job-user" else {0})
     log = log.bind(
@@ -230,10 +230,12 @@ def _owner(call: RestartCall, stated: JobUser | None, record: Manifest) -> JobUs
 
 
 def _resolve(
-    call: RestartCall, spool: Spool, config: Config, log: Any, owner: JobUser | None
+    call: RestartCall, spool: Spool, config: Config, log: Any, owner: JobUser | None, *, deadline: float
 ) -> tuple[Path, Manifest]:
     """The generation to restore and its manifest (root's record of it, read before anything is
-    hashed). With an owner known, only that owner's generations of the job are candidates."""
+    hashed). With an owner known, only that owner's generations of the job are candidates. With a
+    vault, a newer generation there (or the only one: this node never ran the job, or lost its
+    spool) is first copied into the local spool, checked as it is copied, and restored from there."""
     if isinstance(call, SeedRestart) and call.image is not None:
         path = _spool_generation(spool, call.image) if call.own else Path(call.image)
         if path is None or not path.is_dir():
@@ -242,13 +244,19 @@ def _resolve(
         return path, record
     job_id = call.job_id
     assert job_id is not None
-    if isinstance(call, TorqueRestart) and call.checkpoint_dir and call.checkpoint_name:
-        pointed = _follow_pointer(call, spool, config, log)
-        if pointed is not None:
-            return pointed, read_trusted_manifest(pointed)
     own = isinstance(call, SeedRestart) and call.own
     # the batch system that calls knows only its own jobs: the same id from the other is another job
     system = system_of(call.convention) if isinstance(call, TorqueRestart) else None
+    fetch = _VaultFetch(config, spool, log, job_id, owner, system, deadline)
+    if isinstance(call, TorqueRestart) and call.checkpoint_dir and call.checkpoint_name:
+        pointed = _follow_pointer(call, spool, config, log)
+        if isinstance(pointed, Path):
+            return pointed, read_trusted_manifest(pointed)
+        if pointed is not None and (fetched := fetch.newest(name=pointed)) is not None:
+            return fetched  # the generation the pointer names, on another node: from the vault
+    local = [g.number for g in spool.job_generations(job_id)]
+    if (fetched := fetch.newest(newer_than=max(local, default=0))) is not None:
+        return fetched
     for generation in reversed(spool.job_generations(job_id)):
         try:
             record = read_trusted_manifest(generation.path)
@@ -266,6 +274,52 @@ def _resolve(
         log.info("restart.newest", job_id=job_id, path=str(generation.path))
         return generation.path, record
     raise _no_checkpoint(call, spool)
+
+
+@dataclass(frozen=True)
+class _VaultFetch:
+    """The job's generations in the vault, for this caller: the same owner and batch system filters
+    as in the spool, and root's manifest read again once the copy is local."""
+
+    config: Config
+    spool: Spool
+    log: Any
+    job_id: str
+    owner: JobUser | None
+    system: str | None
+    deadline: float
+
+    def newest(self, *, newer_than: int = 0, name: str | None = None) -> tuple[Path, Manifest] | None:
+        if not self.config.vault_dir:
+            return None
+        from mom_checkpoint.vault import Vault
+
+        vault = Vault(self.config.vault_dir)
+        try:
+            vault.check_root()
+            candidates = [
+                g
+                for token in vault.job_keys(self.job_id)
+                if self._mine(token)
+                for g in vault.generations(token)
+                if g.number > newer_than and (name is None or g.name == name)
+            ]
+        except Error as exc:  # the vault cannot say there is something newer: the spool's is taken
+            self.log.warning("restart.vault_unavailable", error=exc.message)
+            return None
+        if not candidates:
+            return None
+        newest = max(candidates, key=lambda g: g.number)
+        path = vault.fetch(newest, self.spool, deadline=self.deadline)
+        record = read_trusted_manifest(path)
+        if record.job.id != self.job_id or not self._mine(JobKey.of(record).token):
+            raise Refused(f"{newest.path} holds another job's checkpoint: refusing it")
+        self.log.info("restart.fetched", source=str(newest.path), path=str(path), bytes=record.total_bytes)
+        return path, record
+
+    def _mine(self, token: str) -> bool:
+        system, uid, _job = token.split(".", 2)
+        return (self.owner is None or uid == str(self.owner.uid)) and (self.system in (None, system))
 
 
 def _record_of(path: Path, call: SeedRestart) -> Manifest:
@@ -298,8 +352,9 @@ def _spool_generation(spool: Spool, image: str) -> Path | None:
     return Path(root, *parts)
 
 
-def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Any) -> Path | None:
-    """The generation named at CHECKPOINT_DIR/CHECKPOINT_NAME, if that is usable; None to fall back.
+def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Any) -> Path | str | None:
+    """The generation named at CHECKPOINT_DIR/CHECKPOINT_NAME, if that is usable; its name alone
+    when it is not in this node's spool (the vault may have it); None to fall back.
 
     A CHECKPOINT_DIR outside the allowed roots is refused outright; a missing or unusable pointer
     (pbs_mom deletes the folder after a failed checkpoint) falls back to the newest generation.
@@ -327,7 +382,7 @@ def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Any)
         )
     if not target.is_dir():
         log.warning("restart.pointer_stale", path=str(target))
-        return None
+        return match.group(3)
     return target
 
 

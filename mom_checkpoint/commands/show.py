@@ -11,6 +11,8 @@ from mom_checkpoint.storage import Spool
 from mom_checkpoint.verification import read_trusted_manifest
 
 
-def run(config: Config, target: str) -> tuple[Path, Manifest]:
-    generation = targets.resolve(Spool(config.spool_dir), target)
+def run(config: Config, target: str, *, vault: bool = False) -> tuple[Path, Manifest]:
+    generation = targets.resolve(
+        Spool(config.spool_dir), target, targets.vault_dir(config) if vault else None
+    )
     return generation, read_trusted_manifest(generation)

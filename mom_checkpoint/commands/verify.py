@@ -12,8 +12,12 @@ from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.storage import Spool
 
 
-def run(config: Config, target: str, progress: Progress | None = None) -> tuple[Path, Manifest]:
-    generation = targets.resolve(Spool(config.spool_dir), target)
+def run(
+    config: Config, target: str, progress: Progress | None = None, *, vault: bool = False
+) -> tuple[Path, Manifest]:
+    generation = targets.resolve(
+        Spool(config.spool_dir), target, targets.vault_dir(config) if vault else None
+    )
     record = verification.read_trusted_manifest(generation)
     # in job-user mode the image folder is its owner's (their checkpointer wrote it); root's record
     # says who that is

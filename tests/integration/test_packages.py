@@ -187,7 +187,7 @@ def test_installed_files(installed: Path) -> None:
         assert __version__ in page and "@VERSION@" not in page
     checkpoint_page = gzip.decompress(Path("/usr/share/man/man8/mom-checkpoint.8.gz").read_bytes()).decode()
     for command in COMMANDS:  # generated from the parser as it is now
-        assert f"mom\\-checkpoint {command}" in checkpoint_page, command
+        assert "mom\\-checkpoint " + command.replace("-", "\\-") in checkpoint_page, command
     if shutil.which("man"):
         rendered = run(
             ["man", "-l", "/usr/share/man/man8/mom-checkpoint-run.8.gz"], env={**os.environ, "MANWIDTH": "80"}
@@ -218,6 +218,12 @@ def test_installed_files(installed: Path) -> None:
         in Path("/lib/systemd/system/mom-checkpoint-tick.service").read_text()
     )
     assert "root /usr/sbin/mom-checkpoint tick" in (DOC / "cron.d-mom-checkpoint-tick").read_text()
+    service = Path("/lib/systemd/system/mom-checkpoint-tick.service").read_text()
+    assert "ExecStopPost=/usr/sbin/mom-checkpoint vault-sync --if-enabled" in service  # the vault's copies
+    assert (
+        "root /usr/sbin/mom-checkpoint vault-sync --if-enabled"
+        in (DOC / "cron.d-mom-checkpoint-tick").read_text()
+    )
     if shutil.which("systemd-analyze"):
         units = [f"/lib/systemd/system/mom-checkpoint-tick.{kind}" for kind in ("service", "timer")]
         analyzed = run(["systemd-analyze", "verify", *units])

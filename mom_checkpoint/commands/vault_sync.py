@@ -1,0 +1,195 @@
+"""vault-sync: copy the newest complete generation of each job into the vault, off the critical path.
+
+Started detached by the hook after each published checkpoint (for that job), and by the timer that
+runs ``tick`` (for every job of the node): whatever a failed or killed copy left is done by the next.
+One copier per job on a node (the spool's lock ``vault.<key>``) and across nodes (the vault's own).
+The copy reads a snapshot of hard links, so a prune of the generation meanwhile takes nothing from it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from mom_checkpoint.config import Config
+from mom_checkpoint.environment import Environment
+from mom_checkpoint.errors import Busy, ConfigError, Error
+from mom_checkpoint.jobkey import JobKey
+from mom_checkpoint.locking import job_lock, lock_dir
+from mom_checkpoint.manifest import Manifest
+from mom_checkpoint.storage import RUN_NAME, Generation, Spool, remove_tree
+from mom_checkpoint.vault import Vault, bandwidth_throttle, snapshot, stale_snapshots
+from mom_checkpoint.verification import read_trusted_manifest
+
+Status = Literal["copied", "present", "busy", "failed"]
+
+
+@dataclass(frozen=True)
+class Copy:
+    job_id: str
+    key: str
+    generation: str
+    status: Status
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run(config: Config, env: Environment, log: Any, job_id: str | None = None) -> list[Copy]:
+    if not config.vault_dir:
+        raise ConfigError("vault_dir is not set in the configuration: there is no vault to copy to")
+    lower_priority()
+    vault = Vault(config.vault_dir)
+    vault.check_root()
+    spool = Spool(config.spool_dir)
+    syncer = _Syncer(vault, spool, config, env, log)
+    results = []
+    for job in [job_id] if job_id is not None else _job_ids(spool):
+        for run_dir in spool.runs_of(job):
+            for stale in stale_snapshots(run_dir):
+                remove_tree(stale)
+        for key, (generation, manifest) in _newest_by_key(spool, job, log).items():
+            results.append(syncer.one(key, generation, manifest))
+    if config.metrics_file:
+        _record_metrics(spool, config, results, env.clock(), everything=job_id is None, log=log)
+    return results
+
+
+def _record_metrics(
+    spool: Spool, config: Config, results: list[Copy], now: float, *, everything: bool, log: Any
+) -> None:
+    from mom_checkpoint import metrics
+
+    waiting = [
+        now - calendar.timegm(time.strptime(c.generation.split("-", 1)[1], "%Y%m%dT%H%M%SZ"))
+        for c in results
+        if c.status in ("failed", "busy")
+    ]
+    copied = [c for c in results if c.status == "copied"]
+    try:
+        metrics.record_vault(
+            spool.root,
+            config.metrics_file,
+            copied=len(copied),
+            failed=sum(c.status == "failed" for c in results),
+            copied_bytes=sum(c.bytes for c in copied),
+            pending_s=max([0.0, *waiting]) if everything else None,
+        )
+    except Exception as exc:  # metrics never fail a copy
+        log.warning("metrics.failed", error=str(exc))
+
+
+@dataclass(frozen=True)
+class _Syncer:
+    vault: Vault
+    spool: Spool
+    config: Config
+    env: Environment
+    log: Any
+
+    def one(self, key: JobKey, generation: Generation, manifest: Manifest) -> Copy:
+        vault, spool, config, env, log = self.vault, self.spool, self.config, self.env, self.log
+        keep = config.vault_keep or config.keep
+        name = generation.path.name
+        if vault.has(key, name):
+            return Copy(key.job_id, key.token, name, "present")
+        started = env.monotonic()
+        try:
+            with (
+                job_lock(lock_dir(spool.root), f"vault.{key.token}", ["vault-sync", key.job_id], key.job_id),
+                vault.lock(key) as heartbeat,
+            ):
+                if vault.has(key, name):  # another copier finished it while this one waited for nothing
+                    return Copy(key.job_id, key.token, name, "present")
+                links = snapshot(generation, manifest)
+                try:
+                    stored = vault.store(
+                        key,
+                        links or generation.path,
+                        manifest,
+                        heartbeat=heartbeat,
+                        throttle=bandwidth_throttle(config.vault_bandwidth_mib_s),
+                    )
+                finally:
+                    if links is not None:
+                        remove_tree(links)
+                pruned = vault.prune(key, keep)
+        except Busy as exc:
+            log.info("vault.busy", job_id=key.job_id, generation=name, reason=exc.message)
+            return Copy(key.job_id, key.token, name, "busy", error=exc.message)
+        except (Error, OSError) as exc:
+            error = exc.message if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+            log.error("vault.copy_failed", job_id=key.job_id, generation=name, error=error)
+            return Copy(key.job_id, key.token, name, "failed", error=error)
+        seconds = env.monotonic() - started
+        log.info(
+            "vault.copied",
+            job_id=key.job_id,
+            generation=name,
+            path=str(stored.path),
+            bytes=manifest.total_bytes,
+            seconds=round(seconds, 3),
+            mib_s=round(manifest.total_bytes / max(seconds, 1e-6) / (1 << 20), 1),
+            pruned=[str(p) for p in pruned],
+        )
+        return Copy(key.job_id, key.token, name, "copied", manifest.total_bytes, round(seconds, 3))
+
+
+def start_detached(config: Config, env: Environment, job_id: str, log: Any) -> None:
+    """The hook's last step: copy the job's new generation to the vault in a detached process (its
+    own session, out of pbs_mom's pipes and the job's session); a vault that is slow, full or gone
+    never fails or delays the checkpoint. What it does goes to the log."""
+
+    def copy() -> None:
+        from mom_checkpoint.log import make_logger
+
+        own_log = make_logger(config.log_file, program="mom-checkpoint", command="vault-sync")
+        try:
+            run(config, env, own_log, job_id=job_id)
+        except Error as exc:
+            own_log.error("vault.sync_failed", job_id=job_id, error=exc.message)
+
+    try:
+        env.detach(copy)
+    except OSError as exc:
+        log.warning("vault.not_started", error=str(exc))
+
+
+def _newest_by_key(spool: Spool, job_id: str, log: Any) -> dict[JobKey, tuple[Generation, Manifest]]:
+    """The newest complete generation of each key under a job id (a generation root cannot vouch for
+    is skipped, and said)."""
+    newest: dict[JobKey, tuple[Generation, Manifest]] = {}
+    for generation in reversed(spool.job_generations(job_id)):
+        try:
+            manifest = read_trusted_manifest(generation.path)
+        except Error as exc:
+            log.warning("vault.generation_skipped", path=str(generation.path), error=exc.message)
+            continue
+        newest.setdefault(JobKey.of(manifest), (generation, manifest))
+    return newest
+
+
+def _job_ids(spool: Spool) -> list[str]:
+    try:
+        names = [e.name for e in os.scandir(spool.root) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+    return sorted({m.group(2) for n in names if (m := RUN_NAME.fullmatch(n))})
+
+
+def lower_priority() -> None:
+    """A copier yields the node's CPU and disk to the jobs: nice 10, the idle I/O class."""
+    import psutil
+
+    with contextlib.suppress(OSError, psutil.Error):
+        current = os.nice(0)
+        if current < 10:
+            os.nice(10 - current)
+        psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)

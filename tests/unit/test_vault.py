@@ -1,0 +1,126 @@
+"""The vault's own rules, without a checkpointer: the copier's lock across nodes, publication only of
+what verifies, retention only behind a newer copy, the bandwidth limit."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from mom_checkpoint import vault as vault_module
+from mom_checkpoint.errors import Busy, VerificationFailed
+from mom_checkpoint.hashing import ImageFile
+from mom_checkpoint.jobkey import JobKey
+from mom_checkpoint.manifest import GenerationInfo, Manifest
+from mom_checkpoint.vault import Vault, bandwidth_throttle
+from tests.torque import manifest as make_manifest
+
+KEY = JobKey("torque", 1000, "42.head")
+
+
+@pytest.fixture
+def vault(tmp_path: Path) -> Vault:
+    root = tmp_path / "vault"
+    root.mkdir(mode=0o700)
+    return Vault(root)
+
+
+def _generation(tmp_path: Path, number: int, data: bytes = b"pages" * 1000) -> tuple[Path, Manifest]:
+    name = f"{number:06d}-20261130T10000{number}Z"
+    source = tmp_path / "spool" / name
+    (source / "image").mkdir(parents=True)
+    (source / "image" / "pages-1.img").write_bytes(data)
+    record = make_manifest("42.head", number, name, 4711, 1.0)
+    files = [ImageFile("image/pages-1.img", len(data), hashlib.sha256(data).hexdigest())]
+    record = dataclasses.replace(
+        record, files=files, total_bytes=len(data), generation=GenerationInfo(number, name)
+    )
+    return source, record
+
+
+def test_a_second_copier_of_a_job_is_told_who_holds_it(vault: Vault) -> None:
+    with (
+        vault.lock(KEY),
+        pytest.raises(Busy, match=f"pid {os.getpid()} on {socket.gethostname()}"),
+        vault.lock(KEY),
+    ):
+        pass
+    with vault.lock(KEY):  # released: free again
+        pass
+
+
+def test_a_lock_left_by_a_killed_copier_on_this_node_is_cleared_with_its_leftovers(vault: Vault) -> None:
+    folder = vault.open_job(KEY)
+    (folder / ".lock").mkdir()
+    (folder / ".lock" / "holder.json").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": 999999999, "start": "1", "since": time.time()})
+    )
+    (folder / ".incoming-000001-x.node.1" / "image").mkdir(parents=True)
+    with vault.lock(KEY):
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+
+
+def test_another_nodes_lock_holds_while_its_heart_beats_and_not_after(vault: Vault) -> None:
+    folder = vault.open_job(KEY)
+    (folder / ".lock").mkdir()
+    holder = folder / ".lock" / "holder.json"
+    holder.write_text(json.dumps({"host": "node-b", "pid": 1, "start": "1", "since": time.time()}))
+    with pytest.raises(Busy, match="pid 1 on node-b"), vault.lock(KEY):
+        pass
+    old = time.time() - vault_module.LOCK_STALE_S - 1
+    os.utime(holder, (old, old))
+    with vault.lock(KEY):
+        pass
+
+
+def test_only_a_copy_that_verifies_is_published(vault: Vault, tmp_path: Path) -> None:
+    source, record = _generation(tmp_path, 1)
+    (source / "image" / "pages-1.img").write_bytes(b"changed" * 1000)  # not what the manifest says
+    with vault.lock(KEY) as beat, pytest.raises(VerificationFailed, match=r"pages-1\.img has"):
+        vault.store(KEY, source, record, heartbeat=beat)
+    assert [p.name for p in vault.job_dir(KEY).iterdir()] == []
+    source, record = _generation(tmp_path / "again", 1)
+    with vault.lock(KEY) as beat:
+        stored = vault.store(KEY, source, record, heartbeat=beat)
+    assert [g.name for g in vault.generations(KEY.token)] == [stored.name]
+    assert (stored.path / "image" / "pages-1.img").read_bytes() == b"pages" * 1000
+    assert json.loads((stored.path / "manifest.json").read_text())["generation"]["number"] == 1
+    assert all(os.stat(p).st_mode & 0o077 == 0 for p in [stored.path, *stored.path.rglob("*")])
+
+
+def test_retention_keeps_the_newest_and_never_the_only_copy(vault: Vault, tmp_path: Path) -> None:
+    for number in (1, 2, 3):
+        source, record = _generation(tmp_path / str(number), number)
+        with vault.lock(KEY) as beat:
+            vault.store(KEY, source, record, heartbeat=beat)
+            vault.prune(KEY, keep=2)
+    assert [g.number for g in vault.generations(KEY.token)] == [2, 3]
+    with vault.lock(KEY):
+        assert vault.prune(KEY, keep=1) == [vault.job_dir(KEY) / "000002-20261130T100002Z"]
+    assert [g.number for g in vault.generations(KEY.token)] == [3]
+
+
+def test_a_vault_that_is_not_there_is_never_created(tmp_path: Path) -> None:
+    missing = Vault(tmp_path / "not-mounted")
+    with pytest.raises(vault_module.VaultUnavailable, match="does not exist"):
+        missing.check_root()
+    assert not (tmp_path / "not-mounted").exists()
+    (tmp_path / "open").mkdir(mode=0o755)
+    (tmp_path / "open").chmod(0o755)
+    with pytest.raises(Exception, match="not 0700"):
+        Vault(tmp_path / "open").check_root()
+
+
+def test_the_bandwidth_limit_sleeps_for_what_runs_ahead() -> None:
+    slept: list[float] = []
+    throttle = bandwidth_throttle(10, sleep=slept.append)
+    assert throttle is not None
+    throttle(10 << 20)  # 1 s worth at 10 MiB/s, sent at once
+    assert 0.9 < sum(slept) <= 1.0
+    assert bandwidth_throttle(0) is None

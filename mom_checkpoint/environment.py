@@ -107,7 +107,8 @@ def run_detached(work: Callable[[], None]) -> None:
     for it, and nothing of it returns into the caller (it always ends with _exit)."""
     pid = os.fork()
     if pid:
-        os.waitpid(pid, 0)  # the child only forks the grandchild and exits
+        with contextlib.suppress(ChildProcessError):  # SIGCHLD ignored: the kernel reaped it
+            os.waitpid(pid, 0)  # the child only forks the grandchild and exits
         return
     status = 1
     try:
@@ -117,7 +118,7 @@ def run_detached(work: Callable[[], None]) -> None:
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        os.closerange(3, 1 << 16)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         os.chdir("/")
         os.umask(0o077)
         work()

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import stat
 import time
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mom_checkpoint import safefs
-from mom_checkpoint.errors import Busy, Refused, StorageIOError, VerificationFailed
+from mom_checkpoint.errors import Busy, Error, Refused, StorageIOError, VerificationFailed
 from mom_checkpoint.hashing import ImageFile
 from mom_checkpoint.jobkey import JobKey
 from mom_checkpoint.manifest import Manifest
@@ -44,11 +45,11 @@ from mom_checkpoint.storage import (
     MANIFEST,
     PRUNING_PREFIX,
     Generation,
+    Owner,
     Spool,
     check_private_dir,
     fsync_dir,
     remove_tree,
-    run_name,
     start_token,
     storage_error,
 )
@@ -81,14 +82,21 @@ class VaultGeneration:
 Throttle = Callable[[int], None]  # told the bytes just written; sleeps to keep to a bandwidth
 
 
+def order(generation: VaultGeneration) -> tuple[int, str]:
+    """Oldest first: by number, and for one number made on two nodes (a node thought lost that came
+    back), by the time in its name: the later one is the job's live history."""
+    return generation.number, generation.created
+
+
 class Vault:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     # -- the vault root --------------------------------------------------------------------------------
-    def check_root(self) -> None:
+    def check_root(self, spool_root: Path | None = None) -> None:
         """The vault must exist already (a missing mount point is never created on the node's own
-        disk), be a real folder, root's, and closed to everyone else."""
+        disk), be a real folder, root's, closed to everyone else, and not on the spool's file system
+        (an empty mount point of a vault that is not mounted is)."""
         try:
             st = os.lstat(self.root)
         except FileNotFoundError:
@@ -104,6 +112,14 @@ class Vault:
             )
         if st.st_mode & 0o077:
             raise Refused(f"the vault {self.root} has mode {stat.S_IMODE(st.st_mode):o}, not 0700: refusing")
+        try:
+            same = spool_root is not None and os.stat(spool_root).st_dev == st.st_dev
+        except OSError:
+            same = False
+        if same:
+            raise VaultUnavailable(
+                f"the vault {self.root} is on the spool's file system (not mounted?): not copying there"
+            )
 
     def job_dir(self, key: JobKey) -> Path:
         return self.root / key.token
@@ -145,16 +161,19 @@ class Vault:
         found = []
         for entry in entries:
             match = GENERATION_NAME.fullmatch(entry.name)
-            if match and entry.is_dir(follow_symlinks=False):
-                found.append(VaultGeneration(Path(entry.path), int(match.group(1)), match.group(2), token))
-        return sorted(found, key=lambda g: g.number)
+            with contextlib.suppress(OSError):
+                if match and entry.is_dir(follow_symlinks=False):
+                    found.append(
+                        VaultGeneration(Path(entry.path), int(match.group(1)), match.group(2), token)
+                    )
+        return sorted(found, key=order)
 
     def has(self, key: JobKey, name: str) -> bool:
         return (self.job_dir(key) / name).is_dir()
 
     # -- the copier's lock -----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self, key: JobKey) -> Iterator[Callable[[], None]]:
+    def lock(self, key: JobKey) -> Iterator[_Heartbeat]:
         """Hold the job's copier lock in the vault (a folder: mkdir is atomic on every shared file
         system), or raise Busy. Yields the heartbeat, to be called while copying. A holder on this
         host whose process is gone, or any holder whose heartbeat stopped LOCK_STALE_S ago, is
@@ -189,10 +208,11 @@ class Vault:
                     remove_tree(Path(entry.path))
             yield beat
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path / HOLDER)
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+            if beat.ours():  # a lock cleared as stale and taken by another copier is theirs now
+                with contextlib.suppress(OSError):
+                    os.unlink(path / HOLDER)
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
 
     # -- copying in ------------------------------------------------------------------------------------
     def store(
@@ -201,7 +221,7 @@ class Vault:
         source: Path,
         manifest: Manifest,
         *,
-        heartbeat: Callable[[], None],
+        heartbeat: _Heartbeat,
         throttle: Throttle | None = None,
     ) -> VaultGeneration:
         """Copy a generation (``source``: the snapshot of it) into the job's folder, hashing each file
@@ -211,18 +231,23 @@ class Vault:
         incoming = folder / f"{INCOMING_PREFIX}{name}.{socket.gethostname()}.{os.getpid()}"
         target = folder / name
         try:
-            publish_copy(source, incoming, target, manifest, heartbeat=heartbeat, throttle=throttle)
+            publish_copy(
+                source, incoming, target, manifest,
+                before_publish=heartbeat.check, heartbeat=heartbeat, throttle=throttle,
+            )  # fmt: skip
         except OSError as exc:
             raise vault_error(exc, f"cannot copy {name} into {folder}") from None
         match = GENERATION_NAME.fullmatch(name)
         assert match is not None
         return VaultGeneration(target, int(match.group(1)), match.group(2), key.token)
 
-    def prune(self, key: JobKey, keep: int) -> list[Path]:
+    def prune(self, key: JobKey, keep: int, holder: _Heartbeat) -> list[Path]:
         """Keep the newest ``keep`` complete generations of the job; call holding ``lock(key)``, after
         a newer one was published (so a removed one is never the newest)."""
+        holder.check()
         removed = []
-        for generation in self.generations(key.token)[: max(0, len(self.generations(key.token)) - keep)]:
+        generations = self.generations(key.token)
+        for generation in generations[: max(0, len(generations) - keep)]:
             doomed = generation.path.with_name(
                 f"{PRUNING_PREFIX}{generation.name}.{socket.gethostname()}.{os.getpid()}"
             )
@@ -241,17 +266,17 @@ class Vault:
         a local generation, restored with every local check. Returns its path."""
         manifest = read_trusted_manifest(generation.path)
         spool.ensure_root()
-        run = spool.root / run_name(manifest.job.exec_pid, manifest.job.id)
-        with contextlib.suppress(FileExistsError):
-            run.mkdir(mode=0o700)
-        check_private_dir(run, 0o711)
+        # the run folder as the job's next checkpoint needs it (0711 when its user's checkpointer writes)
+        job_user = manifest.backend.run_as == "job-user"
+        owner = Owner(manifest.job.uid, manifest.job.gid) if job_user else Owner(0, 0)
+        run = spool.open_run(manifest.job.exec_pid, manifest.job.id, owner)
         target = run / generation.name
         if target.is_dir():
             return target  # already here (fetched before, or never lost)
         incoming = run / f"{INCOMING_PREFIX}fetch.{generation.name}.{os.getpid()}"
         # the job user's restorer reads the image (through root's staged links): readable files, in a
         # generation folder only root can enter, as the user's own CRIU would have left them
-        file_mode = 0o644 if manifest.backend.run_as == "job-user" else 0o600
+        file_mode = 0o644 if job_user else 0o600
         try:
             publish_copy(generation.path, incoming, target, manifest, deadline=deadline, file_mode=file_mode)
         except OSError as exc:
@@ -259,7 +284,14 @@ class Vault:
         return target
 
 
-def publish_copy(source: Path, incoming: Path, target: Path, manifest: Manifest, **copying: Any) -> None:
+def publish_copy(
+    source: Path,
+    incoming: Path,
+    target: Path,
+    manifest: Manifest,
+    before_publish: Callable[[], None] | None = None,
+    **copying: Any,
+) -> None:
     """Copy a generation into the new folder ``incoming`` (copy_generation), write its manifest last,
     and publish it as ``target`` with one rename; on any failure nothing but the incoming folder was
     made, and it is removed. A ``target`` published meanwhile by another copier is kept."""
@@ -267,6 +299,8 @@ def publish_copy(source: Path, incoming: Path, target: Path, manifest: Manifest,
         incoming.mkdir(mode=0o700)
         copy_generation(source, incoming, manifest, **copying)
         write_manifest(incoming, manifest)
+        if before_publish is not None:
+            before_publish()
         try:
             os.rename(incoming, target)
         except OSError as exc:
@@ -388,12 +422,13 @@ class _Copier:
         return digest.hexdigest()
 
 
-def snapshot(generation: Generation, manifest: Manifest) -> Path | None:
+def snapshot(generation: Generation, manifest: Manifest) -> Path:
     """Hard links of a local generation's files in a root folder of its run (``.vaulting-*``), so a
     prune of the generation while it is copied removes nothing the copy still reads. Each name is
     linked below folders opened without following a link, the name itself not followed either (what
-    it links is read later only if it is a regular file of the manifest's size and sha256). None
-    where the file system cannot link: the copy then reads the generation itself."""
+    it links is read later only if it is a regular file of the manifest's size and sha256). A name
+    that cannot be linked (a file of another file system mounted in a user's image folder) fails
+    the copy: it is never read through a mount the user controls."""
     folder = (
         generation.run_dir / f"{SNAPSHOT_PREFIX}{generation.path.name}.{os.getpid()}.{_start(os.getpid())}"
     )
@@ -408,11 +443,6 @@ def snapshot(generation: Generation, manifest: Manifest) -> Path | None:
                 os.link(name, folder / rel, src_dir_fd=from_fd, follow_symlinks=False)
             finally:
                 os.close(from_fd)
-    except OSError as exc:
-        remove_tree(folder)
-        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOSYS, errno.EOPNOTSUPP):
-            return None
-        raise
     except BaseException:
         remove_tree(folder)
         raise
@@ -451,6 +481,59 @@ def bandwidth_throttle(mib_s: float, sleep: Callable[[float], None] = time.sleep
     return throttle
 
 
+def bounded(work: Callable[[], object], timeout_s: float, what: str) -> Any:
+    """``work()`` run in a child process, its JSON result returned within ``timeout_s``: a vault on a
+    mount that hangs never hangs the caller (the child, stuck in the kernel, is killed and left).
+    An Error in the child is raised again here, VerificationFailed and Refused as themselves."""
+    import select
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing of it may return into the caller's code
+        status = 1
+        try:
+            os.close(read_fd)
+            try:
+                result: dict[str, object] = {"ok": work()}
+            except Error as exc:
+                result = {"error": exc.message, "kind": type(exc).__name__}
+            view = memoryview(json.dumps(result).encode())
+            while view:
+                view = view[os.write(write_fd, view) :]
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            ready = select.select([read_fd], [], [], max(0.0, remaining))[0] if remaining > 0 else []
+            if not ready:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                raise VaultUnavailable(
+                    f"{what}: the vault did not answer within {timeout_s:.0f} s (a hung mount?)"
+                )
+            chunk = os.read(read_fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    try:
+        result = json.loads(b"".join(chunks))
+    except ValueError:
+        raise VaultUnavailable(f"{what}: the vault's reader ended without an answer") from None
+    if "error" in result:
+        kinds: dict[str, type[Error]] = {"VerificationFailed": VerificationFailed, "Refused": Refused}
+        raise kinds.get(str(result.get("kind")), VaultUnavailable)(str(result["error"]))
+    return result["ok"]
+
+
 def vault_error(exc: OSError, what: str) -> VaultUnavailable:
     reasons = {
         errno.ENOSPC: "the vault is full",
@@ -462,11 +545,14 @@ def vault_error(exc: OSError, what: str) -> VaultUnavailable:
 
 
 class _Heartbeat:
-    """The lock holder's record; touched at most every HEARTBEAT_S while the copy goes on."""
+    """The lock holder's record (with a nonce of its own); touched at most every HEARTBEAT_S while the
+    copy goes on, and read back before anything is published or removed: a holder whose lock was
+    cleared as stale while it was stuck finds out, and stops."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.last = 0.0
+        self.nonce = os.urandom(16).hex()
 
     def write(self) -> None:
         info = {
@@ -474,11 +560,19 @@ class _Heartbeat:
             "pid": os.getpid(),
             "start": _start(os.getpid()),
             "since": time.time(),
+            "nonce": self.nonce,
         }
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(info))
         self.last = time.monotonic()
+
+    def ours(self) -> bool:
+        return _holder(self.path.parent).get("nonce") == self.nonce
+
+    def check(self) -> None:
+        if not self.ours():
+            raise Busy(f"the vault lock {self.path.parent} was taken over (this copier was stuck): stopping")
 
     def __call__(self) -> None:
         now = time.monotonic()

@@ -92,7 +92,7 @@ install -D -m 0644 packaging/logrotate.d-mom-checkpoint "$stage/etc/logrotate.d/
 install -D -m 0644 packaging/tmpfiles.d-mom-checkpoint.conf "$stage/usr/lib/tmpfiles.d/mom-checkpoint.conf"
 # The tick timer (periodic checkpoints on TORQUE 5.1.2-6.1.x), installed but not enabled: the
 # administrator turns it on (systemctl enable --now mom-checkpoint-tick.timer) where it is wanted.
-for unit in mom-checkpoint-tick.service mom-checkpoint-tick.timer; do
+for unit in mom-checkpoint-tick.service mom-checkpoint-tick.timer mom-checkpoint-vault-sync.service; do
     install -d -m 0755 "$stage/lib/systemd/system"
     sed 's#/usr/local/sbin/#/usr/sbin/#' "packaging/systemd/$unit" >"$stage/lib/systemd/system/$unit"
 done

@@ -14,6 +14,7 @@ import re
 import signal
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from mom_checkpoint.backends.base import InheritedFile, Restored, RestoreRequest
 from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import (
+    Busy,
     CheckpointerMissing,
     Error,
     NoCheckpoint,
@@ -37,13 +39,14 @@ from mom_checkpoint.errors import (
     StorageIOError,
 )
 from mom_checkpoint.identity import JobUser, tree_problems
-from mom_checkpoint.jobkey import JobKey, system_of
+from mom_checkpoint.jobkey import SYSTEMS, JobKey, system_of
 from mom_checkpoint.manifest import KeptFile, Manifest
 from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
 from mom_checkpoint.storage import GENERATION_NAME, RESTORER_DIR, RUN_NAME, Spool, remove_tree
 from mom_checkpoint.termination import kill_tree, tree_pids
 from mom_checkpoint.verification import check_digests, check_layout, read_trusted_manifest
 
+VAULT_ANSWER_S = 30.0  # how long a restart waits for the vault to list a job's copies
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
 _GENERATION_PATH = re.compile(r"(\d+)\.(.+)/(\d{6,}-\d{8}T\d{6}Z)")
 # Files the application wrote to (O_WRONLY or O_RDWR) are handed back; devices are left to CRIU.
@@ -107,6 +110,13 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
     backend = backends.create(config, env)
     binary = backend.find_restore_binary()
     generation, record = _resolve(call, spool, config, log, stated, deadline=deadline)
+    if record.backend.run_as == "job-user" and config.run_as == "root":
+        # its image was written by the job's user (their checkpointer, their digests): root's own
+        # restorer never reads it, wherever it lies now (a vault copy is root's files)
+        raise Refused(
+            f"{generation} was checkpointed in job-user mode and this node restores as root: set "
+            f'backends.{config.backend}.run_as = "job-user", or restart the job on a node that does'
+        )
     user = _owner(call, stated, record)
     allowed = frozenset({0, user.uid} if config.run_as == "job-user" else {0})
     log = log.bind(
@@ -248,14 +258,20 @@ def _resolve(
     # the batch system that calls knows only its own jobs: the same id from the other is another job
     system = system_of(call.convention) if isinstance(call, TorqueRestart) else None
     fetch = _VaultFetch(config, spool, log, job_id, owner, system, deadline)
+    local = max((g.number for g in spool.job_generations(job_id)), default=0)
     if isinstance(call, TorqueRestart) and call.checkpoint_dir and call.checkpoint_name:
         pointed = _follow_pointer(call, spool, config, log)
         if isinstance(pointed, Path):
             return pointed, read_trusted_manifest(pointed)
-        if pointed is not None and (fetched := fetch.newest(name=pointed)) is not None:
-            return fetched  # the generation the pointer names, on another node: from the vault
-    local = [g.number for g in spool.job_generations(job_id)]
-    if (fetched := fetch.newest(newer_than=max(local, default=0))) is not None:
+        if pointed is not None and int(pointed.split("-", 1)[0]) > local and config.vault_dir:
+            # the checkpoint the batch system took last was made on another node
+            if (fetched := fetch.newest(name=pointed)) is not None:
+                return fetched
+            raise Busy(
+                f"the checkpoint {pointed} of job {job_id} is neither on this node nor in the vault yet "
+                f"(still being copied from the node that made it?): not restoring an older one; try again"
+            )
+    if (fetched := fetch.newest(newer_than=local)) is not None:
         return fetched
     for generation in reversed(spool.job_generations(job_id)):
         try:
@@ -292,30 +308,49 @@ class _VaultFetch:
     def newest(self, *, newer_than: int = 0, name: str | None = None) -> tuple[Path, Manifest] | None:
         if not self.config.vault_dir:
             return None
-        from mom_checkpoint.vault import Vault
+        from mom_checkpoint.vault import Vault, VaultGeneration, bounded, order
 
         vault = Vault(self.config.vault_dir)
-        try:
-            vault.check_root()
-            candidates = [
-                g
-                for token in vault.job_keys(self.job_id)
-                if self._mine(token)
+
+        def listing() -> list[list[object]]:
+            vault.check_root(self.spool.root)
+            found = [
+                [str(g.path), g.number, g.created, g.key]
+                for token in self._tokens(vault)
                 for g in vault.generations(token)
                 if g.number > newer_than and (name is None or g.name == name)
             ]
-        except Error as exc:  # the vault cannot say there is something newer: the spool's is taken
+            return found
+
+        try:  # a vault that cannot say there is something newer (gone, hung): the spool's is taken
+            listed = bounded(
+                listing, min(VAULT_ANSWER_S, max(1.0, self.deadline - time.monotonic())), "restart"
+            )
+        except Error as exc:
             self.log.warning("restart.vault_unavailable", error=exc.message)
             return None
+        candidates = [VaultGeneration(Path(p), int(n), str(c), str(k)) for p, n, c, k in listed]
         if not candidates:
             return None
-        newest = max(candidates, key=lambda g: g.number)
-        path = vault.fetch(newest, self.spool, deadline=self.deadline)
+        newest = max(candidates, key=order)  # one number made on two nodes: the later
+        fetched = bounded(
+            lambda: str(vault.fetch(newest, self.spool, deadline=self.deadline)),
+            max(1.0, self.deadline - time.monotonic()),
+            f"copying {newest.path} into the spool",
+        )
+        path = Path(fetched)
         record = read_trusted_manifest(path)
         if record.job.id != self.job_id or not self._mine(JobKey.of(record).token):
             raise Refused(f"{newest.path} holds another job's checkpoint: refusing it")
         self.log.info("restart.fetched", source=str(newest.path), path=str(path), bytes=record.total_bytes)
         return path, record
+
+    def _tokens(self, vault: Any) -> list[str]:
+        """The job's folders in the vault: named outright when the owner is known, else found."""
+        if self.owner is not None:
+            systems = [self.system] if self.system is not None else sorted(set(SYSTEMS.values()))
+            return [f"{system}.{self.owner.uid}.{self.job_id}" for system in systems]
+        return [token for token in vault.job_keys(self.job_id) if self._mine(token)]
 
     def _mine(self, token: str) -> bool:
         system, uid, _job = token.split(".", 2)

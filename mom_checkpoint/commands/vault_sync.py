@@ -22,10 +22,10 @@ from mom_checkpoint.jobkey import JobKey
 from mom_checkpoint.locking import job_lock, lock_dir
 from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.storage import RUN_NAME, Generation, Spool, remove_tree
-from mom_checkpoint.vault import Vault, bandwidth_throttle, snapshot, stale_snapshots
+from mom_checkpoint.vault import Vault, bandwidth_throttle, order, snapshot, stale_snapshots
 from mom_checkpoint.verification import read_trusted_manifest
 
-Status = Literal["copied", "present", "busy", "failed"]
+Status = Literal["copied", "present", "superseded", "busy", "failed"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ def run(config: Config, env: Environment, log: Any, job_id: str | None = None) -
         raise ConfigError("vault_dir is not set in the configuration: there is no vault to copy to")
     lower_priority()
     vault = Vault(config.vault_dir)
-    vault.check_root()
     spool = Spool(config.spool_dir)
+    vault.check_root(spool.root)
     syncer = _Syncer(vault, spool, config, env, log)
     results = []
     for job in [job_id] if job_id is not None else _job_ids(spool):
@@ -67,11 +67,7 @@ def _record_metrics(
 ) -> None:
     from mom_checkpoint import metrics
 
-    waiting = [
-        now - calendar.timegm(time.strptime(c.generation.split("-", 1)[1], "%Y%m%dT%H%M%SZ"))
-        for c in results
-        if c.status in ("failed", "busy")
-    ]
+    waiting = [now - _made(c.generation) for c in results if c.status in ("failed", "busy")]
     copied = [c for c in results if c.status == "copied"]
     try:
         metrics.record_vault(
@@ -108,19 +104,23 @@ class _Syncer:
             ):
                 if vault.has(key, name):  # another copier finished it while this one waited for nothing
                     return Copy(key.job_id, key.token, name, "present")
+                newer = [
+                    g
+                    for g in vault.generations(key.token)
+                    if order(g) > (generation.number, generation.created)
+                ]
+                if newer:  # the job went on elsewhere (restarted on another node): this copy is history
+                    log.info("vault.superseded", job_id=key.job_id, generation=name, newer=newer[-1].name)
+                    return Copy(key.job_id, key.token, name, "superseded")
                 links = snapshot(generation, manifest)
                 try:
                     stored = vault.store(
-                        key,
-                        links or generation.path,
-                        manifest,
-                        heartbeat=heartbeat,
+                        key, links, manifest, heartbeat=heartbeat,
                         throttle=bandwidth_throttle(config.vault_bandwidth_mib_s),
-                    )
+                    )  # fmt: skip
                 finally:
-                    if links is not None:
-                        remove_tree(links)
-                pruned = vault.prune(key, keep)
+                    remove_tree(links)
+                pruned = vault.prune(key, keep, heartbeat)
         except Busy as exc:
             log.info("vault.busy", job_id=key.job_id, generation=name, reason=exc.message)
             return Copy(key.job_id, key.token, name, "busy", error=exc.message)
@@ -155,11 +155,22 @@ def start_detached(config: Config, env: Environment, job_id: str, log: Any) -> N
             run(config, env, own_log, job_id=job_id)
         except Error as exc:
             own_log.error("vault.sync_failed", job_id=job_id, error=exc.message)
+        except Exception as exc:  # a bug: said in the log, as the CLI says it for a command
+            own_log.exception("vault.sync_crashed", job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+            raise
 
     try:
         env.detach(copy)
     except OSError as exc:
         log.warning("vault.not_started", error=str(exc))
+
+
+def _made(name: str) -> float:
+    """When a generation was made, from its name (now, for a name no calendar has)."""
+    try:
+        return float(calendar.timegm(time.strptime(name.split("-", 1)[1], "%Y%m%dT%H%M%SZ")))
+    except (IndexError, ValueError):
+        return time.time()
 
 
 def _newest_by_key(spool: Spool, job_id: str, log: Any) -> dict[JobKey, tuple[Generation, Manifest]]:

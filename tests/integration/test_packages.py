@@ -218,14 +218,17 @@ def test_installed_files(installed: Path) -> None:
         in Path("/lib/systemd/system/mom-checkpoint-tick.service").read_text()
     )
     assert "root /usr/sbin/mom-checkpoint tick" in (DOC / "cron.d-mom-checkpoint-tick").read_text()
-    service = Path("/lib/systemd/system/mom-checkpoint-tick.service").read_text()
-    assert "ExecStopPost=/usr/sbin/mom-checkpoint vault-sync --if-enabled" in service  # the vault's copies
+    tick = Path("/lib/systemd/system/mom-checkpoint-tick.service").read_text()
+    sync = Path("/lib/systemd/system/mom-checkpoint-vault-sync.service").read_text()
+    assert "Wants=network-online.target mom-checkpoint-vault-sync.service" in tick  # started with each tick
+    assert "ExecStart=/usr/sbin/mom-checkpoint vault-sync --if-enabled" in sync and "/usr/local" not in sync
     assert (
         "root /usr/sbin/mom-checkpoint vault-sync --if-enabled"
         in (DOC / "cron.d-mom-checkpoint-tick").read_text()
     )
     if shutil.which("systemd-analyze"):
         units = [f"/lib/systemd/system/mom-checkpoint-tick.{kind}" for kind in ("service", "timer")]
+        units.append("/lib/systemd/system/mom-checkpoint-vault-sync.service")
         analyzed = run(["systemd-analyze", "verify", *units])
         assert analyzed.returncode == 0, analyzed.stdout + analyzed.stderr
     sudoers = (DOC / "sudoers-mom-restart").read_text()

@@ -122,6 +122,9 @@ def wait_event(site: Site, name: str, timeout: float = 60) -> dict[str, object]:
 def test_a_job_whose_node_was_lost_comes_back_from_the_vault_in_every_restart_form(
     site: Site, vault: Path, sudo_rule: Path
 ) -> None:
+    """Node A checkpoints the job, the copy reaches the vault, node A is lost with its spool. Nodes B
+    and D (spools of their own) and C (a fresh spool at A's path: a TORQUE pointer names a spool
+    path, and pbs_mom's paths are the same on every node) each bring it back from the vault."""
     site.configure(vault_dir=str(vault), **{"backends.criu.run_as": "job-user"})
     job = site.start_job("701.head", app_env={"COUNTER_LIMIT": "120", "COUNTER_EXIT": "7"})
     pids = [job.exec_pid(), job.app_pid()]
@@ -137,44 +140,70 @@ def test_a_job_whose_node_was_lost_comes_back_from_the_vault_in_every_restart_fo
         copied["job_id"] == "701.head"
         and copied["bytes"] == json.loads((generation / "manifest.json").read_text())["total_bytes"]
     )
+    node_a = site.config.read_text()
     lose_the_node(site, job)
     pointer = site.checkpoint_dir("701.head") / str(args[5])
     assert pointer.exists(), "TORQUE stages the pointer to the node that restarts the job"
 
-    def came_back(output: Path, status: int) -> None:
+    def came_back(output: Path, status: int, since: tuple[int, int] = (before, after)) -> None:
         got = numbers(output)
-        assert before < got[0] <= after + 1, (before, after, got[:3])  # from the checkpoint
+        assert since[0] < got[0] <= since[1] + 1, (since, got[:3])  # from the checkpoint
         assert got == list(range(got[0], 121)), "the job did not count on to its end"
         assert status == 7, "the job's own exit status"
 
-    # 1. root's --job (the seed's flow): the application writes into mom-restart's stdout
+    def node(name: str) -> tuple[Path, Path]:
+        """Another node's config: its own spool and log, the same vault."""
+        spool, log = site.base / f"spool-{name}", site.base / f"{name}.log"
+        spool.mkdir(mode=0o711)
+        config = site.base / f"node-{name}.toml"
+        config.write_text(node_a.replace(str(site.spool), str(spool)).replace(str(site.log), str(log)))
+        return config, log
+
+    def fetched(log: Path) -> list[dict[str, object]]:
+        return [e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "restart.fetched"]
+
+    # 1. node B, root's --job (the seed's flow): the application writes into mom-restart's stdout;
+    #    then the restored job is checkpointed on node B, and its generations count on
+    config_b, log_b = node("b")
     out = site.base / "restart-job.out"
     with open(out, "wb") as stream:
-        restart = start_restart(["--job", "701.head"], site.config, stdout=stream)
+        restart = start_restart(["--job", "701.head"], config_b, stdout=stream)
+        deadline = time.monotonic() + 60
+        while len(numbers(out)) < 3:
+            assert time.monotonic() < deadline and restart.poll() is None, "not restored on node B"
+            time.sleep(0.05)
+        b_before = numbers(out)[-1]
+        again = call_hook([restart.pid, *site.torque_args(job)[1:]], config_b)  # the restart's session
+        assert again.returncode == 0, again.stderr
+        b_after = numbers(out)[-1]
         status = restart.wait(timeout=120)
     came_back(out, status)
-    assert events(site, "restart.fetched"), "the generation did not come from the vault"
+    assert len(fetched(log_b)) == 1, "the generation did not come from the vault"
+    assert sorted(p.name[:6] for p in (site.base / "spool-b").glob("*.701.head/0*")) == ["000001", "000002"]
     wait_until_gone(pids)
-    lose_the_node(site)
 
-    # 2. TORQUE's $restart_script, 6 arguments, the pointer staged back by TORQUE
+    # 2. node C, TORQUE's $restart_script, 6 arguments, node A's pointer staged back by TORQUE: the
+    #    generation it names, though node B's later one is in the vault too
     job.output.write_text("")
     restart = start_restart(
         [job.session_id, "701.head", site.user.name, site.user.name, args[4], args[5]], site.config
     )
     status = restart.wait(timeout=120)
     came_back(job.output, status)
+    assert len(fetched(site.log)) == 1
     wait_until_gone(pids)
-    lose_the_node(site)
 
-    # 3. a new job of the user on a node that never ran it: the seed's resume_job.sh through sudo
+    # 3. node D, a new job of the user on a node that never ran it: the seed's resume_job.sh through
+    #    sudo, from the newest copy: node B's
+    config_d, log_d = node("d")
+    site.config.write_text(config_d.read_text())  # user_job passes site.config: node D's now
     resumed = site.jobs_dir / "702.head.OU"
     new = user_job(
         site, site.user, f"exec sudo -n {sudo_rule} --own --job 701.head", site.jobs_dir, output=resumed
     )
     _, err = new.communicate(timeout=120)
-    came_back(resumed, new.returncode)
-    assert len(events(site, "restart.fetched")) == 3, err
+    came_back(resumed, new.returncode, since=(b_before, b_after))
+    assert len(fetched(log_d)) == 1, err
 
 
 def call_hook_with_args(site: Site, job: Job) -> tuple[HookResult, list[object]]:
@@ -431,3 +460,21 @@ def test_an_openpbs_job_held_on_a_lost_node_restarts_from_the_vault(site: Site, 
     assert got == list(range(1, 101)) and held_at < 100, got[held_at - 2 : held_at + 2]
     assert events(site, "restart.fetched")
     wait_until_gone(pids)
+
+
+@pytest.mark.usefixtures("criu")
+def test_a_job_user_image_from_the_vault_is_never_restored_by_roots_checkpointer(
+    site: Site, vault: Path
+) -> None:
+    """In job-user mode the job's user wrote the image; its vault copy is root's files. A node that
+    restores as root must still refuse it (its own spool refuses it by the files' owner)."""
+    site.configure(vault_dir=str(vault), **{"backends.criu.run_as": "job-user"})
+    job = site.start_job("711.head")
+    assert call_hook(site.torque_args(job), site.config).returncode == 0
+    wait_in_vault(vault, "711.head", site.user.uid, site.generations("711.head")[0].name)
+    lose_the_node(site, job)
+    site.configure(vault_dir=str(vault))  # node B restores as root
+    restart = start_restart(["--job", "711.head"], site.config)
+    assert restart.wait(timeout=60) == 77
+    err = restart.stderr.read().decode() if restart.stderr else ""
+    assert "checkpointed in job-user mode and this node restores as root" in err, err

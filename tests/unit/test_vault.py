@@ -99,10 +99,10 @@ def test_retention_keeps_the_newest_and_never_the_only_copy(vault: Vault, tmp_pa
         source, record = _generation(tmp_path / str(number), number)
         with vault.lock(KEY) as beat:
             vault.store(KEY, source, record, heartbeat=beat)
-            vault.prune(KEY, keep=2)
+            vault.prune(KEY, 2, beat)
     assert [g.number for g in vault.generations(KEY.token)] == [2, 3]
-    with vault.lock(KEY):
-        assert vault.prune(KEY, keep=1) == [vault.job_dir(KEY) / "000002-20261130T100002Z"]
+    with vault.lock(KEY) as beat:
+        assert vault.prune(KEY, 1, beat) == [vault.job_dir(KEY) / "000002-20261130T100002Z"]
     assert [g.number for g in vault.generations(KEY.token)] == [3]
 
 
@@ -124,3 +124,39 @@ def test_the_bandwidth_limit_sleeps_for_what_runs_ahead() -> None:
     throttle(10 << 20)  # 1 s worth at 10 MiB/s, sent at once
     assert 0.9 < sum(slept) <= 1.0
     assert bandwidth_throttle(0) is None
+
+
+def test_a_vault_that_hangs_never_hangs_the_caller() -> None:
+    started = time.monotonic()
+    with pytest.raises(vault_module.VaultUnavailable, match="did not answer within 1 s"):
+        vault_module.bounded(lambda: time.sleep(60), 1.0, "restart")
+    assert time.monotonic() - started < 10
+    assert vault_module.bounded(lambda: [1, "two"], 10.0, "restart") == [1, "two"]
+    with pytest.raises(VerificationFailed, match="changed"):
+        vault_module.bounded(_fails, 10.0, "restart")
+
+
+def _fails() -> None:
+    raise VerificationFailed("image/pages-1.img has changed")
+
+
+def test_a_copier_whose_lock_was_taken_over_publishes_nothing(vault: Vault, tmp_path: Path) -> None:
+    """A copier stuck past LOCK_STALE_S loses its lock to another; when it wakes up it must not
+    publish or prune over the new holder's work."""
+    source, record = _generation(tmp_path, 1)
+    with vault.lock(KEY) as beat:
+        holder = vault.job_dir(KEY) / ".lock" / "holder.json"
+        holder.write_text(json.dumps({"host": "node-b", "pid": 1, "start": "1", "nonce": "theirs"}))
+        with pytest.raises(Busy, match="taken over"):
+            vault.store(KEY, source, record, heartbeat=beat)
+        with pytest.raises(Busy, match="taken over"):
+            vault.prune(KEY, 1, beat)
+    assert vault.generations(KEY.token) == []
+    assert (vault.job_dir(KEY) / ".lock").is_dir(), "it removed the new holder's lock"
+
+
+def test_one_number_made_on_two_nodes_orders_by_time(vault: Vault, tmp_path: Path) -> None:
+    for stamp in ("20261130T100009Z", "20261130T100001Z"):
+        folder = vault.open_job(KEY) / f"000003-{stamp}"
+        folder.mkdir()
+    assert [g.created for g in vault.generations(KEY.token)] == ["20261130T100001Z", "20261130T100009Z"]

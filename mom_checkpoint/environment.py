@@ -112,13 +112,13 @@ def run_detached(work: Callable[[], None]) -> None:
         return
     status = 1
     try:
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        null = os.open(os.devnull, os.O_RDWR)
+        null = os.open(os.devnull, os.O_RDWR)  # first of all: pbs_mom's pipes are let go at once
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        os.setsid()
+        if os.fork():
+            os._exit(0)
         os.chdir("/")
         os.umask(0o077)
         work()

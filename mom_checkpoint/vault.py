@@ -394,27 +394,34 @@ class _Copier:
             )
 
     def _stream(self, fd: int, out: int, image_file: ImageFile) -> str:
-        """Exactly the recorded size, read and written chunk by chunk; the sha256 of what was written."""
+        """Exactly the recorded size, read and written chunk by chunk; the sha256 of what was written.
+        Two buffers, reused (no memory allocated per chunk): one is hashed while the other is read
+        into and written out."""
         import hashlib
 
         digest = hashlib.sha256()
+        buffers = (bytearray(CHUNK), bytearray(CHUNK))
         pending: Future[None] | None = None
         done = 0
+        turn = 0
         while done < image_file.size:
             if self.deadline is not None and time.monotonic() > self.deadline:
                 raise StorageIOError(f"copying {image_file.path} did not finish in time")
-            chunk = os.pread(fd, min(CHUNK, image_file.size - done), done)
-            if not chunk:
+            view = memoryview(buffers[turn])[: min(CHUNK, image_file.size - done)]
+            got = os.preadv(fd, [view], done)  # this buffer's last hash ended before the previous began
+            if not got:
                 raise VerificationFailed(f"{image_file.path} ended early: not copying it")
+            chunk = view[:got]
             if pending is not None:
                 pending.result()
             pending = self.hasher.submit(digest.update, chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(out, view) :]
-            done += len(chunk)
+            rest = chunk
+            while rest:
+                rest = rest[os.write(out, rest) :]
+            done += got
+            turn = 1 - turn
             if self.throttle is not None:
-                self.throttle(len(chunk))
+                self.throttle(got)
             if self.heartbeat is not None:
                 self.heartbeat()
         if pending is not None:

@@ -1361,8 +1361,8 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
     launched = time.time()
 
     def restart_started() -> bool:
-        """mom-restart's private work folder (tempfile's, "mom-restart-*") has criu's restore log."""
-        logs = Path(tempfile.gettempdir()).glob("mom-restart-*/restore.log")
+        """mom-restart's work folder (<spool>/.restarts/*/restorer/) has criu's restore log."""
+        logs = site.spool.glob(".restarts/*/restorer/restore.log")
         return any(log.parent.stat().st_mtime >= launched - 1 for log in logs)
 
     def via_mom_restart() -> float:
@@ -1372,7 +1372,8 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
             size = job.output.stat().st_size
             launched = time.time()
             started = time.perf_counter()
-            proc = start_restart(["--job", job.job_id], site.config)
+            with open(job.output, "ab") as out:  # the seed's --job: the application writes into our stdout
+                proc = start_restart(["--job", job.job_id], site.config, stdout=out)
             wait_output(size, proc, "mom-restart")
             seconds = time.perf_counter() - started
         kill_tree(pids)
@@ -1396,8 +1397,36 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
         return seconds
 
     def raw_command() -> list[str]:
+        """mom-restart's criu command line, reading the generation's image folder itself (mom-restart
+        reads root's staged copy through a descriptor), without its --inherit-fd pairs (via_raw hands
+        over the same files) and without --leave-stopped."""
         running = [e for e in site.log_events() if e.get("event") == "restart.running"]
-        return [str(word) for word in running[-1]["command"]]
+        words = [str(word) for word in running[-1]["command"]]
+        words[words.index("-D") + 1] = str(generation / "image")
+        plain: list[str] = []
+        for word in words:
+            if plain and plain[-1] == "--inherit-fd":
+                plain.pop()
+                continue
+            if word != "--leave-stopped":  # mom-restart's identity gate; raw criu lets the job run
+                plain.append(word)
+        return plain
+
+    def handed_over(workdir: Path) -> tuple[list[str], list[int]]:
+        """What mom-restart hands the restored job, done by hand: the output file in append mode, and
+        each kept file the job held as the user's own copy, under the name the dump gave it."""
+        fds = [os.open(job.output, os.O_WRONLY | os.O_APPEND)]
+        args = ["--inherit-fd", f"fd[{fds[0]}]:{str(job.output).lstrip('/')}"]
+        for kept in manifest.get("kept", []):
+            if kept["role"] != "held" or not kept.get("external"):
+                continue
+            copy = workdir / Path(kept["copy"]).name
+            shutil.copyfile(generation / kept["copy"], copy)
+            os.chown(copy, bench.user.uid, bench.user.gid)
+            copy.chmod(kept["mode"] or 0o400)
+            fds.append(os.open(copy, os.O_RDONLY))
+            args += ["--inherit-fd", f"fd[{fds[-1]}]:{kept['external']}"]
+        return args, fds
 
     def via_raw() -> float:
         pids_gone(pids)
@@ -1405,9 +1434,9 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
         command = raw_command()
         old = Path(command[command.index("--work-dir") + 1])
         command = [word.replace(str(old), str(workdir)) for word in command]
-        fd = os.open(job.output, os.O_WRONLY | os.O_APPEND)
+        inherit, fds = handed_over(workdir)
+        command += inherit
         try:
-            command = [re.sub(r"^fd\[\d+\]:", f"fd[{fd}]:", word) for word in command]
             with bench.warm_memory(warm, (workdir / "restore.log").exists):
                 size = job.output.stat().st_size
                 started = time.perf_counter()
@@ -1420,13 +1449,14 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
                     cwd="/",
                     umask=0o077,
                     start_new_session=True,
-                    pass_fds=(fd,),
+                    pass_fds=fds,
                 )
                 wait_output(size, proc, "criu restore")
                 seconds = time.perf_counter() - started
             _, err = proc.communicate(timeout=120)
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
         if proc.returncode != 0:
             raise RuntimeError(
                 f"criu restore failed (exit {proc.returncode}): {err.decode(errors='replace')[-300:]}"

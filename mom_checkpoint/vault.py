@@ -393,8 +393,8 @@ class _Copier:
                 )
             destination = target / image_file.path
             destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            out = os.open(
-                destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            out = os.open(  # read-write: what was written is read back (mapped) to be hashed
+                destination, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
             )
             try:
                 if self.file_mode != 0o600 and not image_file.path.startswith("kept/"):
@@ -416,39 +416,45 @@ class _Copier:
             )
 
     def _stream(self, fd: int, out: int, image_file: ImageFile) -> str:
-        """Exactly the recorded size, read and written chunk by chunk; the sha256 of what was written.
-        Two buffers, reused (no memory allocated per chunk): one is hashed while the other is read
-        into and written out."""
+        """Exactly the recorded size, copied chunk by chunk by the kernel (sendfile: no copy through
+        this process), each chunk then hashed from the destination's own pages (mapped, not copied)
+        in the hash thread while the next chunk is copied: the sha256 of what was written."""
         import hashlib
+        import mmap
 
         digest = hashlib.sha256()
-        buffers = (bytearray(CHUNK), bytearray(CHUNK))
         pending: Future[None] | None = None
         done = 0
-        turn = 0
         while done < image_file.size:
             if self.deadline is not None and time.monotonic() > self.deadline:
                 raise StorageIOError(f"copying {image_file.path} did not finish in time")
-            view = memoryview(buffers[turn])[: min(CHUNK, image_file.size - done)]
-            got = os.preadv(fd, [view], done)  # this buffer's last hash ended before the previous began
-            if not got:
-                raise VerificationFailed(f"{image_file.path} ended early: not copying it")
-            chunk = view[:got]
+            want = min(CHUNK, image_file.size - done)
+            got = 0
+            while got < want:  # out's position advances; the source offset is ours
+                sent = os.sendfile(out, fd, done + got, want - got)
+                if not sent:
+                    raise VerificationFailed(f"{image_file.path} ended early: not copying it")
+                got += sent
             if pending is not None:
                 pending.result()
-            pending = self.hasher.submit(digest.update, chunk)
-            rest = chunk
-            while rest:
-                rest = rest[os.write(out, rest) :]
-            done += got
-            turn = 1 - turn
+            # a whole chunk: its offset stays a multiple of CHUNK, as mmap needs
+            written = mmap.mmap(out, want, mmap.MAP_SHARED, mmap.PROT_READ, offset=done)
+            pending = self.hasher.submit(_hash_and_unmap, digest, written)
+            done += want
             if self.throttle is not None:
-                self.throttle(got)
+                self.throttle(want)
             if self.heartbeat is not None:
                 self.heartbeat()
         if pending is not None:
             pending.result()
         return digest.hexdigest()
+
+
+def _hash_and_unmap(digest: Any, written: Any) -> None:
+    try:
+        digest.update(written)
+    finally:
+        written.close()
 
 
 def snapshot(generation: Generation, manifest: Manifest) -> Path:

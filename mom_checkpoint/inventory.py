@@ -9,9 +9,7 @@ job in the vault and not in this spool).
 
 from __future__ import annotations
 
-import calendar
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +29,7 @@ from mom_checkpoint.storage import (
     PRUNING_PREFIX,
     RUN_NAME,
     Spool,
+    created_epoch,
     incoming_key,
 )
 from mom_checkpoint.verification import read_trusted_manifest
@@ -114,7 +113,7 @@ def _entry(spool: Spool, item: os.DirEntry[str], exec_pid: int, job_id: str) -> 
     match = GENERATION_NAME.fullmatch(item.name)
     if match:
         number = int(match.group(1))
-        created = float(calendar.timegm(time.strptime(match.group(2), "%Y%m%dT%H%M%SZ")))
+        created = created_epoch(match.group(2))
         try:
             manifest = read_trusted_manifest(path)
         except Error as exc:

@@ -60,6 +60,14 @@ class Generation:
         return self.path / MANIFEST
 
 
+def created_epoch(created: str) -> float:
+    """A generation name's UTC time (e.g. 20261124T193000Z) in seconds since the epoch; ValueError
+    for a time no calendar has."""
+    import calendar
+
+    return float(calendar.timegm(time.strptime(created, "%Y%m%dT%H%M%SZ")))
+
+
 def generation_name(number: int, when: float) -> str:
     return f"{number:06d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}"
 

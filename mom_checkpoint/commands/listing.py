@@ -3,14 +3,12 @@ in it and which are there only."""
 
 from __future__ import annotations
 
-import calendar
 import dataclasses
-import time
 
 from mom_checkpoint import inventory
 from mom_checkpoint.config import Config
 from mom_checkpoint.errors import Error, NoCheckpoint
-from mom_checkpoint.storage import Spool
+from mom_checkpoint.storage import Spool, created_epoch
 from mom_checkpoint.verification import read_trusted_manifest
 
 
@@ -55,7 +53,7 @@ def _with_vault(entries: list[inventory.Entry], vault_dir: str, job_id: str | No
                 manifest.total_bytes,
                 manifest.backend.name,
             )
-        created = float(calendar.timegm(time.strptime(generation.created, "%Y%m%dT%H%M%SZ")))
+        created = created_epoch(generation.created)
         marked.append(
             inventory.Entry(
                 token.split(".", 2)[2], exec_pid, generation.path, "vault-only", generation.number, created,

@@ -9,7 +9,6 @@ keeps two ticks of one node from overlapping. ``--dry-run`` reads and changes no
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import dataclasses
 import json
@@ -29,7 +28,7 @@ from mom_checkpoint.environment import Environment, child_environ
 from mom_checkpoint.errors import Busy, Error, Refused, StorageIOError, TorqueOutputError, TorqueUnavailable
 from mom_checkpoint.locking import describe_holder, lock_dir
 from mom_checkpoint.schedule import Decision, JobRecord, NodeView, Plan, Settings, plan, safe_job_id
-from mom_checkpoint.storage import INCOMING_PREFIX, Spool, storage_error, write_private
+from mom_checkpoint.storage import INCOMING_PREFIX, Spool, created_epoch, storage_error, write_private
 from mom_checkpoint.torque import QstatJobs, QstatOutputError, TorqueJob, parse_qstat_xml
 
 QSTAT_TIMEOUT_S = 60.0  # qstat hangs while pbs_server is unreachable: give up after this
@@ -189,7 +188,7 @@ def _plan(
 
 def node_view(spool: Spool, job_id: str, now: float, config: Config) -> NodeView:
     newest = spool.newest(job_id)
-    last = float(calendar.timegm(time.strptime(newest.created, "%Y%m%dT%H%M%SZ"))) if newest else None
+    last = created_epoch(newest.created) if newest else None
     cost = None
     if config.tick_advised_interval:
         from mom_checkpoint.commands.advise import measured_cost

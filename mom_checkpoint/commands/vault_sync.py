@@ -8,7 +8,6 @@ The copy reads a snapshot of hard links, so a prune of the generation meanwhile 
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import os
 import time
@@ -21,7 +20,7 @@ from mom_checkpoint.errors import Busy, ConfigError, Error
 from mom_checkpoint.jobkey import JobKey
 from mom_checkpoint.locking import job_lock, lock_dir
 from mom_checkpoint.manifest import Manifest
-from mom_checkpoint.storage import RUN_NAME, Generation, Spool, remove_tree
+from mom_checkpoint.storage import RUN_NAME, Generation, Spool, created_epoch, remove_tree
 from mom_checkpoint.vault import Vault, bandwidth_throttle, order, snapshot, stale_snapshots
 from mom_checkpoint.verification import read_trusted_manifest
 
@@ -171,7 +170,7 @@ def start_detached(config: Config, env: Environment, job_id: str, log: Any) -> N
 def _made(name: str) -> float:
     """When a generation was made, from its name (now, for a name no calendar has)."""
     try:
-        return float(calendar.timegm(time.strptime(name.split("-", 1)[1], "%Y%m%dT%H%M%SZ")))
+        return created_epoch(name.split("-", 1)[1])
     except (IndexError, ValueError):
         return time.time()
 

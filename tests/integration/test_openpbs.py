@@ -270,15 +270,8 @@ def test_a_task_that_is_its_own_session_leader_restarts_and_ends_with_its_task(s
     configure(site, **{"backends.criu.run_as": "job-user"})
     mom = make_mom(site)
     output = site.jobs_dir / "41.vm.task2.OU"
-    with open(output, "wb") as out:
-        os.fchown(out.fileno(), site.user.uid, site.user.gid)
-        leader = subprocess.Popen(
-            ["/usr/bin/python3", str(Path(__file__).parents[1] / "apps" / "counter.py")],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=site.jobs_dir,
-            user=site.user.uid, group=site.user.gid, extra_groups=[], start_new_session=True,
-            env={"PATH": "/usr/bin:/bin", "COUNTER_LIMIT": "4000"},
-        )  # fmt: skip
-    task2 = Task(Job("41.vm", leader, output, site.user), "41.vm", task_id=2)
+    task2 = Task(_leader_task(site, "41.vm", output, limit=4000), "41.vm", task_id=2)
+    leader = task2.job.leader
     deadline = time.monotonic() + 30
     while len(counts(output)) < 3:
         assert time.monotonic() < deadline, "task 2 does not count"
@@ -303,7 +296,7 @@ def test_a_task_that_is_its_own_session_leader_restarts_and_ends_with_its_task(s
         time.sleep(0.05)
 
 
-def _leader_task(site: Site, job_id: str, output: Path) -> Job:
+def _leader_task(site: Site, job_id: str, output: Path, limit: int = 100000) -> Job:
     """A task whose application leads its own session (pbsdsh -o), counting into ``output``."""
     with open(output, "wb") as out:
         os.fchown(out.fileno(), site.user.uid, site.user.gid)
@@ -311,7 +304,7 @@ def _leader_task(site: Site, job_id: str, output: Path) -> Job:
             ["/usr/bin/python3", str(Path(__file__).parents[1] / "apps" / "counter.py")],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=site.jobs_dir,
             user=site.user.uid, group=site.user.gid, extra_groups=[], start_new_session=True,
-            env={"PATH": "/usr/bin:/bin", "COUNTER_LIMIT": "100000"},
+            env={"PATH": "/usr/bin:/bin", "COUNTER_LIMIT": str(limit)},
         )  # fmt: skip
     return Job(job_id, leader, output, site.user)
 

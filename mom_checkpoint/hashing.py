@@ -1,4 +1,8 @@
-"""sha256 of image files: run after the job is let go, on every core, fsync'ing each file as it goes.
+"""Digests of image files: run after the job is let go, on every core, fsync'ing each file as it goes.
+
+A digest names its algorithm, ``"blake3:<hex>"`` or ``"sha256:<hex>"`` (as OCI descriptors do): new
+manifests get BLAKE3 (about twice sha256's speed on one core here, four times on machines with wider
+vector units), and a file recorded with sha256 by an older mom-checkpoint is checked with sha256.
 
 Every file is opened below its generation folder through ``safefs`` (no symlink at any component, no
 FIFO, regular files only) before any byte is read, and then read through that descriptor, exactly the
@@ -16,21 +20,55 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from mom_checkpoint import safefs
 from mom_checkpoint.errors import StorageIOError, TimedOut
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+ALGORITHM = "blake3"  # what new digests use
+DIGEST = re.compile(r"(blake3|sha256):[0-9a-f]{64}")  # a digest a manifest may record
 
 
 @dataclass(frozen=True)
 class ImageFile:
     path: str  # relative to the generation folder, e.g. "image/pages-1.img"
     size: int
-    sha256: str
+    digest: str  # "<algorithm>:<hex>", e.g. "blake3:af13..."
+
+
+class Hasher(Protocol):
+    def update(self, data: ReadableBuffer, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def hasher(algorithm: str) -> Hasher:
+    """A new hasher for ``algorithm`` (one DIGEST names)."""
+    if algorithm == "blake3":
+        from blake3 import blake3
+
+        return blake3()  # one thread per file: the files of an image are hashed side by side
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise ValueError(f"unknown digest algorithm {algorithm!r}")
+
+
+def algorithm_of(digest: str) -> str:
+    """The algorithm a recorded digest names (its text before the colon)."""
+    return digest.partition(":")[0]
+
+
+def finish(algorithm: str, state: Hasher) -> str:
+    return f"{algorithm}:{state.hexdigest()}"
 
 
 class SizeChanged(StorageIOError):
@@ -50,6 +88,7 @@ class _Opened:
     rel: str
     fd: int
     size: int
+    algorithm: str
 
 
 def digest_files(
@@ -61,10 +100,12 @@ def digest_files(
     sizes: Sequence[int] | None = None,
     max_bytes: int | None = None,
     deadline: float | None = None,
+    algorithms: Sequence[str] | None = None,
 ) -> list[ImageFile]:
     """Hash (and optionally fsync) every file below ``base``, in the order given.
 
-    ``sizes``: the size each file must have (a file of another size raises SizeChanged unread);
+    ``algorithms``: the algorithm of each file (to check digests recorded earlier; default: ALGORITHM
+    for all); ``sizes``: the size each file must have (a file of another size raises SizeChanged unread);
     ``max_bytes``: the most all of them may hold together (safefs.TooLarge); ``deadline``: a
     ``time.monotonic()`` value past which the call stops with TimedOut.
     """
@@ -73,7 +114,7 @@ def digest_files(
     try:
         for i, rel in enumerate(relpaths):
             fd, st = safefs.open_regular(rel, dir_fd=base_fd)
-            opened.append(_Opened(rel, fd, st.st_size))
+            opened.append(_Opened(rel, fd, st.st_size, algorithms[i] if algorithms else ALGORITHM))
             if sizes is not None and st.st_size != sizes[i]:
                 raise SizeChanged(rel, st.st_size, sizes[i])
         total = sum(f.size for f in opened)
@@ -118,9 +159,9 @@ def _digest_opened(
 
 
 def _digest(f: _Opened, progress: Progress | None, deadline: float | None) -> str:
-    """sha256 of exactly the first ``f.size`` bytes (a file that grows meanwhile is not read further;
+    """The digest of exactly the first ``f.size`` bytes (a file that grows meanwhile is not read further;
     one that shrinks hashes what is there, and then no longer matches its size)."""
-    hasher = hashlib.sha256()
+    state = hasher(f.algorithm)
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     offset = 0
@@ -130,11 +171,11 @@ def _digest(f: _Opened, progress: Progress | None, deadline: float | None) -> st
         n = os.preadv(f.fd, [view[: min(CHUNK, f.size - offset)]], offset)
         if n == 0:
             break
-        hasher.update(view[:n])
+        state.update(view[:n])
         offset += n
         if progress is not None:
             progress(n)
-    return hasher.hexdigest()
+    return finish(f.algorithm, state)
 
 
 def _sync_all(opened: Sequence[_Opened], failed: threading.Event) -> None:

@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 from mom_checkpoint.discovery import ProcessRecord
 from mom_checkpoint.errors import VerificationFailed
-from mom_checkpoint.hashing import ImageFile
+from mom_checkpoint.hashing import DIGEST, ImageFile
 from mom_checkpoint.records import RecordError, build
 
-SCHEMA = 3
+SCHEMA = 4
 MAX_BYTES = 32 * 1024 * 1024
 
 
@@ -36,8 +36,29 @@ def _kept_files_named(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema": 3}
 
 
+def _digests_named(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 4 records each file's ``digest`` with its algorithm ("blake3:<hex>"); a schema-3 file's
+    ``sha256`` is the digest "sha256:<hex>", and is checked with sha256."""
+
+    def upgraded(entries: object) -> object:
+        if not isinstance(entries, list):
+            return entries  # refused by the record check, with the field named
+        return [
+            {k: v for k, v in e.items() if k != "sha256"} | {"digest": f"sha256:{e['sha256']}"}
+            if isinstance(e, dict) and isinstance(e.get("sha256"), str)
+            else e
+            for e in entries
+        ]
+
+    return {**data, "schema": 4, "files": upgraded(data.get("files")), "kept": upgraded(data.get("kept"))}
+
+
 # schema N -> function turning a schema-N dict into a schema-(N+1) dict
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _kept_files_added, 2: _kept_files_named}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _kept_files_added,
+    2: _kept_files_named,
+    3: _digests_named,
+}
 EXTERNAL = re.compile(r"file\[[0-9a-f]{1,8}:[0-9a-f]{1,16}\]")  # CRIU's --external name of a held file
 
 
@@ -112,7 +133,7 @@ class KeptFile:
     role: Literal["held", "output"]  # a file it reads (its script...), or where its stdout/stderr went
     pos: int  # the file offset the job was at (held files)
     size: int
-    sha256: str
+    digest: str  # "<algorithm>:<hex>", as an image file's
     external: str = ""  # held: its name in the image, "file[<mnt_id>:<inode>]" (dumped with --external)
     mode: int = 0  # held: its permission bits, which the copy handed back must have
 
@@ -176,6 +197,11 @@ def parse(data: object, source: str) -> Manifest:
         manifest = build(Manifest, data)
     except RecordError as exc:
         raise VerificationFailed(f"{source}: manifest field {exc.key}: {exc.problem}") from None
+    for digest in [f.digest for f in manifest.files] + [k.digest for k in manifest.kept]:
+        if not DIGEST.fullmatch(digest):
+            raise VerificationFailed(
+                f"{source}: manifest records a digest this mom-checkpoint cannot check: {digest[:80]!r}"
+            )
     for image_file in manifest.files:
         if not is_inside_image(image_file.path):
             raise VerificationFailed(

@@ -36,7 +36,7 @@ from typing import Any
 
 from mom_checkpoint import safefs
 from mom_checkpoint.errors import Busy, Error, Refused, StorageIOError, VerificationFailed
-from mom_checkpoint.hashing import ImageFile
+from mom_checkpoint.hashing import Hasher, ImageFile, algorithm_of, finish, hasher
 from mom_checkpoint.jobkey import JobKey
 from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.storage import (
@@ -326,16 +326,16 @@ def copy_generation(
 ) -> None:
     """Copy every image and kept file the manifest lists from ``source`` to the new folder ``target``:
     each file opened below ``source`` without following a link, exactly its recorded size read,
-    its sha256 taken as it is written and compared with the manifest's, then made durable: each
+    its digest taken as it is written and compared with the manifest's, then made durable: each
     file fsync'd, or with ``whole_fs_sync`` the target's file system synced once after all are
     written (a CRIU image is dozens of small files, and on a shared file system each fsync is a
     round trip to the server). Raises VerificationFailed on any difference (nothing is published
     then)."""
-    files = [*manifest.files, *(ImageFile(k.copy, k.size, k.sha256) for k in manifest.kept)]
+    files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
     source_fd = safefs.open_dir(source)
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-hash") as hasher:
-            copier = _Copier(hasher, heartbeat, throttle, deadline, file_mode, each_fsync=not whole_fs_sync)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-hash") as hashing:
+            copier = _Copier(hashing, heartbeat, throttle, deadline, file_mode, each_fsync=not whole_fs_sync)
             for image_file in files:
                 copier.copy(source_fd, target, image_file)
     finally:
@@ -374,7 +374,7 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
 
 @dataclass(frozen=True)
 class _Copier:
-    hasher: ThreadPoolExecutor  # one thread: a file's sha256 runs while its next chunk is written
+    hashing: ThreadPoolExecutor  # one thread: a file's digest runs while its next chunk is written
     heartbeat: Callable[[], None] | None
     throttle: Throttle | None
     deadline: float | None
@@ -410,7 +410,7 @@ class _Copier:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-        if digest != image_file.sha256:
+        if digest != image_file.digest:
             raise VerificationFailed(
                 f"{image_file.path} has changed since the checkpoint (checksum mismatch)"
             )
@@ -418,11 +418,12 @@ class _Copier:
     def _stream(self, fd: int, out: int, image_file: ImageFile) -> str:
         """Exactly the recorded size, copied chunk by chunk by the kernel (sendfile: no copy through
         this process), each chunk then hashed from the destination's own pages (mapped, not copied)
-        in the hash thread while the next chunk is copied: the sha256 of what was written."""
-        import hashlib
+        in the hash thread while the next chunk is copied: the digest of what was written, by the
+        algorithm the manifest recorded it with."""
         import mmap
 
-        digest = hashlib.sha256()
+        algorithm = algorithm_of(image_file.digest)
+        digest = hasher(algorithm)
         pending: Future[None] | None = None
         done = 0
         while done < image_file.size:
@@ -439,7 +440,7 @@ class _Copier:
                 pending.result()
             # a whole chunk: its offset stays a multiple of CHUNK, as mmap needs
             written = mmap.mmap(out, want, mmap.MAP_SHARED, mmap.PROT_READ, offset=done)
-            pending = self.hasher.submit(_hash_and_unmap, digest, written)
+            pending = self.hashing.submit(_hash_and_unmap, digest, written)
             done += want
             if self.throttle is not None:
                 self.throttle(want)
@@ -447,10 +448,10 @@ class _Copier:
                 self.heartbeat()
         if pending is not None:
             pending.result()
-        return digest.hexdigest()
+        return finish(algorithm, digest)
 
 
-def _hash_and_unmap(digest: Any, written: Any) -> None:
+def _hash_and_unmap(digest: Hasher, written: Any) -> None:
     try:
         digest.update(written)
     finally:
@@ -461,7 +462,7 @@ def snapshot(generation: Generation, manifest: Manifest) -> Path:
     """Hard links of a local generation's files in a root folder of its run (``.vaulting-*``), so a
     prune of the generation while it is copied removes nothing the copy still reads. Each name is
     linked below folders opened without following a link, the name itself not followed either (what
-    it links is read later only if it is a regular file of the manifest's size and sha256). A name
+    it links is read later only if it is a regular file of the manifest's size and digest). A name
     that cannot be linked (a file of another file system mounted in a user's image folder) fails
     the copy: it is never read through a mount the user controls."""
     folder = (

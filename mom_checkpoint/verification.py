@@ -1,7 +1,8 @@
 """Before anything is restored: the generation is complete, untampered, and nobody else could have
 written it.
 
-- every file the manifest lists is there with its size and sha256, and nothing else is in the image;
+- every file the manifest lists is there with its size and digest (BLAKE3, or an older sha256), and
+  nothing else is in the image;
 - no symlinks anywhere in the generation;
 - folders and files belong to root or to the job's user (only when the restore itself runs as that
   user), and no other user can write any of them or the folders above them in the spool.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from mom_checkpoint import safefs
 from mom_checkpoint.errors import Refused, VerificationFailed
-from mom_checkpoint.hashing import Progress, SizeChanged, digest_files
+from mom_checkpoint.hashing import Progress, SizeChanged, algorithm_of, digest_files
 from mom_checkpoint.manifest import KEPT, Manifest, read
 from mom_checkpoint.storage import IMAGE, MANIFEST
 
@@ -67,13 +68,14 @@ def check_digests(
     deadline: float | None = None,
     read_from: Path | None = None,
 ) -> None:
-    """Every image file's size and sha256 as the manifest records them. ``read_from``: a folder
+    """Every image file's size and digest as the manifest records them. ``read_from``: a folder
     holding the copy of image/ that the restorer will read (staging): that copy is what is hashed."""
     try:
         digests = digest_files(
             read_from or generation,
             [f.path for f in manifest.files],
             sizes=[f.size for f in manifest.files],
+            algorithms=[algorithm_of(f.digest) for f in manifest.files],
             progress=progress,
             deadline=deadline,
         )
@@ -87,15 +89,18 @@ def check_digests(
         raise VerificationFailed(f"{generation}: cannot read an image file: {exc}") from None
     try:  # root's copies of what the job held: in the generation itself, never in a staged copy
         kept = digest_files(
-            generation, [k.copy for k in manifest.kept], sizes=[k.size for k in manifest.kept]
+            generation,
+            [k.copy for k in manifest.kept],
+            sizes=[k.size for k in manifest.kept],
+            algorithms=[algorithm_of(k.digest) for k in manifest.kept],
         )
     except (SizeChanged, OSError) as exc:
         raise VerificationFailed(f"{generation}: a kept file has changed or cannot be read: {exc}") from None
     for k, actual in zip(manifest.kept, kept, strict=True):
-        if k.sha256 != actual.sha256:
+        if k.digest != actual.digest:
             raise VerificationFailed(f"{generation}: {k.copy} has changed since the checkpoint: refusing it")
     for expected, actual in zip(manifest.files, digests, strict=True):
-        if expected.sha256 != actual.sha256:
+        if expected.digest != actual.digest:
             raise VerificationFailed(
                 f"{generation}: {expected.path} has changed since the checkpoint "
                 f"(checksum mismatch): refusing to restore it"

@@ -38,7 +38,7 @@ _TEXTS = {
     ),
     "verify": (
         "re-hash a generation against its manifest",
-        "Check every image file's size and sha256 against the manifest, and that nobody else could have "
+        "Check every image file's size and digest against the manifest, and that nobody else could have "
         "written the generation, as mom-restart does before restoring; exit 0 only if all is well.",
         f"mom-checkpoint verify 42.head\n  mom-checkpoint verify {_GENERATION}\n"
         "  mom-checkpoint verify --vault 42.head",

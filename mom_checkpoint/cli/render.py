@@ -104,7 +104,7 @@ def manifest(path: Path, m: Manifest, stream: TextIO) -> None:
     console.print(tree)
     table = Table("FILE", "SIZE", "SHA256")
     for f in m.files:
-        table.add_row(*_row(f.path, humanize.naturalsize(f.size, binary=True), f.sha256[:16] + "..."))
+        table.add_row(*_row(f.path, humanize.naturalsize(f.size, binary=True), f.digest[:23] + "..."))
     console.print(table)
     console.print(f"{len(m.files)} files, {humanize.naturalsize(m.total_bytes, binary=True)}")
     if m.stats:

@@ -275,7 +275,7 @@ class _Attempt:
                 "output" if c.role == "output" else "held",
                 c.pos,
                 d.size,
-                d.sha256,
+                d.digest,
                 c.external,
                 c.mode,
             )

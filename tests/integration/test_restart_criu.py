@@ -4,6 +4,7 @@ stdio on /dev/null, cwd /)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -153,6 +155,50 @@ def test_image_refuses_a_tampered_or_incomplete_generation(user_mode: Site) -> N
     (generation / "manifest.json").unlink()
     restart = start_restart(["--image", generation], site.config)
     assert restart.wait(timeout=60) == 65
+
+
+def test_a_generation_an_older_version_recorded_with_sha256_still_restores(user_mode: Site) -> None:
+    """Schema-3 manifests (each file's "sha256") from before BLAKE3: the generations already on a node
+    restore after an upgrade, checked with sha256; one changed byte is still a refusal."""
+    site = user_mode
+    job = site.start_job("614.head", app_env={"COUNTER_LIMIT": "60"})
+    job.wait_count(5)
+    args = site.torque_args(job, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    checkpointed = counts(job)[-1]
+    crash(job)
+    job.output.write_text("")  # pbs_mom re-creates empty .OU/.ER files before a restart
+    [generation] = site.generations("614.head")
+    manifest = verify_generation(generation)
+
+    def as_schema_3(entry: dict[str, Any]) -> dict[str, Any]:
+        data = (generation / (entry.get("copy") or entry["path"])).read_bytes()
+        rest = {k: v for k, v in entry.items() if k != "digest"}
+        return {**rest, "sha256": hashlib.sha256(data).hexdigest()}
+
+    old = {
+        **manifest,
+        "schema": 3,
+        "files": [as_schema_3(f) for f in manifest["files"]],
+        "kept": [as_schema_3(k) for k in manifest["kept"]],
+    }
+    (generation / "manifest.json").write_text(json.dumps(old))  # root's, 0600, as the hook left it
+    restart = start_restart(restart_args(site, job, args), site.config)
+    assert restart.wait(timeout=90) == 0, restart.stderr.read() if restart.stderr else ""
+    assert counts(job) == list(range(1, 61)) and checkpointed < 60
+
+    crash(job)
+    biggest = max(old["files"], key=lambda f: f["size"])
+    with open(generation / biggest["path"], "r+b") as fh:
+        fh.seek(biggest["size"] // 2)
+        byte = fh.read(1)
+        fh.seek(biggest["size"] // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    restart = start_restart(restart_args(site, job, args), site.config)
+    assert restart.wait(timeout=60) == 65
+    assert restart.stderr is not None and "checksum mismatch" in restart.stderr.read().decode()
+    assert not job.processes()
 
 
 def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -> None:

@@ -3,7 +3,6 @@ threads with the write-back overlapped (large ones), and every file fsync'd when
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from mom_checkpoint import hashing, safefs
 from mom_checkpoint.errors import TimedOut
 from mom_checkpoint.hashing import SizeChanged, digest_files
+from tests.helpers import digest_of
 
 SIZES = {
     "image/pages-1.img": 300_000,
@@ -47,7 +47,7 @@ def test_digests_sizes_and_order_match_hashlib(tmp_path: Path, mode: str, fsync:
     assert [f.path for f in files] == rels
     for f in files:
         assert f.size == len(contents[f.path])
-        assert f.sha256 == hashlib.sha256(contents[f.path]).hexdigest()
+        assert f.digest == digest_of(contents[f.path])
 
 
 def test_every_file_is_fsynced(tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,4 +141,17 @@ def test_a_file_growing_meanwhile_is_read_only_as_far_as_its_size(tmp_path: Path
     with unittest.mock.patch.object(safefs, "open_regular", open_then_grow):
         files = digest_files(tmp_path, list(SIZES))
     grown = next(f for f in files if f.path == "image/pages-2.img")
-    assert (grown.size, grown.sha256) == (70_000, hashlib.sha256(contents["image/pages-2.img"]).hexdigest())
+    assert (grown.size, grown.digest) == (70_000, digest_of(contents["image/pages-2.img"]))
+
+
+def test_each_file_is_hashed_with_the_algorithm_it_was_recorded_with(tmp_path: Path, mode: str) -> None:
+    """A manifest may mix algorithms (an older generation's sha256, new BLAKE3): each is checked with
+    its own, and the digest says which."""
+    contents = image(tmp_path)
+    rels = list(SIZES)
+    algorithms = ["sha256" if i % 2 else "blake3" for i in range(len(rels))]
+    files = digest_files(tmp_path, rels, algorithms=algorithms)
+    assert [f.digest for f in files] == [
+        digest_of(contents[r], a) for r, a in zip(rels, algorithms, strict=True)
+    ]
+    assert files[1].digest.startswith("sha256:") and files[0].digest.startswith("blake3:")

@@ -100,7 +100,14 @@ def test_one_copy_of_a_file_held_twice_and_none_of_what_is_not_kept(
 def test_a_manifest_with_a_forged_external_name_or_mode_is_refused() -> None:
     """The name goes into CRIU's command line as --inherit-fd fd[N]:<name>: only file[hex:hex]; the
     mode becomes the copy's: permission bits only."""
-    kept = {"path": "/x", "copy": "kept/held-0", "role": "held", "pos": 0, "size": 1, "sha256": "0" * 64}
+    kept = {
+        "path": "/x",
+        "copy": "kept/held-0",
+        "role": "held",
+        "pos": 0,
+        "size": 1,
+        "digest": "blake3:" + "0" * 64,
+    }
     for external, mode in (
         ("file[1a:2b] --action-script /tmp/x", 0o644),
         ("fd[3]", 0o644),
@@ -116,6 +123,7 @@ def test_a_schema_2_manifest_reads_with_its_held_files_named_by_path() -> None:
     kept = {"path": "/x", "copy": "kept/held-0", "role": "held", "pos": 0, "size": 1, "sha256": "0" * 64}
     [old] = parse({**_with_kept(kept), "schema": 2}, "m").kept
     assert (old.path, old.external, old.mode) == ("/x", "", 0)
+    assert old.digest == "sha256:" + "0" * 64  # checked with sha256, as it was recorded
 
 
 def _with_kept(kept: dict[str, object]) -> dict[str, object]:

@@ -4,7 +4,6 @@ what verifies, retention only behind a newer copy, the bandwidth limit."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import socket
@@ -19,6 +18,7 @@ from mom_checkpoint.hashing import ImageFile
 from mom_checkpoint.jobkey import JobKey
 from mom_checkpoint.manifest import GenerationInfo, Manifest
 from mom_checkpoint.vault import Vault, bandwidth_throttle
+from tests.helpers import digest_of
 from tests.torque import manifest as make_manifest
 
 KEY = JobKey("torque", 1000, "42.head")
@@ -37,7 +37,7 @@ def _generation(tmp_path: Path, number: int, data: bytes = b"pages" * 1000) -> t
     (source / "image").mkdir(parents=True)
     (source / "image" / "pages-1.img").write_bytes(data)
     record = make_manifest("42.head", number, name, 4711, 1.0)
-    files = [ImageFile("image/pages-1.img", len(data), hashlib.sha256(data).hexdigest())]
+    files = [ImageFile("image/pages-1.img", len(data), digest_of(data))]
     record = dataclasses.replace(
         record, files=files, total_bytes=len(data), generation=GenerationInfo(number, name)
     )

@@ -130,11 +130,19 @@ def tree_pids(pid: int) -> list[int]:
     return found
 
 
-def kill_tree(pid: int) -> None:
+KILLED_GONE_S = 5.0  # how long kill_tree waits for the killed processes' pids to be free again
+
+
+def kill_tree(pid: int, gone_within: float = KILLED_GONE_S) -> None:
     """SIGKILL a child of this process and everything below it (the deepest first, so nothing is left
-    to be reparented and go on), and reap it."""
+    to be reparented and go on), reap it, and wait (bounded) until the others are reaped too: their
+    pids are the job's, and the next restart of the job needs them free."""
+    members = []
     for member in reversed(tree_pids(pid)):
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            members.append(psutil.Process(member))
             os.kill(member, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
+    with contextlib.suppress(psutil.Error):
+        psutil.wait_procs([m for m in members if m.pid != pid], timeout=gone_within)

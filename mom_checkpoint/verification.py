@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mom_checkpoint import safefs
 from mom_checkpoint.errors import Refused, VerificationFailed
-from mom_checkpoint.hashing import Progress, SizeChanged, algorithm_of, digest_files
+from mom_checkpoint.hashing import ImageFile, Progress, SizeChanged, algorithm_of, digest_files
 from mom_checkpoint.manifest import KEPT, Manifest, read
 from mom_checkpoint.storage import IMAGE, MANIFEST
 
@@ -67,15 +69,19 @@ def check_digests(
     progress: Progress | None = None,
     deadline: float | None = None,
     read_from: Path | None = None,
+    files: Sequence[ImageFile] | None = None,
+    kept: bool = True,
 ) -> None:
     """Every image file's size and digest as the manifest records them. ``read_from``: a folder
-    holding the copy of image/ that the restorer will read (staging): that copy is what is hashed."""
+    holding the copy of image/ that the restorer will read (staging): that copy is what is hashed.
+    ``files``: only these of the manifest's image files (default: all); ``kept``: the kept files too."""
+    checked = manifest.files if files is None else list(files)
     try:
         digests = digest_files(
             read_from or generation,
-            [f.path for f in manifest.files],
-            sizes=[f.size for f in manifest.files],
-            algorithms=[algorithm_of(f.digest) for f in manifest.files],
+            [f.path for f in checked],
+            sizes=[f.size for f in checked],
+            algorithms=[algorithm_of(f.digest) for f in checked],
             progress=progress,
             deadline=deadline,
         )
@@ -87,7 +93,19 @@ def check_digests(
         ) from None
     except OSError as exc:
         raise VerificationFailed(f"{generation}: cannot read an image file: {exc}") from None
-    try:  # root's copies of what the job held: in the generation itself, never in a staged copy
+    if kept:
+        _check_kept(generation, manifest)
+    for expected, actual in zip(checked, digests, strict=True):
+        if expected.digest != actual.digest:
+            raise VerificationFailed(
+                f"{generation}: {expected.path} has changed since the checkpoint "
+                f"(checksum mismatch): refusing to restore it"
+            )
+
+
+def _check_kept(generation: Path, manifest: Manifest) -> None:
+    """Root's copies of what the job held: in the generation itself, never in a staged copy."""
+    try:
         kept = digest_files(
             generation,
             [k.copy for k in manifest.kept],
@@ -99,12 +117,28 @@ def check_digests(
     for k, actual in zip(manifest.kept, kept, strict=True):
         if k.digest != actual.digest:
             raise VerificationFailed(f"{generation}: {k.copy} has changed since the checkpoint: refusing it")
-    for expected, actual in zip(manifest.files, digests, strict=True):
-        if expected.digest != actual.digest:
-            raise VerificationFailed(
-                f"{generation}: {expected.path} has changed since the checkpoint "
-                f"(checksum mismatch): refusing to restore it"
-            )
+
+
+class InBackground:
+    """A check run in a thread of its own while the caller goes on (the restore of the job, stopped):
+    ``result()`` waits for it and raises what it raised. The thread is a daemon: a restart that fails
+    meanwhile exits without waiting for a check nobody needs any more."""
+
+    def __init__(self, check: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(check,), name="verify", daemon=True)
+        self._thread.start()
+
+    def _run(self, check: Callable[[], None]) -> None:
+        try:
+            check()
+        except BaseException as exc:  # handed to the waiting thread
+            self._error = exc
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def read_trusted_manifest(generation: Path) -> Manifest:

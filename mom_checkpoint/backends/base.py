@@ -82,6 +82,8 @@ class Backend(ABC):
     # capabilities the checkpointer keeps when it runs as the job's user (CRIU.md)
     dump_capabilities: ClassVar[tuple[str, ...]] = ()
     restore_capabilities: ClassVar[tuple[str, ...]] = ()
+    # its restore returns the job stopped (Restored.stopped): nothing of it has run until it is let go
+    restores_stopped: ClassVar[bool] = False
 
     def __init__(self, config: Config, env: Environment) -> None:
         self.config = config

@@ -35,8 +35,8 @@ signals are passed on to it, and its exit status is this program's.
   sudo -n mom-restart --own --job JOB_ID ...      from a user's job script (see --own)
 
 The TORQUE form follows the pointer at CHECKPOINT_DIR/CHECKPOINT_NAME, or takes the job's newest
-complete generation when pbs_mom has deleted it. Every file is checked against the manifest's sha256
-before anything is restored.
+complete generation when pbs_mom has deleted it. Every file is checked against the manifest's digest
+before any of the restored job runs.
 """
 
 EPILOG = f"""\

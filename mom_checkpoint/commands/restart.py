@@ -38,13 +38,15 @@ from mom_checkpoint.errors import (
     Refused,
     StorageIOError,
 )
+from mom_checkpoint.hashing import ImageFile
 from mom_checkpoint.identity import JobUser, tree_problems
 from mom_checkpoint.jobkey import SYSTEMS, JobKey, system_of
 from mom_checkpoint.manifest import KeptFile, Manifest
 from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
+from mom_checkpoint.staging import StagedImage
 from mom_checkpoint.storage import GENERATION_NAME, RESTORER_DIR, RUN_NAME, Spool, remove_tree
 from mom_checkpoint.termination import kill_tree, tree_pids
-from mom_checkpoint.verification import check_digests, check_layout, read_trusted_manifest
+from mom_checkpoint.verification import InBackground, check_digests, check_layout, read_trusted_manifest
 
 VAULT_ANSWER_S = 30.0  # how long a restart waits for the vault to list a job's copies
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
@@ -130,8 +132,24 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
     forwarder = _Forwarder()
     with forwarder, _workdir(spool, user if config.run_as == "job-user" else None) as work:
         staged = backend.stage_image(generation, manifest.files, work.root, user)
+        pages: InBackground | None = None
         try:
-            check_digests(generation, manifest, deadline=deadline, read_from=staged.base)
+            # What the restorer decides from (every file but the job's memory, and the kept files) is
+            # checked before it starts. The memory pages of a restorer that gives the job back
+            # stopped are checked while it restores: nothing of the job runs before that check and
+            # the identity gate have both passed, and a mismatch kills the stopped tree.
+            later = _checked_while_restoring(manifest, staged) if backend.restores_stopped else []
+            check_digests(
+                generation, manifest, deadline=deadline, read_from=staged.base,
+                files=[f for f in manifest.files if f not in later],
+            )  # fmt: skip
+            if later:
+                base = staged.base
+                pages = InBackground(
+                    lambda: check_digests(
+                        generation, manifest, deadline=deadline, read_from=base, files=later, kept=False
+                    )
+                )
             log.info("restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name)
             if os.geteuid() == 0 and caller is None:
                 key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
@@ -155,6 +173,8 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
                     raise
         finally:
             staged.close()
+        if pages is not None:
+            _pages_checked(pages, restored, log)
         _admit(restored, user, staged.stopped, log, held_files=config.run_as == "root")
         log.info("restart.running", restored_pid=restored.pid, command=restored.command)
         _mark(call, "Successfully restarted job", config=config, env=env, log=log)
@@ -165,6 +185,23 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
         **({"signal": -status} if status < 0 else {"exit_status": status}),
     )
     return status
+
+
+def _checked_while_restoring(manifest: Manifest, staged: StagedImage) -> list[ImageFile]:
+    """The image files whose check can overlap the restore: the job's memory, linked into the staged
+    image (root's copies of the small files, which CRIU takes decisions from, are checked first)."""
+    return [f for f in manifest.files if f.path.rpartition("/")[2] not in staged.contents]
+
+
+def _pages_checked(pages: InBackground, restored: Restored, log: Any) -> None:
+    """Wait for the check of the pages; on any failure the restored tree, still stopped, is killed."""
+    try:
+        pages.result()
+    except BaseException as exc:
+        kill_tree(restored.pid)
+        log.error("restart.verification_failed", error=str(exc), killed=restored.pid)
+        raise
+    log.info("restart.verified")
 
 
 def _keep_restore_log(

@@ -78,6 +78,8 @@ def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Sit
     verify_generation(generation)  # a restore leaves the generation exactly as it was (restorable again)
     events = [e["event"] for e in site.log_events()]
     assert "restart.running" in events and "qalter.missing" in events
+    # the pages, checked while CRIU restored the job stopped, were checked before it was let go
+    assert events.index("restart.start") < events.index("restart.verified") < events.index("restart.running")
     [running] = [e for e in site.log_events() if e["event"] == "restart.running"]
     assert (running["pid"], running["restored_pid"], running["job_id"]) == (
         restart.pid,
@@ -141,12 +143,31 @@ def test_image_refuses_a_tampered_or_incomplete_generation(user_mode: Site) -> N
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
 
+    written = job.output.read_bytes()
     restart = start_restart(["--image", generation], site.config)
     assert restart.wait(timeout=60) == 65
     assert restart.stderr is not None
     message = restart.stderr.read().decode()
     assert message.startswith("mom-restart: ") and biggest["path"] in message and "changed" in message
     assert not job.processes() and not psutil.pid_exists(manifest["job"]["exec_pid"])
+    # the memory pages are checked while CRIU restores the job stopped: the mismatch killed the
+    # stopped tree before any of it ran (it printed nothing), and the job's pids are free again
+    [failed] = [e for e in site.log_events() if e["event"] == "restart.verification_failed"]
+    assert failed["killed"] == manifest["job"]["exec_pid"]
+    assert job.output.read_bytes() == written, "the tampered job ran"
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))  # as it was
+
+    # a file CRIU decides from (not memory) is checked before CRIU starts: it never runs on it
+    core = next(f for f in manifest["files"] if f["path"].startswith("image/core-"))
+    original = (generation / core["path"]).read_bytes()
+    (generation / core["path"]).write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
+    starts = len([e for e in site.log_events() if e["event"] == "restart.start"])
+    restart = start_restart(["--image", generation], site.config)
+    assert restart.wait(timeout=60) == 65
+    assert restart.stderr is not None and core["path"] in restart.stderr.read().decode()
+    assert len([e for e in site.log_events() if e["event"] == "restart.start"]) == starts, "CRIU ran"
+    (generation / core["path"]).write_bytes(original)
 
     victim.unlink()
     restart = start_restart(["--image", generation], site.config)

@@ -6,9 +6,14 @@ that cannot be opened falls back to syslog rather than failing the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
 import os
 import sys
 import syslog
+import threading
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 CONSOLE_EXTRAS = ("rich", "better_exceptions", "colorama")
@@ -34,21 +39,67 @@ def open_log_file(path: str) -> TextIO | None:
     return os.fdopen(fd, "a", buffering=1)
 
 
-def _structlog() -> Any:
-    """structlog, without the console extras it would otherwise import (rich, which the admin
-    commands install, costs about 30 ms of every hook call; the hook only writes JSON lines)."""
-    if "structlog" in sys.modules:
-        return sys.modules["structlog"]
+_PARTS_LOCK = threading.Lock()
+
+
+def _structlog() -> tuple[Any, Any, Any]:
+    """structlog's generic BoundLogger, its WriteLogger and its processors module: all the hook uses."""
+    with _PARTS_LOCK:
+        return _structlog_parts()
+
+
+@functools.cache  # once per process
+def _structlog_parts() -> tuple[Any, Any, Any]:
+    try:
+        with _bare_structlog():
+            from structlog import processors
+            from structlog._generic import BoundLogger
+            from structlog._output import WriteLogger
+    except (ImportError, AttributeError):  # a structlog laid out otherwise: its public names, all of it
+        with _without_console_extras():
+            import structlog
+        return structlog.BoundLogger, structlog.WriteLogger, structlog.processors
+    return BoundLogger, WriteLogger, processors
+
+
+@contextlib.contextmanager
+def _without_console_extras() -> Iterator[None]:
+    """``import rich`` and the other console extras fail inside (structlog's dev console and tracebacks
+    import rich if they can: about 30 ms of every hook call; the hook only writes JSON lines)."""
     blocked = [name for name in CONSOLE_EXTRAS if name not in sys.modules]
     for name in blocked:
-        sys.modules[name] = None  # type: ignore[assignment]  # makes `import rich` fail inside structlog.dev
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
-        import structlog
+        yield
     finally:
         for name in blocked:
             if sys.modules.get(name) is None:
                 del sys.modules[name]
-    return structlog
+
+
+@contextlib.contextmanager
+def _bare_structlog() -> Iterator[None]:
+    """Imports inside see structlog as a bare package, its ``__init__`` not run: that imports every
+    integration (structlog.stdlib and the native loggers, which bring asyncio, the dev console, twisted
+    support), about 30 ms of every hook call. The structlog modules they load are dropped from sys.modules
+    afterwards, so a later ``import structlog`` gets the whole library as usual. The console extras are
+    kept out the same way (structlog.tracebacks imports rich if it can: about 30 ms more). Nothing changes
+    where structlog is imported already."""
+    if "structlog" in sys.modules:
+        yield
+        return
+    spec = importlib.util.find_spec("structlog")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ImportError("structlog is not installed", name="structlog")
+    before = set(sys.modules)
+    sys.modules["structlog"] = importlib.util.module_from_spec(spec)
+    try:
+        with _without_console_extras():
+            yield
+    finally:
+        for name in set(sys.modules) - before:
+            if name == "structlog" or name.startswith("structlog."):
+                del sys.modules[name]
 
 
 MAX_VALUE = 2000  # characters of one logged string: a caller's argument cannot flood the log
@@ -74,17 +125,34 @@ def _cap(value: Any, limit: int = MAX_VALUE) -> Any:
     return value
 
 
-def make_logger(log_file: str, **context: Any) -> Any:
-    structlog = _structlog()  # imported here: only the programs that log pay for it
+def exception_info(_logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor: ``log.exception(...)`` records the traceback being handled, as structlog's
+    default logger does (its ``exception`` is ``error`` with ``exc_info=True``)."""
+    if method == "exception":
+        event.setdefault("exc_info", True)
+    return event
 
-    target: Any
+
+def _json_default(value: Any) -> Any:
+    """What structlog's JSONRenderer does with a value JSON has no type for: its ``__structlog__()``, else
+    its repr (structlog's own fallback would import its whole package for a check the hook never needs)."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+def make_logger(log_file: str, **context: Any) -> Any:
+    bound_logger, write_logger, processors = _structlog()  # imported here: only the programs that log pay
+
     stream = None if log_file == "syslog" else open_log_file(log_file)
-    target = structlog.WriteLogger(stream) if stream is not None else SyslogLogger()
-    processors: list[Any] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
+    target: Any = write_logger(stream) if stream is not None else SyslogLogger()
+    chain: list[Any] = [
+        processors.add_log_level,
+        processors.TimeStamper(fmt="iso", utc=True),
+        exception_info,
+        processors.format_exc_info,
         cap_values,
-        structlog.processors.JSONRenderer(sort_keys=False),
+        processors.JSONRenderer(sort_keys=False, default=_json_default),
     ]
-    return structlog.wrap_logger(target, processors=processors).bind(pid=os.getpid(), **context)
+    return bound_logger(target, chain, {}).bind(pid=os.getpid(), **context)

@@ -7,6 +7,7 @@ outside a ``Literal`` are reported as ``RecordError(key, problem)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, TypeVar, Union
@@ -25,8 +26,7 @@ def build(cls: type[T], data: object, where: str = "") -> T:
     """Return ``cls(**data)`` after checking every key and value against the dataclass's type hints."""
     if not isinstance(data, dict):
         raise RecordError(where or "(top level)", f"expected a table, got {_kind(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints, fields = _record_type(cls)  # type: ignore[arg-type]  # a class is hashable
     for key in data:
         if key not in fields:
             raise RecordError(_join(where, str(key)), "unknown key")
@@ -38,6 +38,11 @@ def build(cls: type[T], data: object, where: str = "") -> T:
         elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
             raise RecordError(key, "missing")
     return cls(**values)
+
+
+@functools.cache  # get_type_hints evaluates every annotation's text: a hook call reads several manifests
+def _record_type(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
 
 
 def _convert(hint: Any, value: object, key: str) -> Any:

@@ -8,14 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from mom_checkpoint import __version__
-from mom_checkpoint.cli.admin import COMMANDS, add_subcommands
 from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, log_refused_call, main_for
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import Error, UsageError
 from mom_checkpoint.status import ExitStatus
 
 PROG = "mom-checkpoint"
-SUBCOMMANDS: frozenset[str] = frozenset(COMMANDS)
 
 DESCRIPTION = """\
 Checkpoint a running TORQUE/PBS job. pbs_mom runs this program as $checkpoint_script:
@@ -44,6 +42,8 @@ examples:
 
 
 def build_parser() -> ArgumentParser:
+    from mom_checkpoint.cli.admin import add_subcommands  # here: pbs_mom's calls never build this parser
+
     parser = ArgumentParser(
         prog=PROG,
         description=DESCRIPTION,
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
 def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:
     if args and args[0] == "--pbs":
         return _openpbs(args, env, loggers)
-    if not args or args[0].startswith("-") or args[0] in SUBCOMMANDS:
+    if _admin_call(args):
         options = build_parser().parse_args(args)
         if options.command is None:
             build_parser().error("no job and no command given")
@@ -82,6 +82,18 @@ def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStat
         log_refused_call(PROG, "checkpoint.refused", args, exc, env)
         raise
     return _checkpoint(call, env, loggers)
+
+
+def _admin_call(args: list[str]) -> bool:
+    """A subcommand, --help or --version rather than one of pbs_mom's calls, whose first argument is a
+    number (a session id or pid): those are told apart without importing the admin commands."""
+    if not args or args[0].startswith("-"):
+        return True
+    if args[0].isdecimal():
+        return False
+    from mom_checkpoint.cli.admin import COMMANDS
+
+    return args[0] in COMMANDS
 
 
 def _openpbs(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:

@@ -89,3 +89,53 @@ def test_a_call_refused_before_it_ran_is_in_the_log(tmp_path: Path) -> None:
         ("checkpoint.refused", nine, 64),
         ("restart.refused", ["4711", "42.head"], 64),
     ]
+
+
+def test_the_hooks_logger_without_structlogs_package_init(tmp_path: Path) -> None:
+    """make_logger imports only the structlog modules it uses (issue 16); log.exception() still records
+    the traceback, and a later `import structlog` still gets the whole library."""
+    log = tmp_path / "hook.log"
+    code = f"""
+import sys
+from mom_checkpoint.log import make_logger
+logger = make_logger({str(log)!r}, program="mom-checkpoint")
+try:
+    raise OSError("disk gone")
+except OSError:
+    logger.exception("vault.sync_crashed", job_id="42.head")
+logger.bind(generation=3).info("checkpoint.done", path=__import__("pathlib").Path("/x"))
+print(sorted(name for name in sys.modules if name.startswith(("structlog", "asyncio"))))
+import structlog
+print(structlog.stdlib.BoundLogger.__name__, callable(structlog.contextvars.get_merged_contextvars))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["[]", "BoundLogger True"]
+    crashed, done = (json.loads(line) for line in log.read_text().splitlines())
+    assert (crashed["event"], crashed["level"]) == ("vault.sync_crashed", "error")
+    assert crashed["exception"].startswith("Traceback") and "OSError: disk gone" in crashed["exception"]
+    assert (done["level"], done["generation"], done["path"]) == ("info", 3, "PosixPath('/x')")
+
+
+def test_a_structlog_laid_out_otherwise_is_imported_whole(tmp_path: Path) -> None:
+    """The hook takes structlog's modules one by one (private names); if a structlog release moves them,
+    the logger is made from the package's public names instead: the same lines, never a failed call."""
+    log = tmp_path / "hook.log"
+    code = f"""
+import contextlib, sys
+from mom_checkpoint import log
+
+@contextlib.contextmanager
+def moved():
+    raise ImportError("cannot import name 'BoundLogger' from 'structlog._generic'")
+    yield
+
+log._bare_structlog = moved  # as this hook would find a release that moved its modules
+log.make_logger({str(log)!r}, program="mom-checkpoint").info("checkpoint.done", generation=3)
+print("rich" in sys.modules, "structlog.stdlib" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]  # the whole package, still without the console extras
+    [done] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert (done["event"], done["level"], done["generation"]) == ("checkpoint.done", "info", 3)

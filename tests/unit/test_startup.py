@@ -1,0 +1,81 @@
+"""The hook's start-up: pbs_mom's calls import only what the checkpoint path uses (issue 16).
+
+Each call runs mom-checkpoint's main() in a fresh interpreter, as pbs_mom would, for a session that cannot
+exist: the call gets through the config, the log and the whole checkpoint command's imports before it is
+refused with 66, and then the modules it loaded are listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NO_SESSION = str(2**22 + 1)  # above the kernel's largest pid_max: never a running process
+
+# What the hook's path once imported without using it, with what pulled it in.
+NOT_ON_THE_HOOK_PATH = (
+    "mom_checkpoint.cli.admin",  # the admin subcommands' parser and texts
+    "asyncio",  # structlog's stdlib integration and native loggers
+    "structlog.stdlib",  # structlog's package __init__ imports every integration
+    "structlog.dev",
+    "structlog.twisted",
+    "rich",  # structlog's console and tracebacks use it if it is installed
+)
+# What the path does use: if these are missing, the call failed before the imports this test is about.
+ON_THE_HOOK_PATH = ("mom_checkpoint.commands.checkpoint", "mom_checkpoint.locking", "filelock", "psutil")
+
+WRAPPER = """
+import sys
+from mom_checkpoint.cli.checkpoint import main
+status = main(sys.argv[2:])
+with open(sys.argv[1], "w") as out:
+    out.write("\\n".join(sorted(sys.modules)))
+sys.exit(status)
+"""
+
+
+def _user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param([NO_SESSION, "42.head", "{user}", "-", "-", "-", "0", "-"], id="torque"),
+        pytest.param([NO_SESSION, "42.head"], id="seed"),
+        pytest.param(
+            ["--pbs", "checkpoint", "42.head", NO_SESSION, "1", "{user}", "/x/42.head.CK/00000001"],
+            id="openpbs",
+        ),
+    ],
+)
+def test_a_hook_call_imports_only_what_it_uses(tmp_path: Path, argv: list[str]) -> None:
+    config = tmp_path / "config.toml"
+    log = tmp_path / "hook.log"
+    config.write_text(f'spool_dir = "{tmp_path / "spool"}"\nlog_file = "{log}"\n')
+    config.chmod(0o644)
+    modules = tmp_path / "modules"
+    env = {"PATH": "/bin:/usr/bin", "LANG": "C.UTF-8", "MOM_CHECKPOINT_CONFIG": str(config)}
+    words = [word.format(user=_user()) for word in argv]
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAPPER, str(modules), *words],
+        env=env,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 66, proc.stderr
+    assert proc.stderr.startswith("mom-checkpoint: no process"), proc.stderr
+    [event] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert (event["event"], event["exit_status"]) == ("checkpoint.refused", 66)
+    loaded = set(modules.read_text().split())
+    assert set(ON_THE_HOOK_PATH) <= loaded
+    assert sorted(loaded & set(NOT_ON_THE_HOOK_PATH)) == []

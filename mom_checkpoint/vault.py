@@ -426,10 +426,15 @@ class _Copier:
         digest = hasher(algorithm)
         pending: Future[None] | None = None
         done = 0
+        with contextlib.suppress(OSError):  # a larger read-ahead window, as cp asks for
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         while done < image_file.size:
             if self.deadline is not None and time.monotonic() > self.deadline:
                 raise StorageIOError(f"copying {image_file.path} did not finish in time")
             want = min(CHUNK, image_file.size - done)
+            if done + want < image_file.size:  # the next chunk is read from disk while this one is written
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, done + want, CHUNK, os.POSIX_FADV_WILLNEED)
             got = 0
             while got < want:  # out's position advances; the source offset is ours
                 sent = os.sendfile(out, fd, done + got, want - got)

@@ -109,6 +109,44 @@ def digest_files(
     ``max_bytes``: the most all of them may hold together (safefs.TooLarge); ``deadline``: a
     ``time.monotonic()`` value past which the call stops with TimedOut.
     """
+    with open_files(base, relpaths, sizes=sizes, max_bytes=max_bytes, algorithms=algorithms) as files:
+        return files.digest(fsync=fsync, progress=progress, deadline=deadline)
+
+
+class OpenFiles:
+    """Files opened for hashing (open_files), hashed later, by any thread: what the hashing reads was
+    decided, and opened with this process's rights, when they were opened."""
+
+    def __init__(self, opened: list[_Opened]) -> None:
+        self._opened = opened
+
+    def digest(
+        self, *, fsync: bool = False, progress: Progress | None = None, deadline: float | None = None
+    ) -> list[ImageFile]:
+        total = sum(f.size for f in self._opened)
+        return _digest_opened(self._opened, total, fsync=fsync, progress=progress, deadline=deadline)
+
+    def close(self) -> None:
+        while self._opened:
+            os.close(self._opened.pop().fd)
+
+    def __enter__(self) -> OpenFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_files(
+    base: Path,
+    relpaths: Sequence[str],
+    *,
+    sizes: Sequence[int] | None = None,
+    max_bytes: int | None = None,
+    algorithms: Sequence[str] | None = None,
+) -> OpenFiles:
+    """Open every file below ``base`` (safefs: no link, regular files only) and check the sizes and the
+    bound, reading nothing (see digest_files)."""
     base_fd = safefs.open_dir(base)
     opened: list[_Opened] = []
     try:
@@ -122,11 +160,12 @@ def digest_files(
             raise safefs.TooLarge(
                 f"{base}: the image holds {total} bytes, more than the {max_bytes} it can hold: refusing it"
             )
-        return _digest_opened(opened, total, fsync=fsync, progress=progress, deadline=deadline)
+    except BaseException:
+        OpenFiles(opened).close()
+        raise
     finally:
-        for f in opened:
-            os.close(f.fd)
         os.close(base_fd)
+    return OpenFiles(opened)
 
 
 def _digest_opened(

@@ -18,7 +18,15 @@ from pathlib import Path
 
 from mom_checkpoint import safefs
 from mom_checkpoint.errors import Refused, VerificationFailed
-from mom_checkpoint.hashing import ImageFile, Progress, SizeChanged, algorithm_of, digest_files
+from mom_checkpoint.hashing import (
+    ImageFile,
+    OpenFiles,
+    Progress,
+    SizeChanged,
+    algorithm_of,
+    digest_files,
+    open_files,
+)
 from mom_checkpoint.manifest import KEPT, Manifest, read
 from mom_checkpoint.storage import IMAGE, MANIFEST
 
@@ -76,14 +84,36 @@ def check_digests(
     holding the copy of image/ that the restorer will read (staging): that copy is what is hashed.
     ``files``: only these of the manifest's image files (default: all); ``kept``: the kept files too."""
     checked = manifest.files if files is None else list(files)
+    with _open_for_check(generation, checked, read_from) as opened:
+        digests = _digests(generation, opened, progress=progress, deadline=deadline)
+    if kept:
+        _check_kept(generation, manifest)
+    _compare(generation, checked, digests)
+
+
+def check_digests_meanwhile(
+    generation: Path, files: Sequence[ImageFile], *, read_from: Path, deadline: float | None
+) -> InBackground:
+    """check_digests of ``files`` in a thread of its own, while the caller goes on. The files are opened
+    here, in the caller's thread, with its rights (a size that differs refuses at once): what the
+    caller does meanwhile (acting as the job's user to open its files) cannot change what is read."""
+    opened = _open_for_check(generation, files, read_from)
+
+    def check() -> None:
+        with opened:
+            digests = _digests(generation, opened, progress=None, deadline=deadline)
+        _compare(generation, files, digests)
+
+    return InBackground(check)
+
+
+def _open_for_check(generation: Path, files: Sequence[ImageFile], read_from: Path | None) -> OpenFiles:
     try:
-        digests = digest_files(
+        return open_files(
             read_from or generation,
-            [f.path for f in checked],
-            sizes=[f.size for f in checked],
-            algorithms=[algorithm_of(f.digest) for f in checked],
-            progress=progress,
-            deadline=deadline,
+            [f.path for f in files],
+            sizes=[f.size for f in files],
+            algorithms=[algorithm_of(f.digest) for f in files],
         )
     except SizeChanged as exc:
         path, actual, expected = exc.args
@@ -93,12 +123,22 @@ def check_digests(
         ) from None
     except OSError as exc:
         raise VerificationFailed(f"{generation}: cannot read an image file: {exc}") from None
-    if kept:
-        _check_kept(generation, manifest)
-    for expected, actual in zip(checked, digests, strict=True):
-        if expected.digest != actual.digest:
+
+
+def _digests(
+    generation: Path, opened: OpenFiles, *, progress: Progress | None, deadline: float | None
+) -> list[ImageFile]:
+    try:
+        return opened.digest(progress=progress, deadline=deadline)
+    except OSError as exc:
+        raise VerificationFailed(f"{generation}: cannot read an image file: {exc}") from None
+
+
+def _compare(generation: Path, expected: Sequence[ImageFile], actual: Sequence[ImageFile]) -> None:
+    for want, got in zip(expected, actual, strict=True):
+        if want.digest != got.digest:
             raise VerificationFailed(
-                f"{generation}: {expected.path} has changed since the checkpoint "
+                f"{generation}: {want.path} has changed since the checkpoint "
                 f"(checksum mismatch): refusing to restore it"
             )
 

@@ -46,7 +46,13 @@ from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
 from mom_checkpoint.staging import StagedImage
 from mom_checkpoint.storage import GENERATION_NAME, RESTORER_DIR, RUN_NAME, Spool, remove_tree
 from mom_checkpoint.termination import kill_tree, tree_pids
-from mom_checkpoint.verification import InBackground, check_digests, check_layout, read_trusted_manifest
+from mom_checkpoint.verification import (
+    InBackground,
+    check_digests,
+    check_digests_meanwhile,
+    check_layout,
+    read_trusted_manifest,
+)
 
 VAULT_ANSWER_S = 30.0  # how long a restart waits for the vault to list a job's copies
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
@@ -144,12 +150,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
                 files=[f for f in manifest.files if f not in later],
             )  # fmt: skip
             if later:
-                base = staged.base
-                pages = InBackground(
-                    lambda: check_digests(
-                        generation, manifest, deadline=deadline, read_from=base, files=later, kept=False
-                    )
-                )
+                pages = check_digests_meanwhile(generation, later, read_from=staged.base, deadline=deadline)
             log.info("restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name)
             if os.geteuid() == 0 and caller is None:
                 key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)

@@ -171,39 +171,64 @@ def open_files(
 def _digest_opened(
     opened: list[_Opened], total: int, *, fsync: bool, progress: Progress | None, deadline: float | None
 ) -> list[ImageFile]:
+    write_behind = _write_behind() if fsync else None
     workers = min(len(opened), os.cpu_count() or 1)
-    if total < THREADS_FROM_BYTES or (workers <= 1 and not fsync):
-        results = []
-        for f in opened:
-            results.append(ImageFile(f.rel, f.size, _digest(f, progress, deadline)))
-            if fsync:
-                os.fsync(f.fd)
-        return results
+    if total < THREADS_FROM_BYTES or workers <= 1:
+        return [
+            ImageFile(f.rel, f.size, _digest_and_sync(f, fsync, write_behind, progress, deadline))
+            for f in opened
+        ]
     from concurrent.futures import ThreadPoolExecutor  # only for images that gain from it
 
-    # Largest first, so the big pages file starts at once and the small ones fill the other cores.
+    # Largest first, so the big pages file starts at once and the small ones (each fsync'd by the
+    # thread that hashed it) fill the other cores.
     by_size = sorted(opened, key=lambda f: f.size, reverse=True)
     failed = threading.Event()
-    with ThreadPoolExecutor(max_workers=workers + (1 if fsync else 0)) as pool:
-        syncing = pool.submit(_sync_all, by_size, failed) if fsync else None
+
+    def one(f: _Opened) -> str:
+        if failed.is_set():  # stop writing back an image that is going to be thrown away
+            raise _Abandoned(f.rel)  # never seen: map raises the earlier file's error first
         try:
-            hashed = pool.map(lambda f: _digest(f, progress, deadline), by_size)
-            digests = {f.rel: d for f, d in zip(by_size, hashed, strict=True)}
+            return _digest_and_sync(f, fsync, write_behind, progress, deadline)
         except BaseException:
-            failed.set()  # stop writing back an image that is going to be thrown away
+            failed.set()
             raise
-        if syncing is not None:
-            syncing.result()  # an fsync error (EIO, ENOSPC at write-back) fails the whole call
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        digests = {f.rel: d for f, d in zip(by_size, pool.map(one, by_size), strict=True)}
     return [ImageFile(f.rel, f.size, digests[f.rel]) for f in opened]
 
 
-def _digest(f: _Opened, progress: Progress | None, deadline: float | None) -> str:
+class _Abandoned(Exception):
+    """A file not hashed because an earlier one failed."""
+
+
+def _digest_and_sync(
+    f: _Opened,
+    fsync: bool,
+    write_behind: WriteBehind | None,
+    progress: Progress | None,
+    deadline: float | None,
+) -> str:
+    digest = _digest(f, progress, deadline, write_behind)
+    if fsync:
+        os.fsync(f.fd)  # an error (EIO, ENOSPC at write-back) fails the whole call
+    return digest
+
+
+def _digest(
+    f: _Opened, progress: Progress | None, deadline: float | None, write_behind: WriteBehind | None = None
+) -> str:
     """The digest of exactly the first ``f.size`` bytes (a file that grows meanwhile is not read further;
-    one that shrinks hashes what is there, and then no longer matches its size)."""
+    one that shrinks hashes what is there, and then no longer matches its size). With ``write_behind``,
+    each window of the file is handed to the disk as soon as it has been hashed: the write-back trails
+    the hashing instead of contending with it for the same pages (both at once took as long as one
+    after the other here), and the fsync that follows finds little left to write."""
     state = hasher(f.algorithm)
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     offset = 0
+    written = 0
     while offset < f.size:
         if deadline is not None and time.monotonic() >= deadline:
             raise TimedOut(f"out of time while hashing {f.rel} ({offset} of {f.size} bytes)")
@@ -212,14 +237,33 @@ def _digest(f: _Opened, progress: Progress | None, deadline: float | None) -> st
             break
         state.update(view[:n])
         offset += n
+        if write_behind is not None and offset - written >= WRITE_BEHIND_WINDOW:
+            write_behind(f.fd, written, offset - written)
+            written = offset
         if progress is not None:
             progress(n)
     return finish(f.algorithm, state)
 
 
-def _sync_all(opened: Sequence[_Opened], failed: threading.Event) -> None:
-    """fsync each file in turn, the largest first, while other threads hash them."""
-    for f in opened:
-        if failed.is_set():
-            return
-        os.fsync(f.fd)
+WriteBehind = Callable[[int, int, int], None]  # (fd, offset, length): start writing that range back
+WRITE_BEHIND_WINDOW = 8 << 20
+
+
+def _write_behind() -> WriteBehind | None:
+    """sync_file_range(SYNC_FILE_RANGE_WRITE): start the write-back of a range and return at once
+    (Linux; Python's os module has no binding). None where libc has no such call: then the fsync after
+    the hashing writes the whole file."""
+    import ctypes
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    start_write = 2  # SYNC_FILE_RANGE_WRITE
+
+    def write_behind(fd: int, offset: int, length: int) -> None:
+        call(fd, offset, length, start_write)  # a failure shows again, and is raised, at the fsync
+
+    return write_behind

@@ -155,3 +155,33 @@ def test_each_file_is_hashed_with_the_algorithm_it_was_recorded_with(tmp_path: P
         digest_of(contents[r], a) for r, a in zip(rels, algorithms, strict=True)
     ]
     assert files[1].digest.startswith("sha256:") and files[0].digest.startswith("blake3:")
+
+
+def test_each_hashed_window_is_written_back_behind_the_hashing(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With fsync, each 8 MiB the hashing has read is handed to the disk at once (sync_file_range), in
+    order and without gaps, so the write-back trails the hashing; the fsync after it still runs."""
+    (tmp_path / "image").mkdir()
+    data = os.urandom(20 << 20)
+    (tmp_path / "image" / "pages-1.img").write_bytes(data)
+    (tmp_path / "image" / "core-1.img").write_bytes(data[:3000])
+    ranges: list[tuple[str, int, int]] = []
+    lock = threading.Lock()
+    real = hashing._write_behind()
+    assert real is not None, "this Linux libc has sync_file_range"
+
+    def recording(fd: int, offset: int, length: int) -> None:
+        with lock:
+            ranges.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), offset, length))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(hashing, "_write_behind", lambda: recording)
+    rels = ["image/pages-1.img", "image/core-1.img"]
+    files = digest_files(tmp_path, rels, fsync=True)
+    assert [f.digest for f in files] == [digest_of(data), digest_of(data[:3000])]
+    window = hashing.WRITE_BEHIND_WINDOW
+    assert ranges == [("pages-1.img", i * window, window) for i in range((20 << 20) // window)]
+    ranges.clear()
+    digest_files(tmp_path, rels, fsync=False)  # verification: nothing is written
+    assert ranges == []

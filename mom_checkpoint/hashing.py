@@ -18,7 +18,6 @@ without a thread pool.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -57,7 +56,9 @@ def hasher(algorithm: str) -> Hasher:
         from blake3 import blake3
 
         return blake3()  # one thread per file: the files of an image are hashed side by side
-    if algorithm == "sha256":
+    if algorithm == "sha256":  # older generations' (OpenSSL's module: imported only for them)
+        import hashlib
+
         return hashlib.sha256()
     raise ValueError(f"unknown digest algorithm {algorithm!r}")
 

@@ -207,9 +207,15 @@ class Spool:
     def drop(self, generation: Generation, deadline: float | None = None) -> None:
         """Remove a generation: first out of the generation names (one rename), then from the disk,
         so that a crash half way through never leaves a partial folder that looks complete."""
+        remove_tree(self.retire(generation), deadline=deadline)
+
+    def retire(self, generation: Generation) -> Path:
+        """Take a generation out of the generation names (one rename to ``.pruning-<name>``): from then
+        on it is never listed, restored or counted, and what is left of it is removed by whoever comes
+        next (the remover started after the hook, the next call's clean_stale). Returns its new path."""
         doomed = generation.run_dir / f"{PRUNING_PREFIX}{generation.path.name}"
         os.rename(generation.path, doomed)
-        remove_tree(doomed, deadline=deadline)
+        return doomed
 
     # -- mom-restart's work folders ------------------------------------------------------------------
     def restart_workdir(self) -> Path:

@@ -47,7 +47,7 @@ from mom_checkpoint.pointer import (
     remove_pointer,
     write_pointer,
 )
-from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generation_name
+from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generation_name, remove_tree
 from mom_checkpoint.termination import end_session, ended_soon, resume_tree, stopped
 from mom_checkpoint.verification import read_trusted_manifest
 
@@ -147,14 +147,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
                 pointer = _pointer(call.job_id, generation, env)
                 write_pointer(pointer_fd, call.checkpoint_name, pointer, job.uid, job.gid)
             try:
-                pruned = _prune(
-                    spool,
-                    key,
-                    keep,
-                    run_dir,
-                    log,
-                    deadline=max(deadline, env.monotonic() + PRUNE_GRACE_S),
-                )
+                pruned, retired = _prune(spool, key, keep, run_dir, log)
             except BaseException:
                 if pointer_fd is not None and call.checkpoint_name is not None:
                     remove_pointer(pointer_fd, call.checkpoint_name)  # a failed call leaves no pointer
@@ -178,11 +171,32 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
         total_s=env.monotonic() - started,
         pruned=[str(p) for p in pruned],
     )
+    _remove_detached(retired, env, log, deadline=max(deadline, env.monotonic() + PRUNE_GRACE_S))
     if config.vault_dir:  # the copy to the vault runs after this call, never in it
         from mom_checkpoint.commands import vault_sync
 
         vault_sync.start_detached(config, env, call.job_id, log)
     return Outcome(generation, manifest, pruned, ended)
+
+
+def _remove_detached(retired: list[Path], env: Environment, log: Any, *, deadline: float) -> None:
+    """Remove the pruned generations' files after this call, in a detached process: pbs_mom does not
+    wait for the disk to free a large image (they were taken out of the generation names already).
+    Whatever it leaves, the job's next call removes before its dump; if it cannot be started, the
+    files are removed here, as far as the deadline allows."""
+    if not retired:
+        return
+
+    def remove() -> None:
+        for path in retired:
+            remove_tree(path)
+
+    try:
+        env.detach(remove)
+    except OSError as exc:
+        log.warning("prune.not_detached", error=str(exc))
+        for path in retired:
+            remove_tree(path, deadline=deadline)
 
 
 @dataclass(frozen=True)
@@ -442,23 +456,24 @@ def _pointer(job_id: str, generation: Generation, env: Environment) -> Pointer:
 
 
 def _prune(
-    spool: Spool, key: JobKey, keep: int, current_run: Path, log: Any, *, deadline: float
-) -> list[Path]:
-    """Drop the job key's generations beyond ``keep`` (only ever after a new one is complete) and
-    emptied runs. A generation of the same job id from another batch system or owner, or one whose
-    manifest root cannot vouch for, is never this job's to prune. A removal not done by ``deadline``
-    is left, renamed out of the generations, for the next call."""
-    removed = []
+    spool: Spool, key: JobKey, keep: int, current_run: Path, log: Any
+) -> tuple[list[Path], list[Path]]:
+    """Retire the job key's generations beyond ``keep`` (only ever after a new one is complete: one
+    rename each; their files are removed after the call, _remove_detached) and remove emptied runs. A
+    generation of the same job id from another batch system or owner, or one whose manifest root
+    cannot vouch for, is never this job's to prune. Returns the generations pruned and their new
+    paths."""
+    removed, retired = [], []
     job_id = key.job_id
     for verdict in retention.plan(_generations_of(spool, key), keep):
         if not verdict.keep:
-            spool.drop(verdict.item, deadline=deadline)
+            retired.append(spool.retire(verdict.item))
             removed.append(verdict.item.path)
             log.info("generation.pruned", path=str(verdict.item.path), reason=verdict.reason)
     for run_dir in spool.runs_of(job_id):
         if run_dir != current_run and not any(os.scandir(run_dir)):
             os.rmdir(run_dir)
-    return removed
+    return removed, retired
 
 
 def _group_name(egroup: str | None, gid: int) -> str:

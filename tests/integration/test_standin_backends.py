@@ -162,3 +162,27 @@ def test_a_restart_killed_with_9_leaves_its_work_folder_for_the_next_to_remove(s
     finally:
         kill_session(second.pid)
         second.wait(timeout=30)
+
+
+def test_a_pruned_generation_leaves_the_names_at_once_and_the_disk_after_the_call(site: Site) -> None:
+    """pbs_mom does not wait for a large image's blocks to be freed: the call takes the pruned generation
+    out of the generation names (one rename) and a detached process of its own removes the files."""
+    site.configure(backend="psnc", keep=1, **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))})
+    job = site.start_job("409.head")
+    assert call_hook(site.torque_args(job), site.config).returncode == 0
+    [first] = site.generations("409.head")
+    for i in range(30_000):  # a generation that takes a while to remove (as a large image's blocks do)
+        (first / "image" / f"many-{i}").touch()
+    result = call_hook(site.torque_args(job), site.config)
+    assert result.returncode == 0, result.stderr
+    [second] = site.generations("409.head")  # at once: only the new one has a generation name
+    assert second != first and not first.exists()
+    assert list(first.parent.glob(".pruning-*")), "the call waited for the removal"
+    [pruned] = [e for e in site.log_events() if e["event"] == "generation.pruned"]
+    assert pruned["path"] == str(first)
+    deadline = time.monotonic() + 10
+    while list(first.parent.glob(".pruning-*")):  # and its files are gone soon after
+        assert time.monotonic() < deadline, "the pruned generation's files were not removed"
+        time.sleep(0.05)
+    assert sorted(p.name for p in first.parent.iterdir()) == [second.name]
+    verify_generation(second)

@@ -38,6 +38,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -95,6 +96,38 @@ SEED_CHKPNT = "/usr/local/bin/chkpnt"
 SEED_SPOOL = "/var/spool/checkpoint"
 # The seed's discovery alone: its first lines, then the exec PID it found.
 SEED_DISCOVERY = SEED_SCRIPT.split("OUTPUT_DIR=", maxsplit=1)[0] + 'echo "$exec_pid"\n'
+
+# The programs are started as the deb and rpm packages start them (scripts/build-deb.sh): python3 -I -S,
+# the libraries' folder first on the path; here the project and the development venv's site-packages.
+# So no site, .pth files or editable-install finder in the figures: what a node running the packages pays.
+PACKAGED_PATH = [str(ROOT), sysconfig.get_path("purelib")]
+PACKAGED_PREFIX = f"import sys\nsys.path[:0] = {PACKAGED_PATH!r}\n"
+PACKAGED_WRAPPER = """#!{python} -IS
+# {program}, started as the packages start it.
+{prefix}from mom_checkpoint.cli.{module} import main
+
+sys.exit(main())
+"""
+PACKAGED_MODULES = {"mom-checkpoint": "checkpoint", "mom-restart": "restart"}
+
+
+def python() -> str:
+    return str(installed("mom-checkpoint").parent / "python")
+
+
+def packaged(program: str) -> Path:
+    """``program`` as the packages install it (PACKAGED_WRAPPER), written once into a root folder."""
+    folder = Path(tempfile.gettempdir()) / f"mom-checkpoint-bench-sbin.{os.getpid()}"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    path = folder / program
+    if not path.exists():
+        text = PACKAGED_WRAPPER.format(
+            python=python(), program=program, prefix=PACKAGED_PREFIX, module=PACKAGED_MODULES[program]
+        )
+        path.write_text(text)
+        path.chmod(0o755)
+    return path
+
 
 # Runs the installed hook's own main() with the 8 arguments, times its phases by wrapping the functions that
 # do them, and writes what it measured (and its own peak RSS) to $BENCH_PHASES_OUT as JSON.
@@ -664,7 +697,7 @@ def row_overhead(bench: Bench) -> None:
     seed.write_text(SEED_SCRIPT.replace(SEED_CHKPNT, str(chkpnt)).replace(SEED_SPOOL, str(seed_spool)))
     seed.chmod(0o755)
     job = site.start_job("1.head")
-    hook = installed("mom-checkpoint")
+    hook = packaged("mom-checkpoint")
     seed_image = seed_spool / f"{job.exec_pid()}.job_id" / f"ckpt.{job.exec_pid()}"
     alone = site.base / "alone"
 
@@ -717,14 +750,14 @@ def overhead_breakdown(
     start_site, start_bare = Series(), Series()
     for _ in range(n):
         start_site.add(check(as_pbs_mom(f"{python} -c pass", [], site.config), "python").seconds)
-        start_bare.add(check(as_pbs_mom(f"{python} -S -c pass", [], site.config), "python -S").seconds)
+        start_bare.add(check(as_pbs_mom(f"{python} -I -S -c pass", [], site.config), "python -I -S").seconds)
     wrapper = site.base / "phases.py"
-    wrapper.write_text(PHASES_WRAPPER)
+    wrapper.write_text(PACKAGED_PREFIX + PHASES_WRAPPER)
     out = site.base / "phases.json"
     runs: list[dict[str, Any]] = []
     for _ in range(n):
         call = as_pbs_mom(
-            f"{python} {wrapper}", site.torque_args(job), site.config, {"BENCH_PHASES_OUT": str(out)}
+            f"{python} -I -S {wrapper}", site.torque_args(job), site.config, {"BENCH_PHASES_OUT": str(out)}
         )
         check(call, "mom-checkpoint (phase timing)")
         runs.append(json.loads(out.read_text()))
@@ -741,7 +774,7 @@ def overhead_breakdown(
     fsyncs = int(statistics.median(r["fsync_calls"] for r in runs))
     other = max(0.0, main - sum(phases.values()))
     total = hook.median
-    interp = start_site.median
+    interp = start_bare.median  # as the packages start the hook: python -I -S
     rest = max(0.0, total - interp - imports - main)
 
     def share(value: float) -> str:
@@ -751,14 +784,12 @@ def overhead_breakdown(
         f"One call of the hook takes {ms(hook.median)} ms (median of {len(hook.values)}), the seed's script "
         f"{ms(seed.median)} ms, the stand-in chkpnt alone {ms(alone.median)} ms (it is a Python script too). "
         f"Medians of {n} further calls, each timed inside the process (a copy of the installed script that "
-        "wraps the functions doing each phase):",
+        "wraps the functions doing each phase). Every program is started as the deb and rpm packages start "
+        "it: `python3 -I -S`, the libraries' folder first on the path (no site, no .pth files):",
         "",
         "| phase | ms | share of the call |",
         "|---|---|---|",
-        f"| interpreter start and exit (`python -c pass`, site and .pth files included) | {ms(interp)} "
-        f"| {share(interp)} |",
-        f"| of which site and .pth files (`python -c pass` minus `python -S -c pass`) "
-        f"| {ms(max(0.0, interp - start_bare.median))} | {share(max(0.0, interp - start_bare.median))} |",
+        f"| interpreter start and exit (`python -I -S -c pass`) | {ms(interp)} | {share(interp)} |",
         f"| imports of the hook's modules and libraries (before main()) | {ms(imports)} | {share(imports)} |",
     ]
     for label, value in sorted(phases.items(), key=lambda kv: -kv[1]):
@@ -768,7 +799,9 @@ def overhead_breakdown(
         f"| {share(other)} |",
         f"| /bin/sh, fork/exec, what the outside timer sees beyond these | {ms(rest)} | {share(rest)} |",
         "",
-        f"Of main(), {fsyncs} fsync calls took {ms(fsync)} ms (inside the phases above).",
+        f"Of main(), {fsyncs} fsync calls took {ms(fsync)} ms (inside the phases above). A start with site "
+        f"and the development venv's .pth files (`python -c pass`, {ms(start_site.median)} ms) would add "
+        f"{ms(max(0.0, start_site.median - interp))} ms.",
         "",
         "Imports by who pulled them in (`python -X importtime` of the real call, self times summed over the "
         f"import tree and attributed to the outermost library that asked; median of {bench.reps(5, 2)}; "
@@ -825,7 +858,12 @@ def import_costs(python: str, n: int) -> dict[str, Series]:
     def case(key: str) -> Callable[[], None]:
         def run() -> None:
             started = time.perf_counter()
-            subprocess.run([python, "-c", IMPORT_CASES[key]], env=MOM_ENV, cwd="/", check=True)
+            subprocess.run(
+                [python, "-I", "-S", "-c", PACKAGED_PREFIX + IMPORT_CASES[key]],
+                env=MOM_ENV,
+                cwd="/",
+                check=True,
+            )
             result[key].add(time.perf_counter() - started)
 
         return run
@@ -840,7 +878,7 @@ def import_groups(site: Site, job: Job, python: str, n: int) -> list[tuple[str, 
     totals: dict[str, list[float]] = {}
     for _ in range(n):
         env = {**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(site.config)}
-        argv = [python, "-X", "importtime", str(installed("mom-checkpoint"))]
+        argv = [python, "-I", "-S", "-X", "importtime", str(packaged("mom-checkpoint"))]
         argv += [str(a) for a in site.torque_args(job)]
         proc = subprocess.run(
             argv, check=False, env=env, cwd="/", stdin=subprocess.DEVNULL, capture_output=True, text=True
@@ -1061,7 +1099,7 @@ def freeze_one(bench: Bench, site: Site, mib: int) -> list[str]:
     label = size_label(mib)
     job = bench.start_app(site, f"{mib}.freeze", mib)
     ticks = TickLog(job.output)
-    hook = installed("mom-checkpoint")
+    hook = packaged("mom-checkpoint")
     raw_root = bench.user_dir(site.base / f"raw-{mib}")
     counter = iter(range(1_000_000))
 
@@ -1211,12 +1249,12 @@ def memory_of_hook(bench: Bench, site: Site, job: Job, label: str, image: float)
     getrusage(RUSAGE_SELF) at the end; RUSAGE_CHILDREN is its largest child, setpriv/criu)."""
     python = str(installed("mom-checkpoint").parent / "python")
     wrapper = site.base / "phases.py"
-    wrapper.write_text(PHASES_WRAPPER)
+    wrapper.write_text(PACKAGED_PREFIX + PHASES_WRAPPER)
     out = site.base / "rusage.json"
     own, child = Series(), Series()
     for _ in range(bench.reps(3, 1)):
         call = as_pbs_mom(
-            f"{python} {wrapper}", site.torque_args(job), site.config, {"BENCH_PHASES_OUT": str(out)}
+            f"{python} -I -S {wrapper}", site.torque_args(job), site.config, {"BENCH_PHASES_OUT": str(out)}
         )
         check(call, "mom-checkpoint (rusage)")
         settle()
@@ -1357,7 +1395,7 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
     label = size_label(mib)
     job = bench.start_app(site, f"{mib}.restore", mib)
     check(
-        as_pbs_mom(installed("mom-checkpoint"), site.torque_args(job, signal_number=15), site.config), "qhold"
+        as_pbs_mom(packaged("mom-checkpoint"), site.torque_args(job, signal_number=15), site.config), "qhold"
     )
     leftovers = [p.pid for p in job.processes(zombies=True)]
     job.stop()
@@ -1398,7 +1436,9 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
             launched = time.time()
             started = time.perf_counter()
             with open(job.output, "ab") as out:  # the seed's --job: the application writes into our stdout
-                proc = start_restart(["--job", job.job_id], site.config, stdout=out)
+                proc = start_restart(
+                    ["--job", job.job_id], site.config, stdout=out, program=packaged("mom-restart")
+                )
             wait_output(size, proc, "mom-restart")
             seconds = time.perf_counter() - started
         kill_tree(pids)
@@ -1563,7 +1603,7 @@ def row_spool(bench: Bench) -> None:
     mib = 64 if bench.options.quick else 256
     periods = 6 if bench.options.quick else 20
     job = bench.start_app(site, "6.spool", mib)
-    hook = installed("mom-checkpoint")
+    hook = packaged("mom-checkpoint")
     seed_dir = bench.user_dir(site.base / "seed-scheme" / f"{job.exec_pid()}.6.spool")
     ours_peak, theirs_peak, images = Series(), Series(), Series()
     say(f"[6] spool usage: {periods} periodic checkpoints of a {mib} MiB job, keep={keep}, alternating")
@@ -1853,7 +1893,7 @@ def _vault_rows(bench: Bench, site: Site, vault: Path, mib: int) -> None:
     label = size_label(mib)
     job = bench.start_app(site, f"{mib}.vault", mib)
     ticks = TickLog(job.output)
-    hook = installed("mom-checkpoint")
+    hook = packaged("mom-checkpoint")
     keys: dict[str, Any] = {"keep": KEEP, "backends.criu.run_as": "job-user"}
     gap_on, gap_off, call_on, call_off = Series(), Series(), Series(), Series()
     copier, synced, cp_sync = Series(), Series(), Series()

@@ -139,8 +139,9 @@ def kill_tree(pid: int, gone_within: float = KILLED_GONE_S) -> None:
     pids are the job's, and the next restart of the job needs them free."""
     members = []
     for member in reversed(tree_pids(pid)):
-        with contextlib.suppress(ProcessLookupError, psutil.Error):
+        with contextlib.suppress(psutil.Error):
             members.append(psutil.Process(member))
+        with contextlib.suppress(ProcessLookupError):
             os.kill(member, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)

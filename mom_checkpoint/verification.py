@@ -98,13 +98,18 @@ def check_digests_meanwhile(
     here, in the caller's thread, with its rights (a size that differs refuses at once): what the
     caller does meanwhile (acting as the job's user to open its files) cannot change what is read."""
     opened = _open_for_check(generation, files, read_from)
+    stop = threading.Event()
+
+    def stopped(_nbytes: int) -> None:  # told after each chunk hashed
+        if stop.is_set():
+            raise VerificationFailed(f"{generation}: the check was cancelled")
 
     def check() -> None:
         with opened:
-            digests = _digests(generation, opened, progress=None, deadline=deadline)
+            digests = _digests(generation, opened, progress=stopped, deadline=deadline)
         _compare(generation, files, digests)
 
-    return InBackground(check)
+    return InBackground(check, stop)
 
 
 def _open_for_check(generation: Path, files: Sequence[ImageFile], read_from: Path | None) -> OpenFiles:
@@ -161,13 +166,22 @@ def _check_kept(generation: Path, manifest: Manifest) -> None:
 
 class InBackground:
     """A check run in a thread of its own while the caller goes on (the restore of the job, stopped):
-    ``result()`` waits for it and raises what it raised. The thread is a daemon: a restart that fails
-    meanwhile exits without waiting for a check nobody needs any more."""
+    ``result()`` waits for it and raises what it raised; ``cancel()`` stops it at its next chunk (a
+    restart that failed meanwhile exits without hashing on)."""
 
-    def __init__(self, check: Callable[[], None]) -> None:
+    def __init__(self, check: Callable[[], None], stop: threading.Event | None = None) -> None:
         self._error: BaseException | None = None
+        self._stop = stop or threading.Event()
         self._thread = threading.Thread(target=self._run, args=(check,), name="verify", daemon=True)
         self._thread.start()
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def done(self, timeout: float) -> bool:
+        """Whether the check has ended, waiting at most ``timeout`` seconds for it."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self, check: Callable[[], None]) -> None:
         try:

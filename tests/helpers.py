@@ -21,6 +21,7 @@ import psutil
 
 TESTS = Path(__file__).resolve().parent
 COUNTER = TESTS / "apps" / "counter.py"
+TICKER = TESTS / "apps" / "ticker.py"  # a line every 2 ms, holding TICKER_MIB of memory
 STANDINS = TESTS / "standins"
 BIN = Path(sys.executable).parent
 TEST_USER = os.environ.get("MOM_TEST_USER", "momtest")
@@ -106,7 +107,7 @@ class Job:
 
     def app_pid(self) -> int:
         for proc in psutil.Process(self.session_id).children(recursive=True):
-            if any("counter.py" in part for part in proc.cmdline()):
+            if any(part.endswith(("counter.py", "ticker.py")) for part in proc.cmdline()):
                 return proc.pid
         raise AssertionError("the application is not running")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import grp
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -171,7 +172,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
         total_s=env.monotonic() - started,
         pruned=[str(p) for p in pruned],
     )
-    _remove_detached(retired, env, log, deadline=max(deadline, env.monotonic() + PRUNE_GRACE_S))
+    _remove_detached(retired, spool, env, log, limit_s=config.timeout_s)
     if config.vault_dir:  # the copy to the vault runs after this call, never in it
         from mom_checkpoint.commands import vault_sync
 
@@ -179,24 +180,27 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
     return Outcome(generation, manifest, pruned, ended)
 
 
-def _remove_detached(retired: list[Path], env: Environment, log: Any, *, deadline: float) -> None:
+def _remove_detached(
+    retired: list[Path], spool: Spool, env: Environment, log: Any, *, limit_s: float
+) -> None:
     """Remove the pruned generations' files after this call, in a detached process: pbs_mom does not
     wait for the disk to free a large image (they were taken out of the generation names already).
-    Whatever it leaves, the job's next call removes before its dump; if it cannot be started, the
-    files are removed here, as far as the deadline allows."""
+    It stops after ``limit_s`` (timeout_s: a user's folders below an image are no reason to run on),
+    and whatever it leaves, the job's next call removes before its dump. If it cannot be started,
+    the files are removed here, within PRUNE_GRACE_S."""
     if not retired:
         return
 
-    def remove() -> None:
-        for path in retired:
-            remove_tree(path)
-
-    try:
-        env.detach(remove)
-    except OSError as exc:
-        log.warning("prune.not_detached", error=str(exc))
+    def remove(deadline: float) -> None:
         for path in retired:
             remove_tree(path, deadline=deadline)
+            spool.remove_if_empty(path.parent)  # a run of the job's that nothing else is left in
+
+    try:
+        env.detach(lambda: remove(time.monotonic() + limit_s))
+    except OSError as exc:
+        log.warning("prune.not_detached", error=str(exc))
+        remove(env.monotonic() + PRUNE_GRACE_S)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from mom_checkpoint.verification import (
 
 VAULT_ANSWER_S = 30.0  # how long a restart waits for the vault to list a job's copies
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
+ENDING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # before the restored job runs: it never will
 _GENERATION_PATH = re.compile(r"(\d+)\.(.+)/(\d{6,}-\d{8}T\d{6}Z)")
 # Files the application wrote to (O_WRONLY or O_RDWR) are handed back; devices are left to CRIU.
 _WRITE_MODES = os.O_WRONLY | os.O_RDWR
@@ -172,10 +173,18 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
                 except Error as exc:
                     _keep_restore_log(spool, backend, request, manifest.job.id, exc, log=log)
                     raise
+        except BaseException:
+            if pages is not None:
+                pages.cancel()  # nothing will be let go: no need to hash on
+            raise
         finally:
             staged.close()
         if pages is not None:
-            _pages_checked(pages, restored, log)
+            _pages_checked(pages, restored, forwarder, log)
+        if forwarder.ending is not None:  # pbs_mom ended the job while it was restored: it never runs
+            kill_tree(restored.pid)
+            log.info("restart.ended", restored_pid=restored.pid, signal=forwarder.ending, before_it_ran=True)
+            return -forwarder.ending
         _admit(restored, user, staged.stopped, log, held_files=config.run_as == "root")
         log.info("restart.running", restored_pid=restored.pid, command=restored.command)
         _mark(call, "Successfully restarted job", config=config, env=env, log=log)
@@ -194,8 +203,13 @@ def _checked_while_restoring(manifest: Manifest, staged: StagedImage) -> list[Im
     return [f for f in manifest.files if f.path.rpartition("/")[2] not in staged.contents]
 
 
-def _pages_checked(pages: InBackground, restored: Restored, log: Any) -> None:
-    """Wait for the check of the pages; on any failure the restored tree, still stopped, is killed."""
+def _pages_checked(pages: InBackground, restored: Restored, forwarder: _Forwarder, log: Any) -> None:
+    """Wait for the check of the pages; on any failure the restored tree, still stopped, is killed. A
+    job ended meanwhile (SIGTERM from pbs_mom) is not waited for: it will never be let go."""
+    while not pages.done(timeout=0.1):
+        if forwarder.ending is not None:
+            pages.cancel()
+            return
     try:
         pages.result()
     except BaseException as exc:
@@ -646,6 +660,7 @@ class _Forwarder:
         self.pid: int | None = None
         self.pending: list[int] = []
         self.saved: dict[int, Any] = {}
+        self.ending: int | None = None  # a signal that ends the job, received before it ran
 
     def __enter__(self) -> _Forwarder:
         for sig in FORWARDED:
@@ -659,6 +674,8 @@ class _Forwarder:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.pid is None:
             self.pending.append(signum)
+            if signum in ENDING and self.ending is None:
+                self.ending = signum
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signum)

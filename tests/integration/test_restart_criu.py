@@ -17,7 +17,16 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import Job, Site, call_hook, crash, start_restart, verify_generation, wait_until_gone
+from tests.helpers import (
+    TICKER,
+    Job,
+    Site,
+    call_hook,
+    crash,
+    start_restart,
+    verify_generation,
+    wait_until_gone,
+)
 
 pytestmark = pytest.mark.usefixtures("criu")
 
@@ -242,6 +251,37 @@ def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -
     deadline = time.monotonic() + 10
     while running := [pid for pid in restored if _running(pid)]:  # a zombie waits for init to reap it
         assert time.monotonic() < deadline, f"restored processes {running} survived the SIGTERM"
+        time.sleep(0.05)
+
+
+def test_a_job_ended_while_it_is_restored_never_runs(user_mode: Site) -> None:
+    """pbs_mom's SIGTERM (a qdel) reaches mom-restart while CRIU restores the job stopped and its memory
+    is being checked: the job is killed before it is let go, its pids are free again, and mom-restart
+    ends by that signal, as the job would have."""
+    site = user_mode
+    job = site.start_job("616.head", app_env={"TICKER_MIB": "384"}, app=TICKER, wait_s=60)
+    restored = [job.exec_pid(), job.app_pid()]
+    args = site.torque_args(job, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    printed = job.output.read_text()
+    crash(job)
+    job.output.write_text("")
+    restart = start_restart(restart_args(site, job, args), site.config)
+    deadline = time.monotonic() + 30
+    while not [e for e in site.log_events() if e["event"] == "restart.start"]:
+        assert time.monotonic() < deadline and restart.poll() is None, "the restore did not start"
+        time.sleep(0.005)
+    os.kill(restart.pid, signal.SIGTERM)  # CRIU is restoring 384 MiB, the pages are being hashed
+    assert restart.wait(timeout=60) == -signal.SIGTERM
+    # what the job had printed before the qhold is put back, and nothing more: it never ran
+    assert job.output.read_text() == printed, "the job ran"
+    [ended] = [e for e in site.log_events() if e["event"] == "restart.ended"]
+    assert (ended["signal"], ended["before_it_ran"]) == (signal.SIGTERM, True)
+    assert not [e for e in site.log_events() if e["event"] == "restart.running"]
+    deadline = time.monotonic() + 10
+    while running := [pid for pid in restored if _running(pid)]:
+        assert time.monotonic() < deadline, f"restored processes {running} survived"
         time.sleep(0.05)
 
 

@@ -46,3 +46,13 @@ def test_a_mismatch_or_another_size_is_a_refusal(tmp_path: Path) -> None:
     os.truncate(victim, 100)
     with pytest.raises(VerificationFailed, match="size 100"):  # refused at once, before any restore
         check_digests_meanwhile(tmp_path, files, read_from=tmp_path / "staged", deadline=None)
+
+
+def test_a_cancelled_check_stops_at_its_next_chunk(tmp_path: Path) -> None:
+    """A restart that failed meanwhile cancels the check of the pages: it stops instead of hashing on."""
+    files = _image(tmp_path / "staged", {"pages-1.img": 64 << 20})
+    pending = check_digests_meanwhile(tmp_path, files, read_from=tmp_path / "staged", deadline=None)
+    pending.cancel()
+    assert pending.done(timeout=10)
+    with pytest.raises(VerificationFailed, match="cancelled"):
+        pending.result()

@@ -1,0 +1,59 @@
+"""The files of pruned generations are removed after the hook's call, by a detached process with a time
+limit (a user's folders below an image are no reason for a root process to run on)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mom_checkpoint.commands import checkpoint
+from mom_checkpoint.environment import Environment
+from mom_checkpoint.storage import Spool
+
+
+class Log:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+
+def _retired(tmp_path: Path) -> tuple[Spool, list[Path]]:
+    spool = Spool(tmp_path / "spool")
+    old_run = tmp_path / "spool" / "4711.42.head"
+    doomed = old_run / ".pruning-000001-20261130T000000Z"
+    (doomed / "image").mkdir(parents=True)
+    (doomed / "image" / "pages-1.img").write_bytes(b"x" * 4096)
+    return spool, [doomed]
+
+
+@pytest.mark.parametrize("detached", [True, False])
+def test_removal_is_bounded_and_takes_the_emptied_run_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, detached: bool
+) -> None:
+    spool, retired = _retired(tmp_path)
+    deadlines: list[float | None] = []
+    from mom_checkpoint.storage import remove_tree as real
+
+    def recording(path: Path, *, deadline: float | None = None) -> bool:
+        deadlines.append(deadline)
+        return real(path, deadline=deadline)
+
+    def detach(work: Any) -> None:
+        if not detached:
+            raise OSError("fork: Resource temporarily unavailable")
+        work()  # as the detached grandchild would, here in this process
+
+    monkeypatch.setattr(checkpoint, "remove_tree", recording)
+    log = Log()
+    before = time.monotonic()
+    checkpoint._remove_detached(retired, spool, Environment(detach=detach), log, limit_s=600)
+    [deadline] = deadlines
+    limit = 600 if detached else checkpoint.PRUNE_GRACE_S
+    assert deadline is not None and before + limit <= deadline <= time.monotonic() + limit
+    assert not retired[0].exists() and not retired[0].parent.exists(), "the emptied run is left"
+    assert [e for e, _ in log.events] == ([] if detached else ["prune.not_detached"])

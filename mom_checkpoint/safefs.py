@@ -182,6 +182,7 @@ def tree_bytes(path: Path, *, max_entries: int = MAX_ENTRIES) -> int:
 class _Frame:
     fd: int
     name: str  # in the parent frame's folder
+    uid: int  # the folder's owner
     names: list[tuple[str, bool]] | None = None  # (name, is a folder), listed on first visit
     rescan: bool = False
 
@@ -221,8 +222,16 @@ def remove_tree(path: Path, *, deadline: float | None = None) -> bool:
 
 
 def _empty_tree(top_fd: int, deadline: float | None) -> bool:
-    """Remove everything inside the open folder ``top_fd`` (which it closes)."""
-    frames = [_Frame(top_fd, "")]
+    """Remove everything inside the open folder ``top_fd`` (which it closes).
+
+    Only folders a user could have emptied themselves are entered: below a user's folder, only that
+    user's folders (a user who moves a folder of theirs into an image brings along whatever other
+    users keep in it, and root must not delete what they could not); below root's, root's and those
+    of the users that owned the top's own folders when the removal began (root's generation folder
+    holds the job user's image/). A folder not entered is removed only if it is empty."""
+    top_uid = os.fstat(top_fd).st_uid
+    frames = [_Frame(top_fd, "", top_uid)]
+    allowed = {0, top_uid} | (_folder_owners(top_fd) if top_uid == 0 else set())
     moved = 0
     failures = 0
     try:
@@ -246,12 +255,22 @@ def _empty_tree(top_fd: int, deadline: float | None) -> bool:
                         os.unlink(entry, dir_fd=frame.fd)
                         continue
                     if len(frames) >= MAX_OPEN:
+                        if not _may_enter(
+                            frame.uid, os.stat(entry, dir_fd=frame.fd, follow_symlinks=False).st_uid, allowed
+                        ):
+                            os.rmdir(entry, dir_fd=frame.fd)  # another user's: only if empty
+                            continue
                         moved += 1
                         target = f"{_MOVED}{moved}-{os.urandom(6).hex()}"
                         os.rename(entry, target, src_dir_fd=frame.fd, dst_dir_fd=top_fd)
                         frames[0].rescan = True
                         continue
                     child = os.open(entry, DIR_FLAGS, dir_fd=frame.fd)
+                    child_uid = os.fstat(child).st_uid
+                    if not _may_enter(frame.uid, child_uid, allowed):
+                        os.close(child)
+                        os.rmdir(entry, dir_fd=frame.fd)  # another user's, brought along: only if empty
+                        continue
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
@@ -263,7 +282,7 @@ def _empty_tree(top_fd: int, deadline: float | None) -> bool:
                     if failures > 1000:
                         return False
                     continue
-                frames.append(_Frame(child, entry))
+                frames.append(_Frame(child, entry, child_uid))
                 descended = True
                 break
             if descended or (len(frames) == 1 and frame.rescan):
@@ -284,6 +303,22 @@ def _empty_tree(top_fd: int, deadline: float | None) -> bool:
     finally:
         for frame in frames:
             os.close(frame.fd)
+
+
+def _may_enter(parent_uid: int, child_uid: int, allowed: set[int]) -> bool:
+    """Below a user's folder only that user's; below root's, the owners ``allowed`` (see _empty_tree)."""
+    return child_uid == parent_uid if parent_uid != 0 else child_uid in allowed
+
+
+def _folder_owners(fd: int) -> set[int]:
+    """The owners of the folders directly in the open folder ``fd``."""
+    owners = set()
+    with contextlib.suppress(OSError), os.scandir(fd) as listing:
+        for entry in listing:
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    owners.add(entry.stat(follow_symlinks=False).st_uid)
+    return owners
 
 
 @contextlib.contextmanager

@@ -171,3 +171,48 @@ def test_tree_bytes_counts_regular_files_only_and_survives_deep_trees(tmp_path: 
     deep_tree(tmp_path, 2000)
     total = safefs.tree_bytes(tmp_path)
     assert 10 <= total <= 10 + 2000
+
+
+ALICE, BOB = 54321, 54322  # uids of no account: only ownership matters here
+
+
+def _owned(path: Path, uid: int, mode: int = 0o700) -> Path:
+    path.mkdir(mode=mode)
+    os.chown(path, uid, uid)
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the folders belong to other uids")
+def test_root_never_empties_another_users_folder_brought_into_an_image(tmp_path: Path) -> None:
+    """Alice moves a folder of hers into her image; in it is Bob's private folder (she may move her own
+    folder, and it takes Bob's along). Pruning her generation must not delete Bob's files, which she
+    could never delete herself: below her folders root enters only hers, and leaves Bob's as it is."""
+    generation = tmp_path / ".pruning-000001-20261130T000000Z"  # root's, as a generation folder is
+    generation.mkdir(mode=0o700)
+    image = _owned(generation / "image", ALICE)
+    (image / "pages-1.img").write_bytes(b"alice's memory")
+    hers = _owned(image / "mine", ALICE)
+    (hers / "notes").write_text("hers")
+    bobs = _owned(hers / "bob-private", BOB)
+    (bobs / "thesis.tex").write_text("bob's")
+    deep = deep_tree(hers, safefs.MAX_OPEN + 5)  # and one deeper than the removal keeps open
+    bobs_deep = _owned(deep / "bob-deep", BOB)
+    (bobs_deep / "data").write_text("bob's too")
+    for path in [deep, *deep.parents]:
+        if path == hers:
+            break
+        os.chown(path, ALICE, ALICE)
+    _owned(image / "empty-of-bob", BOB)  # an empty folder of his: removed (she could rmdir it)
+
+    assert not safefs.remove_tree(generation)  # what is Bob's is left, and said
+
+    assert (bobs / "thesis.tex").read_text() == "bob's"
+    assert [p.read_text() for p in tmp_path.rglob("data")] == ["bob's too"]
+    assert not (image / "pages-1.img").exists() and not (hers / "notes").exists()
+    assert not (image / "empty-of-bob").exists()
+    # the same below a folder of Alice's itself (a removal that starts at a user's folder)
+    top = _owned(tmp_path / "alice-top", ALICE)
+    inner = _owned(top / "bob-inner", BOB)
+    (inner / "x").write_text("bob's")
+    assert not safefs.remove_tree(top)
+    assert (inner / "x").read_text() == "bob's"

@@ -357,6 +357,14 @@ class Site:
     def incoming(self) -> list[Path]:
         return sorted(self.spool.glob("*/.incoming-*"))
 
+    def pruning_left(self, within: float = 10) -> list[Path]:
+        """The pruned generations still on disk once the hook's detached remover has had ``within``
+        seconds to remove them (it runs after the call)."""
+        deadline = time.monotonic() + within
+        while (left := sorted(self.spool.glob("*/.pruning-*"))) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
+
     def log_events(self) -> list[dict[str, Any]]:
         if not self.log.exists():
             return []

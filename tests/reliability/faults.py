@@ -82,7 +82,7 @@ def _all_complete(site: Site, job_id: str) -> str:
 
 def _no_leftovers(site: Site) -> str:
     assert site.incoming() == [], f"incoming folders left: {site.incoming()}"
-    assert not list(site.spool.glob("*/.pruning-*"))
+    assert site.pruning_left() == [], "what was pruned is left on disk"
     return "no incoming or pruning folder left"
 
 

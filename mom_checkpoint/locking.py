@@ -97,10 +97,22 @@ def _write_holder(lock_path: Path, argv: Sequence[str]) -> None:
         os.replace(tmp, lock_path.with_name(lock_path.name + ".holder"))
 
 
-def describe_holder(lock_path: Path) -> str:
-    try:
-        info = json.loads(lock_path.with_name(lock_path.name + ".holder").read_text())
-        age = time.time() - float(info["since"])
-        return f"pid {int(info['pid'])} on {info['host']}, started {age:.0f}s ago"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"
+HOLDER_WAIT_S = 0.3  # how long a busy call waits for a lock's new holder to say who it is
+
+
+def describe_holder(lock_path: Path, wait_s: float = HOLDER_WAIT_S) -> str:
+    """Who holds the lock, from its holder file; a holder that has just taken the lock writes it a
+    moment later (calls started together), so a missing file is read again for up to ``wait_s``."""
+    holder = lock_path.with_name(lock_path.name + ".holder")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            info = json.loads(holder.read_text())
+            age = time.time() - float(info["since"])
+            return f"pid {int(info['pid'])} on {info['host']}, started {age:.0f}s ago"
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                return "holder unknown"
+            time.sleep(0.02)
+        except (OSError, ValueError, KeyError, TypeError):
+            return "holder unknown"

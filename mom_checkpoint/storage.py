@@ -209,6 +209,14 @@ class Spool:
         so that a crash half way through never leaves a partial folder that looks complete."""
         remove_tree(self.retire(generation), deadline=deadline)
 
+    def pruned_leftovers(self, job_id: str) -> list[Path]:
+        """The job id's pruned generations whose files are still being removed (``.pruning-*``)."""
+        found = []
+        for run in self.runs_of(job_id):
+            with contextlib.suppress(OSError):
+                found += [Path(e.path) for e in os.scandir(run) if e.name.startswith(PRUNING_PREFIX)]
+        return sorted(found)
+
     def retire(self, generation: Generation) -> Path:
         """Take a generation out of the generation names (one rename to ``.pruning-<name>``): from then
         on it is never listed, restored or counted, and what is left of it is removed by whoever comes

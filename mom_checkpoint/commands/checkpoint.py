@@ -97,7 +97,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
         backend = backends.create(config, env)
         binary = backend.find_binary()
         try:
-            _check_space(spool, job, config)
+            _check_space(spool, job, config, call.job_id, deadline)
         except DiskFull:
             _log_spool_users(spool, log)  # whose generations take the space: root's log only
             raise
@@ -435,11 +435,19 @@ def image_limit(job: discovery.JobProcesses, ghost_limit: int) -> int:
     return 2 * (job.resident_bytes + job.swap_bytes) + files * ghost_limit + IMAGE_MARGIN
 
 
-def _check_space(spool: Spool, job: discovery.JobProcesses, config: Config) -> None:
+def _check_space(
+    spool: Spool, job: discovery.JobProcesses, config: Config, job_id: str, deadline: float
+) -> None:
     if config.space_margin == 0:
         return
     needed = int(job.resident_bytes * config.space_margin) + RESERVE_BYTES
     free = spool.free_bytes()
+    if free < needed and (leftovers := spool.pruned_leftovers(job_id)):
+        # what the job's last call pruned may still be being removed (after that call, detached):
+        # that space is the job's own, so finish removing it before counting
+        for path in leftovers:
+            remove_tree(path, deadline=deadline)
+        free = spool.free_bytes()
     if free < needed:
         raise DiskFull(
             f"spool {spool.root} has {_mib(free)} free, the job needs about {_mib(needed)} "

@@ -57,3 +57,23 @@ def test_removal_is_bounded_and_takes_the_emptied_run_too(
     assert deadline is not None and before + limit <= deadline <= time.monotonic() + limit
     assert not retired[0].exists() and not retired[0].parent.exists(), "the emptied run is left"
     assert [e for e, _ in log.events] == ([] if detached else ["prune.not_detached"])
+
+
+def test_space_a_pruned_generation_still_holds_is_freed_before_the_space_check_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A qhold right after a periodic checkpoint, on a nearly full spool: what that checkpoint pruned may
+    still be being removed after it. That space is the job's own: it is freed, then counted."""
+    from types import SimpleNamespace
+
+    from mom_checkpoint.errors import DiskFull
+
+    spool, [doomed] = _retired(tmp_path)
+    monkeypatch.setattr(Spool, "free_bytes", lambda self: 0 if doomed.exists() else 1 << 40)
+    job: Any = SimpleNamespace(resident_bytes=1 << 30)
+    config: Any = SimpleNamespace(space_margin=1.5)
+    checkpoint._check_space(spool, job, config, "42.head", time.monotonic() + 60)
+    assert not doomed.exists()
+    monkeypatch.setattr(Spool, "free_bytes", lambda self: 0)  # and a spool that is simply full
+    with pytest.raises(DiskFull, match="not starting the checkpoint"):
+        checkpoint._check_space(spool, job, config, "42.head", time.monotonic() + 60)

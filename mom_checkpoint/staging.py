@@ -83,9 +83,10 @@ def stage(generation: Path, files: Sequence[ImageFile], work: Path, linked: re.P
                         f"{generation}: {entry.path} has changed since the checkpoint (size {st.st_size}, "
                         f"expected {entry.size}): refusing to restore it"
                     )
-                if linked.fullmatch(name) and _link(fd, name, target):
-                    continue
-                staged.contents[name] = _copy(fd, entry.size, name, target)
+                if not linked.fullmatch(name):
+                    staged.contents[name] = _copy(fd, entry.size, name, target)
+                elif not _link(fd, name, target):  # the job's memory, on another file system (or
+                    _stream(fd, entry.size, name, target)  # at the link limit): copied, never held
             finally:
                 os.close(fd)
         staged.fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=target)
@@ -116,6 +117,26 @@ def _link(fd: int, name: str, target: int) -> bool:
             return False
         raise
     return True
+
+
+def _stream(fd: int, size: int, name: str, target: int) -> None:
+    """Exactly ``size`` bytes of the open file into a new file of root's (0644), a chunk at a time: a
+    page file that cannot be linked is as large as the job's memory, and is never held in memory."""
+    out = os.open(name, _NEW_FILE, 0o600, dir_fd=target)
+    try:
+        os.fchmod(out, 0o644)  # whatever the umask: the job user's restorer reads it
+        done = 0
+        while done < size:
+            sent = os.sendfile(out, fd, done, min(CHUNK, size - done))
+            if not sent:
+                raise StorageIOError(f"{name} shrank while it was being copied")
+            done += sent
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=target)
+        raise
+    finally:
+        os.close(out)
 
 
 def _copy(fd: int, size: int, name: str, target: int) -> bytes:

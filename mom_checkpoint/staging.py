@@ -18,7 +18,7 @@ import contextlib
 import errno
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,44 +120,43 @@ def _link(fd: int, name: str, target: int) -> bool:
 
 
 def _stream(fd: int, size: int, name: str, target: int) -> None:
-    """Exactly ``size`` bytes of the open file into a new file of root's (0644), a chunk at a time: a
-    page file that cannot be linked is as large as the job's memory, and is never held in memory."""
-    out = os.open(name, _NEW_FILE, 0o600, dir_fd=target)
-    try:
-        os.fchmod(out, 0o644)  # whatever the umask: the job user's restorer reads it
+    """Exactly ``size`` bytes of the open file into root's copy, a chunk at a time: a page file that
+    cannot be linked is as large as the job's memory, and is never held in memory."""
+    with _root_copy(name, target) as out:
         done = 0
         while done < size:
             sent = os.sendfile(out, fd, done, min(CHUNK, size - done))
             if not sent:
                 raise StorageIOError(f"{name} shrank while it was being copied")
             done += sent
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(name, dir_fd=target)
-        raise
-    finally:
-        os.close(out)
 
 
 def _copy(fd: int, size: int, name: str, target: int) -> bytes:
-    """Exactly ``size`` bytes of the open file into a new file of root's (0644 in a folder only root
-    can enter), returned too."""
+    """Exactly ``size`` bytes of the open file into root's copy, returned too."""
     data = bytearray()
     while len(data) < size:
         chunk = os.pread(fd, min(CHUNK, size - len(data)), len(data))
         if not chunk:
             raise StorageIOError(f"{name} shrank while it was being copied")
         data += chunk
-    out = os.open(name, _NEW_FILE, 0o600, dir_fd=target)
-    try:
-        os.fchmod(out, 0o644)  # whatever the umask: the job user's restorer reads it
+    with _root_copy(name, target) as out:
         view = memoryview(data)
         while view:
             view = view[os.write(out, view) :]
+    return bytes(data)
+
+
+@contextlib.contextmanager
+def _root_copy(name: str, target: int) -> Iterator[int]:
+    """A new file of root's, 0644 whatever the umask (the job user's restorer reads it; its folder only
+    root can enter), open for writing; removed again if the writing fails."""
+    out = os.open(name, _NEW_FILE, 0o600, dir_fd=target)
+    try:
+        os.fchmod(out, 0o644)
+        yield out
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(name, dir_fd=target)
         raise
     finally:
         os.close(out)
-    return bytes(data)

@@ -23,7 +23,9 @@ page cache (/proc/sys/vm/drop_caches; see Bench.fresh_page_cache): run it on a q
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -115,11 +117,18 @@ def python() -> str:
     return str(installed("mom-checkpoint").parent / "python")
 
 
+@functools.cache
+def _packaged_dir() -> Path:
+    """A folder of root's for the wrappers, made with an unpredictable name (never one a user could
+    have made first in /tmp and filled with programs root would run), removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="mom-checkpoint-bench-sbin."))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def packaged(program: str) -> Path:
     """``program`` as the packages install it (PACKAGED_WRAPPER), written once into a root folder."""
-    folder = Path(tempfile.gettempdir()) / f"mom-checkpoint-bench-sbin.{os.getpid()}"
-    folder.mkdir(mode=0o755, exist_ok=True)
-    path = folder / program
+    path = _packaged_dir() / program
     if not path.exists():
         text = PACKAGED_WRAPPER.format(
             python=python(), program=program, prefix=PACKAGED_PREFIX, module=PACKAGED_MODULES[program]

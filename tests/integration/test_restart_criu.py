@@ -33,7 +33,25 @@ pytestmark = pytest.mark.usefixtures("criu")
 
 def counts(job: Job) -> list[int]:
     """The numbers the application wrote (the job shell's own messages share the file)."""
-    return [int(line) for line in job.output.read_text().splitlines() if line.strip().isdigit()]
+    return numbers(job.output.read_text())
+
+
+def numbers(text: str) -> list[int]:
+    return [int(line) for line in text.splitlines() if line.strip().isdigit()]
+
+
+def qhold_and_lose(site: Site, job: Job, *, empty_output: bool = False) -> tuple[list[object], str]:
+    """A qhold (SIGNAL 15: the hook checkpoints, CRIU ends the job), then the node loses the job's
+    session; with ``empty_output``, pbs_mom re-creates empty .OU/.ER files before the restart. Returns
+    the hook's arguments and what the job had printed."""
+    args = site.torque_args(job, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    printed = job.output.read_text()
+    crash(job)
+    if empty_output:
+        job.output.write_text("")
+    return args, printed
 
 
 def restart_args(site: Site, job: Job, checkpoint_args: list[object]) -> list[object]:
@@ -69,12 +87,8 @@ def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Sit
     job = site.start_job("601.head", app_env={"COUNTER_LIMIT": "120", "COUNTER_EXIT": "7"})
     job.wait_count(10)
     restored = [job.exec_pid(), job.app_pid()]
-    args = site.torque_args(job, signal_number=15)
-    assert call_hook(args, site.config).returncode == 0
-    job.wait_ended()
-    checkpointed = counts(job)[-1]
-    crash(job)
-    job.output.write_text("")  # pbs_mom re-creates empty .OU/.ER files before a restart
+    args, printed = qhold_and_lose(site, job, empty_output=True)
+    checkpointed = numbers(printed)[-1]
 
     restart = start_restart(restart_args(site, job, args), site.config)
     wait_restored(restart, restored)
@@ -141,9 +155,7 @@ def test_job_picks_the_newest_complete_generation_and_ignores_incoming(user_mode
 def test_image_refuses_a_tampered_or_incomplete_generation(user_mode: Site) -> None:
     site = user_mode
     job = site.start_job("604.head")
-    assert call_hook(site.torque_args(job, signal_number=15), site.config).returncode == 0
-    job.wait_ended()
-    crash(job)
+    qhold_and_lose(site, job)
     [generation] = site.generations("604.head")
     manifest = verify_generation(generation)
     biggest = max(manifest["files"], key=lambda f: f["size"])
@@ -193,12 +205,8 @@ def test_a_generation_an_older_version_recorded_with_sha256_still_restores(user_
     site = user_mode
     job = site.start_job("614.head", app_env={"COUNTER_LIMIT": "60"})
     job.wait_count(5)
-    args = site.torque_args(job, signal_number=15)
-    assert call_hook(args, site.config).returncode == 0
-    job.wait_ended()
-    checkpointed = counts(job)[-1]
-    crash(job)
-    job.output.write_text("")  # pbs_mom re-creates empty .OU/.ER files before a restart
+    args, printed = qhold_and_lose(site, job, empty_output=True)
+    checkpointed = numbers(printed)[-1]
     [generation] = site.generations("614.head")
     manifest = verify_generation(generation)
 
@@ -235,10 +243,7 @@ def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -
     site = user_mode
     job = site.start_job("605.head")
     restored = [job.exec_pid(), job.app_pid()]  # CRIU gives them back their pids
-    args = site.torque_args(job, signal_number=15)
-    assert call_hook(args, site.config).returncode == 0
-    job.wait_ended()
-    crash(job)
+    args, _ = qhold_and_lose(site, job)
 
     restart = start_restart(restart_args(site, job, args), site.config)
     wait_restored(restart, restored)
@@ -261,12 +266,7 @@ def test_a_job_ended_while_it_is_restored_never_runs(user_mode: Site) -> None:
     site = user_mode
     job = site.start_job("616.head", app_env={"TICKER_MIB": "384"}, app=TICKER, wait_s=60)
     restored = [job.exec_pid(), job.app_pid()]
-    args = site.torque_args(job, signal_number=15)
-    assert call_hook(args, site.config).returncode == 0
-    job.wait_ended()
-    printed = job.output.read_text()
-    crash(job)
-    job.output.write_text("")
+    args, printed = qhold_and_lose(site, job, empty_output=True)
     restart = start_restart(restart_args(site, job, args), site.config)
     deadline = time.monotonic() + 30
     while not [e for e in site.log_events() if e["event"] == "restart.start"]:
@@ -296,10 +296,7 @@ def test_next_checkpoint_of_a_restarted_job_with_the_old_session_id(user_mode: S
     site = user_mode
     job = site.start_job("606.head")
     restored = [job.exec_pid(), job.app_pid()]
-    args = site.torque_args(job, signal_number=15)
-    assert call_hook(args, site.config).returncode == 0
-    job.wait_ended()
-    crash(job)
+    args, _ = qhold_and_lose(site, job)
     restart = start_restart(restart_args(site, job, args), site.config)
     wait_restored(restart, restored)
     try:
@@ -349,10 +346,7 @@ def test_pbs_mom_deleted_the_checkpoint_dir_and_qalter_marks_the_job(user_mode: 
     site.configure(qalter=str(qalter), **{"backends.criu.run_as": "job-user"})
     job = site.start_job("608.head", app_env={"COUNTER_LIMIT": "60"})
     assert call_hook(site.torque_args(job), site.config).returncode == 0
-    args = site.torque_args(job, signal_number=15)
-    assert call_hook(args, site.config).returncode == 0
-    job.wait_ended()
-    crash(job)
+    args, _ = qhold_and_lose(site, job)
     shutil.rmtree(str(args[4]))  # after a failed checkpoint pbs_mom removes the whole CHECKPOINT_DIR
 
     restart = start_restart(restart_args(site, job, args), site.config)
@@ -374,9 +368,7 @@ def test_pbs_mom_deleted_the_checkpoint_dir_and_qalter_marks_the_job(user_mode: 
 def test_root_refuses_a_generation_another_user_can_write(site: Site) -> None:
     site.configure(**{"backends.criu.run_as": "job-user"})
     job = site.start_job("609.head")
-    assert call_hook(site.torque_args(job, signal_number=15), site.config).returncode == 0
-    job.wait_ended()
-    crash(job)
+    qhold_and_lose(site, job)
     [generation] = site.generations("609.head")
     generation.chmod(0o775)
     restart = start_restart(["--job", "609.head"], site.config)
@@ -402,10 +394,7 @@ def test_a_failed_restore_names_criu_s_first_error_and_its_log_is_kept(user_mode
     held.write_bytes(os.urandom(2 << 20))
     held.chmod(0o644)
     job = site.start_job("606.head", app_env={"COUNTER_HOLD": str(held)})
-    args = site.torque_args(job, signal_number=15)
-    assert call_hook(args, site.config).returncode == 0
-    job.wait_ended()
-    crash(job)
+    args, _ = qhold_and_lose(site, job)
     held.unlink()
     restart = start_restart(restart_args(site, job, args), site.config)
     assert restart.wait(timeout=60) == 80
@@ -425,10 +414,7 @@ def test_an_ordinary_job_script_resumes_after_pbs_mom_deleted_it(user_mode: Site
     site = user_mode
     job = site.start_job("607.head", app_env={"COUNTER_LIMIT": "150"})
     script = job.output.parent / "607.head.SC"
-    args = site.torque_args(job, signal_number=15)
-    assert call_hook(args, site.config).returncode == 0
-    job.wait_ended()
-    crash(job)
+    args, _ = qhold_and_lose(site, job)
     [generation] = site.generations("607.head")
     manifest = json.loads((generation / "manifest.json").read_text())
     [kept] = [k for k in manifest["kept"] if k["path"] == str(script)]

@@ -63,7 +63,14 @@ class Runner:
         )
         timed_out = False
         if on_start is not None:
-            on_start(proc.pid)
+            try:
+                on_start(proc.pid)
+            except BaseException:  # never leave the program running with nobody to wait for it
+                kill_group(proc.pid)
+                with contextlib.suppress(subprocess.TimeoutExpired):  # a descendant holds the pipes
+                    proc.communicate(timeout=10)
+                proc.wait()
+                raise
         deadline = started + timeout_s
         ended_at: float | None = None
         while True:

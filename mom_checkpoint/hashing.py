@@ -172,7 +172,9 @@ def open_files(
 def _digest_opened(
     opened: list[_Opened], total: int, *, fsync: bool, progress: Progress | None, deadline: float | None
 ) -> list[ImageFile]:
-    write_behind = _write_behind() if fsync else None
+    # (only for files larger than its window: ctypes costs a small image's call a few ms to import)
+    big = any(f.size > WRITE_BEHIND_WINDOW for f in opened)
+    write_behind = _write_behind() if fsync and big else None
     workers = min(len(opened), os.cpu_count() or 1)
     if total < THREADS_FROM_BYTES or workers <= 1:
         return [

@@ -11,8 +11,10 @@ root wrote, so the generation layout on disk did not change and older spools kee
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mom_checkpoint.manifest import Manifest
+if TYPE_CHECKING:
+    from mom_checkpoint.manifest import Manifest
 
 SYSTEMS = {"torque": "torque", "seed": "torque", "openpbs": "openpbs"}  # calling convention -> system
 

@@ -32,8 +32,7 @@ from pathlib import Path
 from mom_checkpoint.access import acting_as
 from mom_checkpoint.discovery import ProcessRecord
 from mom_checkpoint.identity import JobUser
-from mom_checkpoint.manifest import KEPT
-from mom_checkpoint.storage import write_private
+from mom_checkpoint.storage import KEPT, write_private
 
 HELD_MAX = 1 << 20
 HELD_FILES = 64

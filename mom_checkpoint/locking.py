@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -90,7 +89,7 @@ def node_slot(
 
 
 def _write_holder(lock_path: Path, argv: Sequence[str]) -> None:
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "argv": list(argv)}
+    info = {"pid": os.getpid(), "host": os.uname().nodename, "since": time.time(), "argv": list(argv)}
     tmp = lock_path.with_name(lock_path.name + f".holder.{os.getpid()}")
     with contextlib.suppress(OSError):  # only the busy message depends on it
         write_private(tmp, json.dumps(info))

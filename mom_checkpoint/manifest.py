@@ -20,6 +20,7 @@ from mom_checkpoint.discovery import ProcessRecord
 from mom_checkpoint.errors import VerificationFailed
 from mom_checkpoint.hashing import DIGEST, ImageFile
 from mom_checkpoint.records import RecordError, build
+from mom_checkpoint.storage import KEPT
 
 SCHEMA = 4
 MAX_BYTES = 32 * 1024 * 1024
@@ -222,9 +223,6 @@ def parse(data: object, source: str) -> Manifest:
         ):
             raise VerificationFailed(f"{source}: manifest names a kept file it cannot have: {kept.copy!r}")
     return manifest
-
-
-KEPT = "kept"  # in a generation: copies of files the job held (root's)
 
 
 def is_inside_image(relpath: str) -> bool:

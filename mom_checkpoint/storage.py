@@ -37,6 +37,7 @@ RESTORER_DIR = "restorer"
 LOGS = ".logs"  # logs of failed restores, root's: <job id>.<UTC time>.<kind>.log, the newest KEPT_LOGS
 KEPT_LOGS = 50  # in a work folder: where the restorer writes (the job user's in job-user mode)
 IMAGE = "image"
+KEPT = "kept"  # in a generation: copies of files the job held (root's)
 GENERATION_NAME = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
 RUN_NAME = re.compile(r"(\d+)\.(.+)")
 
@@ -230,13 +231,11 @@ class Spool:
         """Root's folder for one restart (0711: a restorer running as the job's user reaches its own
         subfolder in it), named after this process; those of this host's restarts that have ended
         (killed with -9) are removed first."""
-        import socket
-
         parent = self.root / RESTARTS
         try:
             parent.mkdir(mode=0o711, exist_ok=True)
             check_private_dir(parent, 0o711)
-            host = socket.gethostname()
+            host = os.uname().nodename
             for entry in os.scandir(parent):
                 name, pid, start = [*entry.name.rsplit(".", 2), "", ""][:3]
                 if name == host and pid.isdigit() and start_token(int(pid)) != start:
@@ -262,10 +261,8 @@ class Spool:
         return path
 
     def begin(self, run_dir: Path, owner: Owner, key: str) -> Incoming:
-        import tempfile  # here, with shutil below: the hook's start-up is most of its cost
-
         try:
-            path = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=run_dir))
+            path = _new_private_dir(run_dir, INCOMING_PREFIX)
             write_private(path / KEY_FILE, key)
             if not owner.is_root:
                 os.chmod(path, 0o711)
@@ -276,6 +273,19 @@ class Spool:
         except OSError as exc:
             raise storage_error(exc, f"cannot create a generation in {run_dir}") from None
         return Incoming(path)
+
+
+def _new_private_dir(parent: Path, prefix: str) -> Path:
+    """A new 0700 folder of an unpredictable name in ``parent``, as tempfile.mkdtemp makes one (which
+    costs the hook's call some 4 ms to import, with shutil and random)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{os.urandom(6).hex()}"
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no unused name", str(parent))
 
 
 class Incoming:

@@ -27,8 +27,8 @@ from mom_checkpoint.hashing import (
     digest_files,
     open_files,
 )
-from mom_checkpoint.manifest import KEPT, Manifest, read
-from mom_checkpoint.storage import IMAGE, MANIFEST
+from mom_checkpoint.manifest import Manifest, read
+from mom_checkpoint.storage import IMAGE, KEPT, MANIFEST
 
 
 def verify(

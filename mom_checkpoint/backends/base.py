@@ -8,14 +8,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from mom_checkpoint.config import Config, RunAs
 from mom_checkpoint.environment import Completed, Environment, child_environ
 from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, TimedOut
-from mom_checkpoint.hashing import ImageFile
 from mom_checkpoint.identity import JobUser
-from mom_checkpoint.staging import StagedImage
+
+if TYPE_CHECKING:  # a restore's: the hook's calls do not import them
+    from mom_checkpoint.hashing import ImageFile
+    from mom_checkpoint.staging import StagedImage
 
 # pbs_mom runs hooks with PATH=/bin:/usr/bin: look in the sbin folders ourselves.
 SEARCH_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin")
@@ -121,6 +123,8 @@ class Backend(ABC):
     ) -> StagedImage:
         """The image the restorer will read, checked for what can be checked before it runs. Here: the
         generation in place (the psnc and blcr images are opaque; see docs/SECURITY.md)."""
+        from mom_checkpoint.staging import StagedImage
+
         return StagedImage(generation)
 
     def restore(self, binary: str, request: RestoreRequest) -> Restored:

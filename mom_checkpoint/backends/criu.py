@@ -7,24 +7,20 @@ import re
 import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mom_checkpoint import safefs, staging
+from mom_checkpoint import safefs
 from mom_checkpoint.backends.base import Backend, DumpRequest, Restored, RestoreRequest
-from mom_checkpoint.criu_images import (
-    CORE_FILE,
-    OLD_CREDS_FILE,
-    CoreCredentials,
-    ImageError,
-    read_core,
-    with_pdeath_signal,
-)
 from mom_checkpoint.discovery import child_pids
 from mom_checkpoint.environment import Completed
 from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, PidInUse, Refused, TimedOut
-from mom_checkpoint.hashing import ImageFile
 from mom_checkpoint.identity import JobUser, credentials_problem
-from mom_checkpoint.staging import StagedImage
 from mom_checkpoint.termination import kill_tree
+
+if TYPE_CHECKING:  # a restore's (imported where it is used): the hook's dumps do not load them
+    from mom_checkpoint.criu_images import CoreCredentials
+    from mom_checkpoint.hashing import ImageFile
+    from mom_checkpoint.staging import StagedImage
 
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
@@ -132,6 +128,8 @@ class CriuBackend(Backend):
         """Root's copy of the image's small files (pages linked), and the credentials in every core
         file of it checked: exactly the owner's, no capability, or the restore is refused before
         CRIU runs (criu_images)."""
+        from mom_checkpoint import staging
+
         staged = staging.stage(generation, files, work, self.pages)
         try:
             cores = _cores(staged)
@@ -196,6 +194,8 @@ def _dies_with_its_parent(image: StagedImage, pid: int) -> None:
     """The restored root gets SIGKILL when this program (its parent) ends, so a root that keeps its
     own session never outlives the job: a change to root's staged copy only, made after its digests
     were checked."""
+    from mom_checkpoint.criu_images import with_pdeath_signal
+
     name = f"core-{pid}.img"
     if image.fd is None or name not in image.contents:
         return
@@ -211,6 +211,8 @@ def _dies_with_its_parent(image: StagedImage, pid: int) -> None:
 
 
 def _cores(staged: StagedImage) -> list[CoreCredentials]:
+    from mom_checkpoint.criu_images import CORE_FILE, OLD_CREDS_FILE, ImageError, read_core
+
     if any(OLD_CREDS_FILE.fullmatch(name) for name in staged.contents):
         raise Refused("the image holds an old-format creds-*.img file: refusing it")
     cores = []

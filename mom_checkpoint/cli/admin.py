@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mom_checkpoint.cli.common import ArgumentParser
+from mom_checkpoint.cli.arguments import ArgumentParser
 from mom_checkpoint.cli.result import envelope
 from mom_checkpoint.cli.text import printable
 from mom_checkpoint.environment import Environment

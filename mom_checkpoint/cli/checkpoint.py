@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mom_checkpoint import __version__
-from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, log_refused_call, main_for
+from mom_checkpoint.cli.common import EXIT_STATUS_HELP, end_program, log_refused_call, main_for
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import Error, UsageError
 from mom_checkpoint.status import ExitStatus
+
+if TYPE_CHECKING:
+    from mom_checkpoint.cli.arguments import ArgumentParser
 
 PROG = "mom-checkpoint"
 
@@ -42,7 +44,10 @@ examples:
 
 
 def build_parser() -> ArgumentParser:
-    from mom_checkpoint.cli.admin import add_subcommands  # here: pbs_mom's calls never build this parser
+    import argparse  # here: pbs_mom's calls never build this parser
+
+    from mom_checkpoint.cli.admin import add_subcommands
+    from mom_checkpoint.cli.arguments import ArgumentParser
 
     parser = ArgumentParser(
         prog=PROG,
@@ -61,7 +66,10 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
-    return main_for(PROG, _dispatch, argv, env)
+    status = main_for(PROG, _dispatch, argv, env)
+    if argv is None:  # the program itself, as pbs_mom runs it (tests pass their own argv)
+        end_program(status)
+    return status
 
 
 def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:

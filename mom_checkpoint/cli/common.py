@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from mom_checkpoint.cli.text import printable
 from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import Error, UsageError
+from mom_checkpoint.errors import Error
 from mom_checkpoint.status import ExitStatus
 
 
@@ -28,6 +26,8 @@ def run_program(
         say(env, prog, "interrupted")
         return 130
     except Exception as exc:
+        import traceback  # only for a bug's report
+
         for logger in log or []:
             logger.error("internal_error", error=repr(exc), traceback=traceback.format_exc())
         say(env, prog, f"internal error: {type(exc).__name__}: {exc} (a bug: please report it with the log)")
@@ -40,13 +40,6 @@ def say(env: Environment, prog: str, message: str) -> None:
     line = printable(" ".join(message.split()))
     env.stderr.write(f"{prog}: {line}\n")
     env.stderr.flush()
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports usage errors with our exit status (64) instead of 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 EXIT_STATUS_HELP = "exit status:\n" + "\n".join(
@@ -102,3 +95,16 @@ def log_refused_call(prog: str, event: str, args: Sequence[str], exc: Error, env
     make_logger(config.log_file, program=prog).error(
         event, argv=list(args), error=exc.message, exit_status=int(exc.exit_status)
     )
+
+
+def end_program(status: int) -> NoReturn:
+    """End the process with ``status`` once its output is flushed, without the interpreter's teardown of
+    the ~200 modules it loaded (15-20 ms that pbs_mom waits for on every call). Nothing is left to tear
+    down: the log writes each line through, every lock and file is released and every thread joined
+    before main() returns."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: what could be said is lost already
+            status = status or int(ExitStatus.IO_ERROR)
+    os._exit(status)

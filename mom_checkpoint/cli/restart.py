@@ -7,20 +7,22 @@ pbs_mom execs it directly (no shell, no options), so the TORQUE form is position
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mom_checkpoint import __version__
 from mom_checkpoint.calls import MISSING, abs_path_arg, path_part, torque_job_args
-from mom_checkpoint.cli.common import EXIT_STATUS_HELP, ArgumentParser, log_refused_call, main_for
+from mom_checkpoint.cli.common import EXIT_STATUS_HELP, log_refused_call, main_for
 from mom_checkpoint.commands.restart import RestartCall, SeedRestart, TorqueRestart
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import Error, UsageError
 from mom_checkpoint.status import ExitStatus
+
+if TYPE_CHECKING:
+    from mom_checkpoint.cli.arguments import ArgumentParser
 
 PROG = "mom-restart"
 
@@ -51,6 +53,10 @@ examples:
 
 
 def build_parser() -> ArgumentParser:
+    import argparse  # here: pbs_mom's positional call never builds a parser
+
+    from mom_checkpoint.cli.arguments import ArgumentParser
+
     parser = ArgumentParser(
         prog=PROG,
         description=DESCRIPTION,

@@ -6,10 +6,9 @@ import re
 
 # C0 controls, DEL and C1 controls; lone surrogates (the undecodable bytes of a file name, which would
 # also make a strict UTF-8 stream raise); bidirectional overrides and isolates, which reorder what is
-# shown; the line and paragraph separators.
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]"
-)
+# shown; the line and paragraph separators. (Compiled on first use, by re's own cache: every hook call
+# imports this module, few print outside text.)
+_UNSAFE = "[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]"
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
@@ -34,4 +33,4 @@ def printable(value: object) -> str:
     markup is not touched here: the renderers pass the result to rich as ``Text``, never as markup.
     """
     text = str(value)
-    return _UNSAFE.sub(_visible, text) if _UNSAFE.search(text) else text
+    return re.sub(_UNSAFE, _visible, text)

@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -525,7 +524,12 @@ def _workdir(spool: Spool, user: JobUser | None) -> Iterator[_Work]:
     killed with -9 leaves it there for the next one to clean), a private temporary folder otherwise.
     Root's folder, with the restorer's own subfolder the job user's when the restorer runs as them:
     nothing in it is ever authority for root (no pid file is read; logs are read through safefs)."""
-    path = spool.restart_workdir() if os.geteuid() == 0 else Path(tempfile.mkdtemp(prefix="mom-restart-"))
+    if os.geteuid() == 0:
+        path = spool.restart_workdir()
+    else:  # a user's own restart (tests, or an unprivileged mode): not pbs_mom's, which runs as root
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="mom-restart-"))
     try:
         restorer = path / RESTORER_DIR
         restorer.mkdir(mode=0o700)

@@ -43,6 +43,25 @@ def test_a_program_past_its_time_is_killed_with_its_group() -> None:
     assert completed.timed_out and completed.returncode == -signal.SIGKILL
 
 
+def test_a_failing_start_callback_ends_the_program_and_its_group() -> None:
+    """on_start runs while the program runs (the hook imports its post-dump modules there): if it
+    raises, the program and what it started are ended before the error goes on, never left behind."""
+    seen: list[int] = []
+
+    def broken(pid: int) -> None:
+        seen.append(pid)
+        raise ImportError("a broken install")
+
+    started = time.monotonic()
+    with pytest.raises(ImportError, match="a broken install"):
+        Runner().run(["/bin/sh", "-c", "sleep 60 & sleep 60"], timeout_s=600, on_start=broken)
+    assert time.monotonic() - started < 30
+    [pid] = seen
+    assert not _alive(pid)
+    with pytest.raises(ProcessLookupError):  # its process group is gone too: the background sleep
+        os.killpg(pid, 0)
+
+
 @pytest.fixture
 def sleeper() -> Iterator[int]:
     proc = subprocess.Popen(["sleep", "60"])

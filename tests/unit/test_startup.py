@@ -26,6 +26,17 @@ NOT_ON_THE_HOOK_PATH = (
     "structlog.dev",
     "structlog.twisted",
     "rich",  # structlog's console and tracebacks use it if it is installed
+    "argparse",  # only the admin commands and mom-restart's options build a parser
+    "tempfile",  # the incoming folder is made without it (it brings shutil, random, bz2, lzma)
+    "ctypes",  # write-behind, only for image files larger than its window
+    "mom_checkpoint.staging",  # a restore's, as are the core-image decoder and its digests' staging
+    "mom_checkpoint.criu_images",
+    # the work after the dump: imported while the checkpointer runs (AFTER_THE_DUMP), so never by a
+    # call refused before it
+    "mom_checkpoint.manifest",
+    "mom_checkpoint.hashing",
+    "mom_checkpoint.verification",
+    "mom_checkpoint.retention",
 )
 # What the path does use: if these are missing, the call failed before the imports this test is about.
 ON_THE_HOOK_PATH = ("mom_checkpoint.commands.checkpoint", "mom_checkpoint.locking", "filelock", "psutil")
@@ -79,3 +90,32 @@ def test_a_hook_call_imports_only_what_it_uses(tmp_path: Path, argv: list[str]) 
     loaded = set(modules.read_text().split())
     assert set(ON_THE_HOOK_PATH) <= loaded
     assert sorted(loaded & set(NOT_ON_THE_HOOK_PATH)) == []
+
+
+PROGRAM = "import sys\nfrom mom_checkpoint.cli.checkpoint import main\nsys.exit(main())\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "stream", "start"),
+    [
+        pytest.param(["--version"], 0, "stdout", "mom-checkpoint ", id="version"),
+        pytest.param(["4711", "42.head", "x"], 64, "stderr", "mom-checkpoint: ", id="usage"),
+    ],
+)
+def test_the_program_ends_without_teardown_but_with_its_output_and_status(
+    argv: list[str], status: int, stream: str, start: str
+) -> None:
+    """Run as a program (no argv given to main), the hook ends with os._exit once main() returns: its
+    buffered output (stdout is a pipe here, as under pbs_mom's popen) is still written, and the exit
+    status is main()'s."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROGRAM, *argv],
+        env={"PATH": "/bin:/usr/bin", "LANG": "C.UTF-8", "MOM_CHECKPOINT_CONFIG": "/nonexistent.toml"},
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == status, proc.stderr
+    assert getattr(proc, stream).startswith(start)

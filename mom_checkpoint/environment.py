@@ -109,13 +109,13 @@ class Runner:
 
 
 def run_detached(work: Callable[[], None]) -> None:
-    """Run ``work`` in a grandchild of its own session, and return at once: stdio on /dev/null and
-    every other descriptor closed (pbs_mom's pipes and log, the job's files), cwd /, nothing waits
-    for it, and nothing of it returns into the caller (it always ends with _exit)."""
-    pid = os.fork()
-    if pid:
-        with contextlib.suppress(ChildProcessError):  # SIGCHLD ignored: the kernel reaped it
-            os.waitpid(pid, 0)  # the child only forks the grandchild and exits
+    """Run ``work`` in a child of its own session, and return at once: stdio on /dev/null and every
+    other descriptor closed (pbs_mom's pipes and log, the job's files), cwd /, and nothing of it
+    returns into the caller (it always ends with _exit). Nobody waits for it: the hook ends a moment
+    later and the child is handed to init (waiting for even a child that only forks again and exits,
+    the double fork of daemons, cost every call ~5 ms here). A long-lived caller keeps it as a zombie
+    until it ends."""
+    if os.fork():
         return
     status = 1
     try:
@@ -124,8 +124,6 @@ def run_detached(work: Callable[[], None]) -> None:
             os.dup2(null, fd)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         os.setsid()
-        if os.fork():
-            os._exit(0)
         os.chdir("/")
         os.umask(0o077)
         work()

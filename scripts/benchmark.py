@@ -828,7 +828,7 @@ def overhead_breakdown(
         "|---|---|",
     ]
     lines += [f"| {name} | {value / 1000:.1f} |" for name, value in groups]
-    base, full, no_structlog, no_filelock = (without[key].median for key in IMPORT_CASES)
+    base, full, no_structlog, no_filelock, libraries = (without[key].median for key in IMPORT_CASES)
     lines += [
         "",
         f'The same as whole interpreter runs (`python -c "import ..."` of the modules main() imports, median '
@@ -838,6 +838,16 @@ def overhead_breakdown(
         f"{ms(full - no_structlog)} ms of every call; without it, filelock costs "
         f"a further {ms(no_structlog - no_filelock)} ms; and everything else the hook imports (its own "
         f"modules, the standard library, psutil) {ms(no_filelock - base)} ms.",
+        "",
+        f"The floor: before any of mom-checkpoint's own work, an interpreter that imports only psutil, "
+        f"filelock and structlog (the hook's way) takes {ms(libraries)} ms, and the stand-in chkpnt alone "
+        f"{ms(alone.median)} ms: {ms(libraries + alone.median)} ms, "
+        f"{(libraries + alone.median) / seed.median:.1f}x the seed's whole call. A call within 3x the seed's "
+        f"leaves {ms(max(0.0, 3 * seed.median - libraries - alone.median))} ms for the rest: its own modules "
+        f"({hook_dataclasses(python)} dataclasses, each {ms(dataclass_seconds(python))} ms to create on "
+        f"Python {platform.python_version()}, which compiles every generated method apart), the standard "
+        "library they need, and its work; here "
+        f"they take {ms(max(0.0, total - libraries - alone.median))} ms.",
     ]
     checkpointer = phases.get("the checkpointer's run", 0.0)
     logger = sum(value for label, value in phases.items() if label.startswith("set up the log"))
@@ -865,7 +875,60 @@ IMPORT_CASES = {
     "no structlog": HOOK_IMPORTS,
     "no structlog, no filelock": "import sys, types; sys.modules['filelock'] = types.ModuleType('filelock'); "
     + HOOK_IMPORTS,
+    # only the three libraries the project keeps (issue 16), structlog imported the hook's way
+    "libraries": "import psutil, filelock, mom_checkpoint.log" + MAKE_LOGGER,
 }
+
+
+COUNT_DATACLASSES = """
+import dataclasses, importlib, sys
+import mom_checkpoint.commands.checkpoint as cc
+for name in cc.AFTER_THE_DUMP:
+    importlib.import_module(name)
+print(sum(
+    1
+    for module in list(sys.modules.values())
+    if module is not None and module.__name__.startswith("mom_checkpoint")
+    for value in vars(module).values()
+    if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == module.__name__
+))
+"""
+
+
+DATACLASS_COST = """
+import time
+from dataclasses import dataclass
+started = time.perf_counter()
+for _ in range(50):
+    @dataclass(frozen=True)
+    class Record:
+        a: int
+        b: str
+        c: float = 0.0
+        d: tuple[int, ...] = ()
+        e: int | None = None
+print((time.perf_counter() - started) / 50)
+"""
+
+
+def dataclass_seconds(python: str) -> float:
+    """What creating one frozen dataclass of five fields costs this interpreter (median of 5 runs)."""
+    argv = [python, "-I", "-S", "-c", DATACLASS_COST]
+    runs = [float(subprocess.run(argv, check=True, capture_output=True).stdout) for _ in range(5)]
+    return statistics.median(runs)
+
+
+def hook_dataclasses(python: str) -> int:
+    """How many of mom_checkpoint's dataclasses a hook call creates (its imports, the post-dump ones too)."""
+    proc = subprocess.run(
+        [python, "-I", "-S", "-c", PACKAGED_PREFIX + HOOK_IMPORTS + "\n" + COUNT_DATACLASSES],
+        env=MOM_ENV,
+        cwd="/",
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(proc.stdout)
 
 
 def import_costs(python: str, n: int) -> dict[str, Series]:

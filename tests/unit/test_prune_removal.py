@@ -46,7 +46,7 @@ def test_removal_is_bounded_and_takes_the_emptied_run_too(
     def detach(work: Any) -> None:
         if not detached:
             raise OSError("fork: Resource temporarily unavailable")
-        work()  # as the detached grandchild would, here in this process
+        work()  # as the detached child would, here in this process
 
     monkeypatch.setattr(checkpoint, "remove_tree", recording)
     log = Log()

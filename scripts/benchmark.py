@@ -1310,8 +1310,9 @@ def freeze_one(bench: Bench, site: Site, mib: int) -> list[str]:
     bench.notes.append(
         f"{label} job (rows 3, 4): frozen {ms(ours.frozen.median)} ms in the hook against "
         f"{ms(theirs.frozen.median)} ms for raw criu (ratio {ratio:.2f}); the application saw "
-        f"{ms(ours.gap.median)} against {ms(theirs.gap.median)} ms. The hook runs nothing while the job "
-        f"is frozen; after it runs again it spends {sec(ours.post.median)} s hashing, fsyncing "
+        f"{ms(ours.gap.median)} against {ms(theirs.gap.median)} ms. While the job is frozen the hook only "
+        "imports what its work after the dump uses (on one core; section 1 times it); after it runs again "
+        f"it spends {sec(ours.post.median)} s hashing, fsyncing "
         f"(overlapped) and publishing (raw criu's fsync alone: {sec(theirs.post.median)} s), and "
         f"{sec(ours.outside.median)} s starting, importing and pruning."
     )

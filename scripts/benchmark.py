@@ -829,6 +829,12 @@ def overhead_breakdown(
     ]
     lines += [f"| {name} | {value / 1000:.1f} |" for name, value in groups]
     base, full, no_structlog, no_filelock, libraries = (without[key].median for key in IMPORT_CASES)
+    floor = libraries + alone.median
+    budget = (
+        f"A call within 3x the seed's leaves {ms(3 * seed.median - floor)} ms beyond it."
+        if 3 * seed.median > floor
+        else f"3x the seed's call ({ms(3 * seed.median)} ms) is below that floor."
+    )
     lines += [
         "",
         f'The same as whole interpreter runs (`python -c "import ..."` of the modules main() imports, median '
@@ -839,15 +845,13 @@ def overhead_breakdown(
         f"a further {ms(no_structlog - no_filelock)} ms; and everything else the hook imports (its own "
         f"modules, the standard library, psutil) {ms(no_filelock - base)} ms.",
         "",
-        f"The floor: before any of mom-checkpoint's own work, an interpreter that imports only psutil, "
-        f"filelock and structlog (the hook's way) takes {ms(libraries)} ms, and the stand-in chkpnt alone "
-        f"{ms(alone.median)} ms: {ms(libraries + alone.median)} ms, "
-        f"{(libraries + alone.median) / seed.median:.1f}x the seed's whole call. A call within 3x the seed's "
-        f"leaves {ms(max(0.0, 3 * seed.median - libraries - alone.median))} ms for the rest: its own modules "
-        f"({hook_dataclasses(python)} dataclasses, each {ms(dataclass_seconds(python))} ms to create on "
-        f"Python {platform.python_version()}, which compiles every generated method apart), the standard "
-        "library they need, and its work; here "
-        f"they take {ms(max(0.0, total - libraries - alone.median))} ms.",
+        f"The floor: an interpreter that imports only the three libraries the project keeps (psutil, "
+        f"filelock, and structlog the hook's way) and nothing of mom-checkpoint takes {ms(libraries)} ms "
+        f"(one that imports nothing: {ms(base)} ms); with the stand-in chkpnt alone ({ms(alone.median)} ms) "
+        f"that is {ms(floor)} ms, {floor / seed.median:.1f}x the seed's whole call, before any of "
+        f"mom-checkpoint's own work. {budget} mom-checkpoint's own modules add {ms(full - libraries)} ms of "
+        f"imports to the libraries' (Python {platform.python_version()} compiles every generated method of "
+        f"their {hook_dataclasses(python)} dataclasses apart), and main()'s work the phases above.",
     ]
     checkpointer = phases.get("the checkpointer's run", 0.0)
     logger = sum(value for label, value in phases.items() if label.startswith("set up the log"))
@@ -893,29 +897,6 @@ print(sum(
     if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == module.__name__
 ))
 """
-
-
-DATACLASS_COST = """
-import time
-from dataclasses import dataclass
-started = time.perf_counter()
-for _ in range(50):
-    @dataclass(frozen=True)
-    class Record:
-        a: int
-        b: str
-        c: float = 0.0
-        d: tuple[int, ...] = ()
-        e: int | None = None
-print((time.perf_counter() - started) / 50)
-"""
-
-
-def dataclass_seconds(python: str) -> float:
-    """What creating one frozen dataclass of five fields costs this interpreter (median of 5 runs)."""
-    argv = [python, "-I", "-S", "-c", DATACLASS_COST]
-    runs = [float(subprocess.run(argv, check=True, capture_output=True).stdout) for _ in range(5)]
-    return statistics.median(runs)
 
 
 def hook_dataclasses(python: str) -> int:

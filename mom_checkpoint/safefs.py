@@ -28,7 +28,8 @@ from typing import Literal
 from mom_checkpoint.errors import Refused, StorageIOError, TimedOut
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# O_NOCTTY: a detached remover or copier leads its own session; a tty node must never become its terminal
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 MAX_DEPTH = 32  # folder levels a walk descends into before it refuses
 MAX_ENTRIES = 200_000  # entries a walk lists before it refuses
 MAX_OPEN = 64  # folder descriptors a removal keeps open; deeper folders are moved up first

@@ -188,7 +188,7 @@ for owner, name, label in [
     (base.Backend, "checkpoint", "the checkpointer's run"),
     (storage.Incoming, "image_files", "hash + fsync the image"),
     (hashing, "digest_files", "hash + fsync the image"),
-    (cc._Attempt, "_manifest", "build the manifest (incl. the checkpointer's --version)"),
+    (cc._Attempt, "_manifest", "build the manifest"),
     (manifest.Manifest, "to_json", "write + fsync the manifest"),
     (storage.Incoming, "write_manifest", "write + fsync the manifest"),
     (storage.Incoming, "publish", "publish (rename + fsync)"),

@@ -100,8 +100,9 @@ def log_refused_call(prog: str, event: str, args: Sequence[str], exc: Error, env
 def end_program(status: int) -> NoReturn:
     """End the process with ``status`` once its output is flushed, without the interpreter's teardown of
     the ~200 modules it loaded (measured here: 15-50 ms that pbs_mom waited for on every call). Nothing
-    is left to tear down: the log writes each line through, and every lock, file and thread the call
-    needs is released or joined before main() returns."""
+    is left to tear down: the log writes each line through, and every lock and file is released and
+    every thread whose work matters joined before main() returns (a daemon thread still running, such
+    as a checkpointer's version query after a failed dump, ends with the process)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -228,10 +228,10 @@ class _Attempt:
         result: DumpResult | None = None
         pids = [p.pid for p in self.job.tree]
         stopped_before = stopped(pids)
+        meanwhile = _WhileItRuns(incoming, lambda: self.backend.version(self.binary))
         try:
             # before the dump: an abort ends the job
             copies = keep_held(self.job.tree, incoming.path, self.owner, deadline=self.deadline)
-            meanwhile = _WhileItRuns(incoming, lambda: self.backend.version(self.binary))
             request = DumpRequest(
                 exec_pid=self.job.exec_pid,
                 image_dir=incoming.image_dir,
@@ -243,6 +243,9 @@ class _Attempt:
             )
             result = self.backend.checkpoint(self.binary, request)
             dumped = self.env.monotonic()
+            # before anything acts as the job's user (keep_outputs): that changes the whole process's
+            # credentials, the version query's thread included
+            version = meanwhile.version(timeout_s=max(0.0, self.deadline - dumped))
             self.log.info("dump.done", seconds=result.completed.duration_s, frozen_s=result.frozen_s)
             if self.call.abort:  # pbs_mom re-creates the output files empty before the restart
                 copies += keep_outputs(self.job.tree, incoming.path, self.owner)
@@ -257,11 +260,12 @@ class _Attempt:
                 self.quota.check(sum(f.size for f in files), "this checkpoint")
             held = self._kept(incoming, copies)
             manifest = self._manifest(
-                result, GenerationInfo(number, name), files, dumped, held, version=meanwhile.version()
+                result, GenerationInfo(number, name), files, dumped, held, version=version
             )
             incoming.write_manifest(manifest.to_json())
             generation = incoming.publish(name)
         except BaseException as exc:
+            meanwhile.version(timeout_s=1.0)  # the query ends in milliseconds: not left running
             if result is not None and result.ended_job:
                 # The checkpointer already ended the job: this image is all there is. Never delete it.
                 kept = incoming.keep_unpublished(number)
@@ -384,7 +388,10 @@ class _WhileItRuns:
     """What the call does once the checkpointer has started, while it waits for it anyway: record its
     pid (for the next call, should this one die), ask the checkpointer's version for the manifest
     (``criu --version``: 10-15 ms, a thread of its own), and import what the work after the dump needs
-    (AFTER_THE_DUMP, ~15 ms). Before, both came after the dump, on the way to the image being on disk."""
+    (AFTER_THE_DUMP, ~15 ms). Before, both came after the dump, on the way to the image being on disk.
+    Nothing of it may end the checkpointer (the runner kills it if this raises, and a checkpointer
+    killed inside the job can take the job along): the version is informational, and a module that
+    cannot be imported now fails again after the dump, where it harms nothing."""
 
     def __init__(self, incoming: Incoming, ask_version: Callable[[], str]) -> None:
         self._incoming = incoming
@@ -394,21 +401,22 @@ class _WhileItRuns:
 
     def __call__(self, pid: int) -> None:
         self._incoming.record_checkpointer(pid)
-        self._asking = threading.Thread(target=self._ask, name="checkpointer-version", daemon=True)
-        self._asking.start()
-        for name in AFTER_THE_DUMP:
-            importlib.import_module(name)
+        with contextlib.suppress(Exception):
+            self._asking = threading.Thread(target=self._ask, name="checkpointer-version", daemon=True)
+            self._asking.start()
+            for name in AFTER_THE_DUMP:
+                importlib.import_module(name)
 
     def _ask(self) -> None:
         with contextlib.suppress(Exception):  # informational only: never a reason to fail the call
             self._version = self._ask_version()
 
-    def version(self) -> str:
-        """The checkpointer's version ("unknown" if it could not say)."""
+    def version(self, timeout_s: float) -> str:
+        """The checkpointer's version, "unknown" if it could not say within ``timeout_s``."""
         if self._asking is None:  # a checkpointer that never started (a stand-in runner, say)
             self._ask()
-        else:
-            self._asking.join()
+        elif self._asking.ident is not None:  # started
+            self._asking.join(timeout_s)
         return self._version
 
 

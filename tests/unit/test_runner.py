@@ -6,15 +6,18 @@ Neither may hold pbs_mom or the job."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from mom_checkpoint.environment import Runner
+from mom_checkpoint.environment import Runner, run_detached
 from mom_checkpoint.termination import ended_soon, resume_tree, stopped
 
 
@@ -58,14 +61,26 @@ def test_a_failing_start_callback_ends_the_program_and_its_group() -> None:
     assert time.monotonic() - started < 30
     [pid] = seen
     assert not _alive(pid)
-    deadline = time.monotonic() + 10  # its process group goes too: the background sleep (killed,
-    while True:  # then reaped by whoever inherits it)
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            break
+    deadline = time.monotonic() + 10  # its process group goes too: the background sleep
+    while _group_members(pid):
         assert time.monotonic() < deadline, "the program's group outlived the failed start"
         time.sleep(0.05)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live processes of a process group (a killed one may stay a zombie until its adopter reaps
+    it: that is not alive)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
 
 
 @pytest.fixture
@@ -104,3 +119,40 @@ def test_a_process_that_dies_a_moment_after_the_failure_is_counted_as_lost() -> 
         living.kill()
         for proc in (dying, living):
             proc.wait()
+
+
+def test_detached_work_runs_in_its_own_session_on_dev_null_and_nobody_waits(tmp_path: Path) -> None:
+    """run_detached: the caller returns at once (pbs_mom waits for the hook); the work runs in a session
+    of its own, with stdio on /dev/null, no other descriptor of the caller's (pbs_mom's pipes, the
+    job's files) and cwd /."""
+    report = tmp_path / "report.json"
+    held = os.open(tmp_path, os.O_RDONLY)  # a descriptor of the caller's, which the work must not have
+
+    def work() -> None:
+        time.sleep(1)
+        fds = {
+            name: os.readlink(f"/proc/self/fd/{name}")
+            for name in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{name}")
+        }
+        seen = {"pid": os.getpid(), "sid": os.getsid(0), "fds": fds, "cwd": os.getcwd()}
+        report.write_text(json.dumps(seen))
+
+    try:
+        started = time.monotonic()
+        run_detached(work)
+        assert time.monotonic() - started < 0.8, "the caller waited for the detached work"
+    finally:
+        os.close(held)
+    deadline = time.monotonic() + 20
+    while not report.exists() or not report.read_text():
+        assert time.monotonic() < deadline, "the detached work did not run"
+        time.sleep(0.05)
+    seen = json.loads(report.read_text())
+    assert seen["sid"] == seen["pid"] != os.getsid(0)
+    assert seen["cwd"] == "/"
+    assert [seen["fds"][str(fd)] for fd in (0, 1, 2)] == ["/dev/null"] * 3
+    others = {fd: target for fd, target in seen["fds"].items() if int(fd) > 2}
+    assert str(tmp_path) not in others.values(), others  # only what the work opened itself (listdir's)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(seen["pid"], 0)  # this test process is the long-lived caller: reap its child

@@ -92,7 +92,12 @@ def test_a_hook_call_imports_only_what_it_uses(tmp_path: Path, argv: list[str]) 
     assert sorted(loaded & set(NOT_ON_THE_HOOK_PATH)) == []
 
 
-PROGRAM = "import sys\nfrom mom_checkpoint.cli.checkpoint import main\nsys.exit(main())\n"
+PROGRAM = """
+import atexit, sys
+atexit.register(lambda: sys.stderr.write("interpreter teardown\\n"))
+from mom_checkpoint.cli.checkpoint import main
+sys.exit(main())
+"""
 
 
 @pytest.mark.parametrize(
@@ -119,3 +124,4 @@ def test_the_program_ends_without_teardown_but_with_its_output_and_status(
     )
     assert proc.returncode == status, proc.stderr
     assert getattr(proc, stream).startswith(start)
+    assert "interpreter teardown" not in proc.stderr  # ended with os._exit, not by tearing down

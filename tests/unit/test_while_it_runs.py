@@ -1,12 +1,13 @@
 """What the hook does while its checkpointer runs (commands.checkpoint._WhileItRuns): the checkpointer's
 pid recorded at once, its version asked in a thread of its own, the post-dump modules imported; the
-version is the answer that thread got, and a version that cannot be had never fails the call."""
+version is the answer that thread got, and nothing of it ever ends the checkpointer or fails the call."""
 
 from __future__ import annotations
 
-import sys
+import importlib
 import threading
 import time
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -23,7 +24,22 @@ class FakeIncoming:
         self.recorded.append(pid)
 
 
-def test_the_version_is_asked_while_the_checkpointer_runs() -> None:
+@pytest.fixture
+def imported(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The modules _WhileItRuns imports (the test session has them loaded already: recorded instead)."""
+    names: list[str] = []
+
+    def record(name: str) -> ModuleType:
+        names.append(name)
+        return ModuleType(name)
+
+    monkeypatch.setattr(importlib, "import_module", record)
+    return names
+
+
+def test_the_version_is_asked_and_the_modules_imported_while_the_checkpointer_runs(
+    imported: list[str],
+) -> None:
     incoming = FakeIncoming()
     asked: list[tuple[str, float]] = []
 
@@ -32,24 +48,55 @@ def test_the_version_is_asked_while_the_checkpointer_runs() -> None:
         return "4.1.1"
 
     meanwhile = checkpoint._WhileItRuns(incoming, ask)  # type: ignore[arg-type]
-    completed = Runner().run(["/bin/sleep", "0.5"], timeout_s=60, on_start=meanwhile)
+    completed = Runner().run(["/bin/sleep", "2"], timeout_s=60, on_start=meanwhile)
     ended = time.monotonic()
     assert completed.returncode == 0
-    assert meanwhile.version() == "4.1.1"
+    assert meanwhile.version(timeout_s=10) == "4.1.1"
     [(thread, when)] = asked
     assert thread == "checkpointer-version"
-    assert when < ended - 0.3, "the version was asked after the checkpointer, not while it ran"
+    assert when < ended - 1, "the version was asked after the checkpointer, not while it ran"
+    assert imported == list(checkpoint.AFTER_THE_DUMP)
     assert len(incoming.recorded) == 1
-    assert set(checkpoint.AFTER_THE_DUMP) <= set(sys.modules)
 
 
-def test_a_version_that_cannot_be_had_is_unknown() -> None:
+def test_a_module_that_cannot_be_imported_never_ends_the_checkpointer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The runner kills the checkpointer when on_start raises, and a checkpointer killed inside the job
+    can take the job along: a broken install must fail after the dump instead (the same imports)."""
+
+    def broken(name: str) -> ModuleType:
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    meanwhile = checkpoint._WhileItRuns(FakeIncoming(), lambda: "4.1.1")  # type: ignore[arg-type]
+    completed = Runner().run(["/bin/sh", "-c", "sleep 0.3; exit 7"], timeout_s=60, on_start=meanwhile)
+    assert (completed.returncode, completed.timed_out) == (7, False)
+    assert meanwhile.version(timeout_s=10) == "4.1.1"
+
+
+def test_a_version_that_cannot_be_had_is_unknown(imported: list[str]) -> None:
     def broken() -> str:
         raise OSError("criu --version: no such file")
 
     meanwhile = checkpoint._WhileItRuns(FakeIncoming(), broken)  # type: ignore[arg-type]
     meanwhile(4711)
-    assert meanwhile.version() == "unknown"
+    assert meanwhile.version(timeout_s=10) == "unknown"
+
+
+def test_a_version_query_that_hangs_is_given_up_after_its_time(imported: list[str]) -> None:
+    release = threading.Event()
+
+    def hangs() -> str:
+        release.wait(30)
+        return "late"
+
+    meanwhile = checkpoint._WhileItRuns(FakeIncoming(), hangs)  # type: ignore[arg-type]
+    meanwhile(4711)
+    started = time.monotonic()
+    assert meanwhile.version(timeout_s=0.2) == "unknown"
+    assert time.monotonic() - started < 5
+    release.set()
 
 
 @pytest.mark.parametrize("answer", ["3.19", "unknown"])
@@ -61,5 +108,5 @@ def test_a_checkpointer_that_never_started_is_asked_then(answer: str) -> None:
         return answer
 
     meanwhile = checkpoint._WhileItRuns(FakeIncoming(), ask)  # type: ignore[arg-type]
-    assert meanwhile.version() == answer
+    assert meanwhile.version(timeout_s=10) == answer
     assert calls == [True]

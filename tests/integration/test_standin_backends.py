@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from tests.helpers import Site, call_hook, crash, kill_session, start_restart, verify_generation
+from tests.helpers import MOM_ENV, Site, call_hook, crash, kill_session, start_restart, verify_generation
 
 
 def test_psnc_runs_the_seeds_exact_command_line(site: Site) -> None:
@@ -183,3 +184,48 @@ def test_a_pruned_generation_leaves_the_names_at_once_and_the_disk_after_the_cal
     assert site.pruning_left() == [], "the pruned generation's files were not removed"  # soon after
     assert sorted(p.name for p in first.parent.iterdir()) == [second.name]
     verify_generation(second)
+
+
+# Runs the hook's main() as pbs_mom's call does, and notes which modules were loaded when the
+# checkpointer was started (the runner's first program) and when the call ended.
+LOADED_AT_START = """
+import json, sys
+import mom_checkpoint.environment as environment
+seen = {}
+original = environment.Runner.run
+def run(self, argv, **kwargs):
+    seen.setdefault("at_start", sorted(sys.modules))
+    return original(self, argv, **kwargs)
+environment.Runner.run = run
+from mom_checkpoint.cli.checkpoint import main
+status = main(sys.argv[2:])
+seen["at_end"] = sorted(sys.modules)
+with open(sys.argv[1], "w") as out:
+    json.dump(seen, out)
+sys.exit(status)
+"""
+
+
+def test_an_accepted_call_imports_the_post_dump_modules_only_once_the_checkpointer_runs(site: Site) -> None:
+    from mom_checkpoint.commands.checkpoint import AFTER_THE_DUMP
+
+    site.configure(backend="psnc", keep=1, **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))})
+    job = site.start_job("409.head")
+    report = site.base / "modules.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADED_AT_START, str(report), *[str(a) for a in site.torque_args(job)]],
+        env={**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(site.config)},
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [generation] = site.generations("409.head")
+    verify_generation(generation)
+    seen = json.loads(report.read_text())
+    never = {"argparse", "tempfile", "mom_checkpoint.staging", "mom_checkpoint.criu_images"}
+    assert sorted(set(seen["at_start"]) & (set(AFTER_THE_DUMP) | never)) == []
+    assert set(AFTER_THE_DUMP) <= set(seen["at_end"])
+    assert sorted(set(seen["at_end"]) & never) == []

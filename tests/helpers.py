@@ -73,6 +73,20 @@ def call_direct(
     return HookResult(proc.returncode, proc.stderr.decode(errors="replace"), words)
 
 
+def run_python(code: str, args: Sequence[object], config: Path | str) -> subprocess.CompletedProcess[str]:
+    """``python -c code args...`` in pbs_mom's environment (cwd /, no stdin), output captured: the hook's
+    own code run with a test's instrumentation around it."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *[str(a) for a in args]],
+        env={**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(config)},
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 @dataclass
 class User:
     name: str

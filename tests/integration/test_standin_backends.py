@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.helpers import MOM_ENV, Site, call_hook, crash, kill_session, start_restart, verify_generation
+from tests.helpers import (
+    MOM_ENV,
+    Site,
+    call_hook,
+    crash,
+    installed,
+    kill_session,
+    run_python,
+    start_restart,
+    verify_generation,
+)
 
 
 def test_psnc_runs_the_seeds_exact_command_line(site: Site) -> None:
@@ -212,15 +221,7 @@ def test_an_accepted_call_imports_the_post_dump_modules_only_once_the_checkpoint
     site.configure(backend="psnc", keep=1, **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))})
     job = site.start_job("409.head")
     report = site.base / "modules.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", LOADED_AT_START, str(report), *[str(a) for a in site.torque_args(job)]],
-        env={**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(site.config)},
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = run_python(LOADED_AT_START, [report, *site.torque_args(job)], site.config)
     assert proc.returncode == 0, proc.stderr
     [generation] = site.generations("409.head")
     verify_generation(generation)
@@ -229,3 +230,25 @@ def test_an_accepted_call_imports_the_post_dump_modules_only_once_the_checkpoint
     assert sorted(set(seen["at_start"]) & (set(AFTER_THE_DUMP) | never)) == []
     assert set(AFTER_THE_DUMP) <= set(seen["at_end"])
     assert sorted(set(seen["at_end"]) & never) == []
+
+
+def test_a_summary_that_cannot_be_written_is_an_io_error_and_the_checkpoint_stays(site: Site) -> None:
+    """The hook's last output is flushed just before it ends (without the interpreter's teardown): if
+    that fails (stdout on a full device), the status says so, as Python's own exit would, and the
+    checkpoint already published stays."""
+    site.configure(backend="psnc", **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))})
+    job = site.start_job("410.head")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [str(installed("mom-checkpoint")), *[str(a) for a in site.torque_args(job)]],
+            env={**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(site.config)},
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    assert proc.returncode == 74, proc.stderr
+    [generation] = site.generations("410.head")
+    verify_generation(generation)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_python
 
 NO_SESSION = str(2**22 + 1)  # above the kernel's largest pid_max: never a running process
 
@@ -72,17 +72,8 @@ def test_a_hook_call_imports_only_what_it_uses(tmp_path: Path, argv: list[str]) 
     config.write_text(f'spool_dir = "{tmp_path / "spool"}"\nlog_file = "{log}"\n')
     config.chmod(0o644)
     modules = tmp_path / "modules"
-    env = {"PATH": "/bin:/usr/bin", "LANG": "C.UTF-8", "MOM_CHECKPOINT_CONFIG": str(config)}
     words = [word.format(user=_user()) for word in argv]
-    proc = subprocess.run(
-        [sys.executable, "-c", WRAPPER, str(modules), *words],
-        env=env,
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = run_python(WRAPPER, [modules, *words], config)
     assert proc.returncode == 66, proc.stderr
     assert proc.stderr.startswith("mom-checkpoint: no process"), proc.stderr
     [event] = [json.loads(line) for line in log.read_text().splitlines()]
@@ -113,15 +104,7 @@ def test_the_program_ends_without_teardown_but_with_its_output_and_status(
     """Run as a program (no argv given to main), the hook ends with os._exit once main() returns: its
     buffered output (stdout is a pipe here, as under pbs_mom's popen) is still written, and the exit
     status is main()'s."""
-    proc = subprocess.run(
-        [sys.executable, "-c", PROGRAM, *argv],
-        env={"PATH": "/bin:/usr/bin", "LANG": "C.UTF-8", "MOM_CHECKPOINT_CONFIG": "/nonexistent.toml"},
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = run_python(PROGRAM, argv, "/nonexistent.toml")
     assert proc.returncode == status, proc.stderr
     assert getattr(proc, stream).startswith(start)
     assert "interpreter teardown" not in proc.stderr  # ended with os._exit, not by tearing down

@@ -16,6 +16,8 @@ from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, Timed
 from mom_checkpoint.identity import JobUser
 
 if TYPE_CHECKING:  # a restore's: the hook's calls do not import them
+    import re
+
     from mom_checkpoint.hashing import ImageFile
     from mom_checkpoint.staging import StagedImage
 
@@ -86,6 +88,8 @@ class Backend(ABC):
     restore_capabilities: ClassVar[tuple[str, ...]] = ()
     # its restore returns the job stopped (Restored.stopped): nothing of it has run until it is let go
     restores_stopped: ClassVar[bool] = False
+    # the image files it only ever appends to while it dumps: hashed as they grow (hashing.Follower)
+    appended: ClassVar[re.Pattern[str] | None] = None
 
     def __init__(self, config: Config, env: Environment) -> None:
         self.config = config

@@ -39,6 +39,7 @@ class CriuBackend(Backend):
     # then is it given; CAP_SYS_PTRACE is not needed (docs/SECURITY.md)
     restore_capabilities = ("checkpoint_restore",)
     pages = re.compile(r"pages-\d+\.img")  # the job's memory: linked into the staged image, not copied
+    appended = pages  # written by splice(2) at the file's position only (criu/page-xfer.c)
     restores_stopped = True  # --leave-stopped
 
     def dump_binary(self) -> str:

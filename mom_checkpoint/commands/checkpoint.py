@@ -37,11 +37,13 @@ from mom_checkpoint.pointer import (
     remove_pointer,
     write_pointer,
 )
-from mom_checkpoint.storage import Generation, Incoming, Owner, Spool, generation_name, remove_tree
+from mom_checkpoint.storage import IMAGE, Generation, Incoming, Owner, Spool, generation_name, remove_tree
 from mom_checkpoint.termination import end_session, ended_soon, resume_tree, stopped
 
 if TYPE_CHECKING:
-    from mom_checkpoint.hashing import ImageFile
+    import re
+
+    from mom_checkpoint.hashing import Follower, ImageFile, Partial
     from mom_checkpoint.manifest import GenerationInfo, KeptFile, Manifest
     from mom_checkpoint.usage import Usage
 
@@ -49,6 +51,7 @@ RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
 PRUNE_GRACE_S = 10.0  # what pruning may take beyond timeout_s (the rest is left for the next call)
 IMAGE_MARGIN = 64 * 1024 * 1024  # an image's files beyond the job's memory: CRIU's metadata, logs
 LOSS_SETTLE_S = 1.0  # after a failed dump, how long to watch for the job's processes dying of it
+FOLLOWER_STOP_S = 10.0  # the most to wait for the follower to stop (it stops within one read)
 # What only the work after the dump uses (hashing, the manifest, pruning): imported while the
 # checkpointer runs, when the call has nothing else to do, rather than before it starts.
 AFTER_THE_DUMP = (
@@ -228,7 +231,14 @@ class _Attempt:
         result: DumpResult | None = None
         pids = [p.pid for p in self.job.tree]
         stopped_before = stopped(pids)
-        meanwhile = _WhileItRuns(incoming, lambda: self.backend.version(self.binary))
+        limit = image_limit(self.job, self.config.backends.criu.ghost_limit)
+        meanwhile = _WhileItRuns(
+            incoming,
+            lambda: self.backend.version(self.binary),
+            appended=self.backend.appended,
+            max_bytes=limit,
+            deadline=self.deadline,
+        )
         try:
             # before the dump: an abort ends the job
             copies = keep_held(self.job.tree, incoming.path, self.owner, deadline=self.deadline)
@@ -246,16 +256,25 @@ class _Attempt:
             # before anything acts as the job's user (keep_outputs): that changes the whole process's
             # credentials, the version query's thread included
             version = meanwhile.version(timeout_s=max(0.0, self.deadline - dumped))
-            self.log.info("dump.done", seconds=result.completed.duration_s, frozen_s=result.frozen_s)
+            hashed = meanwhile.hashed(timeout_s=min(FOLLOWER_STOP_S, max(0.0, self.deadline - dumped)))
+            self.log.info(
+                "dump.done",
+                seconds=result.completed.duration_s,
+                frozen_s=result.frozen_s,
+                hashed_meanwhile=sum(p.offset for p in hashed.values()),
+                **meanwhile.follow_problem(),
+            )
             if self.call.abort:  # pbs_mom re-creates the output files empty before the restart
                 copies += keep_outputs(self.job.tree, incoming.path, self.owner)
             from mom_checkpoint.hashing import digest_files
             from mom_checkpoint.manifest import GenerationInfo
 
             # The job runs again (or has ended): only now read, hash and fsync the image.
-            relpaths = [f"image/{rel}" for rel in incoming.image_files(self.deadline)]
-            limit = image_limit(self.job, self.config.backends.criu.ghost_limit)
-            files = digest_files(incoming.path, relpaths, fsync=True, max_bytes=limit, deadline=self.deadline)
+            # (the files the checkpointer appended to were hashed as it wrote them: their tails are left)
+            relpaths = [f"{IMAGE}/{rel}" for rel in incoming.image_files(self.deadline)]
+            files = digest_files(
+                incoming.path, relpaths, fsync=True, max_bytes=limit, deadline=self.deadline, resume=hashed
+            )
             if self.quota is not None:
                 self.quota.check(sum(f.size for f in files), "this checkpoint")
             held = self._kept(incoming, copies)
@@ -266,6 +285,7 @@ class _Attempt:
             generation = incoming.publish(name)
         except BaseException as exc:
             meanwhile.version(timeout_s=1.0)  # the query ends in milliseconds: not left running
+            meanwhile.hashed(timeout_s=1.0)  # nor the follower (one read)
             if result is not None and result.ended_job:
                 # The checkpointer already ended the job: this image is all there is. Never delete it.
                 kept = incoming.keep_unpublished(number)
@@ -387,23 +407,49 @@ class _Attempt:
 class _WhileItRuns:
     """What the call does once the checkpointer has started, while it waits for it anyway: record its
     pid (for the next call, should this one die), ask the checkpointer's version for the manifest
-    (``criu --version``: 10-15 ms, a thread of its own), and import what the work after the dump needs
-    (AFTER_THE_DUMP, ~15 ms). Before, both came after the dump, on the way to the image being on disk.
-    Nothing of it may end the checkpointer (the runner kills it if this raises, and a checkpointer
-    killed inside the job can take the job along): the version is informational, and a module that
-    cannot be imported now fails again after the dump, where it harms nothing."""
+    (``criu --version``: 10-15 ms, a thread of its own), import what the work after the dump needs
+    (AFTER_THE_DUMP, ~15 ms), and hash the files the checkpointer only appends to as it writes them
+    (hashing.Follower, a thread of its own). Before, all of it came after the dump, on the way to the
+    image being on disk. Nothing of it may end the checkpointer (the runner kills it if this raises,
+    and a checkpointer killed inside the job can take the job along): the version is informational, a
+    module that cannot be imported now fails again after the dump, where it harms nothing, and a file
+    the follower could not hash is hashed after the dump."""
 
-    def __init__(self, incoming: Incoming, ask_version: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        incoming: Incoming,
+        ask_version: Callable[[], str],
+        *,
+        appended: re.Pattern[str] | None = None,
+        max_bytes: int | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self._incoming = incoming
         self._ask_version = ask_version
         self._asking: threading.Thread | None = None
         self._version = "unknown"
+        self._appended = appended
+        self._max_bytes = max_bytes
+        self._deadline = deadline
+        self._follower: Follower | None = None
 
     def __call__(self, pid: int) -> None:
         self._incoming.record_checkpointer(pid)
         with contextlib.suppress(Exception):
             self._asking = threading.Thread(target=self._ask, name="checkpointer-version", daemon=True)
             self._asking.start()
+            if self._appended is not None:
+                from mom_checkpoint.hashing import Follower
+
+                follower = Follower(
+                    self._incoming.path,
+                    IMAGE,
+                    self._appended,
+                    max_bytes=self._max_bytes,
+                    deadline=self._deadline,
+                )
+                follower.start()
+                self._follower = follower
             for name in AFTER_THE_DUMP:
                 importlib.import_module(name)
 
@@ -418,6 +464,19 @@ class _WhileItRuns:
         elif self._asking.ident is not None:  # started
             self._asking.join(timeout_s)
         return self._version
+
+    def hashed(self, timeout_s: float) -> dict[str, Partial]:
+        """Stop the follower: what it hashed of each file, by path below the incoming folder (nothing
+        if there was none, it failed, or it did not stop within ``timeout_s``). Called before anything
+        acts as the job's user, as for the version query."""
+        if self._follower is None:
+            return {}
+        return self._follower.stop(timeout_s)
+
+    def follow_problem(self) -> dict[str, str]:
+        """Why the follower hashed nothing it could hand over, for the log (empty if it did)."""
+        error = self._follower.error if self._follower is not None else None
+        return {} if error is None else {"follow_error": f"{type(error).__name__}: {error}"}
 
 
 def _generations_of(spool: Spool, key: JobKey) -> list[Generation]:

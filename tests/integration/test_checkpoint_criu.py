@@ -64,6 +64,26 @@ def test_periodic_checkpoint_in_job_user_mode_keeps_the_job_running(site: Site) 
     assert all(e["job_id"] == "101.head" for e in site.log_events())
 
 
+def test_the_job_memory_is_hashed_while_criu_writes_it_and_the_digest_is_the_whole_file(site: Site) -> None:
+    # The follower hashes pages-N.img as CRIU appends to it, and the hashing after the dump takes over
+    # from where it got: the digest recorded must still be that of every byte of the published file.
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    job = site.start_job("107.head", app_env={"COUNTER_MIB": "192"})
+
+    result = call_hook(site.torque_args(job), site.config)
+
+    assert result.returncode == 0, result.stderr
+    [generation] = site.generations("107.head")
+    manifest = verify_generation(generation)  # every file hashed again from its first byte
+    pages = [f for f in manifest["files"] if f["path"].startswith("image/pages-")]
+    assert sum(f["size"] for f in pages) > 192 << 20
+    [done] = [e for e in site.log_events() if e["event"] == "dump.done"]
+    assert "follow_error" not in done, done
+    # most of the memory was hashed before the dump ended (CRIU takes well over 50 ms to write it)
+    assert sum(f["size"] for f in pages) >= done["hashed_meanwhile"] > 64 << 20, done
+    assert job.is_running()
+
+
 def test_repeated_checkpoints_keep_config_keep_or_torque_depth(site: Site) -> None:
     site.configure(keep=2, **{"backends.criu.run_as": "job-user"})
     job = site.start_job("102.head")

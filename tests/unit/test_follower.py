@@ -1,0 +1,272 @@
+"""hashing.Follower: the files a checkpointer appends to are hashed while it writes them, and digest_files
+takes over from where the follower got only where that is still the same file; whatever the folder's
+owner swaps in, the follower never follows a link, hangs on a FIFO, reads past its bound or fails the
+call, and the digest recorded is always that of every byte of the file."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mom_checkpoint import hashing, safefs
+from mom_checkpoint.commands import checkpoint
+from mom_checkpoint.environment import Runner
+from mom_checkpoint.hashing import Follower, Partial, digest_files
+from tests.helpers import digest_of
+
+PAGES = re.compile(r"pages-\d+\.img")
+MIB = 1 << 20
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    (tmp_path / "image").mkdir()
+    return tmp_path / "image"
+
+
+@pytest.fixture
+def follow(tmp_path: Path) -> Iterator[Callable[..., Follower]]:
+    started: list[Follower] = []
+
+    def start(max_bytes: int | None = None, deadline: float | None = None) -> Follower:
+        follower = Follower(tmp_path, "image", PAGES, max_bytes=max_bytes, deadline=deadline)
+        follower.start()
+        started.append(follower)
+        return follower
+
+    yield start
+    for follower in started:
+        follower.stop(timeout_s=10)
+
+
+def until(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as out:
+        out.write(data)
+
+
+def test_a_file_is_hashed_as_it_grows_and_only_its_tail_is_read_after(
+    tmp_path: Path, image: Path, follow: Callable[..., Follower], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(12 * MIB + 12345)
+    follower = follow()
+    append(image / "pages-1.img", data[: 4 * MIB])
+    until(lambda: follower.hashed == 4 * MIB, "the follower has read what was written so far")
+    append(image / "pages-1.img", data[4 * MIB : 9 * MIB])
+    until(lambda: follower.hashed == 9 * MIB, "the follower has caught up again")
+    append(image / "pages-1.img", data[9 * MIB :])  # maybe read before the stop, maybe after
+    partials = follower.stop(timeout_s=10)
+
+    [partial] = partials.values()
+    assert partial.rel == "image/pages-1.img"
+    assert 9 * MIB <= partial.offset <= len(data)
+    assert (partial.device, partial.inode) == (
+        os.stat(image / "pages-1.img").st_dev,
+        os.stat(image / "pages-1.img").st_ino,
+    )
+    reads: list[int] = []
+    real_preadv = os.preadv
+
+    def recording(fd: int, buffers: list[memoryview], offset: int) -> int:
+        reads.append(offset)
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", recording)
+    [whole] = digest_files(tmp_path, ["image/pages-1.img"], resume=partials)
+    assert whole.size == len(data)
+    assert whole.digest == digest_of(data)
+    assert all(offset >= partial.offset for offset in reads), "bytes already hashed were read again"
+
+
+def test_a_second_file_and_a_name_not_followed(
+    tmp_path: Path, image: Path, follow: Callable[..., Follower]
+) -> None:
+    follower = follow()
+    one, two, core = os.urandom(MIB), os.urandom(2 * MIB), os.urandom(3000)
+    append(image / "pages-1.img", one)
+    append(image / "core-1.img", core)
+    until(lambda: follower.hashed == MIB, "the first pages file is read")
+    append(image / "pages-2.img", two)
+    until(lambda: follower.hashed == 3 * MIB, "the second pages file is read too")
+    partials = follower.stop(timeout_s=10)
+    assert sorted(partials) == ["image/pages-1.img", "image/pages-2.img"]  # core-1.img: not its name
+    rels = ["image/core-1.img", "image/pages-1.img", "image/pages-2.img"]
+    files = digest_files(tmp_path, rels, resume=partials)
+    assert [f.digest for f in files] == [digest_of(core), digest_of(one), digest_of(two)]
+
+
+def test_a_file_swapped_for_another_is_hashed_from_its_start(
+    tmp_path: Path, image: Path, follow: Callable[..., Follower]
+) -> None:
+    follower = follow()
+    append(image / "pages-1.img", os.urandom(2 * MIB))
+    until(lambda: follower.hashed == 2 * MIB, "the file is read")
+    partials = follower.stop(timeout_s=10)
+    assert partials["image/pages-1.img"].offset == 2 * MIB
+    other = os.urandom(3 * MIB)  # another inode by the same name, longer than what was hashed
+    (tmp_path / "other").write_bytes(other)
+    os.rename(tmp_path / "other", image / "pages-1.img")
+    [whole] = digest_files(tmp_path, ["image/pages-1.img"], resume=partials)
+    assert whole.digest == digest_of(other)
+
+
+def test_a_file_cut_short_while_followed_is_hashed_from_its_start(
+    tmp_path: Path, image: Path, follow: Callable[..., Follower]
+) -> None:
+    follower = follow()
+    append(image / "pages-1.img", os.urandom(2 * MIB))
+    until(lambda: follower.hashed == 2 * MIB, "the file is read")
+    data = os.urandom(MIB)
+    with open(image / "pages-1.img", "r+b") as out:  # the same inode, not only appended to
+        out.truncate(0)
+        out.write(data)
+    until(lambda: follower.error is not None, "the follower sees the file shrink")
+    assert isinstance(follower.error, hashing.SizeChanged)
+    assert follower.stop(timeout_s=10) == {}  # nothing of a failed following is taken over
+    [whole] = digest_files(tmp_path, ["image/pages-1.img"], resume={})
+    assert whole.digest == digest_of(data)
+
+
+def test_a_partial_is_taken_over_only_for_the_same_algorithm_and_no_longer_than_the_file(
+    tmp_path: Path, image: Path
+) -> None:
+    data = os.urandom(MIB)
+    (image / "pages-1.img").write_bytes(data)
+    st = os.stat(image / "pages-1.img")
+    wrong = hashing.hasher("blake3")
+    wrong.update(b"not the file's bytes")
+    rel = "image/pages-1.img"
+    for partial in (
+        Partial(rel, st.st_dev, st.st_ino, 20, wrong, "sha256"),  # another algorithm
+        Partial(rel, st.st_dev, st.st_ino, MIB + 1, wrong, "blake3"),  # beyond the file's end
+        Partial(rel, st.st_dev, st.st_ino + 1, 20, wrong, "blake3"),  # another inode
+    ):
+        [whole] = digest_files(tmp_path, [rel], resume={rel: partial})
+        assert whole.digest == digest_of(data), partial
+    taken = Partial(rel, st.st_dev, st.st_ino, 20, wrong, "blake3")  # proves a match is taken over
+    [whole] = digest_files(tmp_path, [rel], resume={rel: taken})
+    assert whole.digest != digest_of(data)
+
+
+def test_links_fifos_and_folders_by_that_name_are_never_followed_nor_hang_it(
+    tmp_path: Path, image: Path, follow: Callable[..., Follower]
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(os.urandom(MIB))
+    (image / "pages-1.img").symlink_to(secret)
+    os.mkfifo(image / "pages-2.img")  # no writer: opening it for reading would block
+    (image / "pages-3.img").mkdir()
+    os.link(secret, image / "pages-4.img")  # a hard link is a regular file: followed, read as it is
+    follower = follow()
+    until(lambda: follower.hashed == MIB, "the hard link is read")
+    time.sleep(3 * hashing.FOLLOW_SCAN_S)
+    started = time.monotonic()
+    partials = follower.stop(timeout_s=10)
+    assert time.monotonic() - started < 1
+    assert follower.error is None
+    assert sorted(partials) == ["image/pages-4.img"]
+    with pytest.raises(safefs.UnsafePath):  # and the hashing after the dump refuses the image
+        digest_files(tmp_path, ["image/pages-1.img"], resume=partials)
+
+
+def test_the_image_folder_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "pages-1.img").write_bytes(os.urandom(MIB))
+    (tmp_path / "image").symlink_to(elsewhere)
+    follower = Follower(tmp_path, "image", PAGES, max_bytes=None, deadline=None)
+    follower.start()
+    assert follower.stop(timeout_s=10) == {}
+    assert isinstance(follower.error, safefs.UnsafePath)
+    assert follower.hashed == 0
+
+
+def test_it_reads_no_more_than_the_bound_and_nothing_past_the_deadline(
+    image: Path, follow: Callable[..., Follower]
+) -> None:
+    (image / "pages-1.img").write_bytes(os.urandom(3 * MIB))
+    bounded = follow(max_bytes=MIB + 10)
+    until(lambda: bounded.hashed == MIB, "the follower reads up to its bound")
+    time.sleep(10 * hashing.FOLLOW_POLL_S)
+    assert bounded.hashed == MIB  # whole chunks only, never past the bound
+    assert bounded.stop(timeout_s=10)["image/pages-1.img"].offset == MIB
+    late = follow(deadline=time.monotonic() - 1)
+    assert late.stop(timeout_s=10) == {}
+    assert late.hashed == 0
+
+
+def test_while_the_checkpointer_runs_its_pages_are_hashed_and_taken_over_after(tmp_path: Path) -> None:
+    """_WhileItRuns starts the follower when the checkpointer starts (here a shell appending 1 MiB five
+    times), and hashed() stops it and hands over what it hashed, before anything acts as the user."""
+    image = tmp_path / "image"
+    image.mkdir()
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(5 * MIB))
+
+    class Incoming:
+        path = tmp_path
+
+        def record_checkpointer(self, pid: int) -> None:
+            pass
+
+    meanwhile = checkpoint._WhileItRuns(
+        Incoming(),  # type: ignore[arg-type]
+        lambda: "4.1.1",
+        appended=PAGES,
+        max_bytes=64 * MIB,
+        deadline=time.monotonic() + 60,
+    )
+    script = (
+        f"for i in 0 1 2 3 4; do dd if={source} of={image}/pages-1.img bs=1M skip=$i seek=$i count=1 "
+        "conv=notrunc status=none; sleep 0.2; done"
+    )
+    completed = Runner().run(["/bin/sh", "-c", script], timeout_s=60, on_start=meanwhile)
+    assert completed.returncode == 0, completed.stderr
+    partials = meanwhile.hashed(timeout_s=10)
+    assert meanwhile.follow_problem() == {}
+    assert partials["image/pages-1.img"].offset == 5 * MIB  # it kept up: all of it while it was written
+    [whole] = digest_files(tmp_path, ["image/pages-1.img"], resume=partials, fsync=True)
+    assert whole.digest == digest_of(source.read_bytes())
+
+
+def test_without_appended_files_nothing_is_followed() -> None:
+    meanwhile = checkpoint._WhileItRuns(None, lambda: "1")  # type: ignore[arg-type]
+    assert meanwhile.hashed(timeout_s=1) == {}
+    assert meanwhile.follow_problem() == {}
+
+
+def test_the_followed_part_is_written_back_at_once_and_the_rest_behind_the_hashing(
+    tmp_path: Path, image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(20 * MIB)
+    (image / "pages-1.img").write_bytes(data)
+    st = os.stat(image / "pages-1.img")
+    state = hashing.hasher("blake3")
+    state.update(data[: 12 * MIB])
+    ranges: list[tuple[int, int, str]] = []
+    lock = threading.Lock()
+
+    def recording(fd: int, offset: int, length: int) -> None:
+        with lock:
+            ranges.append((offset, length, threading.current_thread().name))
+
+    monkeypatch.setattr(hashing, "_write_behind", lambda: recording)
+    resume = {
+        "image/pages-1.img": Partial("image/pages-1.img", st.st_dev, st.st_ino, 12 * MIB, state, "blake3")
+    }
+    [whole] = digest_files(tmp_path, ["image/pages-1.img"], fsync=True, resume=resume)
+    assert whole.digest == digest_of(data)
+    window = hashing.WRITE_BEHIND_WINDOW
+    assert sorted(ranges) == [(0, 12 * MIB, "write-back"), (12 * MIB, window, "MainThread")]

@@ -164,9 +164,38 @@ def _check_values(config: Config, source: str) -> None:
     for name in ("binary",):
         if not getattr(config.backends.criu, name):
             problems.append((f"backends.criu.{name}", "must not be empty"))
+    for i, arg in enumerate(config.backends.criu.extra_args):
+        why = _refused_criu_option(arg)
+        if why:
+            problems.append((f"backends.criu.extra_args[{i}]", f"{arg!r} is refused: {why}"))
     if problems:
         key, problem = problems[0]
         raise ConfigError(source, f"{key}: {problem}")
+
+
+# CRIU options extra_args may not add (to dumps and restores alike): each would destroy, split or move
+# a generation's image, or undo what the hook sets itself.
+_REFUSED_CRIU_OPTIONS = {
+    "--auto-dedup": "it punches holes in the images CRIU reads: a restore would destroy the generation",
+    "--prev-images-dir": "a generation holds its whole image, never pages of another one",
+    "--images-dir": "the hook chooses where the image goes",
+    "-D": "the hook chooses where the image goes",
+    "--stream": "the image must be files in the generation",
+    "--page-server": "the image must be files in the generation",
+    "--lazy-pages": "the image must be files in the generation",
+    "--leave-running": "the hook sets it (not on a checkpoint that ends the job)",
+    "--leave-stopped": "the hook sets it where it restores",
+}
+
+
+def _refused_criu_option(arg: str) -> str:
+    """Why an extra CRIU argument is refused ("" if it is not): its long form, its ``--opt=value`` form
+    and a short option with its value attached (``-D/some/dir``) alike."""
+    for option, why in _REFUSED_CRIU_OPTIONS.items():
+        long_form = option.startswith("--") and (arg == option or arg.startswith(f"{option}="))
+        if long_form or (not option.startswith("--") and arg.startswith(option)):
+            return why
+    return ""
 
 
 def _check_tick_values(config: Config) -> list[tuple[str, str]]:

@@ -144,6 +144,10 @@ def test_usage_errors_change_nothing(
         ("backend = 'dmtcp'\n", "backend"),
         ("[backends.criu]\nrun_as = 'nobody'\n", "run_as"),
         ("keep = [\n", "config"),
+        ("[backends.criu]\nextra_args = ['--file-locks', '--auto-dedup']\n", "extra_args[1]"),
+        ("[backends.criu]\nextra_args = ['--prev-images-dir=../1']\n", "whole image"),
+        ("[backends.criu]\nextra_args = ['-D/tmp/elsewhere']\n", "where the image goes"),
+        ("[backends.criu]\nextra_args = ['--leave-running']\n", "extra_args[0]"),
     ],
 )
 def test_bad_config_is_78_naming_the_key(scratch: Scratch, extra: str, words: str) -> None:

@@ -54,6 +54,8 @@ class Hasher(Protocol):
 
     def hexdigest(self) -> str: ...
 
+    def copy(self) -> Hasher: ...
+
 
 def hasher(algorithm: str) -> Hasher:
     """A new hasher for ``algorithm`` (one DIGEST names)."""
@@ -98,7 +100,7 @@ class Partial:
     device: int
     inode: int
     offset: int
-    state: Hasher  # holds the digest of those bytes; no one else updates it
+    state: Hasher  # the hashing of those bytes (copied when taken over: a Partial can be used again)
     algorithm: str
 
 
@@ -151,6 +153,11 @@ class OpenFiles:
     ) -> list[ImageFile]:
         return _digest_opened(self._opened, fsync=fsync, progress=progress, deadline=deadline)
 
+    @property
+    def taken_over(self) -> int:
+        """The bytes a Follower had hashed that this hashing takes over instead of reading them."""
+        return sum(f.start for f in self._opened)
+
     def close(self) -> None:
         while self._opened:
             os.close(self._opened.pop().fd)
@@ -171,13 +178,17 @@ def open_files(
     algorithms: Sequence[str] | None = None,
     resume: Mapping[str, Partial] | None = None,
 ) -> OpenFiles:
-    """Open every file below ``base`` (safefs: no link, regular files only) and check the sizes and the
-    bound, reading nothing (see digest_files)."""
+    """Open every file below ``base`` (safefs: no link, regular files only, all on ``base``'s own file
+    system) and check the sizes and the bound, reading nothing (see digest_files)."""
     base_fd = safefs.open_dir(base)
     opened: list[_Opened] = []
     try:
+        device = os.fstat(base_fd).st_dev
         for i, rel in enumerate(relpaths):
             fd, st = safefs.open_regular(rel, dir_fd=base_fd)
+            if st.st_dev != device:  # a mount over a name (a user's FUSE file, whose reads may hang)
+                os.close(fd)
+                raise safefs.UnsafePath(f"{base}/{rel} is on another file system than {base}: refusing it")
             algorithm = algorithms[i] if algorithms else ALGORITHM
             partial = resume.get(rel) if resume else None
             if (
@@ -186,7 +197,7 @@ def open_files(
                 and partial.algorithm == algorithm
                 and partial.offset <= st.st_size
             ):
-                opened.append(_Opened(rel, fd, st.st_size, algorithm, partial.offset, partial.state))
+                opened.append(_Opened(rel, fd, st.st_size, algorithm, partial.offset, partial.state.copy()))
             else:
                 opened.append(_Opened(rel, fd, st.st_size, algorithm))
             if sizes is not None and st.st_size != sizes[i]:
@@ -327,7 +338,9 @@ def _write_behind() -> WriteBehind | None:
 
 
 FOLLOW_POLL_S = 0.005  # how long the follower waits when it has caught up with the writer
-FOLLOW_SCAN_S = 0.02  # how often it looks for new files to follow
+FOLLOW_LIST_S = 0.1  # the folder is listed again at least this often (and whenever its mtime changes)
+FOLLOW_MAX_FILES = 256  # files followed at most (one descriptor each); more are hashed after the dump
+FOLLOW_MAX_ENTRIES = 10_000  # entries in the folder beyond which the following ends
 
 
 class Follower:
@@ -341,11 +354,16 @@ class Follower:
     1 GiB in 0.5-0.6 s against 0.1 s, hashing aside; the follower spreads that over the dump.) The
     writer is not slowed: nothing is written back to disk meanwhile (that did slow it, by ~10 %).
 
-    The folder may be the job user's (job-user mode): files are opened below it through descriptors
-    (safefs: no symlink, regular files only), read up to the size ``fstat`` gives and never past
-    ``max_bytes`` in all, until ``deadline``. Nothing here fails the call or touches the checkpointer:
-    any error ends the following and discards what it hashed (the files are then hashed from their
-    start), and digest_files takes a Partial over only where the file is still the same inode."""
+    The folder may be the job user's (job-user mode), so every bound holds whatever the user puts in
+    it: files are opened below it through descriptors (safefs: no symlink, regular files only) and
+    followed only if they are on the folder's own file system with one link (as CRIU's are: a hard
+    link or a mount over the name is left to the hashing after the dump), each inode once, at most
+    FOLLOW_MAX_FILES of them; the folder is listed again when it changed (or every FOLLOW_LIST_S),
+    and a folder of more than FOLLOW_MAX_ENTRIES entries ends the following; reads go up to the size
+    ``fstat`` gives, never past ``max_bytes`` in all, and end at ``deadline``. Nothing here fails the
+    call or touches the checkpointer: any error ends the following and discards what it hashed (the
+    files are then hashed from their first byte), and digest_files takes a Partial over only where
+    the file is still the same inode."""
 
     def __init__(
         self,
@@ -364,23 +382,27 @@ class Follower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._files: dict[str, _Growing] = {}
-        self._refused: set[str] = set()
+        self._seen: set[str] = set()  # names looked at (followed or not): never opened again
+        self._inodes: set[tuple[int, int]] = set()
         self._buffer = bytearray(CHUNK)
         self.hashed = 0  # bytes hashed while the checkpointer ran
         self.error: BaseException | None = None
+        self.still_running = False  # it did not stop within the time stop() was given
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="image-follower", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float) -> dict[str, Partial]:
-        """Stop following; what was hashed, by path below ``base``. Nothing if the follower failed or
-        did not end within ``timeout_s`` (it ends within one read once told)."""
+        """Tell the follower to stop and wait for it (at most ``timeout_s``); what it hashed, by path
+        below ``base``. Nothing if it failed or had not stopped by then (it stops after the read or
+        the listing under way)."""
         self._stop.set()
         if self._thread is None:
             return {}
         self._thread.join(timeout_s)
-        if self._thread.is_alive() or self.error is not None:
+        self.still_running = self._thread.is_alive()
+        if self.still_running or self.error is not None:
             return {}
         return {
             rel: Partial(rel, g.device, g.inode, g.offset, g.state, ALGORITHM)
@@ -401,33 +423,52 @@ class Follower:
         base_fd = safefs.open_dir(self._base)
         try:
             folder_fd = safefs.open_dir(self._folder, dir_fd=base_fd)
+            if os.fstat(folder_fd).st_dev != os.fstat(base_fd).st_dev:
+                os.close(folder_fd)
+                raise safefs.UnsafePath(f"{self._folder} is on another file system than {self._base}")
         finally:
             os.close(base_fd)
         try:
-            next_scan = 0.0
+            listed, listed_at = -1, 0.0  # the folder's mtime when it was last listed, and when
             while not self._stop.is_set():
                 now = time.monotonic()
                 if self._deadline is not None and now >= self._deadline:
                     return
-                if now >= next_scan:
-                    self._scan(folder_fd)
-                    next_scan = now + FOLLOW_SCAN_S
+                folder = os.fstat(folder_fd)
+                # a name added, removed or renamed since (or within the same tick of the mtime's clock)
+                if folder.st_mtime_ns != listed or now - listed_at >= FOLLOW_LIST_S:
+                    listed, listed_at = folder.st_mtime_ns, now
+                    self._list(folder_fd, folder.st_dev)
                 if not self._catch_up():
                     self._stop.wait(FOLLOW_POLL_S)
         finally:
             os.close(folder_fd)
 
-    def _scan(self, folder_fd: int) -> None:
-        for name in os.listdir(folder_fd):
-            rel = f"{self._folder}/{name}"
-            if rel in self._files or name in self._refused or not self._names.fullmatch(name):
-                continue
-            try:
-                fd, st = safefs.open_regular(name, dir_fd=folder_fd)
-            except (OSError, safefs.UnsafePath):
-                self._refused.add(name)  # left to the hashing after the dump, which refuses it
-                continue
-            self._files[rel] = _Growing(rel, fd, st.st_dev, st.st_ino, hasher(ALGORITHM))
+    def _list(self, folder_fd: int, device: int) -> None:
+        with os.scandir(folder_fd) as entries:
+            for count, entry in enumerate(entries):
+                if count >= FOLLOW_MAX_ENTRIES:
+                    raise safefs.TooLarge(f"{self._folder} holds more than {FOLLOW_MAX_ENTRIES} entries")
+                name = entry.name
+                if name in self._seen or not self._names.fullmatch(name):
+                    continue
+                if len(self._files) >= FOLLOW_MAX_FILES or self._stop.is_set():
+                    return
+                self._seen.add(name)
+                self._open(folder_fd, name, device)
+
+    def _open(self, folder_fd: int, name: str, device: int) -> None:
+        state = hasher(ALGORITHM)
+        try:
+            fd, st = safefs.open_regular(name, dir_fd=folder_fd)
+        except (OSError, safefs.UnsafePath):
+            return  # left to the hashing after the dump, which refuses it
+        if st.st_dev != device or st.st_nlink != 1 or (st.st_dev, st.st_ino) in self._inodes:
+            os.close(fd)  # not CRIU's (a mount or a link over the name): hashed after the dump
+            return
+        self._inodes.add((st.st_dev, st.st_ino))
+        rel = f"{self._folder}/{name}"
+        self._files[rel] = _Growing(rel, fd, st.st_dev, st.st_ino, state)
 
     def _catch_up(self) -> bool:
         """Hash what the files gained since the last look; whether there was anything."""

@@ -1140,6 +1140,7 @@ class DumpFigures:
     rate: Series = field(default_factory=Series)  # image MiB / criu's run (MiB/s)
     image: Series = field(default_factory=Series)  # bytes
     outside: Series = field(default_factory=Series)  # the hook's call beyond its manifest's total_s (s)
+    followed: Series = field(default_factory=Series)  # % of the image hashed while criu wrote it
 
 
 def size_label(mib: int) -> str:
@@ -1192,6 +1193,8 @@ def freeze_one(bench: Bench, site: Site, mib: int) -> list[str]:
         figures.rate.add(manifest["total_bytes"] / MIB / float(times["dump_s"]))
         figures.image.add(float(manifest["total_bytes"]))
         figures.outside.add(call.seconds - float(times["total_s"]))
+        [*_, done] = [e for e in site.log_events() if e["event"] == "dump.done"]
+        figures.followed.add(100 * float(done["hashed_meanwhile"]) / float(manifest["total_bytes"]))
 
     def raw_command() -> list[str]:
         _, manifest = newest_manifest(site, job.job_id)
@@ -1283,6 +1286,7 @@ def freeze_one(bench: Bench, site: Site, mib: int) -> list[str]:
         ("MiB/s through criu", ours.rate, theirs.rate, num),
         ("outside the manifest's total_s (s): start-up, imports, config, pointer, prune, exit", ours.outside,
          Series(), sec),
+        ("share of the image hashed while criu wrote it (%)", ours.followed, Series(), num),
     ]:  # fmt: skip
         other = f"{fmt(b.median)} ({fmt(b.lo)}-{fmt(b.hi)})" if b.values else "-"
         lines.append(f"| {name} | {fmt(a.median)} ({fmt(a.lo)}-{fmt(a.hi)}) | {other} |")
@@ -1292,9 +1296,10 @@ def freeze_one(bench: Bench, site: Site, mib: int) -> list[str]:
         f"{label} job (rows 3, 4): frozen {ms(ours.frozen.median)} ms in the hook against "
         f"{ms(theirs.frozen.median)} ms for raw criu (ratio {ratio:.2f}); the application saw "
         f"{ms(ours.gap.median)} against {ms(theirs.gap.median)} ms. While the job is frozen the hook only "
-        "imports what its work after the dump uses (on one core; section 1 times it) and asks the "
-        "checkpointer's version (`criu --version`, in a thread); after it runs again "
-        f"it spends {sec(ours.post.median)} s hashing, fsyncing "
+        "imports what its work after the dump uses (on one core; section 1 times it), asks the "
+        "checkpointer's version (`criu --version`, in a thread) and hashes the pages files as criu "
+        f"appends to them (a thread; {ours.followed.median:.0f} % of the image by the dump's end); "
+        f"after it runs again it spends {sec(ours.post.median)} s hashing the rest, fsyncing "
         f"(overlapped) and publishing (raw criu's fsync alone: {sec(theirs.post.median)} s), and "
         f"{sec(ours.outside.median)} s starting, importing and pruning."
     )

@@ -52,6 +52,7 @@ PRUNE_GRACE_S = 10.0  # what pruning may take beyond timeout_s (the rest is left
 IMAGE_MARGIN = 64 * 1024 * 1024  # an image's files beyond the job's memory: CRIU's metadata, logs
 LOSS_SETTLE_S = 1.0  # after a failed dump, how long to watch for the job's processes dying of it
 FOLLOWER_STOP_S = 10.0  # the most to wait for the follower to stop (it stops within one read)
+FOLLOW_FROM_CPUS = 2  # the cores this process may use for the follower to run (CRIU takes one)
 # What only the work after the dump uses (hashing, the manifest, pruning): imported while the
 # checkpointer runs, when the call has nothing else to do, rather than before it starts.
 AFTER_THE_DUMP = (
@@ -256,7 +257,8 @@ class _Attempt:
             # before anything acts as the job's user (keep_outputs): that changes the whole process's
             # credentials, the version query's thread included
             version = meanwhile.version(timeout_s=max(0.0, self.deadline - dumped))
-            hashed = meanwhile.hashed(timeout_s=min(FOLLOWER_STOP_S, max(0.0, self.deadline - dumped)))
+            left = self.deadline - self.env.monotonic()
+            hashed = meanwhile.stop_following(timeout_s=min(FOLLOWER_STOP_S, max(0.0, left)))
             self.log.info(
                 "dump.done",
                 seconds=result.completed.duration_s,
@@ -266,15 +268,15 @@ class _Attempt:
             )
             if self.call.abort:  # pbs_mom re-creates the output files empty before the restart
                 copies += keep_outputs(self.job.tree, incoming.path, self.owner)
-            from mom_checkpoint.hashing import digest_files
+            from mom_checkpoint.hashing import open_files
             from mom_checkpoint.manifest import GenerationInfo
 
-            # The job runs again (or has ended): only now read, hash and fsync the image.
-            # (the files the checkpointer appended to were hashed as it wrote them: their tails are left)
+            # The job runs again (or has ended): only now read, hash and fsync the image (of the files
+            # the checkpointer appended to, what the follower had not hashed yet).
             relpaths = [f"{IMAGE}/{rel}" for rel in incoming.image_files(self.deadline)]
-            files = digest_files(
-                incoming.path, relpaths, fsync=True, max_bytes=limit, deadline=self.deadline, resume=hashed
-            )
+            with open_files(incoming.path, relpaths, max_bytes=limit, resume=hashed) as image:
+                taken_over = image.taken_over
+                files = image.digest(fsync=True, deadline=self.deadline)
             if self.quota is not None:
                 self.quota.check(sum(f.size for f in files), "this checkpoint")
             held = self._kept(incoming, copies)
@@ -285,7 +287,7 @@ class _Attempt:
             generation = incoming.publish(name)
         except BaseException as exc:
             meanwhile.version(timeout_s=1.0)  # the query ends in milliseconds: not left running
-            meanwhile.hashed(timeout_s=1.0)  # nor the follower (one read)
+            meanwhile.stop_following(timeout_s=1.0)  # nor the follower (one read)
             if result is not None and result.ended_job:
                 # The checkpointer already ended the job: this image is all there is. Never delete it.
                 kept = incoming.keep_unpublished(number)
@@ -309,7 +311,12 @@ class _Attempt:
                     f"its newest complete checkpoint"
                 ) from exc
             raise
-        self.log.info("generation.published", path=str(generation.path), bytes=manifest.total_bytes)
+        self.log.info(
+            "generation.published",
+            path=str(generation.path),
+            bytes=manifest.total_bytes,
+            hashed_during_dump=taken_over,  # of the bytes: read while the checkpointer wrote them
+        )
         return generation, manifest
 
     def _kept(self, incoming: Incoming, copies: list[Copy]) -> list[KeptFile]:
@@ -438,20 +445,23 @@ class _WhileItRuns:
         with contextlib.suppress(Exception):
             self._asking = threading.Thread(target=self._ask, name="checkpointer-version", daemon=True)
             self._asking.start()
-            if self._appended is not None:
-                from mom_checkpoint.hashing import Follower
-
-                follower = Follower(
-                    self._incoming.path,
-                    IMAGE,
-                    self._appended,
-                    max_bytes=self._max_bytes,
-                    deadline=self._deadline,
-                )
-                follower.start()
-                self._follower = follower
+        with contextlib.suppress(Exception):
+            self._start_following()
+        with contextlib.suppress(Exception):
             for name in AFTER_THE_DUMP:
                 importlib.import_module(name)
+
+    def _start_following(self) -> None:
+        # only with a core to spare: on one core the follower would take CRIU's while the job is frozen
+        if self._appended is None or len(os.sched_getaffinity(0)) < FOLLOW_FROM_CPUS:
+            return
+        from mom_checkpoint.hashing import Follower
+
+        follower = Follower(
+            self._incoming.path, IMAGE, self._appended, max_bytes=self._max_bytes, deadline=self._deadline
+        )
+        follower.start()
+        self._follower = follower
 
     def _ask(self) -> None:
         with contextlib.suppress(Exception):  # informational only: never a reason to fail the call
@@ -465,18 +475,22 @@ class _WhileItRuns:
             self._asking.join(timeout_s)
         return self._version
 
-    def hashed(self, timeout_s: float) -> dict[str, Partial]:
-        """Stop the follower: what it hashed of each file, by path below the incoming folder (nothing
-        if there was none, it failed, or it did not stop within ``timeout_s``). Called before anything
-        acts as the job's user, as for the version query."""
+    def stop_following(self, timeout_s: float) -> dict[str, Partial]:
+        """Tell the follower to stop and wait for it (at most ``timeout_s``): what it hashed of each
+        file, by path below the incoming folder (nothing if there was no follower, it failed, or it had
+        not stopped by then). Called before anything acts as the job's user, as for the version."""
         if self._follower is None:
             return {}
         return self._follower.stop(timeout_s)
 
     def follow_problem(self) -> dict[str, str]:
-        """Why the follower hashed nothing it could hand over, for the log (empty if it did)."""
-        error = self._follower.error if self._follower is not None else None
-        return {} if error is None else {"follow_error": f"{type(error).__name__}: {error}"}
+        """Why the follower handed nothing over, for the log (empty if it did, or there was none)."""
+        follower = self._follower
+        if follower is not None and follower.error is not None:
+            return {"follow_error": f"{type(follower.error).__name__}: {follower.error}"}
+        if follower is not None and follower.still_running:
+            return {"follow_error": "the follower had not stopped in time: its files were hashed anew"}
+        return {}
 
 
 def _generations_of(spool: Spool, key: JobKey) -> list[Generation]:

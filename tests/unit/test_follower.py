@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -168,17 +169,111 @@ def test_links_fifos_and_folders_by_that_name_are_never_followed_nor_hang_it(
     (image / "pages-1.img").symlink_to(secret)
     os.mkfifo(image / "pages-2.img")  # no writer: opening it for reading would block
     (image / "pages-3.img").mkdir()
-    os.link(secret, image / "pages-4.img")  # a hard link is a regular file: followed, read as it is
+    os.link(secret, image / "pages-4.img")  # a hard link (CRIU's files have one link): not followed
+    (image / "pages-5.img").write_bytes(os.urandom(MIB))  # the one file that is followed
+    os.link(image / "pages-5.img", tmp_path / "elsewhere")  # ... until it gets a second link
     follower = follow()
-    until(lambda: follower.hashed == MIB, "the hard link is read")
-    time.sleep(3 * hashing.FOLLOW_SCAN_S)
+    time.sleep(5 * hashing.FOLLOW_LIST_S)
     started = time.monotonic()
     partials = follower.stop(timeout_s=10)
     assert time.monotonic() - started < 1
     assert follower.error is None
-    assert sorted(partials) == ["image/pages-4.img"]
+    assert partials == {}
+    assert follower.hashed == 0
     with pytest.raises(safefs.UnsafePath):  # and the hashing after the dump refuses the image
         digest_files(tmp_path, ["image/pages-1.img"], resume=partials)
+
+
+def test_a_file_mounted_over_a_name_is_not_followed(
+    tmp_path: Path, image: Path, follow: Callable[..., Follower]
+) -> None:
+    """Another file system under a pages file's name (a user's FUSE mount, say, whose reads may never
+    return) is left to the hashing after the dump."""
+    other = Path("/dev/shm") / f"mom-checkpoint-test-{os.getpid()}"
+    other.write_bytes(os.urandom(MIB))
+    (image / "pages-1.img").touch()
+    subprocess.run(["mount", "--bind", str(other), str(image / "pages-1.img")], check=True)
+    try:
+        assert os.stat(image / "pages-1.img").st_dev != os.stat(image).st_dev
+        follower = follow()
+        time.sleep(3 * hashing.FOLLOW_LIST_S)
+        assert follower.stop(timeout_s=10) == {}
+        assert follower.hashed == 0 and follower.error is None
+        with pytest.raises(safefs.UnsafePath, match="another file system"):  # nor hashed after the dump
+            digest_files(tmp_path, ["image/pages-1.img"], resume={})
+    finally:
+        subprocess.run(["umount", str(image / "pages-1.img")], check=True)
+        other.unlink()
+
+
+def test_an_image_folder_mounted_over_is_not_followed(tmp_path: Path, image: Path) -> None:
+    (image / "pages-1.img").write_bytes(os.urandom(MIB))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(image)], check=True)
+    try:
+        (image / "pages-1.img").write_bytes(os.urandom(MIB))  # on the mount
+        follower = Follower(tmp_path, "image", PAGES, max_bytes=None, deadline=None)
+        follower.start()
+        assert follower.stop(timeout_s=10) == {}
+        assert isinstance(follower.error, safefs.UnsafePath) and follower.hashed == 0
+        with pytest.raises(safefs.UnsafePath, match="another file system"):
+            digest_files(tmp_path, ["image/pages-1.img"])
+    finally:
+        subprocess.run(["umount", str(image)], check=True)
+
+
+def test_each_inode_is_followed_once_and_only_so_many_files(
+    image: Path, follow: Callable[..., Follower], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashing, "FOLLOW_MAX_FILES", 3)
+    for i in range(1, 6):
+        (image / f"pages-{i}.img").write_bytes(os.urandom(MIB))
+    follower = follow()
+    until(lambda: follower.hashed == 3 * MIB, "three files are read")
+    time.sleep(3 * hashing.FOLLOW_LIST_S)
+    partials = follower.stop(timeout_s=10)
+    assert follower.hashed == 3 * MIB and len(partials) == 3  # the other two: hashed after the dump
+
+
+def test_a_folder_of_too_many_entries_ends_the_following(
+    image: Path, follow: Callable[..., Follower], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashing, "FOLLOW_MAX_ENTRIES", 50)
+    (image / "pages-1.img").write_bytes(os.urandom(MIB))
+    for i in range(60):
+        (image / f"junk-{i}").touch()
+    follower = follow()
+    until(lambda: follower.error is not None, "the follower gives up")
+    assert isinstance(follower.error, safefs.TooLarge)
+    assert follower.stop(timeout_s=10) == {}
+
+
+def test_a_follower_that_does_not_stop_in_time_hands_nothing_over(
+    tmp_path: Path, image: Path, follow: Callable[..., Follower], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that never returns (a hung file system): stop() gives up after its time, nothing of the
+    follower's is used, and the file is hashed from its first byte."""
+    data = os.urandom(2 * MIB)
+    (image / "pages-1.img").write_bytes(data)
+    release = threading.Event()
+    blocked = threading.Event()
+    real_preadv = os.preadv
+
+    def hanging(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if threading.current_thread().name == "image-follower" and offset >= MIB:
+            blocked.set()
+            release.wait(30)
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", hanging)
+    follower = follow()
+    until(blocked.is_set, "the follower's second read hangs")
+    started = time.monotonic()
+    assert follower.stop(timeout_s=0.3) == {}
+    assert 0.3 <= time.monotonic() - started < 2
+    assert follower.still_running
+    [whole] = digest_files(tmp_path, ["image/pages-1.img"], resume={})
+    assert whole.digest == digest_of(data)
+    release.set()
 
 
 def test_the_image_folder_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
@@ -230,11 +325,11 @@ def test_while_the_checkpointer_runs_its_pages_are_hashed_and_taken_over_after(t
     )
     script = (
         f"for i in 0 1 2 3 4; do dd if={source} of={image}/pages-1.img bs=1M skip=$i seek=$i count=1 "
-        "conv=notrunc status=none; sleep 0.2; done"
+        "conv=notrunc status=none; sleep 0.2; done; sleep 1"
     )
     completed = Runner().run(["/bin/sh", "-c", script], timeout_s=60, on_start=meanwhile)
     assert completed.returncode == 0, completed.stderr
-    partials = meanwhile.hashed(timeout_s=10)
+    partials = meanwhile.stop_following(timeout_s=10)
     assert meanwhile.follow_problem() == {}
     assert partials["image/pages-1.img"].offset == 5 * MIB  # it kept up: all of it while it was written
     [whole] = digest_files(tmp_path, ["image/pages-1.img"], resume=partials, fsync=True)
@@ -243,8 +338,71 @@ def test_while_the_checkpointer_runs_its_pages_are_hashed_and_taken_over_after(t
 
 def test_without_appended_files_nothing_is_followed() -> None:
     meanwhile = checkpoint._WhileItRuns(None, lambda: "1")  # type: ignore[arg-type]
-    assert meanwhile.hashed(timeout_s=1) == {}
+    assert meanwhile.stop_following(timeout_s=1) == {}
     assert meanwhile.follow_problem() == {}
+
+
+class NoRecord:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def record_checkpointer(self, pid: int) -> None:
+        pass
+
+
+def test_a_follower_that_cannot_start_never_ends_the_checkpointer(
+    tmp_path: Path, image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: Follower) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(Follower, "start", refuse)
+    meanwhile = checkpoint._WhileItRuns(
+        NoRecord(tmp_path),  # type: ignore[arg-type]
+        lambda: "4.1.1",
+        appended=PAGES,
+        max_bytes=None,
+        deadline=None,
+    )
+    completed = Runner().run(["/bin/sh", "-c", "sleep 0.3; echo done"], timeout_s=60, on_start=meanwhile)
+    assert completed.returncode == 0 and completed.stdout.strip() == "done"
+    assert meanwhile.stop_following(timeout_s=1) == {}
+    assert meanwhile.version(timeout_s=10) == "4.1.1"  # the rest of what runs meanwhile still ran
+
+
+def test_on_a_single_core_nothing_is_followed(
+    tmp_path: Path, image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    (image / "pages-1.img").write_bytes(os.urandom(MIB))
+    meanwhile = checkpoint._WhileItRuns(
+        NoRecord(tmp_path),  # type: ignore[arg-type]
+        lambda: "4.1.1",
+        appended=PAGES,
+        max_bytes=None,
+        deadline=None,
+    )
+    Runner().run(["/bin/sleep", "0.3"], timeout_s=60, on_start=meanwhile)
+    assert meanwhile.stop_following(timeout_s=1) == {}
+
+
+def test_a_partial_can_be_taken_over_twice_and_by_the_threads_of_a_large_image(
+    tmp_path: Path, image: Path, follow: Callable[..., Follower], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashing, "THREADS_FROM_BYTES", 0)  # hashed on threads, as a large image
+    one, two = os.urandom(3 * MIB), os.urandom(2 * MIB + 7)
+    (image / "pages-1.img").write_bytes(one)
+    (image / "pages-2.img").write_bytes(two)
+    (image / "core-1.img").write_bytes(one[:100])
+    follower = follow()
+    until(lambda: follower.hashed == len(one) + len(two), "both files are read")
+    partials = follower.stop(timeout_s=10)
+    rels = ["image/core-1.img", "image/pages-1.img", "image/pages-2.img"]
+    expected = [digest_of(one[:100]), digest_of(one), digest_of(two)]
+    for _ in range(2):  # the take-over copies the state: the same Partial gives the same digest again
+        with hashing.open_files(tmp_path, rels, resume=partials) as files:
+            assert files.taken_over == len(one) + len(two)
+            assert [f.digest for f in files.digest(fsync=True)] == expected
 
 
 def test_the_followed_part_is_written_back_at_once_and_the_rest_behind_the_hashing(

@@ -67,8 +67,9 @@ class Runner:
                 on_start(proc.pid)
             except BaseException:  # never leave the program running with nobody to wait for it
                 kill_group(proc.pid)
+                left = started + timeout_s - time.monotonic()  # no longer than the run was given
                 with contextlib.suppress(subprocess.TimeoutExpired):  # a descendant holds the pipes
-                    proc.communicate(timeout=10)
+                    proc.communicate(timeout=max(0.0, min(10.0, left)))
                 proc.wait()
                 raise
         deadline = started + timeout_s

@@ -67,6 +67,31 @@ def test_a_failing_start_callback_ends_the_program_and_its_group() -> None:
         time.sleep(0.05)
 
 
+def test_after_a_failing_start_callback_the_wait_for_the_pipes_stays_within_the_time_given(
+    tmp_path: Path,
+) -> None:
+    """A descendant that left the group (its own session) keeps the pipes open for a minute: the
+    runner stops waiting for them when the run's time is up, not 10 s later."""
+    record = tmp_path / "descendant"
+
+    def broken(pid: int) -> None:
+        deadline = time.monotonic() + 10
+        while not record.exists() or not record.read_text().strip():  # it has left the group
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        raise ImportError("a broken install")
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(ImportError):
+            script = f"setsid sleep 60 & echo $! > {record}; sleep 60"
+            Runner().run(["/bin/sh", "-c", script], timeout_s=2, on_start=broken)
+        assert time.monotonic() - started < 5
+    finally:
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(record.read_text()), signal.SIGKILL)
+
+
 def _group_members(pgid: int) -> list[int]:
     """The live processes of a process group (a killed one may stay a zombie until its adopter reaps
     it: that is not alive)."""

@@ -269,6 +269,11 @@ class Series:
 Fmt = Callable[[float], str]
 
 
+def cost_ms(value: float) -> str:
+    """A difference of two medians (s) as a cost: below 1 ms it is this machine's noise, and says so."""
+    return f"{ms(value)} ms" if value >= 0.001 else f"nothing measurable ({ms(value)} ms, within the noise)"
+
+
 def ms(value: float) -> str:
     return f"{value * 1000:.1f}" if value < 0.1 else f"{value * 1000:.0f}"
 
@@ -841,7 +846,7 @@ def overhead_breakdown(
         f"of {n}, alternating): `pass` {ms(base)} ms; the hook's modules {ms(full)} ms; without structlog "
         f"{ms(no_structlog)} ms; without structlog and with filelock replaced by an empty module "
         f"{ms(no_filelock)} ms. So structlog, imported the hook's way, costs "
-        f"{ms(full - no_structlog)} ms of every call; without it, filelock costs "
+        f"{cost_ms(full - no_structlog)} of every call; without it, filelock costs "
         f"a further {ms(no_structlog - no_filelock)} ms; and everything else the hook imports (its own "
         f"modules, the standard library, psutil) {ms(no_filelock - base)} ms.",
         "",
@@ -860,7 +865,7 @@ def overhead_breakdown(
         f"{ms(seed.median)} ms on the same stand-in. Interpreter start is {ms(interp)} ms and imports "
         f"{ms(imports)} ms ({100 * imports / total:.0f} % of the call, structlog's import, in setting up "
         f"the log, apart): structlog as the hook imports it (its modules the hook uses, not its package "
-        f"__init__) costs {ms(full - no_structlog)} ms, and filelock {ms(no_structlog - no_filelock)} ms. "
+        f"__init__) costs {cost_ms(full - no_structlog)}, and filelock {ms(no_structlog - no_filelock)} ms. "
         f"Setting up the log takes {ms(logger)} ms, and the work itself (the rest of main() without "
         f"the checkpointer) {ms(main - checkpointer - logger)} ms."
     )

@@ -281,8 +281,7 @@ def _digest(
         progress(f.start)
     # hashed while it was written (Follower): its write-back starts at once, in a thread of its own (a
     # range that large blocks its caller while the disk takes it in)
-    head = f.start if write_behind is not None else 0
-    with _writing_back(write_behind, f.fd, head):
+    with _writing_back(write_behind, f.fd, f.start):
         while offset < f.size:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimedOut(f"out of time while hashing {f.rel} ({offset} of {f.size} bytes)")

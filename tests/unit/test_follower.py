@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,29 @@ def until(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> No
 def append(path: Path, data: bytes) -> None:
     with open(path, "ab") as out:
         out.write(data)
+
+
+def followed_to_its_end(follow: Callable[..., Follower], image: Path, size: int) -> Follower:
+    """A follower that has read the whole of image/pages-1.img (``size`` random bytes) and goes on."""
+    follower = follow()
+    append(image / "pages-1.img", os.urandom(size))
+    until(lambda: follower.hashed == size, "the file is read")
+    return follower
+
+
+class NoRecord:
+    """An incoming folder for _WhileItRuns that records no checkpointer."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def record_checkpointer(self, pid: int) -> None:
+        pass
+
+
+def while_it_runs(base: Path, **follow: Any) -> checkpoint._WhileItRuns:
+    incoming: Any = NoRecord(base)
+    return checkpoint._WhileItRuns(incoming, lambda: "4.1.1", appended=PAGES, **follow)
 
 
 def test_a_file_is_hashed_as_it_grows_and_only_its_tail_is_read_after(
@@ -111,10 +135,7 @@ def test_a_second_file_and_a_name_not_followed(
 def test_a_file_swapped_for_another_is_hashed_from_its_start(
     tmp_path: Path, image: Path, follow: Callable[..., Follower]
 ) -> None:
-    follower = follow()
-    append(image / "pages-1.img", os.urandom(2 * MIB))
-    until(lambda: follower.hashed == 2 * MIB, "the file is read")
-    partials = follower.stop(timeout_s=10)
+    partials = followed_to_its_end(follow, image, 2 * MIB).stop(timeout_s=10)
     assert partials["image/pages-1.img"].offset == 2 * MIB
     other = os.urandom(3 * MIB)  # another inode by the same name, longer than what was hashed
     (tmp_path / "other").write_bytes(other)
@@ -126,9 +147,7 @@ def test_a_file_swapped_for_another_is_hashed_from_its_start(
 def test_a_file_cut_short_while_followed_is_hashed_from_its_start(
     tmp_path: Path, image: Path, follow: Callable[..., Follower]
 ) -> None:
-    follower = follow()
-    append(image / "pages-1.img", os.urandom(2 * MIB))
-    until(lambda: follower.hashed == 2 * MIB, "the file is read")
+    follower = followed_to_its_end(follow, image, 2 * MIB)
     data = os.urandom(MIB)
     with open(image / "pages-1.img", "r+b") as out:  # the same inode, not only appended to
         out.truncate(0)
@@ -304,25 +323,13 @@ def test_it_reads_no_more_than_the_bound_and_nothing_past_the_deadline(
 
 def test_while_the_checkpointer_runs_its_pages_are_hashed_and_taken_over_after(tmp_path: Path) -> None:
     """_WhileItRuns starts the follower when the checkpointer starts (here a shell appending 1 MiB five
-    times), and hashed() stops it and hands over what it hashed, before anything acts as the user."""
+    times), and stop_following() stops it and hands over what it hashed."""
     image = tmp_path / "image"
     image.mkdir()
     source = tmp_path / "source"
     source.write_bytes(os.urandom(5 * MIB))
 
-    class Incoming:
-        path = tmp_path
-
-        def record_checkpointer(self, pid: int) -> None:
-            pass
-
-    meanwhile = checkpoint._WhileItRuns(
-        Incoming(),  # type: ignore[arg-type]
-        lambda: "4.1.1",
-        appended=PAGES,
-        max_bytes=64 * MIB,
-        deadline=time.monotonic() + 60,
-    )
+    meanwhile = while_it_runs(tmp_path, max_bytes=64 * MIB, deadline=time.monotonic() + 60)
     script = (
         f"for i in 0 1 2 3 4; do dd if={source} of={image}/pages-1.img bs=1M skip=$i seek=$i count=1 "
         "conv=notrunc status=none; sleep 0.2; done; sleep 1"
@@ -336,18 +343,21 @@ def test_while_the_checkpointer_runs_its_pages_are_hashed_and_taken_over_after(t
     assert whole.digest == digest_of(source.read_bytes())
 
 
+def test_a_follower_that_failed_says_why_and_hands_nothing_over(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "image").symlink_to(elsewhere)  # the user's image folder swapped for a link
+    meanwhile = while_it_runs(tmp_path)
+    script = f"head -c 1048576 /dev/zero > {elsewhere}/pages-1.img; sleep 0.3"
+    assert Runner().run(["/bin/sh", "-c", script], timeout_s=60, on_start=meanwhile).returncode == 0
+    assert meanwhile.stop_following(timeout_s=10) == {}
+    assert meanwhile.follow_problem()["follow_error"].startswith("UnsafePath: ")
+
+
 def test_without_appended_files_nothing_is_followed() -> None:
     meanwhile = checkpoint._WhileItRuns(None, lambda: "1")  # type: ignore[arg-type]
     assert meanwhile.stop_following(timeout_s=1) == {}
     assert meanwhile.follow_problem() == {}
-
-
-class NoRecord:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def record_checkpointer(self, pid: int) -> None:
-        pass
 
 
 def test_a_follower_that_cannot_start_never_ends_the_checkpointer(
@@ -357,13 +367,7 @@ def test_a_follower_that_cannot_start_never_ends_the_checkpointer(
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(Follower, "start", refuse)
-    meanwhile = checkpoint._WhileItRuns(
-        NoRecord(tmp_path),  # type: ignore[arg-type]
-        lambda: "4.1.1",
-        appended=PAGES,
-        max_bytes=None,
-        deadline=None,
-    )
+    meanwhile = while_it_runs(tmp_path)
     completed = Runner().run(["/bin/sh", "-c", "sleep 0.3; echo done"], timeout_s=60, on_start=meanwhile)
     assert completed.returncode == 0 and completed.stdout.strip() == "done"
     assert meanwhile.stop_following(timeout_s=1) == {}
@@ -375,13 +379,7 @@ def test_on_a_single_core_nothing_is_followed(
 ) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     (image / "pages-1.img").write_bytes(os.urandom(MIB))
-    meanwhile = checkpoint._WhileItRuns(
-        NoRecord(tmp_path),  # type: ignore[arg-type]
-        lambda: "4.1.1",
-        appended=PAGES,
-        max_bytes=None,
-        deadline=None,
-    )
+    meanwhile = while_it_runs(tmp_path)
     Runner().run(["/bin/sleep", "0.3"], timeout_s=60, on_start=meanwhile)
     assert meanwhile.stop_following(timeout_s=1) == {}
 

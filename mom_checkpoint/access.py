@@ -1,42 +1,56 @@
 """What a restored process holds that its owner could not have opened themselves.
 
-Root's CRIU (``run_as = "root"``) reopens the files a job had open, its working folder and its mapped
-files by their paths, and checks little more than their sizes. Those paths are the user's to change:
-a file of the job swapped for a link to a root-only file of the same size before a restart would have
-root open that file for the job. So before a restored tree runs, every open file and folder, working
-and root folder, executable and mapped file of every process is opened again by its path **with the
-owner's rights** and must be the very same file (device and inode): what the owner can reach by path
-they could have opened themselves. Anything else is a problem, and the tree is killed before it runs.
-(In job-user mode CRIU itself opens them with the owner's rights: nothing to check.)
+Root's CRIU (``run_as = "root"``) reopens the files a job had open, its working and root folder, its
+executable and its mapped files by their paths, and checks little more than their sizes. Those paths
+are the user's to change: a file of the job swapped for a link to a root-only file of the same size
+before a restart would have root open that file for the job. So before a restored tree runs, every
+one of them is looked up again by its path **with the owner's rights** and must be the very same file
+(device and inode), and the owner must have, on that file, the access the process has to it:
+
+- a descriptor: read and/or write as it was opened (an ``O_PATH`` one: only that the owner reaches
+  the file, which is all ``O_PATH`` itself asks);
+- a mapping, executable ones included: read (a mapping is memory the process can read, whatever
+  the kernel lets ``execve`` map without read permission), and write too for a shared writable one;
+- the working and root folder: search; the executable: execute.
+
+The lookup only names the file (``O_PATH``: no permission on the file itself is taken from it); the
+access is then asked of the kernel on that very inode (``faccessat`` on ``/proc/self/fd/N`` with the
+effective ids, which are the owner's), for every kind of file: regular files, folders, FIFOs and
+devices alike (the last two are never opened for real: opening either can act). Anything else is a
+problem, and the tree is killed before it runs. In job-user mode CRIU itself opened them with the
+owner's rights: nothing to check.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mom_checkpoint.identity import JobUser
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
+REACH = 0  # no access asked beyond reaching the file by its path
+
+_VERBS = ((os.R_OK, "read"), (os.W_OK, "write"), (os.X_OK, "execute"))
 
 
 @dataclass(frozen=True)
 class Held:
-    """One file a process holds: what to open, how, and which file it must turn out to be."""
+    """One file a process holds: its path, the access the process has to it, which file it must be."""
 
     pid: int
-    what: str  # "fd 3", "cwd", "a mapping", ...
+    what: str  # "fd 3", "working folder", "a mapping", ...
     path: str
-    flags: int  # open flags that show the owner may hold it so
+    access: int  # os.R_OK | os.W_OK | os.X_OK, or REACH
     device: int
     inode: int
 
 
 def problems(pids: list[int], user: JobUser) -> list[str]:
-    """Every file the processes hold that ``user`` cannot open by its path (as they hold it)."""
+    """Every file the processes hold that ``user`` could not hold so: not reachable by its path with
+    their rights, another file there now, or without the access the process has to it."""
     held = [item for pid in pids for item in _held(pid)]
     found = []
     with acting_as(user):
@@ -67,25 +81,37 @@ def acting_as(user: JobUser) -> Iterator[None]:
 
 
 def _problem(item: Held, user: JobUser) -> str | None:
+    where = f"process {item.pid} holds {item.path} ({item.what})"
     try:
-        fd = os.open(item.path, item.flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(item.path, O_PATH | os.O_CLOEXEC)
     except OSError as exc:
-        reason = exc.strerror
-        return f"process {item.pid} holds {item.path} ({item.what}), which {user.name} cannot open: {reason}"
+        return f"{where}, which {user.name} cannot open: {exc.strerror}"
     try:
         st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (item.device, item.inode):
+            return f"{where}, but that path is another file now"
+        missing = [verb for bit, verb in _VERBS if item.access & bit and not _allowed(fd, bit)]
     finally:
         os.close(fd)
-    if (st.st_dev, st.st_ino) != (item.device, item.inode):
-        return f"process {item.pid} holds {item.path} ({item.what}), but that path is another file now"
+    if missing:
+        return f"{where}, which {user.name} cannot {' or '.join(missing)}"
     return None
+
+
+def _allowed(fd: int, bit: int) -> bool:
+    """The kernel's own permission check, with the effective ids, on the inode ``fd`` names."""
+    return os.access(f"/proc/self/fd/{fd}", bit, effective_ids=True)
 
 
 def _held(pid: int) -> list[Held]:
     found = []
     base = f"/proc/{pid}"
-    for name, what in (("cwd", "working folder"), ("root", "root folder"), ("exe", "executable")):
-        item = _link(pid, f"{base}/{name}", what, O_PATH)
+    for name, what, access in (
+        ("cwd", "working folder", os.X_OK),
+        ("root", "root folder", os.X_OK),
+        ("exe", "executable", os.X_OK),
+    ):
+        item = _link(pid, f"{base}/{name}", what, access)
         if item is not None:
             found.append(item)
     with contextlib.suppress(FileNotFoundError):
@@ -93,17 +119,26 @@ def _held(pid: int) -> list[Held]:
             flags = _fd_flags(pid, fd)
             if flags is None:
                 continue
-            access = O_PATH if flags & O_PATH else flags & os.O_ACCMODE
-            item = _link(pid, f"{base}/fd/{fd}", f"fd {fd}", access)
+            item = _link(pid, f"{base}/fd/{fd}", f"fd {fd}", _fd_access(flags))
             if item is not None:
                 found.append(item)
     found += _mappings(pid)
     return found
 
 
-def _link(pid: int, link: str, what: str, flags: int) -> Held | None:
-    """A /proc magic link to a regular file or folder (pipes, sockets, devices and deleted files are
-    not reopened by path, so they are left out)."""
+def _fd_access(flags: int) -> int:
+    if flags & O_PATH:
+        return REACH
+    mode = flags & os.O_ACCMODE
+    if mode == os.O_RDWR:
+        return os.R_OK | os.W_OK
+    return os.W_OK if mode == os.O_WRONLY else os.R_OK
+
+
+def _link(pid: int, link: str, what: str, access: int) -> Held | None:
+    """A /proc magic link to a file with a path: regular files, folders, FIFOs, devices and socket
+    files. Pipes, sockets and other anonymous inodes have none (CRIU recreates them), and deleted
+    files come back from the image's own copy, so those are left out."""
     try:
         target = os.readlink(link)
         st = os.stat(link)
@@ -111,11 +146,7 @@ def _link(pid: int, link: str, what: str, flags: int) -> Held | None:
         return None
     if not target.startswith("/") or target.endswith(" (deleted)"):
         return None
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        return None
-    if stat.S_ISDIR(st.st_mode) and flags != O_PATH:
-        flags = os.O_RDONLY | os.O_DIRECTORY
-    return Held(pid, what, target, flags, st.st_dev, st.st_ino)
+    return Held(pid, what, target, access, st.st_dev, st.st_ino)
 
 
 def _fd_flags(pid: int, fd: str) -> int | None:
@@ -131,8 +162,8 @@ def _fd_flags(pid: int, fd: str) -> int | None:
 
 
 def _mappings(pid: int) -> list[Held]:
-    """Mapped files: read for every mapping, read and write for a shared writable one; an executable
-    mapping only has to be reachable (the kernel maps executables without read permission)."""
+    """Mapped files: read for every mapping (executable ones too: the mapped bytes are readable
+    memory), read and write for a shared writable one."""
     found: dict[tuple[str, int], Held] = {}
     try:
         with open(f"/proc/{pid}/maps") as fh:
@@ -146,17 +177,12 @@ def _mappings(pid: int) -> list[Held]:
         perms, device, inode, path = parts[1], parts[3], int(parts[4]), parts[5]
         if inode == 0:
             continue
-        if "w" in perms and "s" in perms:
-            flags = os.O_RDWR
-        elif "x" in perms:
-            flags = O_PATH
-        else:
-            flags = os.O_RDONLY
+        access = os.R_OK | os.W_OK if "w" in perms and "s" in perms else os.R_OK
         try:  # the file itself, as fstat will see it (some file systems show another device in maps)
             st = os.stat(f"/proc/{pid}/map_files/{parts[0]}")
             identity = (st.st_dev, st.st_ino)
         except OSError:
             major, minor = (int(part, 16) for part in device.split(":"))
             identity = (os.makedev(major, minor), inode)
-        found.setdefault((path, flags), Held(pid, "a mapping", path, flags, *identity))
+        found.setdefault((path, access), Held(pid, "a mapping", path, access, *identity))
     return list(found.values())

@@ -5,6 +5,7 @@ were handed, by root, what a hostile path swap would make root's CRIU hand them.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -73,7 +74,7 @@ def test_a_root_only_file_or_folder_handed_to_the_job_is_found(owner: identity.J
     finally:
         proc.kill()
         proc.wait()
-    assert any(str(secret) in p and "cannot open" in p for p in found), found
+    assert any(str(secret) in p and "cannot read" in p for p in found), found
     assert any(str(inner) in p and "working folder" in p for p in found), found
 
 
@@ -98,3 +99,113 @@ def test_a_root_only_file_mapped_into_the_job_is_found(owner: identity.JobUser, 
         proc.kill()
         proc.wait()
     assert any(str(secret) in p and "a mapping" in p for p in found), found
+
+
+def mapped_by_owner(user: identity.JobUser, path: Path, prot: str, *, shared_write: bool = False) -> str:
+    """Python run by root that maps ``path`` with ``prot`` (names from mmap), then becomes ``user``."""
+    mode = "'r+b'" if shared_write else "'rb'"
+    return (
+        "import mmap, os, sys, time\n"
+        f"f = open(sys.argv[1], {mode}); m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot={prot})\n"
+        "f.close()\n"
+        f"os.setgroups([]); os.setgid({user.gid}); os.setuid({user.uid})\n"
+        "print('ready', flush=True); time.sleep(60)\n"
+    )
+
+
+def problems_of_mapping(
+    user: identity.JobUser, path: Path, prot: str, *, shared_write: bool = False
+) -> list[str]:
+    code = mapped_by_owner(user, path, prot, shared_write=shared_write)
+    proc = subprocess.Popen(["/usr/bin/python3", "-c", code, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        return access.problems([proc.pid], user)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o711])
+def test_a_root_only_file_mapped_executable_is_found(
+    owner: identity.JobUser, folder: Path, mode: int
+) -> None:
+    """Issue 25 #1: an r-x mapping was only looked up (O_PATH), so a root-only file swapped in for a
+    library of the job came back mapped, readable, in the restored process. Execute permission alone
+    (0711) is not enough either: the mapped bytes are readable memory."""
+    secret = folder / "library.so"
+    secret.write_bytes(b"\x7fELF" + b"s" * 4092)
+    secret.chmod(mode)
+    found = problems_of_mapping(owner, secret, "mmap.PROT_READ | mmap.PROT_EXEC")
+    assert any(str(secret) in p and "a mapping" in p and "cannot read" in p for p in found), found
+
+
+def test_a_shared_writable_mapping_needs_write_access(owner: identity.JobUser, folder: Path) -> None:
+    readable = folder / "shared.dat"
+    readable.write_bytes(b"d" * 4096)
+    readable.chmod(0o644)  # the owner may read it, not write it
+    found = problems_of_mapping(owner, readable, "mmap.PROT_READ | mmap.PROT_WRITE", shared_write=True)
+    assert any(str(readable) in p and "cannot write" in p and "cannot read" not in p for p in found), found
+
+
+def test_a_readable_library_mapped_executable_passes(owner: identity.JobUser, folder: Path) -> None:
+    library = folder / "mine.so"
+    library.write_bytes(b"\x7fELF" + b"m" * 4092)
+    library.chmod(0o755)
+    assert problems_of_mapping(owner, library, "mmap.PROT_READ | mmap.PROT_EXEC") == []
+
+
+def held_by_owner(owner: identity.JobUser, fd: int) -> list[str]:
+    proc = holding(owner, [fd])
+    try:
+        os.close(fd)
+        return access.problems([proc.pid], owner)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_root_only_fifo_held_for_writing_is_found(owner: identity.JobUser, folder: Path) -> None:
+    """Issue 25 #1: FIFOs (and devices) were skipped, so an O_RDWR descriptor of a root-only FIFO
+    passed and the restored process wrote into it."""
+    fifo = folder / "control"
+    os.mkfifo(fifo, 0o600)
+    found = held_by_owner(owner, os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+    assert any(str(fifo) in p and "fd " in p and "cannot read or write" in p for p in found), found
+
+
+def test_a_root_only_device_is_found_and_never_opened(owner: identity.JobUser, folder: Path) -> None:
+    node = folder / "null-of-root"
+    os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers, root's alone
+    found = held_by_owner(owner, os.open(node, os.O_WRONLY))
+    assert any(str(node) in p and "cannot write" in p for p in found), found
+
+
+def test_a_file_the_owner_may_read_but_not_write_held_for_writing_is_found(
+    owner: identity.JobUser, folder: Path
+) -> None:
+    log = folder / "root.log"
+    log.write_text("root's log")
+    log.chmod(0o644)
+    found = held_by_owner(owner, os.open(log, os.O_WRONLY | os.O_APPEND))
+    assert any(str(log) in p and "cannot write" in p for p in found), found
+
+
+def test_an_o_path_descriptor_needs_only_to_reach_the_file(owner: identity.JobUser, folder: Path) -> None:
+    """The owner could open the same O_PATH descriptor themselves: no read permission is needed."""
+    secret = folder / "secret"
+    secret.write_text("root's")
+    secret.chmod(0o600)
+    assert held_by_owner(owner, os.open(secret, access.O_PATH)) == []
+
+
+def test_a_working_folder_the_owner_cannot_enter_is_found(owner: identity.JobUser, folder: Path) -> None:
+    shut = folder / "shut"
+    shut.mkdir(mode=0o700)  # reachable by its path, but not searchable by the owner
+    proc = holding(owner, [], cwd=shut)
+    try:
+        found = access.problems([proc.pid], owner)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert any(str(shut) in p and "working folder" in p and "cannot execute" in p for p in found), found

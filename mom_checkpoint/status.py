@@ -19,3 +19,27 @@ class ExitStatus(IntEnum):
     CONFIG = 78  # the configuration file is invalid
     CHECKPOINTER_FAILED = 80  # the checkpointer ran and reported failure
     TIMED_OUT = 81  # the checkpointer ran past timeout_s and was killed
+
+
+# What each status means, in the product's words alone: text that reaches a batch system's command
+# line or a job's attributes (qalter's checkpoint_restart_status) is chosen from here, never built
+# from anything a user wrote (a pointer, a path, a checkpointer's log).
+MEANING = {
+    ExitStatus.USAGE: "bad arguments",
+    ExitStatus.DATA_ERROR: "the checkpoint failed verification",
+    ExitStatus.NO_PROCESS: "no checkpoint or process of the job",
+    ExitStatus.NO_USER: "unknown user",
+    ExitStatus.UNAVAILABLE: "checkpointer missing",
+    ExitStatus.SOFTWARE: "internal error",
+    ExitStatus.CANT_CREATE: "spool unusable",
+    ExitStatus.IO_ERROR: "I/O error or disk full",
+    ExitStatus.BUSY: "busy or a PID in use",
+    ExitStatus.NO_PERMISSION: "refused for safety",
+    ExitStatus.CONFIG: "invalid configuration",
+    ExitStatus.CHECKPOINTER_FAILED: "the checkpointer failed",
+    ExitStatus.TIMED_OUT: "timed out",
+}
+
+
+def meaning(status: ExitStatus) -> str:
+    return MEANING.get(status, status.name.lower().replace("_", " "))

@@ -43,6 +43,7 @@ from mom_checkpoint.jobkey import SYSTEMS, JobKey, system_of
 from mom_checkpoint.manifest import KeptFile, Manifest
 from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
 from mom_checkpoint.staging import StagedImage
+from mom_checkpoint.status import ExitStatus, meaning
 from mom_checkpoint.storage import GENERATION_NAME, RESTORER_DIR, RUN_NAME, Spool, remove_tree
 from mom_checkpoint.termination import kill_tree, tree_pids
 from mom_checkpoint.verification import (
@@ -106,7 +107,11 @@ def run(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
     try:
         return _restart(call, config, env, log)
     except Error as exc:
-        _mark(call, f"Failed to restart job: {exc.message}", config=config, env=env, log=log)
+        # one fixed phrase per exit status: the message itself may quote a pointer, a path or a
+        # checkpointer's log, all the user's text, and qalter -W takes an attribute list
+        status = ExitStatus(exc.exit_status)
+        reason = f"Failed to restart job: exit {int(status)} ({meaning(status)}; see the node's log)"
+        _mark(call, reason, config=config, env=env, log=log)
         raise
 
 
@@ -462,9 +467,10 @@ def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Any)
     relative = os.path.relpath(target, spool.root)
     match = _GENERATION_PATH.fullmatch(relative)
     if pointer.job_id != call.job_id or match is None or match.group(2) != call.job_id:
+        # the pointer's text is the user's: the log has it (JSON-escaped), the one line does not
+        log.warning("restart.pointer_foreign", named=pointer.generation[:512], job_named=pointer.job_id[:128])
         raise Refused(
-            f"the pointer {call.checkpoint_name} names {pointer.generation}, "
-            f"not a checkpoint of job {call.job_id} in {spool.root}"
+            f"the pointer {call.checkpoint_name} names no checkpoint of job {call.job_id} in {spool.root}"
         )
     if not target.is_dir():
         log.warning("restart.pointer_stale", path=str(target))

@@ -361,8 +361,25 @@ def test_pbs_mom_deleted_the_checkpoint_dir_and_qalter_marks_the_job(user_mode: 
     assert failed.wait(timeout=60) == 65
     marks = [json.loads(line) for line in (site.base / "qalter.log").read_text().splitlines()]
     assert marks[-1][0] == "-W" and marks[-1][2] == "608.head"
-    assert marks[-1][1].startswith("checkpoint_restart_status=Failed to restart job: ")
-    assert "no manifest" in marks[-1][1]
+    assert marks[-1][1] == (
+        "checkpoint_restart_status=Failed to restart job: exit 65 (the checkpoint failed verification; "
+        "see the node's log)"
+    )
+    # Issue 25 #5: the pointer is the user's file; a "generation" holding an attribute list and
+    # control characters was quoted into qalter -W, setting other attributes (Priority among them)
+    hostile = "/x,checkpoint_restart_status=Successfully restarted job,comment=\x1b[2J\u202e,Priority=1023,x="
+    folder = Path(args[4])
+    folder.mkdir()
+    pointer = {"kind": "mom-checkpoint pointer", "schema": 1, "job_id": "608.head", "host": "node"}
+    pointer |= {"generation": hostile, "number": 1, "created": "2026-12-06T00:00:00Z"}
+    (folder / args[5]).write_text(json.dumps(pointer))
+    forged = start_restart(restart_args(site, job, args), site.config)
+    assert forged.wait(timeout=60) != 0
+    marks = [json.loads(line) for line in (site.base / "qalter.log").read_text().splitlines()]
+    assert marks[-1][:1] == ["-W"] and marks[-1][2] == "608.head"
+    value = marks[-1][1].removeprefix("checkpoint_restart_status=")
+    assert value.startswith("Failed to restart job: exit ") and "," not in value and "=" not in value
+    assert not any(part in value for part in ("Priority", "comment", "/x", "\x1b", "\u202e"))
 
 
 def test_root_refuses_a_generation_another_user_can_write(site: Site) -> None:

@@ -206,7 +206,7 @@ def tampered_generations(site: Site, rng: random.Random) -> list[str]:
     forged["generation"] = str(others)
     pointer.write_text(json.dumps(forged))
     restart_args = [job.session_id, job.job_id, job.user.name, job.user.name, args[4], args[5]]
-    assert_refused(site, restart_args, 77, "not a checkpoint of job 2005.head", program="mom-restart")
+    assert_refused(site, restart_args, 77, "names no checkpoint of job 2005.head", program="mom-restart")
     checks.append("a forged pointer naming another job's generation: mom-restart refuses with 77")
     assert not [c for c in site.standin_calls() if c["prog"] == "resume"], "a tampered image was restored"
     checks.append("nothing was ever restored; no refusal changed anything on disk")

@@ -212,3 +212,15 @@ def _free_pid() -> int:
     while os.path.exists(f"/proc/{pid}"):
         pid -= 1
     return pid
+
+
+def test_every_status_meaning_is_one_safe_attribute_value() -> None:
+    """Issue 25 #5: the meanings are what reaches qalter -W (an attribute list): no comma, no '=',
+    nothing but printable ASCII, one for every failure status."""
+    from mom_checkpoint.status import MEANING, ExitStatus, meaning
+
+    failures = [s for s in ExitStatus if s not in (ExitStatus.OK, ExitStatus.CHECKS_FAILED)]
+    assert set(MEANING) == set(failures)
+    for status in ExitStatus:
+        text = meaning(status)
+        assert text and text.isascii() and text.isprintable() and not set(text) & set(",=\"'"), text

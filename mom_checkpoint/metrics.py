@@ -3,10 +3,17 @@
 Each hook run is a new process, so the counters live in ``<spool>/.metrics.json``, updated under a
 lock; the textfile is rendered from them with prometheus_client and written atomically (temporary
 file, then rename), as the textfile collector requires. Metrics never fail a checkpoint.
+
+The textfile's folder is often the exporter's account's, which may swap anything in it (or the folder
+itself) for a link at any moment. So root opens that folder once, from "/", without following a link
+another account could have made (safefs.open_configured_dir), and then creates, writes, sets the mode
+of and renames its file only through that descriptor: nothing is opened or chmodded by path, and a
+link under the textfile's name is replaced, never followed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -17,6 +24,7 @@ from typing import Any
 import filelock
 
 from mom_checkpoint.locking import lock_dir
+from mom_checkpoint.safefs import UnsafePath, open_configured_dir
 from mom_checkpoint.storage import write_private
 
 STATE = ".metrics.json"
@@ -78,7 +86,7 @@ def record_vault(
 
 
 def write(path: str, state: dict[str, Any], spool_bytes: int) -> None:
-    from prometheus_client import CollectorRegistry, write_to_textfile
+    from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
     class Collector:
@@ -127,8 +135,48 @@ def write(path: str, state: dict[str, Any], spool_bytes: int) -> None:
 
     registry = CollectorRegistry()
     registry.register(Collector())
-    write_to_textfile(path, registry)
-    os.chmod(path, 0o644)  # node_exporter reads it; it holds counts only
+    replace_file(path, generate_latest(registry), 0o644)  # node_exporter reads it; it holds counts only
+
+
+def replace_file(path: str, data: bytes, mode: int) -> None:
+    """``path`` atomically replaced by a new root file holding ``data`` with ``mode``: created (never
+    through a link), written, synced and renamed into place through a descriptor of its folder, whoever
+    owns that folder. A link or file already under the name is replaced, not followed or opened."""
+    folder, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        raise UnsafePath(f"{path!r} names no file: refusing")
+    dir_fd = open_configured_dir(folder or "/")
+    try:
+        tmp, fd = _create_new(dir_fd, name)
+        try:
+            try:
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)  # the name only: whatever is there now is not followed
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def _create_new(dir_fd: int, name: str) -> tuple[str, int]:
+    """A new, empty file in the folder ``dir_fd``, under a name no one could have guessed and that the
+    textfile collector skips (it reads ``*.prom``), with its write descriptor."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+    for _ in range(8):
+        tmp = f".{name}.{os.urandom(8).hex()}.tmp"
+        try:
+            return tmp, os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no new temporary file could be made next to {name}")
 
 
 def _vault_metrics(vault: dict[str, Any] | None) -> Iterator[Any]:

@@ -67,6 +67,53 @@ def open_dir(path: str | Path, *, dir_fd: int | None = None) -> int:
     return _walk_components(dir_fd, _parts(str(path)), DIR_FLAGS)
 
 
+def open_configured_dir(path: str | Path) -> int:
+    """A descriptor of the folder at the absolute ``path`` an admin configured, opened from "/" one
+    component at a time. A symlink is followed only where the folder holding it is root's and no one
+    else can write it (only root can have made it: /var/run -> /run); anywhere else a symlink, or a
+    component that is not a folder, is refused. An account that owns a folder on the way can swap what
+    is below it only for what is its own, never for a way into root's folders."""
+    text = str(path)
+    if not text.startswith("/"):
+        raise UnsafePath(f"{text!r} is not an absolute path: refusing")
+    pending = [part for part in reversed(text.split("/")) if part not in ("", ".")]
+    chain = [os.open("/", DIR_FLAGS)]  # the folders opened so far; ".." steps back along it
+    links = 0
+    try:
+        while pending:
+            part = pending.pop()
+            if part == "..":
+                if len(chain) > 1:
+                    os.close(chain.pop())
+                continue
+            try:
+                chain.append(os.open(part, DIR_FLAGS, dir_fd=chain[-1]))
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                if not stat.S_ISLNK(os.stat(part, dir_fd=chain[-1], follow_symlinks=False).st_mode):
+                    raise UnsafePath(f"{part!r} in {text} is not a folder: refusing") from None
+            holder = os.fstat(chain[-1])
+            if holder.st_uid != 0 or holder.st_mode & 0o022:
+                raise UnsafePath(
+                    f"{part!r} in {text} is a symlink in a folder another account can write: refusing to"
+                    " follow it"
+                )
+            links += 1
+            if links > 40:
+                raise UnsafePath(f"{text} leads through more than 40 symlinks: refusing")
+            target = os.readlink(part, dir_fd=chain[-1])
+            if target.startswith("/"):
+                while len(chain) > 1:
+                    os.close(chain.pop())
+            pending.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
+        return chain.pop()
+    finally:
+        for fd in chain:
+            os.close(fd)
+
+
 def open_regular(
     path: str | Path, *, dir_fd: int | None = None, max_bytes: int | None = None
 ) -> tuple[int, os.stat_result]:
@@ -367,6 +414,37 @@ def _refusal(exc: OSError, shown: str) -> OSError | UnsafePath:
     if exc.errno == errno.ENOTDIR:
         return UnsafePath(f"{shown} is not a folder (a symlink or a file in its path?): refusing")
     return exc
+
+
+def describe(dir_fd: int, name: str) -> tuple[Kind, int] | None:
+    """What ``name`` in the open folder is, without following it: its kind and its owner's uid
+    (None when nothing is there). For naming what was found; it opens and reads nothing."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return _kind(st.st_mode), st.st_uid
+
+
+RENAME_EXCHANGE = 2  # renameat2(2)'s flag
+
+
+def exchange(dir_fd: int, first: str, second: str) -> None:
+    """Swap two entries of the open folder in one step (renameat2 with RENAME_EXCHANGE): each name
+    holds the other's entry afterwards, with no moment at which either name is free for another user
+    to take. Raises OSError: ENOENT when either is missing, EINVAL or ENOSYS where the file system or
+    the C library cannot do it."""
+    import ctypes  # only on this rare path: the hook's start-up stays as it was
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), first) from None
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(dir_fd, os.fsencode(first), dir_fd, os.fsencode(second), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), first)
 
 
 def _kind(mode: int) -> Kind:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -54,3 +55,36 @@ def test_metrics_that_cannot_be_written_never_fail_the_checkpoint(site: Site) ->
     result = call_hook(site.torque_args(job), site.config)
     assert result.returncode == 0 and result.stderr == ""
     assert any(e["event"] == "metrics.failed" for e in site.log_events())
+
+
+def test_a_textfile_folder_swapped_for_a_link_is_refused_and_the_checkpoint_succeeds(site: Site) -> None:
+    # the exporter's account (here the job's user) owns the textfile folder's parent and swaps the
+    # folder for a link to a folder of root's, which holds a root-only file of the textfile's name
+    exporter = site.base / "exporter"
+    (exporter / "textfile").mkdir(parents=True)
+    for path in (exporter, exporter / "textfile"):
+        os.chown(path, site.user.uid, site.user.gid)
+    private = site.base / "root-only"
+    private.mkdir(mode=0o700)
+    (private / "mom_checkpoint.prom").write_text("root's\n")
+    (private / "mom_checkpoint.prom").chmod(0o600)
+    for argv in (
+        ["rmdir", str(exporter / "textfile")],
+        ["ln", "-s", str(private), str(exporter / "textfile")],
+    ):
+        subprocess.run(argv, user=site.user.uid, group=site.user.gid, extra_groups=[], check=True)
+    site.configure(
+        backend="psnc",
+        metrics_file=str(exporter / "textfile" / "mom_checkpoint.prom"),
+        **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))},
+    )
+    job = site.start_job("903.head")
+
+    result = call_hook(site.torque_args(job), site.config)
+
+    assert result.returncode == 0 and result.stderr == ""
+    assert [p.name for p in private.iterdir()] == ["mom_checkpoint.prom"], "nothing written there"
+    st = os.stat(private / "mom_checkpoint.prom")
+    assert (st.st_mode & 0o777, (private / "mom_checkpoint.prom").read_text()) == (0o600, "root's\n")
+    failed = [e for e in site.log_events() if e["event"] == "metrics.failed"]
+    assert len(failed) == 1 and "symlink" in failed[0]["error"]

@@ -368,11 +368,11 @@ def test_pbs_mom_deleted_the_checkpoint_dir_and_qalter_marks_the_job(user_mode: 
     # Issue 25 #5: the pointer is the user's file; a "generation" holding an attribute list and
     # control characters was quoted into qalter -W, setting other attributes (Priority among them)
     hostile = "/x,checkpoint_restart_status=Successfully restarted job,comment=\x1b[2J\u202e,Priority=1023,x="
-    folder = Path(args[4])
+    folder = Path(str(args[4]))
     folder.mkdir()
     pointer = {"kind": "mom-checkpoint pointer", "schema": 1, "job_id": "608.head", "host": "node"}
     pointer |= {"generation": hostile, "number": 1, "created": "2026-12-06T00:00:00Z"}
-    (folder / args[5]).write_text(json.dumps(pointer))
+    (folder / str(args[5])).write_text(json.dumps(pointer))
     forged = start_restart(restart_args(site, job, args), site.config)
     assert forged.wait(timeout=60) != 0
     marks = [json.loads(line) for line in (site.base / "qalter.log").read_text().splitlines()]

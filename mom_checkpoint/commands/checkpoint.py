@@ -97,7 +97,9 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
     log.info("checkpoint.start", found_via=job.found_via, processes=[p.pid for p in job.tree])
     pointer_fd = None
     if call.checkpoint_dir is not None and call.checkpoint_name is not None:
-        pointer_fd = open_checkpoint_dir(call.checkpoint_dir, *config.checkpoint_roots(call.convention))
+        pointer_fd = open_checkpoint_dir(
+            call.checkpoint_dir, *config.checkpoint_roots(call.convention), owner=(job.uid, job.gid), log=log
+        )
     try:
         backend = backends.create(config, env)
         binary = backend.find_binary()

@@ -59,10 +59,14 @@ class StagedImage:
             self.fd = None
 
 
-def stage(generation: Path, files: Sequence[ImageFile], work: Path, linked: re.Pattern[str]) -> StagedImage:
+def stage(
+    generation: Path, files: Sequence[ImageFile], work: Path, linked: re.Pattern[str], *, link: bool = True
+) -> StagedImage:
     """Copy the generation's image files named in ``files`` (the manifest root wrote) into
-    ``work``/pinned/image: files whose names match ``linked`` are hard links to the originals, the
-    others root's own copies (kept in memory too, for the backend to inspect)."""
+    ``work``/pinned/image: files whose names match ``linked`` are hard links to the originals (with
+    ``link=False``: root's copies, streamed, for a restorer that becomes the job and keeps its
+    descriptor of the folder), the others root's own copies (kept in memory too, for the backend to
+    inspect)."""
     base = work / PINNED
     try:
         base.mkdir(mode=0o700)
@@ -85,7 +89,7 @@ def stage(generation: Path, files: Sequence[ImageFile], work: Path, linked: re.P
                     )
                 if not linked.fullmatch(name):
                     staged.contents[name] = _copy(fd, entry.size, name, target)
-                elif not _link(fd, name, target):  # the job's memory, on another file system (or
+                elif not link or not _link(fd, name, target):  # the job's memory, on another file system (or
                     _stream(fd, entry.size, name, target)  # at the link limit): copied, never held
             finally:
                 os.close(fd)

@@ -1,8 +1,9 @@
 """The spool: one folder per job run, one folder per generation, published by rename.
 
-    <spool>/<exec_pid>.<job_id>/                 a job run (0700; 0711 when the checkpointer runs as user)
+    <spool>/<exec_pid>.<job_id>/                 a job run (root's 0700 in both run_as modes)
         <number>-<UTC time>/                     a complete generation
-            image/                               the checkpointer's output (0700; the user's in job-user mode)
+            image/                               the checkpointer's output (0700; the user's in job-user mode,
+                                                 reached by their checkpointer through a descriptor only)
             manifest.json                        present in every published generation
         .incoming-<random>/                      a generation being written; never read by restart
 
@@ -135,17 +136,20 @@ class Spool:
                 runs.append(Path(entry.path))
         return sorted(runs)
 
-    def open_run(self, exec_pid: int, job_id: str, owner: Owner) -> Path:
-        """The run folder, created if needed, refused if anyone could have tampered with it."""
+    def open_run(self, exec_pid: int, job_id: str) -> Path:
+        """The run folder, root's 0700 in both run_as modes, created if needed, refused if anyone could
+        have tampered with it. Nobody but root ever reaches a generation by path: in job-user mode the
+        checkpointer is handed its image folder as a descriptor (backends.base). A run folder an older
+        version made 0711 (for the job user's checkpointer to pass) is closed here."""
         path = self.root / run_name(exec_pid, job_id)
-        mode = 0o700 if owner.is_root else 0o711
         try:
-            path.mkdir(mode=mode)
+            path.mkdir(mode=0o700)
         except FileExistsError:
             pass
         except OSError as exc:
             raise SpoolError(f"cannot create {path}: {exc.strerror}") from None
-        check_private_dir(path, mode)
+        check_private_dir(path, 0o711)
+        close_private_dir(path)
         return path
 
     def remove_if_empty(self, run_dir: Path) -> None:
@@ -227,21 +231,25 @@ class Spool:
         return doomed
 
     # -- mom-restart's work folders ------------------------------------------------------------------
-    def restart_workdir(self) -> Path:
-        """Root's folder for one restart (0711: a restorer running as the job's user reaches its own
-        subfolder in it), named after this process; those of this host's restarts that have ended
-        (killed with -9) are removed first."""
+    def restart_workdir(self, deadline: float | None = None) -> Path:
+        """Root's 0700 folder for one restart, named after this process, in root's 0700 ``.restarts``:
+        a restorer running as the job's user is handed its own subfolder as a descriptor, so no user
+        ever reaches any of it by path (whatever the caller's umask: sudo from a job runs with 077).
+        Those of this host's restarts that have ended (killed with -9) are removed first, each within
+        the deadline (what is left is the next restart's to remove)."""
         parent = self.root / RESTARTS
         try:
-            parent.mkdir(mode=0o711, exist_ok=True)
+            parent.mkdir(mode=0o700, exist_ok=True)
             check_private_dir(parent, 0o711)
+            close_private_dir(parent)  # an older version's 0711
             host = os.uname().nodename
             for entry in os.scandir(parent):
                 name, pid, start = [*entry.name.rsplit(".", 2), "", ""][:3]
                 if name == host and pid.isdigit() and start_token(int(pid)) != start:
-                    remove_tree(Path(entry.path))
+                    remove_tree(Path(entry.path), deadline=deadline)
             path = parent / f"{host}.{os.getpid()}.{start_token(os.getpid())}"
-            path.mkdir(mode=0o711)
+            path.mkdir(mode=0o700)
+            close_private_dir(path)
         except OSError as exc:
             raise storage_error(exc, f"cannot create a work folder in {parent}") from None
         return path
@@ -264,11 +272,9 @@ class Spool:
         try:
             path = _new_private_dir(run_dir, INCOMING_PREFIX)
             write_private(path / KEY_FILE, key)
-            if not owner.is_root:
-                os.chmod(path, 0o711)
             image = path / IMAGE
             image.mkdir(mode=0o700)
-            if not owner.is_root:
+            if not owner.is_root:  # the job user's checkpointer writes here, through a descriptor only
                 os.chown(image, owner.uid, owner.gid)
         except OSError as exc:
             raise storage_error(exc, f"cannot create a generation in {run_dir}") from None
@@ -433,6 +439,17 @@ def check_private_dir(path: Path, mode: int) -> None:
         raise Refused(f"{path} is owned by uid {st.st_uid}, not root: refusing")
     if stat.S_IMODE(st.st_mode) & ~mode & 0o077:
         raise Refused(f"{path} has mode {_mode(st)}, more open than {mode:o}: refusing")
+
+
+def close_private_dir(path: Path) -> None:
+    """Make a folder of root's (checked already) 0700, whatever the umask or an older version made
+    it: through a descriptor, never following a link."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

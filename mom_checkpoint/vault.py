@@ -45,7 +45,6 @@ from mom_checkpoint.storage import (
     MANIFEST,
     PRUNING_PREFIX,
     Generation,
-    Owner,
     Spool,
     check_private_dir,
     fsync_dir,
@@ -266,10 +265,8 @@ class Vault:
         a local generation, restored with every local check. Returns its path."""
         manifest = read_trusted_manifest(generation.path)
         spool.ensure_root()
-        # the run folder as the job's next checkpoint needs it (0711 when its user's checkpointer writes)
         job_user = manifest.backend.run_as == "job-user"
-        owner = Owner(manifest.job.uid, manifest.job.gid) if job_user else Owner(0, 0)
-        run = spool.open_run(manifest.job.exec_pid, manifest.job.id, owner)
+        run = spool.open_run(manifest.job.exec_pid, manifest.job.id)
         target = run / generation.name
         if target.is_dir():
             return target  # already here (fetched before, or never lost)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -16,11 +17,10 @@ from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, Timed
 from mom_checkpoint.identity import JobUser
 
 if TYPE_CHECKING:  # a restore's: the hook's calls do not import them
-    import re
-
     from mom_checkpoint.hashing import ImageFile
     from mom_checkpoint.staging import StagedImage
 
+_EVERY_FILE = re.compile(r".+")
 # pbs_mom runs hooks with PATH=/bin:/usr/bin: look in the sbin folders ourselves.
 SEARCH_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin")
 
@@ -34,6 +34,13 @@ class DumpRequest:
     timeout_s: float
     on_start: Callable[[int], None] | None = None  # told the checkpointer's pid as soon as it runs
     external_files: tuple[str, ...] = ()  # files kept with the generation: dumped by these names only
+    image_fd: int | None = None  # the image folder, open in this process, when it is handed over so
+
+    @property
+    def output_dir(self) -> Path:
+        """How the checkpointer names its image folder: through the descriptor it inherits when it
+        runs as the job's user (no path of the spool is theirs to reach), else by its path."""
+        return Path(f"/proc/self/fd/{self.image_fd}") if self.image_fd is not None else self.image_dir
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,17 @@ class RestoreRequest:
     # the image's root process was a session leader (an OpenPBS task started with pbsdsh -o): CRIU
     # gives it back its own session, which the restart process's session does not take along
     root_session_leader: bool = False
+    workdir_fd: int | None = None  # the restorer's folder, open in this process, when handed over so
 
     @property
     def image_dir(self) -> Path:
         return self.image.image_dir
+
+    @property
+    def restorer_workdir(self) -> str:
+        """How the restorer names its folder: through the descriptor it inherits when it runs as the
+        job's user (the restart's work folder is root's 0700: no path of it is theirs)."""
+        return f"/proc/self/fd/{self.workdir_fd}" if self.workdir_fd is not None else str(self.workdir)
 
 
 @dataclass
@@ -125,10 +139,15 @@ class Backend(ABC):
     def stage_image(
         self, generation: Path, files: Sequence[ImageFile], work: Path, user: JobUser
     ) -> StagedImage:
-        """The image the restorer will read, checked for what can be checked before it runs. Here: the
-        generation in place (the psnc and blcr images are opaque; see docs/SECURITY.md)."""
-        from mom_checkpoint.staging import StagedImage
+        """The image the restorer will read, checked for what can be checked before it runs (the psnc
+        and blcr images are opaque; see docs/SECURITY.md). As root: the generation in place. As the
+        job's user, whose restorer cannot reach the spool by path: root's copy of every file, read
+        through a descriptor the restorer inherits (it becomes the job and keeps it: a read-only
+        folder of root's, removed with the restart's work folder)."""
+        from mom_checkpoint.staging import StagedImage, stage
 
+        if self.run_as == "job-user":
+            return stage(generation, files, work, _EVERY_FILE, link=False)
         return StagedImage(generation)
 
     def restore(self, binary: str, request: RestoreRequest) -> Restored:
@@ -136,11 +155,12 @@ class Backend(ABC):
         command = self.restore_command(binary, request)
         argv = self.as_configured_user(command, request.user, self.restore_capabilities)
         try:
+            image_fds = [request.image.fd] if request.image.fd is not None else []
             handle = subprocess.Popen(
                 argv,
                 cwd=request.cwd,
                 env=child_environ(),
-                pass_fds=[f.fd for f in request.inherited],
+                pass_fds=[f.fd for f in request.inherited] + image_fds,
             )
         except OSError as exc:
             raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
@@ -167,12 +187,27 @@ class Backend(ABC):
         return locate(self.dump_binary(), f"backends.{self.name}")
 
     def checkpoint(self, binary: str, request: DumpRequest) -> DumpResult:
-        command = self.dump_command(binary, request)
-        argv = self.as_configured_user(command, request.user, self.dump_capabilities)
+        """Run the checkpointer. As the job's user it gets its image folder as an inherited descriptor
+        (named ``/proc/self/fd/N``): the folders above it are root's 0700, so no process of the user
+        but this checkpointer (which holds capabilities they lack: they can neither trace it nor read
+        its descriptors) ever reaches the image, during the dump or after (docs/SECURITY.md)."""
+        handed: list[int] = []
+        if self.run_as == "job-user":
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            handed.append(os.open(request.image_dir, flags))
+            request = replace(request, image_fd=handed[0])
         try:
-            completed = self.env.runner.run(argv, timeout_s=request.timeout_s, on_start=request.on_start)
-        except (FileNotFoundError, PermissionError) as exc:
-            raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
+            command = self.dump_command(binary, request)
+            argv = self.as_configured_user(command, request.user, self.dump_capabilities)
+            try:
+                completed = self.env.runner.run(
+                    argv, timeout_s=request.timeout_s, on_start=request.on_start, pass_fds=handed
+                )
+            except (FileNotFoundError, PermissionError) as exc:
+                raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
+        finally:
+            for fd in handed:
+                os.close(fd)
         if completed.timed_out:
             raise TimedOut(
                 f"{self.name} did not finish within timeout_s={self.config.timeout_s:g}s: killed it, "

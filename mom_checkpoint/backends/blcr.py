@@ -17,7 +17,7 @@ class BlcrBackend(Backend):
         argv = [binary]
         if request.abort:
             argv += ["--signal", str(ABORT_SIGNAL)]
-        context = request.image_dir / context_name(request.exec_pid)
+        context = request.output_dir / context_name(request.exec_pid)
         return [*argv, "--tree", str(request.exec_pid), "--file", str(context)]
 
     def ends_job_on_abort(self) -> bool:
@@ -27,7 +27,7 @@ class BlcrBackend(Backend):
         return self.config.backends.blcr.cr_restart
 
     def restore_command(self, binary: str, request: RestoreRequest) -> list[str]:
-        return [binary, str(request.image_dir / context_name(request.pids[0]))]
+        return [binary, f"{request.image.restorer_path}/{context_name(request.pids[0])}"]
 
 
 def context_name(pid: int) -> str:

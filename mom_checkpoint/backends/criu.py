@@ -6,6 +6,7 @@ import os
 import re
 import signal
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +51,7 @@ class CriuBackend(Backend):
         argv = [
             binary, "dump",
             "-t", str(request.exec_pid),
-            "-D", str(request.image_dir),
+            "-D", str(request.output_dir),
             "--shell-job",
             "--display-stats",
             "--log-file", DUMP_LOG,
@@ -74,7 +75,7 @@ class CriuBackend(Backend):
             "--shell-job",
             "--restore-detached",
             "--restore-sibling",
-            "--work-dir", str(request.workdir),  # log and stats-restore: never into the image
+            "--work-dir", request.restorer_workdir,  # log and stats-restore: never into the image
             "--log-file", RESTORE_LOG,
             "--leave-stopped",  # nothing runs before the identity gate has seen every task
         ]  # fmt: skip
@@ -89,18 +90,26 @@ class CriuBackend(Backend):
         a child of this process (found among this process's children: no pid file is trusted)."""
         if request.root_session_leader:
             _dies_with_its_parent(request.image, request.pids[0])
-        command = self.restore_command(binary, request)
-        argv = self.as_configured_user(command, request.user, request.image.capabilities or ())
-        image_fds = [request.image.fd] if request.image.fd is not None else []
+        handed = [request.image.fd] if request.image.fd is not None else []
+        workdir_fd = None
+        if self.run_as == "job-user":  # its folder through a descriptor: no user reaches it by path
+            workdir_fd = os.open(request.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            request = replace(request, workdir_fd=workdir_fd)
+            handed.append(workdir_fd)
         try:
+            command = self.restore_command(binary, request)
+            argv = self.as_configured_user(command, request.user, request.image.capabilities or ())
             completed = self.env.runner.run(
                 argv,
                 timeout_s=request.timeout_s,
                 cwd=request.cwd,
-                pass_fds=[f.fd for f in request.inherited] + image_fds,
+                pass_fds=[f.fd for f in request.inherited] + handed,
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
+        finally:
+            if workdir_fd is not None:
+                os.close(workdir_fd)
         children = own_children()
         if completed.timed_out or completed.returncode != 0:
             kill_trees(children)  # whatever a killed or failed restorer left stopped

@@ -14,11 +14,11 @@ class PsncBackend(Backend):
         return self.config.backends.psnc.chkpnt
 
     def dump_command(self, binary: str, request: DumpRequest) -> list[str]:
-        return [binary, "-q", "-p", str(request.exec_pid), "-od", str(request.image_dir)]
+        return [binary, "-q", "-p", str(request.exec_pid), "-od", str(request.output_dir)]
 
     def restore_binary(self) -> str:
         return self.config.backends.psnc.resume
 
     def restore_command(self, binary: str, request: RestoreRequest) -> list[str]:
         cwd = request.cwd or os.getcwd()
-        return [binary, "-drp", "-cwd", cwd, "-od", str(request.image_dir)]
+        return [binary, "-drp", "-cwd", cwd, "-od", request.image.restorer_path]

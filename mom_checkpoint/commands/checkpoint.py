@@ -123,7 +123,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
             ),
         ):
             quota = _Quota.of(spool, config, job, call.job_id, keep)  # before anything is written
-            run_dir = spool.open_run(job.exec_pid, call.job_id, storage_owner)
+            run_dir = spool.open_run(job.exec_pid, call.job_id)
             for stale in spool.clean_stale(call.job_id, key.token, deadline=deadline):
                 log.warning("incoming.stale_removed", path=str(stale))
             number = spool.next_number(call.job_id)

@@ -55,6 +55,7 @@ from mom_checkpoint.verification import (
 )
 
 VAULT_ANSWER_S = 30.0  # how long a restart waits for the vault to list a job's copies
+WORKDIR_CLEANUP_S = 10.0  # the longest a restart spends removing work folders (its own, or ended ones')
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
 ENDING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # before the restored job runs: it never will
 _GENERATION_PATH = re.compile(r"(\d+)\.(.+)/(\d{6,}-\d{8}T\d{6}Z)")
@@ -141,7 +142,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
         _check_pids_free(record)
     manifest = check_layout(generation, allowed_uids=allowed, expected_job=call.job_id, deadline=deadline)
     forwarder = _Forwarder()
-    with forwarder, _workdir(spool, user if config.run_as == "job-user" else None) as work:
+    with forwarder, _workdir(spool, user if config.run_as == "job-user" else None, deadline) as work:
         staged = backend.stage_image(generation, manifest.files, work.root, user)
         pages: InBackground | None = None
         try:
@@ -525,13 +526,16 @@ class _Work:
 
 
 @contextlib.contextmanager
-def _workdir(spool: Spool, user: JobUser | None) -> Iterator[_Work]:
+def _workdir(spool: Spool, user: JobUser | None, deadline: float) -> Iterator[_Work]:
     """Where the restorer writes its log (and CRIU its stats): under the spool when root (a restart
     killed with -9 leaves it there for the next one to clean), a private temporary folder otherwise.
-    Root's folder, with the restorer's own subfolder the job user's when the restorer runs as them:
-    nothing in it is ever authority for root (no pid file is read; logs are read through safefs)."""
-    if os.geteuid() == 0:
-        path = spool.restart_workdir()
+    Root's 0700 folder, with the restorer's own subfolder the job user's when the restorer runs as
+    them, which their restorer is handed as a descriptor: no process of the user reaches any of it
+    by path, so nobody can fill it for the next restart to clear, or add to the restorer's log. Even
+    so, nothing in it is ever authority for root (no pid file is read; logs are read through safefs),
+    and every removal has a deadline."""
+    if os.geteuid() == 0:  # ended restarts' leftovers: removed within WORKDIR_CLEANUP_S at most
+        path = spool.restart_workdir(deadline=min(deadline, time.monotonic() + WORKDIR_CLEANUP_S))
     else:  # a user's own restart (tests, or an unprivileged mode): not pbs_mom's, which runs as root
         import tempfile
 
@@ -543,7 +547,7 @@ def _workdir(spool: Spool, user: JobUser | None) -> Iterator[_Work]:
             os.chown(restorer, user.uid, user.gid)
         yield _Work(path, restorer)
     finally:
-        remove_tree(path)
+        remove_tree(path, deadline=time.monotonic() + WORKDIR_CLEANUP_S)
 
 
 @contextlib.contextmanager

@@ -159,7 +159,7 @@ def test_a_restart_killed_with_9_leaves_its_work_folder_for_the_next_to_remove(s
         return restart, workdir
 
     first, first_dir = restart_and_wait()
-    assert stat.S_IMODE(restarts.stat().st_mode) == 0o711 and stat.S_IMODE(first_dir.stat().st_mode) == 0o711
+    assert stat.S_IMODE(restarts.stat().st_mode) == 0o700 and stat.S_IMODE(first_dir.stat().st_mode) == 0o700
     restorer = (first_dir / "restorer").stat()  # where the restorer writes: private to it
     assert (restorer.st_uid, stat.S_IMODE(restorer.st_mode)) == (0, 0o700)
     kill_session(first.pid)  # pbs_mom's qdel of an unresponsive job: SIGKILL, no clean-up

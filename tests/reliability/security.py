@@ -21,7 +21,17 @@ from pathlib import Path
 
 import psutil
 
-from tests.helpers import Job, Site, User, call_direct, call_hook, crash, installed, start_restart
+from tests.helpers import (
+    Job,
+    Site,
+    User,
+    call_direct,
+    call_hook,
+    crash,
+    installed,
+    start_restart,
+    verify_generation,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SUDOERS = Path("/etc/sudoers.d/mom-checkpoint-security-test")
@@ -130,6 +140,16 @@ for _ in range(int(sys.argv[2])):
 """
 
 
+DEEP_CHKPNT = """#!/usr/bin/python3
+import os, subprocess, sys
+status = subprocess.call(["{standin}", *sys.argv[1:]], close_fds=False)
+if status == 0:
+    sys.argv[1:] = [sys.argv[sys.argv.index("-od") + 1], "{depth}"]
+    exec({tree!r})
+sys.exit(status)
+"""
+
+
 def _psnc(site: Site, **keys: object) -> None:
     site.configure(
         backend="psnc",
@@ -142,17 +162,34 @@ def _psnc(site: Site, **keys: object) -> None:
 
 
 def deep_trees(site: Site, rng: random.Random) -> list[str]:
-    """A user's folder tree thousands of levels deep, left where root cleans up or measures: in a
-    killed restart's work folder, in their own image (job-user mode) and in a stale incoming folder.
-    None of it may break a restart, list, prune, metrics or the next checkpoint, for anyone."""
+    """A user's folder tree thousands of levels deep, left where root cleans up or measures: grown by
+    their own checkpointer in its image during the dump (job-user mode; after the dump nothing of
+    the image is theirs to reach) and in a killed restart's work folder (an older version's, whose
+    restorer folder was the user's). None of it may break a restart, list, prune, metrics or the
+    next checkpoint, for anyone."""
     depth = rng.randrange(1500, 4000)
     metrics = site.base / "metrics.prom"
     _psnc(site, metrics_file=str(metrics), **{"backends.psnc.run_as": "job-user"})
+    # the user's own checkpointer (job-user mode) grows the tree in its image folder during the dump:
+    # after the dump no path of the user's reaches the image (issue 25 #2)
+    growing = site.base / "bin" / "chkpnt-deep"
+    growing.write_text(DEEP_CHKPNT.format(standin=site.standin("chkpnt"), tree=DEEP_TREE, depth=depth))
+    growing.chmod(0o755)
+    site.configure(
+        backend="psnc",
+        metrics_file=str(metrics),
+        **{"backends.psnc.chkpnt": str(growing), "backends.psnc.run_as": "job-user"},
+        **{"backends.psnc.resume": str(site.standin("resume"))},
+    )
     job = site.start_job("3001.head")
+    grown = call_hook(site.torque_args(job), site.config)
+    assert grown.returncode == 77 and "folders deep" in grown.stderr, (grown.returncode, grown.stderr)
+    assert not site.generations("3001.head") and not site.incoming(), "the deep image was kept"
+    checks = [f"a tree {depth} folders deep grown in the image during the dump: refused (77), removed"]
+    _psnc(site, metrics_file=str(metrics), **{"backends.psnc.run_as": "job-user"})
     args = site.torque_args(job)
     assert call_hook(args, site.config).returncode == 0
     [generation] = site.generations("3001.head")
-    as_user(site, DEEP_TREE, str(generation / "image"), str(depth))
 
     # the work folder of a restart that pbs_mom killed with -9: its criu/ folder was the user's
     (site.spool / ".restarts").mkdir(mode=0o711)
@@ -164,7 +201,7 @@ def deep_trees(site: Site, rng: random.Random) -> list[str]:
 
     listing = call_direct(["list"], site.config)
     assert listing.returncode == 0, f"list: {listing.returncode} {listing.stderr}"
-    checks = [f"a tree {depth} folders deep in the user's own image: list still works (0)"]
+    checks.append("list works (0)")
 
     other = site.start_job("3002.head", app_env={"COUNTER_LIMIT": "30"})
     assert call_hook(site.torque_args(other), site.config).returncode == 0, "another job's checkpoint failed"
@@ -173,9 +210,9 @@ def deep_trees(site: Site, rng: random.Random) -> list[str]:
     checks.append("another job's checkpoint with metrics_file set (the spool's size is measured): 0")
 
     second = call_hook(site.torque_args(job, depth="1"), site.config)
-    assert second.returncode == 0, f"the next checkpoint (DEPTH 1 prunes the deep one): {second.stderr}"
-    assert not generation.exists(), "the generation with the deep tree was not pruned"
-    checks.append("the job's next checkpoint prunes the generation holding the deep tree (0)")
+    assert second.returncode == 0, f"the next checkpoint (DEPTH 1 prunes the first): {second.stderr}"
+    assert not generation.exists(), "the first generation was not pruned"
+    checks.append("the job's next checkpoint prunes its first generation (0)")
 
     crash(other)
     restart = call_direct(["--job", "3002.head"], site.config, program="mom-restart")
@@ -290,11 +327,12 @@ def restart_signals(site: Site, rng: random.Random) -> list[str]:
             work = found[0] if found else None
             time.sleep(0.05)
         st = work.stat()
-        assert (st.st_uid, st.st_mode & 0o777) == (0, 0o711), f"the work folder is uid {st.st_uid}'s"
+        assert (st.st_uid, st.st_mode & 0o777) == (0, 0o700), f"the work folder is uid {st.st_uid}'s"
         restorer = work / "restorer"
         for folder in (restorer, work):
-            as_user(site, "import sys; open(sys.argv[1] + '/restored.pid', 'w').write(sys.argv[2])",
-                    str(folder), str(victim.pid), check=False)  # fmt: skip
+            planted = as_user(site, "import sys; open(sys.argv[1] + '/restored.pid', 'w').write(sys.argv[2])",
+                              str(folder), str(victim.pid), check=False)  # fmt: skip
+            assert planted.returncode != 0, f"the user wrote into {folder}"
         os.kill(restart.pid, signal.SIGTERM)  # pbs_mom's qdel, or sudo relaying the user's signal
         status = restart.wait(timeout=60)
         assert victim.poll() is None, "mom-restart signalled the root process the user named"
@@ -303,7 +341,7 @@ def restart_signals(site: Site, rng: random.Random) -> list[str]:
         victim.kill()
         victim.wait()
     return [
-        "mom-restart's work folder is root's (0711); only the restorer's own folder is the user's",
+        "mom-restart's work folder is root's (0700): the user reaches neither it nor the restorer's folder",
         "a restored.pid naming a root process, planted by the user: ignored; SIGTERM reaches the job only",
     ]
 
@@ -546,7 +584,87 @@ def same_job_id(site: Site, rng: random.Random) -> list[str]:
     return checks
 
 
-NEEDS_CRIU: set[Scenario] = {forged_manifest, own_surface, restart_signals, forged_credentials, hostile_dumps}
+REACH = """
+import errno, json, os, sys
+# what the job's user tries on their own generation (its path: from the pointer they hold) and on
+# the job's run folder: each try says what it got
+generation, run = sys.argv[1], sys.argv[2]
+create = os.O_WRONLY | os.O_CREAT
+tries = {
+    "create a file in the image": lambda: os.open(generation + "/image/extra", create, 0o600),
+    "open a pages file for writing": lambda: os.open(generation + "/image/pages-1.img", os.O_WRONLY),
+    "open the image folder": lambda: os.open(generation + "/image", os.O_RDONLY | os.O_DIRECTORY),
+    "list the job's run folder": lambda: os.listdir(run),
+    "create a folder in the generation": lambda: os.mkdir(generation + "/more"),
+}
+result = {}
+for name, attempt in tries.items():
+    try:
+        attempt()
+        result[name] = "done"
+    except OSError as exc:
+        result[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+print(json.dumps(result))
+"""
+
+
+def reach_own_generation(site: Site, rng: random.Random) -> list[str]:
+    """Issue 25 #2: in job-user mode the run and generation folders were 0711 and the image folder
+    the user's, so after the dump the user went on writing into their own generation by the path
+    the pointer names (190 MiB past user_quota_gib, a full spool for the next user). Now the run
+    folder is root's 0700 in both modes and the job user's CRIU gets its image folder as a
+    descriptor: nothing of the spool is reachable by the user's path, during the dump or after.
+    A run folder an older version left 0711 is closed by the next checkpoint; the job still
+    restores in job-user mode (its restorer's folder handed over the same way)."""
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    job = site.start_job("3801.head", app_env={"COUNTER_LIMIT": "2000"})
+    args = site.torque_args(job)
+    assert call_hook(args, site.config).returncode == 0
+    [generation] = site.generations("3801.head")
+    run = generation.parent
+    named = json.loads((Path(str(args[4])) / str(args[5])).read_text())["generation"]
+    assert named == str(generation)
+    if rng.random() < 0.5:  # an older version's run folder, and its generation, left open to pass
+        run.chmod(0o711)
+        generation.chmod(0o711)
+        assert call_hook(site.torque_args(job), site.config).returncode == 0
+        assert run.stat().st_mode & 0o777 == 0o700, "the next checkpoint left the old run folder open"
+    before = {p: p.stat().st_size for g in site.generations("3801.head") for p in (g / "image").iterdir()}
+    for target in site.generations("3801.head"):
+        tried = json.loads(as_user(site, REACH, str(target), str(run)).stdout)
+        assert set(tried.values()) == {"EACCES"}, tried
+    after = {p: p.stat().st_size for g in site.generations("3801.head") for p in (g / "image").iterdir()}
+    assert after == before, "the image changed after the dump"
+    for g in site.generations("3801.head"):
+        verify_generation(g)
+    job_args = site.torque_args(job, signal_number=15)
+    assert call_hook(job_args, site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    counted = job.count()
+    restart = start_restart(restart_args(job, job_args), site.config)
+    try:
+        assert job.wait_count(counted + 3, timeout=60) > counted, "the job did not come back"
+    finally:
+        os.kill(restart.pid, signal.SIGTERM)
+        restart.wait(timeout=60)
+    return [
+        "after the dump, the user can neither create nor open for writing anything in their own "
+        "generation, open its image folder, nor list the run folder (EACCES each): the images are "
+        "unchanged and verify",
+        "a run folder left 0711 by an older version is 0700 after the next checkpoint",
+        "the job still checkpoints and restores in job-user mode",
+    ]
+
+
+NEEDS_CRIU: set[Scenario] = {
+    reach_own_generation,
+    forged_manifest,
+    own_surface,
+    restart_signals,
+    forged_credentials,
+    hostile_dumps,
+}
 
 SECURITY: dict[str, tuple[Scenario, int]] = {
     # name: (scenario, runs by `make reliability`)
@@ -560,6 +678,10 @@ SECURITY: dict[str, tuple[Scenario, int]] = {
     "credentials forged in the image's core files during the dump (real CRIU)": (forged_credentials, 5),
     "depth=999999, one user's images filling the spool": (spool_share, 3),
     "the same job id from TORQUE and OpenPBS, two owners, one spool": (same_job_id, 3),
+    "job-user mode: the user writes into their own generation after the dump (real CRIU)": (
+        reach_own_generation,
+        4,
+    ),
     "a FIFO, a link to a root-only file, a sparse giant, a link to /etc in the image (real CRIU)": (
         hostile_dumps,
         8,

@@ -54,9 +54,16 @@ def open_checkpoint_dir(
     key: str = TORQUE_ROOTS,
     *,
     owner: tuple[int, int] | None = None,
+    reader: int | None = None,
     log: Any = None,
 ) -> int:
     """A directory fd for CHECKPOINT_DIR after checking it lies strictly inside an allowed root.
+
+    Every folder below the root must be root's or the job's owner's (``owner`` for a checkpoint,
+    ``reader`` the uid of a restart's stated owner): a job's ``qsub -c dir=`` may name another
+    user's folder inside the roots, and that user would then hold the job's pointer, and choose what
+    its restart reads (issue 25 #9). A checkpoint refuses such a folder (77); a restart takes it for
+    a missing pointer (NoSuchProcess: it falls back to the spool).
 
     ``owner`` (the job's uid and gid) is for a checkpoint under TORQUE: where the folder holding
     CHECKPOINT_DIR is shared (root's, sticky, writable by others), whatever another user put at its
@@ -70,7 +77,10 @@ def open_checkpoint_dir(
         root_clean = os.path.normpath(root)
         if clean.startswith(root_clean.rstrip("/") + "/"):
             relative = clean[len(root_clean) :].strip("/")
-            return _walk(root_clean, relative, path, shared=key == TORQUE_ROOTS, owner=owner, log=log)
+            uid = owner[0] if owner is not None else reader
+            return _walk(
+                root_clean, relative, path, shared=key == TORQUE_ROOTS, owner=owner, log=log, uid=uid
+            )
     raise Refused(
         f"CHECKPOINT_DIR {path} is outside the allowed roots ({', '.join(roots)}): refusing. Users: "
         f"submit without -c dir=, or with a folder inside them; administrators: add the folder to {key}"
@@ -78,7 +88,14 @@ def open_checkpoint_dir(
 
 
 def _walk(
-    root: str, relative: str, shown: str, *, shared: bool, owner: tuple[int, int] | None, log: Any
+    root: str,
+    relative: str,
+    shown: str,
+    *,
+    shared: bool,
+    owner: tuple[int, int] | None,
+    log: Any,
+    uid: int | None,
 ) -> int:
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -88,9 +105,10 @@ def _walk(
     for i, part in enumerate(parts):
         if shared and i == len(parts) - 1 and _everyones(fd):
             try:
-                return _open_in_shared(fd, part, shown, owner, log)
+                found = _open_in_shared(fd, part, shown, owner, log)
             finally:
                 os.close(fd)
+            return _whose(found, part, shown, uid, writing=owner is not None)
         try:
             next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         except OSError as exc:
@@ -101,8 +119,24 @@ def _walk(
                 ) from None
             raise NoSuchProcess(f"CHECKPOINT_DIR {shown} does not exist ({exc.strerror})") from None
         os.close(fd)
-        fd = next_fd
+        fd = _whose(next_fd, part, shown, uid, writing=owner is not None)
     return fd
+
+
+def _whose(fd: int, part: str, shown: str, uid: int | None, *, writing: bool) -> int:
+    """``fd`` if its folder is root's or ``uid``'s (or no owner is known); closed and refused else."""
+    if uid is None:
+        return fd
+    holder = os.fstat(fd).st_uid
+    if holder in (0, uid):
+        return fd
+    os.close(fd)
+    if writing:
+        raise Refused(
+            f"CHECKPOINT_DIR {shown}: {part!r} is another user's folder (uid {holder}): refusing to "
+            f"put the job's pointer there (qsub -c dir= must name a folder of the job's owner)"
+        )
+    raise NoSuchProcess(f"CHECKPOINT_DIR {shown}: {part!r} is another user's folder (uid {holder})")
 
 
 def _everyones(fd: int) -> bool:

@@ -34,9 +34,11 @@ MANIFEST = "manifest.json"
 CHECKPOINTER_RECORD = "checkpointer.json"
 KEY_FILE = "key"  # in an incoming folder: the job key (jobkey.py) of the run that writes it
 RESTARTS = ".restarts"  # mom-restart's work folders: <host>.<pid>.<start time>
-RESTORER_DIR = "restorer"
-LOGS = ".logs"  # logs of failed restores, root's: <job id>.<UTC time>.<kind>.log, the newest KEPT_LOGS
-KEPT_LOGS = 50  # in a work folder: where the restorer writes (the job user's in job-user mode)
+RESTORER_DIR = (
+    "restorer"  # in a restart's work folder: where the restorer writes (the job user's in job-user mode)
+)
+LOGS = ".logs"  # logs of failed restores, root's: <uid>.<job id>.<UTC time>.<pid>.<kind>.log
+KEPT_LOGS = 50  # kept per owner in LOGS
 IMAGE = "image"
 KEPT = "kept"  # in a generation: copies of files the job held (root's)
 GENERATION_NAME = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
@@ -254,18 +256,24 @@ class Spool:
             raise storage_error(exc, f"cannot create a work folder in {parent}") from None
         return path
 
-    def keep_log(self, job_id: str, kind: str, text: str) -> Path:
+    def keep_log(self, job_id: str, kind: str, text: str, uid: int) -> Path:
         """Keep a checkpointer's log (the part root read of it) as root's file in the spool, for a
-        person to read after the work folder it was in is gone; only the newest KEPT_LOGS stay."""
+        person to read after the work folder it was in is gone. The newest KEPT_LOGS **of the job's
+        owner** stay (``<uid>.<job id>.<time>.<pid>.<kind>.log``): one user's failed restores never
+        evict another's logs (issue 25 #9). Logs an older version kept (no uid in the name) are left for
+        the administrator: no new ones are made."""
         folder = self.root / LOGS
         folder.mkdir(mode=0o700, exist_ok=True)
         check_private_dir(folder, 0o700)
-        path = folder / f"{job_id}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.{os.getpid()}.{kind}.log"
+        when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = folder / f"{uid}.{job_id}.{when}.{os.getpid()}.{kind}.log"
         write_private(path, text)
-        kept = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
+        with os.scandir(folder) as listing:
+            kept = [entry for entry in listing if entry.name.startswith(f"{uid}.")]
+        kept.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime)
         for old in kept[: max(0, len(kept) - KEPT_LOGS)]:
             with contextlib.suppress(OSError):
-                old.unlink()
+                os.unlink(old.path)
         return path
 
     def begin(self, run_dir: Path, owner: Owner, key: str) -> Incoming:

@@ -232,7 +232,7 @@ def _keep_restore_log(
     kept = None
     if text and os.geteuid() == 0:
         try:
-            kept = str(spool.keep_log(job_id, "restore", text))
+            kept = str(spool.keep_log(job_id, "restore", text, request.user.uid))
         except (OSError, Error):
             kept = None
     log.error("restart.restore_failed", error=exc.message, log=kept)
@@ -453,7 +453,10 @@ def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Any)
     """
     assert call.checkpoint_dir is not None and call.checkpoint_name is not None
     try:
-        dir_fd = open_checkpoint_dir(call.checkpoint_dir, *config.checkpoint_roots(call.convention))
+        reader = identity.of_name(call.euser).uid if call.euser is not None else None
+        dir_fd = open_checkpoint_dir(
+            call.checkpoint_dir, *config.checkpoint_roots(call.convention), reader=reader
+        )
     except NoSuchProcess as exc:
         log.warning("restart.pointer_missing", error=exc.message)
         return None

@@ -248,3 +248,55 @@ def test_a_restart_does_not_follow_a_link_planted_after_the_checkpoint(shared: S
     assert "symlink" in str(missing["error"]) and f"uid {them.pw_uid}" in str(missing["error"]), missing
     assert any(e["event"] == "restart.newest" for e in site.log_events())
     assert ckdir.is_symlink() and list(decoy.iterdir()) == []
+
+
+def test_a_dir_naming_another_users_folder_gets_no_pointer_and_steers_no_restart(shared: Site) -> None:
+    """Issue 25 #9: `qsub -c dir=` may name another user's folder inside the roots (here one of the
+    other user's own in the 1777 root). Root wrote the job's pointer there, and that user then chose
+    what the job's restart read. A checkpoint into it is refused (77) with nothing written there; a
+    restart whose CHECKPOINT_DIR is in it reads no pointer there and takes the spool's newest."""
+    site = shared
+    them = attacker()
+    theirs = site.torque_root / "their-private"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, them.pw_uid, them.pw_gid)
+    ckdir = theirs / "7301.head.CK"
+    ckdir.mkdir(mode=0o755)  # pbs_mom (root) makes <dir>/<job>.CK for the job wherever dir= says
+    os.chown(ckdir, site.user.uid, site.user.gid)
+    job = site.start_job("7301.head")
+    refused = call_hook(torque_args(site, job, theirs / "7301.head.CK"), site.config)
+    assert refused.returncode == 77 and "another user's folder" in refused.stderr, refused.stderr
+    assert list(ckdir.iterdir()) == [] and not site.generations("7301.head")
+
+    own = site.checkpoint_dir("7301.head")  # the job's first good checkpoint, in its own folder
+    args = torque_args(site, job, own, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    [generation] = site.generations("7301.head")
+    # the other user plants a pointer of their choosing in their folder, and the restart is told
+    # to read it there (as pbs_mom would after a dir= naming it)
+    pointer = json.loads((own / str(args[5])).read_text()) | {"generation": "/nonexistent"}
+    as_attacker(  # their folder: they may replace the job's .CK in it by one of their own
+        "import os, sys; os.rename(sys.argv[1], sys.argv[1] + '.old'); os.mkdir(sys.argv[1]);"
+        "open(os.path.join(sys.argv[1], sys.argv[2]), 'w').write(sys.argv[3])",
+        ckdir,
+        args[5],
+        json.dumps(pointer),
+    )
+    restart = start_restart(
+        [job.session_id, job.job_id, job.user.name, group_name(job.user.gid), ckdir, args[5]], site.config
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(e["event"] == "restart.running" for e in site.log_events()):
+            assert time.monotonic() < deadline and restart.poll() is None, restart.stderr
+            time.sleep(0.1)
+    finally:
+        restart.terminate()
+        restart.wait(timeout=60)
+    events = site.log_events()
+    missing = [e for e in events if e["event"] == "restart.pointer_missing"]
+    assert missing and "another user's folder" in str(missing[-1]["error"])
+    started = [e for e in events if e["event"] == "restart.start"]
+    assert started[-1]["path"] == str(generation)

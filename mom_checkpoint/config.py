@@ -21,13 +21,14 @@ DEFAULT_PATH = "/etc/mom-checkpoint/config.toml"
 ENV_VAR = "MOM_CHECKPOINT_CONFIG"
 
 RunAs = Literal["root", "job-user"]
+RunAsSetting = Literal["root", "job-user", "auto"]  # "auto": job-user mode where the node supports it
 TickJobs = Literal["this-node", "all"]
 
 
 @dataclass(frozen=True)
 class CriuConfig:
     binary: str = "criu"
-    run_as: RunAs = "root"
+    run_as: RunAsSetting = "auto"
     ghost_limit: int = 1024 * 1024  # bytes; CRIU's --ghost-limit (deleted-but-open files)
     extra_args: list[str] = field(default_factory=list)  # e.g. ["--file-locks", "--tcp-established"]
 
@@ -82,6 +83,8 @@ class Config:
     vault_dir: str = ""  # empty: no vault
     vault_keep: int = 0  # complete generations of a job kept in the vault; 0: as many as keep
     vault_bandwidth_mib_s: float = 0.0  # the copier's average rate, MiB/s; 0: no limit
+    # the most one user's copies may hold in the (shared) vault, GiB; 0: a quarter of its file system
+    vault_quota_gib: float = 0.0
     backends: BackendsConfig = field(default_factory=BackendsConfig)
     source: str = field(default="(defaults)", compare=False)
 
@@ -93,7 +96,12 @@ class Config:
 
     @property
     def run_as(self) -> RunAs:
+        """The mode the backend runs in here: ``auto`` resolved for this node (modes.py)."""
         backend_config: CriuConfig | PsncConfig | BlcrConfig = getattr(self.backends, self.backend)
+        if backend_config.run_as == "auto":
+            from mom_checkpoint.modes import this_node
+
+            return this_node().preferred
         return backend_config.run_as
 
 
@@ -231,6 +239,10 @@ def _check_vault_values(config: Config) -> list[tuple[str, str]]:
             )
     if config.vault_keep < 0:
         problems.append(("vault_keep", f"must be 0 (as keep) or more, got {config.vault_keep}"))
+    if not (math.isfinite(config.vault_quota_gib) and config.vault_quota_gib >= 0):
+        problems.append(
+            ("vault_quota_gib", f"must be 0 (a quarter of the vault) or more, got {config.vault_quota_gib:g}")
+        )
     if not (math.isfinite(config.vault_bandwidth_mib_s) and config.vault_bandwidth_mib_s >= 0):
         problems.append(
             ("vault_bandwidth_mib_s", f"must be 0 (no limit) or more, got {config.vault_bandwidth_mib_s:g}")

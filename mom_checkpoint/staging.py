@@ -60,13 +60,20 @@ class StagedImage:
 
 
 def stage(
-    generation: Path, files: Sequence[ImageFile], work: Path, linked: re.Pattern[str], *, link: bool = True
+    generation: Path,
+    files: Sequence[ImageFile],
+    work: Path,
+    linked: re.Pattern[str],
+    *,
+    link: bool = True,
+    reader: int = 0,
 ) -> StagedImage:
     """Copy the generation's image files named in ``files`` (the manifest root wrote) into
     ``work``/pinned/image: files whose names match ``linked`` are hard links to the originals (with
     ``link=False``: root's copies, streamed, for a restorer that becomes the job and keeps its
     descriptor of the folder), the others root's own copies (kept in memory too, for the backend to
-    inspect)."""
+    inspect). A file the restorer (uid ``reader``) could not read through a link (a generation made
+    in root mode, restored in job-user mode: root's 0600 pages) is streamed into a copy instead."""
     base = work / PINNED
     try:
         base.mkdir(mode=0o700)
@@ -89,7 +96,9 @@ def stage(
                     )
                 if not linked.fullmatch(name):
                     staged.contents[name] = _copy(fd, entry.size, name, target)
-                elif not link or not _link(fd, name, target):  # the job's memory, on another file system (or
+                elif not (link and _readable(st, reader)) or not _link(
+                    fd, name, target
+                ):  # the job's memory, on another file system (or
                     _stream(fd, entry.size, name, target)  # at the link limit): copied, never held
             finally:
                 os.close(fd)
@@ -109,6 +118,11 @@ def _plain_name(path: str) -> str:
     if not name or "/" in name or name in (".", ".."):
         raise VerificationFailed(f"the manifest names {path!r}, not a file of the image folder")
     return name
+
+
+def _readable(st: os.stat_result, reader: int) -> bool:
+    """Whether a restorer running as ``reader`` may read the file through a hard link of it."""
+    return reader in (0, st.st_uid) or bool(st.st_mode & 0o004)
 
 
 def _link(fd: int, name: str, target: int) -> bool:

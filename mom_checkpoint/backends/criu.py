@@ -140,7 +140,8 @@ class CriuBackend(Backend):
         CRIU runs (criu_images)."""
         from mom_checkpoint import staging
 
-        staged = staging.stage(generation, files, work, self.pages)
+        reader = user.uid if self.run_as == "job-user" else 0
+        staged = staging.stage(generation, files, work, self.pages, reader=reader)
         try:
             cores = _cores(staged)
             problems = [

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import math
 import os
-import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,11 +17,10 @@ from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import CheckpointerMissing, ConfigError
 from mom_checkpoint.log import open_log_file
+from mom_checkpoint.modes import this_node
 
 DEFAULT_MOM_CONFIG = "/var/spool/torque/mom_priv/config"
 OPENPBS_MOM_CONFIG = "/var/spool/pbs/mom_priv/config"
-CAP_SYS_RESOURCE = 24
-CAP_CHECKPOINT_RESTORE = 40
 MIN_FREE_BYTES = 256 * 1024 * 1024
 # what mom_priv/config must say, and which of our programs it must name
 MOM_LINES = {
@@ -123,38 +121,28 @@ def _backend(config: Config, env: Environment) -> list[Check]:
 
 
 def _privileges(config: Config) -> list[Check]:
-    """Which run_as modes this node supports, and whether the configured one is among them."""
-    effective = _capabilities("CapEff")
-    bounding = _capabilities("CapBnd")
-    kernel = tuple(int(p) for p in re.findall(r"\d+", os.uname().release)[:2])
-    root_ok = os.geteuid() == 0 and bool(effective & (1 << CAP_SYS_RESOURCE))
-    user_ok = kernel >= (5, 9) and bool(bounding & (1 << CAP_CHECKPOINT_RESTORE))
-    try:
-        locate("setpriv", "setpriv")
-    except CheckpointerMissing:
-        user_ok = False
-    modes = f"root mode {'yes' if root_ok else 'no'}, job-user mode {'yes' if user_ok else 'no'}"
-    if config.run_as == "root":
+    """Which run_as modes this node supports, whether the configured one is among them, and what
+    root mode leaves open where the safer one would work."""
+    node = this_node()
+    setting = getattr(config.backends, config.backend).run_as
+    mode = config.run_as
+    name = f"run_as = {setting}" + (f" ({mode} here)" if setting == "auto" else "")
+    if mode == "root":
         no_root = "root lacks CAP_SYS_RESOURCE here and cannot dump other users' jobs"
-        fix = "" if root_ok else f'{no_root}: set run_as = "job-user"'
-        return [Check("run_as = root", root_ok, modes, fix)]
+        fix = "" if node.root else f'{no_root}: set run_as = "job-user"'
+        detail = node.describe()
+        if node.job_user and config.backend == "criu":
+            detail += (
+                "; in root mode root's CRIU recreates a job's deleted files and binds its sockets by "
+                'their paths while it restores (docs/SECURITY.md): run_as = "auto" takes job-user here'
+            )
+        return [Check(name, node.root, detail, fix)]
     fix = (
         ""
-        if user_ok
+        if node.job_user
         else 'needs kernel >= 5.9, CAP_CHECKPOINT_RESTORE and setpriv (util-linux): set run_as = "root"'
     )
-    return [Check("run_as = job-user", user_ok, modes, fix)]
-
-
-def _capabilities(field: str) -> int:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
+    return [Check(name, node.job_user, node.describe(), fix)]
 
 
 def _spool(config: Config) -> Check:

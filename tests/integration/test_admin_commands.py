@@ -225,6 +225,18 @@ def test_doctor_passes_on_a_set_up_node_and_says_how_to_fix_the_rest(site: Site,
         "$restart_script",
     }
 
+    # CRIU's default, run_as = "auto", takes job-user mode where the node supports it (as here); root
+    # mode says what it leaves open where the safer mode would work (issue 25 #1)
+    site.configure(**torque_clients(site))
+    checks = data(admin(site, "doctor", "--mom-config", str(mom_config), "--json"), "doctor")
+    [mode] = [c for c in checks if c["name"].startswith("run_as")]
+    assert mode["name"] == "run_as = auto (job-user here)" and mode["ok"], mode
+    site.configure(**{"backends.criu.run_as": "root"}, **torque_clients(site))
+    checks = data(admin(site, "doctor", "--mom-config", str(mom_config), "--json"), "doctor")
+    [mode] = [c for c in checks if c["name"].startswith("run_as")]
+    assert mode["name"] == "run_as = root" and "by their paths" in mode["detail"], mode
+    site.configure(**{"backends.criu.run_as": "job-user"}, **torque_clients(site))
+
     mom_config.write_text(f"$checkpoint_script {programs}/mom-checkpoint\n")
     site.spool.chmod(0o755)
     bad = admin(site, "doctor", "--mom-config", str(mom_config))

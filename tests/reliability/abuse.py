@@ -291,7 +291,7 @@ def private_modes(site: Site, rng: random.Random) -> list[str]:
     args = site.torque_args(job)
     for _ in range(2):
         assert call_hook(args, site.config).returncode == 0
-    site.configure()  # root mode, on a job of root's (root here cannot dump other users' processes)
+    site.configure(**{"backends.criu.run_as": "root"})  # root mode, on a job of root's
     roots_job = site.start_job("2008.head", user=root)
     assert call_hook(site.torque_args(roots_job), site.config).returncode == 0
 

@@ -48,3 +48,34 @@ def test_page_files_are_linked_or_streamed_never_held(
             assert (os.stat(copy).st_uid, os.stat(copy).st_mode & 0o777) == (os.geteuid(), 0o644)
     finally:
         staged.close()
+
+
+@pytest.mark.parametrize(
+    ("owner", "mode", "linked"),
+    [
+        (0, 0o600, False),  # root mode's page file, restored as the job's user: a copy they can read
+        (0, 0o644, True),  # a vault copy for a job-user restore: root's, readable
+        (2001, 0o600, True),  # the job user's own (job-user mode)
+    ],
+)
+def test_a_page_file_the_restorer_cannot_read_is_copied(
+    tmp_path: Path, owner: int, mode: int, linked: bool
+) -> None:
+    """run_as = "auto" restores a generation made in root mode (root's 0600 pages) with the job user's
+    CRIU: a link to a file it cannot read would fail the restore, so that one is streamed into root's
+    0644 copy, never made readable in the generation itself."""
+    generation, files, data = _generation(tmp_path)
+    pages = generation / "image" / "pages-1.img"
+    os.chown(pages, owner, owner)
+    pages.chmod(mode)
+    (tmp_path / "work").mkdir()
+    staged = staging.stage(generation, files, tmp_path / "work", PAGES, reader=2001)
+    try:
+        copy = staged.image_dir / "pages-1.img"
+        assert copy.read_bytes() == data["pages-1.img"]
+        assert (os.stat(copy).st_ino == os.stat(pages).st_ino) == linked
+        assert os.stat(pages).st_mode & 0o777 == mode  # the generation's file is left as it was
+        if not linked:
+            assert (os.stat(copy).st_uid, os.stat(copy).st_mode & 0o777) == (0, 0o644)
+    finally:
+        staged.close()

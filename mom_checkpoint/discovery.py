@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -263,6 +264,76 @@ def open_files(pid: int) -> list[OpenFile]:
         flags, pos = _fdinfo(pid, name)
         result.append(OpenFile(fd=int(name), target=target, kind=_kind(target), flags=flags, pos=pos))
     return result
+
+
+DELETED = " (deleted)"  # what the kernel appends to the path of a file that has no name left
+SHARED_MEMORY = ("/memfd:", "/dev/zero", "/SYSV")  # memfds and shared anonymous memory (shmem inodes)
+
+
+@dataclass(frozen=True)
+class Unlinked:
+    """A file of the job's that has no name left (no link at all), which CRIU writes into the image:
+    a regular file held open or mapped (CRIU's ghost file: its bytes, up to --ghost-limit), or
+    shared memory (a memfd, a shared anonymous mapping: its pages)."""
+
+    dev: int
+    ino: int
+    size: int  # st_size: what a ghost file of it holds
+    allocated: int  # st_blocks * 512: the pages shared memory holds
+    shared_memory: bool
+
+
+def unlinked_files(tree: Sequence[ProcessRecord]) -> list[Unlinked]:
+    """Every file without a name that the job's processes hold or map, each once (by device and
+    inode: CRIU dumps one ghost file per inode, however many descriptors or mappings share it).
+    Only descriptors and mappings whose path the kernel marks deleted are looked at, each with one
+    ``stat`` of its ``/proc`` link, as root: the inode the process holds, never a path of the user's
+    looked up, nothing opened. A file that still has a link (a name elsewhere) is not counted: CRIU
+    only links it again, it copies no byte of it."""
+    found: dict[tuple[int, int], Unlinked] = {}
+    for process in tree:
+        links = [
+            (f"/proc/{process.pid}/fd/{f.fd}", f.target) for f in process.fds if f.target.endswith(DELETED)
+        ]
+        links += _deleted_mappings(process.pid)
+        for link, target in links:
+            try:
+                st = os.stat(link)
+            except OSError:
+                continue  # closed or unmapped meanwhile
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 0:
+                continue
+            found.setdefault(
+                (st.st_dev, st.st_ino),
+                Unlinked(
+                    st.st_dev, st.st_ino, st.st_size, st.st_blocks * 512, target.startswith(SHARED_MEMORY)
+                ),
+            )
+    return list(found.values())
+
+
+def _deleted_mappings(pid: int) -> list[tuple[str, str]]:
+    """The process's mappings of files marked deleted, one per file (``/proc/PID/map_files`` link,
+    path); nothing when /proc/PID/maps holds none (the common case: one read, no parsing)."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return []
+    if DELETED.encode() not in data:
+        return []
+    found: dict[bytes, tuple[str, str]] = {}
+    for line in data.splitlines():
+        if not line.endswith(DELETED.encode()):
+            continue
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6:
+            continue
+        found.setdefault(
+            fields[3] + b" " + fields[4],  # device and inode: one stat per file
+            (f"/proc/{pid}/map_files/{fields[0].decode()}", fields[5].decode(errors="replace")),
+        )
+    return list(found.values())
 
 
 def _fdinfo(pid: int, fd: str) -> tuple[int | None, int | None]:

@@ -163,20 +163,28 @@ def walk(
     dir_fd: int, *, max_depth: int = MAX_DEPTH, max_entries: int = MAX_ENTRIES, deadline: float | None = None
 ) -> list[Entry]:
     """Every entry below an open folder, parents before children, sorted within each folder: walked
-    through descriptors (never a path twice), without recursion, refused beyond the limits."""
+    through descriptors (never a path twice), without recursion, refused beyond the limits. A folder
+    is refused while it is listed, as soon as its entries pass ``max_entries`` (with those already
+    found): never listed whole and sorted first, so memory and time are bounded by the limit, not by
+    what a user put there."""
     found: list[Entry] = []
     stack: list[tuple[int, str, int]] = [(os.dup(dir_fd), "", 0)]
     try:
         while stack:
             fd, prefix, depth = stack.pop()
             try:
+                items: list[os.DirEntry[str]] = []
                 with os.scandir(fd) as listing:
-                    items = sorted(listing, key=lambda e: e.name)
+                    for item in listing:
+                        if len(found) + len(items) >= max_entries:
+                            raise UnsafePath(f"more than {max_entries} entries below one folder: refusing")
+                        items.append(item)
+                        if len(items) % 1024 == 0:
+                            _check_deadline(deadline, "walking a folder")
+                items.sort(key=lambda e: e.name)
                 subdirs = []
                 for item in items:
                     _check_deadline(deadline, "walking a folder")
-                    if len(found) >= max_entries:
-                        raise UnsafePath(f"more than {max_entries} entries below one folder: refusing")
                     st = item.stat(follow_symlinks=False)
                     entry = Entry(prefix + item.name, _kind(st.st_mode), st.st_size, st.st_uid, st.st_mode)
                     found.append(entry)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mom_checkpoint import safefs
-from mom_checkpoint.errors import Busy, Error, Refused, StorageIOError, VerificationFailed
+from mom_checkpoint.errors import Busy, DiskFull, Error, Refused, StorageIOError, VerificationFailed
 from mom_checkpoint.hashing import Hasher, ImageFile, algorithm_of, finish, hasher
 from mom_checkpoint.jobkey import JobKey
 from mom_checkpoint.manifest import Manifest
@@ -64,6 +64,60 @@ SNAPSHOT_PREFIX = ".vaulting-"  # in a run folder of the spool: hard links of a 
 
 class VaultUnavailable(StorageIOError):
     """The vault is missing, not mounted, full, read-only, or not safe: the copy waits for the next sync."""
+
+
+class VaultOverQuota(DiskFull):
+    """The copy would take its owner's copies in the vault past their share (vault_quota_gib)."""
+
+
+class VaultDeadline(StorageIOError):
+    """The copy did not finish by its deadline: stopped, and its partial copy removed."""
+
+
+def copied_bytes(manifest: Manifest) -> int:
+    """What a copy of the generation holds in the vault: its image and kept files, as the manifest
+    lists them (a copy reads no byte beyond a file's recorded size)."""
+    return manifest.total_bytes + sum(k.size for k in manifest.kept)
+
+
+@dataclass(frozen=True)
+class Share:
+    """One owner's share of the shared vault (vault_quota_gib): what their complete copies may hold,
+    over every node and batch system, once this copy is in and the job's older copies beyond ``keep``
+    are pruned."""
+
+    limit: int  # bytes
+    keep: int
+    named: str = "vault_quota_gib"  # where the limit comes from, for the refusal's line
+    # the owner's other jobs' copies, as a caller copying many jobs read them once (Vault.held_by);
+    # None: read them now. The job's own copies are always read afresh, under its lock.
+    others: dict[str, list[int]] | None = None
+
+    def check(self, vault: Vault, key: JobKey, manifest: Manifest) -> None:
+        held = dict(vault.held_by(key.uid) if self.others is None else self.others)
+        mine = held[key.token] = vault.held_in(key.token)
+        stays = mine[-(self.keep - 1) :] if self.keep > 1 else []
+        now = sum(sum(sizes) for sizes in held.values())
+        new = copied_bytes(manifest)
+        after = now - sum(mine) + sum(stays) + new
+        if after > self.limit:
+            raise VaultOverQuota(
+                f"uid {key.uid}'s copies in the vault hold {_mib(now)}; with {manifest.generation.name} of "
+                f"job {key.job_id} ({_mib(new)}) they would hold {_mib(after)}, more than {self.named} "
+                f"allows ({_mib(self.limit)}): not copying it"
+            )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _check_copy_deadline(deadline: float | None, name: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise VaultDeadline(
+            f"the copy of {name} did not finish by its deadline: stopped, its partial copy removed "
+            f"(the next vault-sync tries again)"
+        )
 
 
 @dataclass(frozen=True)
@@ -222,23 +276,73 @@ class Vault:
         *,
         heartbeat: _Heartbeat,
         throttle: Throttle | None = None,
+        deadline: float | None = None,
+        share: Share | None = None,
     ) -> VaultGeneration:
         """Copy a generation (``source``: the snapshot of it) into the job's folder, hashing each file
-        as it is written against the manifest, then publish it. Call holding ``lock(key)``."""
+        as it is written against the manifest, then publish it. Call holding ``lock(key)``. Every byte
+        copied is one the manifest root wrote lists (each file at its recorded size); with ``share``,
+        a copy that would take the owner's copies in the vault past it is refused before anything is
+        written (VaultOverQuota); with ``deadline`` (monotonic), a copy that passes it stops and its
+        partial copy is removed (VaultDeadline)."""
         name = manifest.generation.name
         folder = self.job_dir(key)
+        if share is not None:
+            share.check(self, key, manifest)
         incoming = folder / f"{INCOMING_PREFIX}{name}.{socket.gethostname()}.{os.getpid()}"
         target = folder / name
+
+        def before_publish() -> None:
+            _check_copy_deadline(deadline, name)
+            heartbeat.check()
+
         try:
             publish_copy(
                 source, incoming, target, manifest,
-                before_publish=heartbeat.check, heartbeat=heartbeat, throttle=throttle, whole_fs_sync=True,
+                before_publish=before_publish, heartbeat=heartbeat, throttle=throttle, deadline=deadline,
+                whole_fs_sync=True,
             )  # fmt: skip
         except OSError as exc:
             raise vault_error(exc, f"cannot copy {name} into {folder}") from None
+        except StorageIOError:
+            _check_copy_deadline(deadline, name)  # the copy's own time ran out: said as such
+            raise
         match = GENERATION_NAME.fullmatch(name)
         assert match is not None
         return VaultGeneration(target, int(match.group(1)), match.group(2), key.token)
+
+    def held_by(self, uid: int) -> dict[str, list[int]]:
+        """What the owner's complete copies hold, by job folder (any batch system): held_in each."""
+        held: dict[str, list[int]] = {}
+        for token in self.job_keys():
+            if token.split(".", 2)[1] == str(uid) and (sizes := self.held_in(token)):
+                held[token] = sizes
+        return held
+
+    def held_in(self, token: str) -> list[int]:
+        """The bytes each complete copy of one job folder holds, oldest first: what its manifest lists
+        (its image and kept files, as copied). A copy whose manifest root cannot vouch for is not
+        charged (it is refused wherever it is read)."""
+        sizes = []
+        for generation in self.generations(token):
+            try:
+                sizes.append(copied_bytes(read_trusted_manifest(generation.path)))
+            except (Error, OSError):
+                continue
+        return sizes
+
+    def size(self) -> int:
+        """The vault file system's size, in bytes."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            raise VaultUnavailable(f"cannot read the size of the vault {self.root}: {exc.strerror}") from None
+        return st.f_blocks * st.f_frsize
+
+    def remove_if_empty(self, key: JobKey) -> None:
+        """The job's folder, if nothing is in it (a first copy that was refused leaves no trace)."""
+        with contextlib.suppress(OSError):
+            os.rmdir(self.job_dir(key))
 
     def prune(self, key: JobKey, keep: int, holder: _Heartbeat) -> list[Path]:
         """Keep the newest ``keep`` complete generations of the job; call holding ``lock(key)``, after

@@ -574,11 +574,18 @@ def _user_name(uid: int) -> str:
 
 def image_limit(job: discovery.JobProcesses, ghost_limit: int) -> int:
     """The most an honest image of this job holds: its memory, resident and swapped, twice over (CRIU
-    writes each page once, plus its page maps and whatever the job allocates during the dump), one
-    ghost file per open file at most, and a margin for the rest. More than that, in a folder the job's
-    user may write (job-user mode), is not read: the checkpoint is refused."""
-    files = sum(1 for process in job.tree for fd in process.fds if fd.kind == "file")
-    return 2 * (job.resident_bytes + job.swap_bytes) + files * ghost_limit + IMAGE_MARGIN
+    writes each page once, plus its page maps and whatever the job allocates during the dump), what
+    CRIU copies of the files the job holds that have no name left (discovery.unlinked_files: a
+    ghost file, up to ``ghost_limit`` each, of every deleted regular file held or mapped; the pages
+    of each memfd and shared anonymous mapping), and a margin for the rest. Nothing else the job's
+    user controls adds to it: a descriptor of a file with a name (/dev/null, say) is not copied
+    into the image, so it adds nothing. More than that, in a folder the job's user may write
+    (job-user mode), is not read: the checkpoint is refused."""
+    unlinked = sum(
+        f.allocated if f.shared_memory else min(f.size, ghost_limit)
+        for f in discovery.unlinked_files(job.tree)
+    )
+    return 2 * (job.resident_bytes + job.swap_bytes) + unlinked + IMAGE_MARGIN
 
 
 def _check_space(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from mom_checkpoint.config import Config
@@ -21,10 +21,23 @@ from mom_checkpoint.jobkey import JobKey
 from mom_checkpoint.locking import job_lock, lock_dir
 from mom_checkpoint.manifest import Manifest
 from mom_checkpoint.storage import RUN_NAME, Generation, Spool, created_epoch, remove_tree
-from mom_checkpoint.vault import Vault, bandwidth_throttle, order, snapshot, stale_snapshots
+from mom_checkpoint.vault import (
+    Share,
+    Vault,
+    VaultDeadline,
+    VaultOverQuota,
+    bandwidth_throttle,
+    copied_bytes,
+    order,
+    snapshot,
+    stale_snapshots,
+)
 from mom_checkpoint.verification import read_trusted_manifest
 
 Status = Literal["copied", "present", "superseded", "busy", "failed"]
+
+SLOWEST_MIB_S = 4.0  # the slowest copy a vault-sync waits for (with a bandwidth limit: half of it)
+DEFAULT_SHARE = 4  # without vault_quota_gib, one user's copies may hold 1/4 of the vault's file system
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class _Syncer:
     config: Config
     env: Environment
     log: Any
+    held: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # Vault.held_by, per owner uid
 
     def one(self, key: JobKey, generation: Generation, manifest: Manifest) -> Copy:
         vault, spool, config, env, log = self.vault, self.spool, self.config, self.env, self.log
@@ -112,20 +126,34 @@ class _Syncer:
                     log.info("vault.superseded", job_id=key.job_id, generation=name, newer=newer[-1].name)
                     return Copy(key.job_id, key.token, name, "superseded")
                 copying = env.monotonic()
+                deadline = copy_deadline(config, manifest, time.monotonic())
+                # checked before a byte is written; the owner's other copies read once per run
+                if key.uid not in self.held:
+                    self.held[key.uid] = vault.held_by(key.uid)
+                others = self.held[key.uid]
+                share = vault_share(vault, config, keep, others)
                 links = snapshot(generation, manifest)
                 try:
                     stored = vault.store(
                         key, links, manifest, heartbeat=heartbeat,
-                        throttle=bandwidth_throttle(config.vault_bandwidth_mib_s),
+                        throttle=bandwidth_throttle(config.vault_bandwidth_mib_s), deadline=deadline,
+                        share=share,
                     )  # fmt: skip
                 finally:
                     remove_tree(links)
                 copied_s = env.monotonic() - copying
                 pruned = vault.prune(key, keep, heartbeat)
+                self.held.get(key.uid, {})[key.token] = vault.held_in(key.token)
         except Busy as exc:
             log.info("vault.busy", job_id=key.job_id, generation=name, reason=exc.message)
             return Copy(key.job_id, key.token, name, "busy", error=exc.message)
+        except VaultOverQuota as exc:
+            vault.remove_if_empty(key)  # a first copy refused leaves not even its job's folder
+            log.error("vault.over_quota", job_id=key.job_id, generation=name, uid=key.uid, error=exc.message)
+            return Copy(key.job_id, key.token, name, "failed", error=exc.message)
         except (Error, OSError) as exc:
+            if isinstance(exc, VaultDeadline):
+                vault.remove_if_empty(key)  # a first copy stopped at its deadline leaves no trace
             error = exc.message if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
             log.error("vault.copy_failed", job_id=key.job_id, generation=name, error=error)
             return Copy(key.job_id, key.token, name, "failed", error=error)
@@ -142,6 +170,26 @@ class _Syncer:
             pruned=[str(p) for p in pruned],
         )
         return Copy(key.job_id, key.token, name, "copied", manifest.total_bytes, round(seconds, 3))
+
+
+def copy_deadline(config: Config, manifest: Manifest, now: float) -> float:
+    """When a copy of the generation must be done (monotonic): timeout_s, plus its bytes (what the
+    manifest lists, bounded by the job's memory) at SLOWEST_MIB_S, or at half the bandwidth limit
+    when that is lower. A copy past it stops, and what it wrote is removed."""
+    rate = SLOWEST_MIB_S
+    if config.vault_bandwidth_mib_s > 0:
+        rate = min(rate, config.vault_bandwidth_mib_s / 2)
+    return now + config.timeout_s + copied_bytes(manifest) / (rate * 2**20)
+
+
+def vault_share(vault: Vault, config: Config, keep: int, others: dict[str, list[int]] | None = None) -> Share:
+    """The most one user's copies may hold in the vault: vault_quota_gib, or without it a quarter of
+    the vault's file system (the vault is shared by every node: no user alone fills it)."""
+    if config.vault_quota_gib > 0:
+        return Share(int(config.vault_quota_gib * 2**30), keep, others=others)
+    return Share(
+        vault.size() // DEFAULT_SHARE, keep, "a quarter of the vault (vault_quota_gib unset)", others
+    )
 
 
 def start_detached(config: Config, env: Environment, job_id: str, log: Any) -> None:

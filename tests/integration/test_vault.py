@@ -254,7 +254,7 @@ def test_a_full_vault_leaves_no_partial_generation(site: Site) -> None:
     small.mkdir()
     _mount(small, "size=1m")
     try:
-        psnc(site, image_bytes=4 << 20, vault_dir=str(small))
+        psnc(site, image_bytes=4 << 20, vault_dir=str(small), vault_quota_gib=1)  # the vault, not a share
         job = site.start_job("704.head")
         assert call_hook(site.torque_args(job), site.config).returncode == 0
         done = sync(site)
@@ -473,7 +473,7 @@ def test_a_job_user_image_from_the_vault_is_never_restored_by_roots_checkpointer
     assert call_hook(site.torque_args(job), site.config).returncode == 0
     wait_in_vault(vault, "711.head", site.user.uid, site.generations("711.head")[0].name)
     lose_the_node(site, job)
-    site.configure(vault_dir=str(vault))  # node B restores as root
+    site.configure(vault_dir=str(vault), **{"backends.criu.run_as": "root"})  # node B restores as root
     restart = start_restart(["--job", "711.head"], site.config)
     assert restart.wait(timeout=60) == 77
     err = restart.stderr.read().decode() if restart.stderr else ""

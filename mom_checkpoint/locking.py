@@ -57,34 +57,74 @@ def job_lock(directory: Path, key: str, argv: Sequence[str], job_id: str | None 
         lock.release()
 
 
+def user_share(max_concurrent: int) -> int:
+    """How many of the node's ``max_concurrent`` slots one user's checkpoints may hold at once: all but
+    one (at least one), so that with two slots or more another user always finds one that no
+    checkpoint of this user's holds, however long this user's checkpoints take (a stopped
+    checkpointer, a job that makes its dump slow)."""
+    return max(1, max_concurrent - 1)
+
+
 @contextmanager
 def node_slot(
     directory: Path,
     max_concurrent: int,
     wait_s: float,
     *,
+    uid: int,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> Iterator[int]:
-    """Hold one of ``max_concurrent`` node-wide slots, waiting at most ``wait_s`` for one to free up."""
+    """Hold one of ``max_concurrent`` node-wide slots for a checkpoint of user ``uid``'s job, waiting at
+    most ``wait_s`` in all, raising Busy after that.
+
+    One user's checkpoints may only ever delay that user's own (issue 25 #4): a checkpoint first takes
+    one of its user's user_share(max_concurrent) shares (``user-<uid>-<n>.lock``, root's files in
+    root's 0700 lock folder: the holder's uid is in the name, the lock is the kernel's and dies with
+    its holder), then a node slot. A user's further checkpoints wait for that user's own shares, not
+    for the node's slots, so with ``max_concurrent >= 2`` at least one slot is always left to the
+    other users. Shares are taken before slots by every caller, so no two calls ever wait on each
+    other the other way round."""
     deadline = monotonic() + wait_s
+    shares = [directory / f"user-{uid}-{n}.lock" for n in range(user_share(max_concurrent))]
+    slots = [directory / f"slot-{n}.lock" for n in range(max_concurrent)]
+    with _one_of(shares, deadline, sleep, monotonic) as share:
+        if share is None:
+            raise Busy(
+                f"the job's owner already runs {len(shares)} checkpoint(s) on this node (one user's "
+                f"share of max_concurrent={max_concurrent}) and none ended within {wait_s:g}s: try "
+                f"again later"
+            )
+        with _one_of(slots, deadline, sleep, monotonic) as slot:
+            if slot is None:
+                raise Busy(
+                    f"the node already runs max_concurrent={max_concurrent} checkpoints and none ended "
+                    f"within {wait_s:g}s: try again later"
+                )
+            yield slot
+
+
+@contextmanager
+def _one_of(
+    paths: Sequence[Path], deadline: float, sleep: Callable[[float], None], monotonic: Callable[[], float]
+) -> Iterator[int | None]:
+    """Hold the first of ``paths``' locks that is free, trying them all every 0.2 s until
+    ``deadline``: yields its index, or None if none came free by then."""
     while True:
-        for slot in range(max_concurrent):
-            lock = filelock.FileLock(str(directory / f"slot-{slot}.lock"), timeout=0, mode=0o600)
+        for index, path in enumerate(paths):
+            lock = filelock.FileLock(str(path), timeout=0, mode=0o600)
             try:
                 lock.acquire()
             except filelock.Timeout:
                 continue
             try:
-                yield slot
+                yield index
             finally:
                 lock.release()
             return
         if monotonic() >= deadline:
-            raise Busy(
-                f"the node already runs max_concurrent={max_concurrent} checkpoints and none ended within "
-                f"{wait_s:g}s: try again later"
-            )
+            yield None
+            return
         sleep(0.2)
 
 

@@ -101,7 +101,11 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
             call.checkpoint_dir, *config.checkpoint_roots(call.convention), owner=(job.uid, job.gid), log=log
         )
     try:
-        backend = backends.create(config, env)
+        from mom_checkpoint.environment import stopped_checkpointer_fails
+
+        # a checkpointer kept stopped (its user can SIGSTOP it in job-user mode) is killed and fails
+        # the call (80), rather than hold a node slot until timeout_s (environment.StoppedFails)
+        backend = backends.create(config, stopped_checkpointer_fails(env))
         binary = backend.find_binary()
         try:
             _check_space(spool, job, config, call.job_id, deadline)
@@ -112,20 +116,20 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
         spool.ensure_root()
         locks = lock_dir(spool.root)
         storage_owner = Owner(job.uid, job.gid) if config.run_as == "job-user" else Owner(0, 0)
-        with (
-            job_lock(locks, key.token, call.argv, call.job_id),
-            node_slot(
-                locks,
-                config.max_concurrent,
-                max(0.0, deadline - env.monotonic()),
-                sleep=env.sleep,
-                monotonic=env.monotonic,
-            ),
-        ):
-            quota = _Quota.of(spool, config, job, call.job_id, keep)  # before anything is written
-            run_dir = spool.open_run(job.exec_pid, call.job_id)
+        with job_lock(locks, key.token, call.argv, call.job_id), contextlib.ExitStack() as in_slot:
+            # what the job's earlier calls left (incoming folders, interrupted prunes: the user's own
+            # trees, whatever they hold) is removed under the job's lock only, within the call's
+            # deadline, before a node slot is taken: it delays this user's call, never another's
             for stale in spool.clean_stale(call.job_id, key.token, deadline=deadline):
                 log.warning("incoming.stale_removed", path=str(stale))
+            # one of the node's slots, and never more of them than the user's share (locking.py)
+            wait_s = max(0.0, deadline - env.monotonic())
+            slot = node_slot(
+                locks, config.max_concurrent, wait_s, uid=job.uid, sleep=env.sleep, monotonic=env.monotonic
+            )
+            in_slot.enter_context(slot)
+            quota = _Quota.of(spool, config, job, call.job_id, keep)  # before anything is written
+            run_dir = spool.open_run(job.exec_pid, call.job_id)
             number = spool.next_number(call.job_id)
             log = log.bind(generation=number)
             attempt = _Attempt(

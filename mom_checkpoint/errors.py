@@ -23,7 +23,7 @@ class Error(Exception):
     def message(self) -> str:
         try:
             return self.template.format(*self.args)
-        except (IndexError, KeyError):
+        except (IndexError, KeyError, ValueError):  # arguments the template cannot take
             return " ".join(str(arg) for arg in self.args)
 
     def __str__(self) -> str:

@@ -273,17 +273,18 @@ class Site:
             return []
         return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
-    def checkpoint_dir(self, job_id: str) -> Path:
+    def checkpoint_dir(self, job_id: str, owner: User | None = None) -> Path:
         """What pbs_mom creates before each call: <root>/<jobid>.CK, 0755, the job owner's."""
         path = self.torque_root / f"{job_id}.CK"
         path.mkdir(mode=0o755, exist_ok=True)
-        os.chown(path, self.user.uid, self.user.gid)
+        owner = owner or self.user
+        os.chown(path, owner.uid, owner.gid)
         return path
 
     def torque_args(
         self, job: Job, signal_number: int = 0, depth: str = "-", name: str | None = None
     ) -> list[object]:
-        ckdir = self.checkpoint_dir(job.job_id)
+        ckdir = self.checkpoint_dir(job.job_id, job.user)
         name = name or f"ckpt.{job.job_id}.{int(time.time() * 1000)}"
         return [
             job.session_id,

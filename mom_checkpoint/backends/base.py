@@ -17,6 +17,7 @@ from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, Timed
 from mom_checkpoint.identity import JobUser
 
 if TYPE_CHECKING:  # a restore's: the hook's calls do not import them
+    from mom_checkpoint.backends.logpipe import LogPipe
     from mom_checkpoint.hashing import ImageFile
     from mom_checkpoint.staging import StagedImage
 
@@ -35,6 +36,7 @@ class DumpRequest:
     on_start: Callable[[int], None] | None = None  # told the checkpointer's pid as soon as it runs
     external_files: tuple[str, ...] = ()  # files kept with the generation: dumped by these names only
     image_fd: int | None = None  # the image folder, open in this process, when it is handed over so
+    log_fd: int | None = None  # the write end of the checkpointer's log pipe (backends.logpipe)
 
     @property
     def output_dir(self) -> Path:
@@ -73,6 +75,7 @@ class RestoreRequest:
     # gives it back its own session, which the restart process's session does not take along
     root_session_leader: bool = False
     workdir_fd: int | None = None  # the restorer's folder, open in this process, when handed over so
+    log_fd: int | None = None  # the write end of the restorer's log pipe (backends.logpipe)
 
     @property
     def image_dir(self) -> Path:
@@ -176,8 +179,14 @@ class Backend(ABC):
     def version(self, binary: str) -> str:
         return "unknown"
 
-    def failure_detail(self, request: DumpRequest, completed: Completed) -> str:
+    def failure_detail(self, request: DumpRequest, completed: Completed, log: str) -> str:
+        """Why the checkpointer failed, in one line: from its log (``log``: what root read of it, when
+        it logs through a pipe) or its output."""
         return last_line(completed.stderr) or last_line(completed.stdout)
+
+    def log_pipe(self, user: JobUser) -> LogPipe | None:
+        """A pipe for the checkpointer's log (backends.logpipe), when it writes one; None: it does not."""
+        return None
 
     def parse_stats(self, completed: Completed) -> tuple[float | None, dict[str, int]]:
         return None, {}
@@ -192,10 +201,16 @@ class Backend(ABC):
         but this checkpointer (which holds capabilities they lack: they can neither trace it nor read
         its descriptors) ever reaches the image, during the dump or after (docs/SECURITY.md)."""
         handed: list[int] = []
+        log = self.log_pipe(request.user)
+        if log is not None:
+            request = replace(request, log_fd=log.write_fd)
+            handed.append(log.write_fd)
         if self.run_as == "job-user":
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-            handed.append(os.open(request.image_dir, flags))
-            request = replace(request, image_fd=handed[0])
+            image_fd = os.open(request.image_dir, flags)
+            request = replace(request, image_fd=image_fd)
+            handed.append(image_fd)
+        logged = ""
         try:
             command = self.dump_command(binary, request)
             argv = self.as_configured_user(command, request.user, self.dump_capabilities)
@@ -206,6 +221,9 @@ class Backend(ABC):
             except (FileNotFoundError, PermissionError) as exc:
                 raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
         finally:
+            if log is not None:
+                logged = log.close()  # its write end is closed with it
+                handed.remove(log.write_fd)
             for fd in handed:
                 os.close(fd)
         if completed.timed_out:
@@ -214,7 +232,7 @@ class Backend(ABC):
                 f"the job keeps running"
             )
         if completed.returncode != 0:
-            detail = self.failure_detail(request, completed)
+            detail = self.failure_detail(request, completed, logged)
             raise CheckpointerFailed(
                 f"{self.name} failed (exit {completed.returncode})" + (f": {detail}" if detail else "")
             )

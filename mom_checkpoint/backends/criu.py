@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mom_checkpoint import safefs
 from mom_checkpoint.backends.base import Backend, DumpRequest, Restored, RestoreRequest
 from mom_checkpoint.discovery import child_pids
 from mom_checkpoint.environment import Completed
@@ -19,13 +18,13 @@ from mom_checkpoint.identity import JobUser, credentials_problem
 from mom_checkpoint.termination import kill_tree
 
 if TYPE_CHECKING:  # a restore's (imported where it is used): the hook's dumps do not load them
+    from mom_checkpoint.backends.logpipe import LogPipe
     from mom_checkpoint.criu_images import CoreCredentials
     from mom_checkpoint.hashing import ImageFile
     from mom_checkpoint.staging import StagedImage
 
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
-LOG_TAIL = 256 * 1024  # what root reads of a log the checkpointer wrote (the job user's in job-user mode)
 _PID_TAKEN = re.compile(r"Can't fork for (\d+): File exists")
 _ERROR = re.compile(r"^\s*(?:\d+: |pie: \d+: )?(Error \(.*)$")
 _HARMLESS = ("Can't setup RLIMIT_NOFILE for self",)  # printed by every run here, exit status 0
@@ -42,6 +41,7 @@ class CriuBackend(Backend):
     pages = re.compile(r"pages-\d+\.img")  # the job's memory: linked into the staged image, not copied
     appended = pages  # written by splice(2) at the file's position only (criu/page-xfer.c)
     restores_stopped = True  # --leave-stopped
+    _restore_log = ""  # what root read of the last restore's log
 
     def dump_binary(self) -> str:
         return self.config.backends.criu.binary
@@ -54,7 +54,7 @@ class CriuBackend(Backend):
             "-D", str(request.output_dir),
             "--shell-job",
             "--display-stats",
-            "--log-file", DUMP_LOG,
+            "--log-file", _log_path(request.log_fd, DUMP_LOG),
             "--ghost-limit", str(criu.ghost_limit),
         ]  # fmt: skip
         if not request.abort:
@@ -76,7 +76,7 @@ class CriuBackend(Backend):
             "--restore-detached",
             "--restore-sibling",
             "--work-dir", request.restorer_workdir,  # log and stats-restore: never into the image
-            "--log-file", RESTORE_LOG,
+            "--log-file", _log_path(request.log_fd, RESTORE_LOG),
             "--leave-stopped",  # nothing runs before the identity gate has seen every task
         ]  # fmt: skip
         if self.run_as == "job-user":
@@ -96,6 +96,8 @@ class CriuBackend(Backend):
             workdir_fd = os.open(request.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             request = replace(request, workdir_fd=workdir_fd)
             handed.append(workdir_fd)
+        log = self.log_pipe(request.user)  # the restorer blob in each restored task gets it too
+        request = replace(request, log_fd=log.write_fd)
         try:
             command = self.restore_command(binary, request)
             argv = self.as_configured_user(command, request.user, request.image.capabilities or ())
@@ -103,11 +105,12 @@ class CriuBackend(Backend):
                 argv,
                 timeout_s=request.timeout_s,
                 cwd=request.cwd,
-                pass_fds=[f.fd for f in request.inherited] + handed,
+                pass_fds=[*(f.fd for f in request.inherited), log.write_fd, *handed],
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
         finally:
+            self._restore_log = log.close()
             if workdir_fd is not None:
                 os.close(workdir_fd)
         children = own_children()
@@ -117,12 +120,12 @@ class CriuBackend(Backend):
             raise TimedOut(
                 f"criu restore did not finish within timeout_s={self.config.timeout_s:g}s: killed it"
             )
-        log = read_log(request.workdir / RESTORE_LOG)
+        logged = self._restore_log
         if completed.returncode != 0:
-            busy = _PID_TAKEN.search(log)
+            busy = _PID_TAKEN.search(logged)
             if busy:
                 raise PidInUse(int(busy.group(1)))
-            detail = first_error(log) or (completed.stderr.strip().splitlines() or [""])[-1]
+            detail = first_error(logged) or (completed.stderr.strip().splitlines() or [""])[-1]
             raise CheckpointerFailed(f"criu restore failed (exit {completed.returncode}): {detail}")
         if children != [request.pids[0]]:
             kill_trees(children)
@@ -163,7 +166,15 @@ class CriuBackend(Backend):
         return staged
 
     def restore_log(self, request: RestoreRequest) -> str:
-        return read_log(request.workdir / RESTORE_LOG)
+        return self._restore_log
+
+    def log_pipe(self, user: JobUser) -> LogPipe:
+        """CRIU logs through a pipe of root's (given to the job's user when CRIU runs as them): it
+        hands its log descriptor to the code it runs inside the job's processes, which are the
+        user's, so a log file would be theirs to write into after the dump (backends.logpipe)."""
+        from mom_checkpoint.backends.logpipe import LogPipe
+
+        return LogPipe((user.uid, user.gid) if self.run_as == "job-user" else None)
 
     def ends_job_on_abort(self) -> bool:
         return True  # without --leave-running CRIU kills the dumped tree after a good dump
@@ -173,11 +184,10 @@ class CriuBackend(Backend):
         match = re.search(r"Version:\s*(\S+)", completed.stdout)
         return match.group(1) if match else "unknown"
 
-    def failure_detail(self, request: DumpRequest, completed: Completed) -> str:
-        """CRIU writes its reasons to the log file (the job user's in job-user mode: read through
-        safefs, bounded): quote the first error."""
-        detail = first_error(read_log(request.image_dir / DUMP_LOG))
-        return detail or super().failure_detail(request, completed)
+    def failure_detail(self, request: DumpRequest, completed: Completed, log: str) -> str:
+        """CRIU writes its reasons to its log (root's pipe, of which root kept the end): quote the
+        first error."""
+        return first_error(log) or super().failure_detail(request, completed, log)
 
     def parse_stats(self, completed: Completed) -> tuple[float | None, dict[str, int]]:
         return parse_display_stats(completed.stdout)
@@ -199,6 +209,11 @@ def parse_display_stats(stdout: str) -> tuple[float | None, dict[str, int]]:
         stats[key] = int(match.group(2))
     frozen = stats.get("frozen_time_us")
     return (frozen / 1e6 if frozen is not None else None), stats
+
+
+def _log_path(fd: int | None, name: str) -> str:
+    """CRIU's --log-file: the log pipe's write end it inherits, or (no pipe) a file in its work folder."""
+    return f"/proc/self/fd/{fd}" if fd is not None else name
 
 
 def _dies_with_its_parent(image: StagedImage, pid: int) -> None:
@@ -246,11 +261,6 @@ def _cap_last_cap() -> int:
             return int(fh.read())
     except (OSError, ValueError):
         return 40
-
-
-def read_log(path: Path) -> str:
-    """The end of a log CRIU wrote: never through a symlink, never a FIFO, at most LOG_TAIL bytes."""
-    return safefs.read_text(path, limit=LOG_TAIL, tail=True)
 
 
 def first_error(log: str) -> str:

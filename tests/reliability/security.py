@@ -12,9 +12,11 @@ import contextlib
 import json
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -292,7 +294,7 @@ def own_surface(site: Site, rng: random.Random) -> list[str]:
             checks.append("--own --image of a forged copy in the user's home: 66, nothing restored")
             # another user's job: the same answer as a job that does not exist
             root_job = site.start_job("3202.head", user=_root())
-            site.configure()  # root mode for root's own job (root here cannot dump other users' processes)
+            site.configure(**{"backends.criu.run_as": "root"})  # root mode for root's own job
             assert call_hook(site.torque_args(root_job), site.config).returncode == 0
             theirs = user_shell(site, f"sudo -n {program} --own --job 3202.head")
             nobody = user_shell(site, f"sudo -n {program} --own --job 3299.head")
@@ -421,15 +423,15 @@ sys.exit({status})
 HOSTILE_DUMPS: list[tuple[str, str, int, int, str]] = [
     # what the user did, the code, their CRIU's exit status, the hook's, words in its one line
     (
-        "dump.log swapped for a FIFO, CRIU failing",
-        "os.unlink(image / 'dump.log'); os.mkfifo(image / 'dump.log')",
+        "a FIFO planted as dump.log, CRIU failing",
+        "os.mkfifo(image / 'dump.log')",
         1,
         80,
         "criu failed (exit 1)",
     ),
     (
-        "dump.log swapped for a symlink to a root-only file, CRIU failing",
-        "os.unlink(image / 'dump.log'); os.symlink('{secret}', image / 'dump.log')",
+        "a symlink to a root-only file planted as dump.log, CRIU failing",
+        "os.symlink('{secret}', image / 'dump.log')",
         1,
         80,
         "criu failed (exit 1)",
@@ -657,13 +659,311 @@ def reach_own_generation(site: Site, rng: random.Random) -> list[str]:
     ]
 
 
+MANY_DESCRIPTORS = """#!/usr/bin/python3
+# A job that holds many descriptors of /dev/null (each added a ghost file's 1 MiB to the image bound),
+# then counts as the test application does.
+import os, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+wanted = int(os.environ["HELD_DEVNULL"])
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, wanted + 64), hard))
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(wanted)]
+for fd in held:
+    os.set_inheritable(fd, True)
+os.execv(sys.executable, [sys.executable, "{counter}"])
+"""
+
+
+def ghost_allowance(site: Site, rng: random.Random) -> list[str]:
+    """Issue 25 #3: a 12 MiB job held 1,500 descriptors of /dev/null, each adding a ghost file's
+    allowance (1 MiB) to the image bound, and the user's own CRIU planted a 1.2 GiB sparse file in
+    its image folder during the dump: accepted as a 1.29 GB checkpoint, hashed whole by root and
+    copied dense to the shared vault. Now only files CRIU copies (deleted ones, memfds) count, each
+    inode once: the same job checkpoints with the real CRIU, and the planted file is refused (74)
+    before a byte of it is read; the job runs on."""
+    from tests.helpers import COUNTER
+
+    descriptors = rng.choice((1200, 1500, 1800))
+    planted = (descriptors - rng.choice((200, 300))) << 20  # well inside the old allowance
+    app = site.base / "many-descriptors.py"
+    app.write_text(MANY_DESCRIPTORS.format(counter=COUNTER))
+    app.chmod(0o755)
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    job = site.start_job("3901.head", app=app, app_env={"HELD_DEVNULL": str(descriptors)})
+    held = sum(1 for fd in os.listdir(f"/proc/{job.app_pid()}/fd") if _is_devnull(job.app_pid(), fd))
+    assert held >= descriptors, f"the job holds {held} descriptors of /dev/null"
+    honest = call_hook(site.torque_args(job), site.config)
+    assert honest.returncode == 0, honest.stderr
+    [generation] = site.generations("3901.head")
+    checks = [f"a job holding {held} descriptors of /dev/null checkpoints with the real CRIU (job-user mode)"]
+
+    wrapper = site.base / "bin" / "criu"
+    wrapper.parent.mkdir(mode=0o755, exist_ok=True)
+    action = f"open(image / 'pages-99.img', 'wb').truncate({planted})"
+    wrapper.write_text(HOSTILE_CRIU.format(action=action, status=0))
+    wrapper.chmod(0o755)
+    site.configure(**{"backends.criu.run_as": "job-user", "backends.criu.binary": str(wrapper)})
+    result = call_hook(site.torque_args(job), site.config)
+    assert result.returncode == 74 and "more than the" in result.stderr, (result.returncode, result.stderr)
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert site.generations("3901.head") == [generation], "the planted image was published"
+    assert not site.incoming(), "the planted image was left in the spool"
+    [done] = [e for e in site.log_events() if e["event"] == "dump.done"][-1:]
+    assert done.get("hashed_meanwhile", 0) < planted // 2, done
+    job.wait_count(job.count() + 3)
+    checks.append(
+        f"with {planted >> 20} MiB planted sparse in the image by the user's own CRIU: 74, one line, "
+        "nothing published or left, the planted file never hashed; the job runs on"
+    )
+    return checks
+
+
+def _is_devnull(pid: int, fd: str) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+    except OSError:
+        return False
+
+
+STOPPER = """
+import os, signal, sys
+# The job's user stops their own CRIU (job-user mode: their uid), found through the TracerPid of
+# their job's processes while it dumps them, each time one of their jobs is checkpointed.
+pids = [int(p) for p in sys.argv[1:]]
+stopped = set()
+while True:
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                tracer = int([l for l in status if l.startswith("TracerPid:")][0].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if tracer and tracer not in stopped:
+            try:
+                os.kill(tracer, signal.SIGSTOP)
+                print("stopped", pid, tracer, flush=True)
+            except OSError as exc:
+                print("refused", pid, tracer, exc, flush=True)
+            stopped.add(tracer)
+"""
+
+
+def _in_background(site: Site, args: list[object], timeout: float) -> Callable[[], tuple[int, str, float]]:
+    """The hook called as pbs_mom calls it, in a thread: a function that waits for it and returns its
+    status, its line and how long it took."""
+    done: list[tuple[int, str, float]] = []
+
+    def call() -> None:
+        started = time.monotonic()
+        result = call_hook(args, site.config, timeout=timeout)
+        done.append((result.returncode, result.stderr, time.monotonic() - started))
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+
+    def wait() -> tuple[int, str, float]:
+        thread.join(timeout + 30)
+        assert done, "the hook call did not end"
+        return done[0]
+
+    return wait
+
+
+def stopped_checkpointer(site: Site, rng: random.Random) -> list[str]:
+    """Issue 25 #4: in job-user mode the user SIGSTOPs their own CRIU, found through the TracerPid of
+    their job, in each of their jobs' checkpoints. Those held every node slot until timeout_s, and
+    another user's checkpoint waited that long and failed (75). Now the stopped checkpointer is
+    killed after a few seconds (80, one line; the job runs on), one user's checkpoints never hold
+    every slot (max_concurrent >= 2), and another user's checkpoint is taken long before timeout_s.
+    (A user who continues their CRIU now and then, to stay below a bound on each stop, is caught by
+    the stopped time in all: tests/unit/test_stopped_checkpointer.py; here CRIU would finish in
+    those moments, and the attack proves nothing.)"""
+    timeout_s = 60
+    slots = rng.choice((1, 2))
+    site.configure(timeout_s=timeout_s, max_concurrent=slots, **{"backends.criu.run_as": "job-user"})
+    attacked = [site.start_job(f"390{i}.head") for i in range(slots)]  # as many jobs as the node has slots
+    other = site.start_job("3909.head", user=_root())  # another user's job (root's: see own_surface)
+    pids = [str(pid) for job in attacked for pid in (job.app_pid(), job.exec_pid())]
+    stopper = subprocess.Popen(
+        ["setpriv", f"--reuid={site.user.uid}", f"--regid={site.user.gid}", "--init-groups",
+         "--inh-caps=-all", "--", "/usr/bin/python3", "-c", STOPPER, *pids],
+        stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    try:
+        assert stopper.stdout is not None
+        calls = [_in_background(site, site.torque_args(attacked[0]), timeout_s + 60)]
+        ready, _, _ = select.select([stopper.stdout], [], [], timeout_s)
+        line = stopper.stdout.readline() if ready else "nothing within timeout_s"
+        assert line.startswith("stopped "), f"the user could not stop their CRIU: {line!r}"
+        calls += [_in_background(site, site.torque_args(job), timeout_s + 60) for job in attacked[1:]]
+        time.sleep(1)  # the user's second checkpoint has started (and waits, or holds a slot)
+        args = site.torque_args(other)
+        os.chown(str(args[4]), 0, 0)  # root's job: its CHECKPOINT_DIR is root's, as pbs_mom makes it
+        started = time.monotonic()
+        theirs = call_hook(args, site.config, timeout=timeout_s + 60)
+        took = time.monotonic() - started
+        results = [wait() for wait in calls]
+    finally:
+        stopper.kill()
+        stopper.wait()
+    assert theirs.returncode == 0, f"another user's checkpoint: {theirs.returncode} {theirs.stderr}"
+    assert took < timeout_s / 2, f"another user's checkpoint took {took:.0f}s (timeout_s {timeout_s})"
+    checks = [
+        f"max_concurrent = {slots}, {slots} of the user's checkpoints with their CRIU stopped: "
+        f"another user's checkpoint taken (0) in {took:.0f}s (timeout_s {timeout_s})"
+    ]
+    for status, line, seconds in results:
+        assert status == 80 and "stopped (SIGSTOP)" in line, (status, line)
+        assert line.count("\n") == 1 and seconds < timeout_s / 2, (line, seconds)
+    for job in attacked:
+        job.wait_count(job.count() + 3)
+    assert not any(site.generations(job.job_id) for job in attacked) and not site.incoming()
+    checks.append(
+        "each stopped CRIU killed: 80, one line, long before timeout_s; nothing kept; the jobs run on"
+    )
+    return checks
+
+
+ADDER = """
+import os, sys, time
+os.chdir(sys.argv[1])  # a descriptor of the folder, kept after its path is closed to the user
+print("ready", flush=True)
+n = 0
+while True:
+    for _ in range(1000):
+        try:
+            os.close(os.open(f"f{n}", os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError:
+            time.sleep(0.01)
+        n += 1
+"""
+
+
+def stalled_restart_folder(site: Site, rng: random.Random) -> list[str]:
+    """Issue 25 #8: a killed restart's work folder whose restorer folder was the user's (an older
+    version's) is filled by a process of theirs that never stops adding files (it keeps the folder
+    as its working folder, a descriptor no later chmod takes away). Every later restart on the node
+    first removed that folder with no deadline, so it never got to its own job. Now the removal stops
+    after WORKDIR_CLEANUP_S and the restart goes on; what is left is the next one's."""
+    _psnc(site)
+    job = site.start_job("3901.head", app_env={"COUNTER_LIMIT": "30"})
+    assert call_hook(site.torque_args(job), site.config).returncode == 0
+    crash(job)
+    restarts = site.spool / ".restarts"
+    restarts.mkdir(mode=0o711)  # as an older version left them
+    stale = restarts / f"{socket.gethostname()}.{2**22 + rng.randrange(1000)}.1"
+    stale.mkdir(mode=0o711)
+    restorer = stale / "restorer"
+    restorer.mkdir(mode=0o700)
+    os.chown(restorer, site.user.uid, site.user.gid)
+    adder = subprocess.Popen(
+        ["setpriv", f"--reuid={site.user.uid}", f"--regid={site.user.gid}", "--init-groups",
+         "--inh-caps=-all", "--", "/usr/bin/python3", "-c", ADDER, str(restorer)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert adder.stdout is not None and adder.stdout.readline() == b"ready\n"
+        time.sleep(1)  # some thousands of files already there
+        restart = call_direct(["--job", "3901.head"], site.config, program="mom-restart", timeout=240)
+        assert restart.returncode == 0, f"mom-restart: {restart.returncode} {restart.stderr}"
+        assert adder.poll() is None, "the user's process stopped adding"
+    finally:
+        adder.kill()
+        adder.wait()
+    assert restarts.stat().st_mode & 0o777 == 0o700, "the old .restarts was left open"
+    return [
+        "a killed restart's folder that a user's process keeps filling: the next restart removes what "
+        "it can within its bound and restores its own job (0)",
+        ".restarts is closed to users (0700) from then on",
+    ]
+
+
+SPY = """
+import ctypes, errno, json, os, sys, time
+# the job's user, during the dump: take a copy (pidfd_getfd) of every descriptor that appears in the
+# job's processes (CRIU hands its log descriptor to the parasite it runs inside each of them); after
+# the hook has returned, write through every copy taken
+libc = ctypes.CDLL(None, use_errno=True)
+pids = [int(p) for p in sys.argv[1].split(",")]
+before = {p: set(os.listdir(f"/proc/{p}/fd")) for p in pids}
+pidfds = {p: os.pidfd_open(p) for p in pids}
+grabbed = []
+print("ready", flush=True)
+os.set_blocking(0, False)
+while not sys.stdin.buffer.read(1):
+    for pid, pidfd in pidfds.items():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            if fd in before[pid]:
+                continue
+            before[pid].add(fd)
+            new = libc.syscall(438, pidfd, int(fd), 0)
+            if new >= 0:
+                grabbed.append(new)
+    time.sleep(0.0005)
+result = []
+for fd in grabbed:
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    try:
+        os.write(fd, b"Error (criu/cr-dump.c:1): forged after the dump\\n" + b"x" * (4 << 20))
+        result.append([target, "written"])
+    except OSError as exc:
+        result.append([target, errno.errorcode.get(exc.errno, str(exc.errno))])
+print(json.dumps(result), flush=True)
+"""
+
+
+def parasite_descriptors(site: Site, rng: random.Random) -> list[str]:
+    """Issue 25 #2, found again by a review: CRIU hands its log descriptor to the parasite it runs in
+    every process it dumps, and those are the user's: another process of theirs copied it with
+    pidfd_getfd during the dump and, after the hook had published the generation, wrote 64 MiB into
+    its image/dump.log. The log is now a pipe of root's, closed once CRIU has ended: whatever the
+    user copies from their processes during the dump, nothing they write after it reaches the spool."""
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    job = site.start_job("4001.head", app_env={"COUNTER_MIB": str(rng.choice((32, 64)))})
+    pids = [job.exec_pid(), job.app_pid()]
+    taken: list[list[str]] = []
+    for _attempt in range(5):  # until the spy has caught a descriptor in the short dump
+        spy = subprocess.Popen(
+            ["setpriv", f"--reuid={site.user.uid}", f"--regid={site.user.gid}", "--init-groups",
+             "--inh-caps=-all", "--", "/usr/bin/python3", "-c", SPY, ",".join(map(str, pids))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert spy.stdout is not None and spy.stdin is not None and spy.stdout.readline() == "ready\n"
+        result = call_hook(site.torque_args(job), site.config)
+        assert result.returncode == 0, result.stderr
+        spy.stdin.write("go\n")
+        spy.stdin.flush()
+        taken = json.loads(spy.stdout.readline())
+        spy.wait(timeout=60)
+        if taken:
+            break
+    assert taken, "the spy caught no descriptor of the dump in 5 checkpoints"
+    spool = str(site.spool)
+    reached = [target for target, outcome in taken if outcome == "written" and target.startswith(spool)]
+    assert not reached, f"the user wrote into the spool after the dump through {reached}"
+    for generation in site.generations("4001.head"):
+        verify_generation(generation)
+    job.wait_count(job.count() + 3)
+    kinds = sorted({target.split(":")[0] if not target.startswith("/") else "a path" for target, _ in taken})
+    return [
+        f"descriptors copied from the job's processes during the dump ({', '.join(kinds)}): none reaches "
+        "the spool after it; every generation verifies",
+    ]
+
+
 NEEDS_CRIU: set[Scenario] = {
+    parasite_descriptors,
+    stopped_checkpointer,
     reach_own_generation,
     forged_manifest,
     own_surface,
     restart_signals,
     forged_credentials,
     hostile_dumps,
+    ghost_allowance,
 }
 
 SECURITY: dict[str, tuple[Scenario, int]] = {
@@ -682,8 +982,21 @@ SECURITY: dict[str, tuple[Scenario, int]] = {
         reach_own_generation,
         4,
     ),
+    "a killed restart's work folder that the user keeps filling": (stalled_restart_folder, 3),
+    "job-user mode: descriptors copied from the dumped processes, written after the dump (real CRIU)": (
+        parasite_descriptors,
+        4,
+    ),
     "a FIFO, a link to a root-only file, a sparse giant, a link to /etc in the image (real CRIU)": (
         hostile_dumps,
         8,
+    ),
+    "many descriptors of /dev/null and a sparse giant planted during the dump (real CRIU)": (
+        ghost_allowance,
+        3,
+    ),
+    "job-user mode: the user SIGSTOPs their own CRIU in every slot of the node (real CRIU)": (
+        stopped_checkpointer,
+        4,
     ),
 }

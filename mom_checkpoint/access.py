@@ -13,12 +13,17 @@ one of them is looked up again by its path **with the owner's rights** and must 
   the kernel lets ``execve`` map without read permission), and write too for a shared writable one;
 - the working and root folder: search; the executable: execute.
 
-The lookup only names the file (``O_PATH``: no permission on the file itself is taken from it); the
-access is then asked of the kernel on that very inode (``faccessat`` on ``/proc/self/fd/N`` with the
-effective ids, which are the owner's), for every kind of file: regular files, folders, FIFOs and
-devices alike (the last two are never opened for real: opening either can act). Anything else is a
-problem, and the tree is killed before it runs. In job-user mode CRIU itself opened them with the
-owner's rights: nothing to check.
+The access is asked of the kernel on the very inode the process holds, taken by root from the
+process's own ``/proc`` link (``/proc/PID/fd/N``, ``map_files``, ``cwd``...) with ``O_PATH`` (no
+permission is taken from it), through ``faccessat`` on ``/proc/self/fd/N`` with the owner's effective
+ids: for every kind of file (regular files, folders, FIFOs and devices alike; the last two are never
+opened for real: opening either can act), and for files that have no name any more too (a file of
+root's swapped in by path and then made deleted, by a rename over it, is still root's file). The
+lookup by path with the owner's rights is the second condition, for files that still have a name.
+Files of the kernel's pseudo file systems (proc, sysfs...) carry their protection in their open
+function, not in their mode bits (``/proc/PID/maps`` of a root process is 0444): the process may hold
+only its own tree's ``/proc/PID`` entries. Anything else is a problem, and the tree is killed before
+it runs. In job-user mode CRIU itself opened them with the owner's rights: nothing to check.
 """
 
 from __future__ import annotations
@@ -36,9 +41,14 @@ REACH = 0  # no access asked beyond reaching the file by its path
 _VERBS = ((os.R_OK, "read"), (os.W_OK, "write"), (os.X_OK, "execute"))
 
 
+# file systems whose files are protected when they are opened, not by their mode bits
+PSEUDO_FILE_SYSTEMS = frozenset({"proc", "sysfs", "debugfs", "tracefs", "securityfs", "configfs", "bpf"})
+
+
 @dataclass(frozen=True)
 class Held:
-    """One file a process holds: its path, the access the process has to it, which file it must be."""
+    """One file a process holds: its path, the access the process has to it, which file it must be,
+    and the process's own /proc link to it."""
 
     pid: int
     what: str  # "fd 3", "working folder", "a mapping", ...
@@ -46,18 +56,21 @@ class Held:
     access: int  # os.R_OK | os.W_OK | os.X_OK, or REACH
     device: int
     inode: int
+    link: str  # /proc/PID/fd/N, /proc/PID/map_files/RANGE, /proc/PID/cwd, ...
+    deleted: bool = False
 
 
 def problems(pids: list[int], user: JobUser) -> list[str]:
-    """Every file the processes hold that ``user`` could not hold so: not reachable by its path with
-    their rights, another file there now, or without the access the process has to it."""
+    """Every file the processes hold that ``user`` could not hold so: without the access the process
+    has to it, not reachable by its path with their rights, another file there now, or a file of a
+    pseudo file system that is not the tree's own."""
     held = [item for pid in pids for item in _held(pid)]
+    mounts = _pseudo_mounts()
     found = []
-    with acting_as(user):
-        for item in held:
-            problem = _problem(item, user)
-            if problem is not None:
-                found.append(problem)
+    for item in held:
+        problem = _problem(item, user, pids, mounts)
+        if problem is not None:
+            found.append(problem)
     return found
 
 
@@ -80,22 +93,70 @@ def acting_as(user: JobUser) -> Iterator[None]:
         os.setgroups(groups)
 
 
-def _problem(item: Held, user: JobUser) -> str | None:
+def _problem(item: Held, user: JobUser, pids: list[int], mounts: frozenset[int]) -> str | None:
     where = f"process {item.pid} holds {item.path} ({item.what})"
+    try:  # the very inode the process holds, as root, naming it only
+        held = os.open(item.link, O_PATH | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"{where}, which cannot be looked at: {exc.strerror}"
+    try:
+        st = os.fstat(held)
+        if (st.st_dev, st.st_ino) != (item.device, item.inode):
+            return f"{where}, but it changed while it was looked at"
+        if _mount_id(held) in mounts and not any(item.path.startswith(f"/proc/{pid}/") for pid in pids):
+            return f"{where}, a file of the kernel's that another process's rights protect"
+        with acting_as(user):
+            missing = [verb for bit, verb in _VERBS if item.access & bit and not _allowed(held, bit)]
+            by_path = None if item.deleted else _by_path(item, user)
+    finally:
+        os.close(held)
+    if missing:
+        return f"{where}, which {user.name} cannot {' or '.join(missing)}"
+    if by_path is not None:
+        return f"{where}, {by_path}"
+    return None
+
+
+def _by_path(item: Held, user: JobUser) -> str | None:
+    """As the owner: the path still leads to the very file (they could have opened it themselves)."""
     try:
         fd = os.open(item.path, O_PATH | os.O_CLOEXEC)
     except OSError as exc:
-        return f"{where}, which {user.name} cannot open: {exc.strerror}"
+        return f"which {user.name} cannot open: {exc.strerror}"
     try:
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (item.device, item.inode):
-            return f"{where}, but that path is another file now"
-        missing = [verb for bit, verb in _VERBS if item.access & bit and not _allowed(fd, bit)]
     finally:
         os.close(fd)
-    if missing:
-        return f"{where}, which {user.name} cannot {' or '.join(missing)}"
+    if (st.st_dev, st.st_ino) != (item.device, item.inode):
+        return "but that path is another file now"
     return None
+
+
+def _mount_id(fd: int) -> int:
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as fh:
+            for line in fh:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+def _pseudo_mounts() -> frozenset[int]:
+    """Mount ids (this process's view) of the pseudo file systems."""
+    found = set()
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                fields = line.split()
+                if " - " in line:
+                    fstype = line.split(" - ", 1)[1].split()[0]
+                    if fstype in PSEUDO_FILE_SYSTEMS:
+                        found.add(int(fields[0]))
+    except (OSError, ValueError, IndexError):
+        pass
+    return frozenset(found)
 
 
 def _allowed(fd: int, bit: int) -> bool:
@@ -136,17 +197,19 @@ def _fd_access(flags: int) -> int:
 
 
 def _link(pid: int, link: str, what: str, access: int) -> Held | None:
-    """A /proc magic link to a file with a path: regular files, folders, FIFOs, devices and socket
-    files. Pipes, sockets and other anonymous inodes have none (CRIU recreates them), and deleted
-    files come back from the image's own copy, so those are left out."""
+    """A /proc magic link to a file with a path, or that had one: regular files, folders, FIFOs,
+    devices and socket files, deleted or not. Pipes, sockets and other anonymous inodes have none
+    (CRIU recreates them), so those are left out."""
     try:
         target = os.readlink(link)
         st = os.stat(link)
     except OSError:
         return None
-    if not target.startswith("/") or target.endswith(" (deleted)"):
+    if not target.startswith("/"):
         return None
-    return Held(pid, what, target, access, st.st_dev, st.st_ino)
+    deleted = target.endswith(" (deleted)")
+    path = target.removesuffix(" (deleted)") if deleted else target
+    return Held(pid, what, path, access, st.st_dev, st.st_ino, link, deleted)
 
 
 def _fd_flags(pid: int, fd: str) -> int | None:
@@ -163,8 +226,9 @@ def _fd_flags(pid: int, fd: str) -> int | None:
 
 def _mappings(pid: int) -> list[Held]:
     """Mapped files: read for every mapping (executable ones too: the mapped bytes are readable
-    memory), read and write for a shared writable one."""
-    found: dict[tuple[str, int], Held] = {}
+    memory), read and write for a shared writable one; one item per file (device and inode) and
+    access, whatever path text /proc shows for it."""
+    found: dict[tuple[int, int, int], Held] = {}
     try:
         with open(f"/proc/{pid}/maps") as fh:
             lines = fh.read().splitlines()
@@ -172,17 +236,18 @@ def _mappings(pid: int) -> list[Held]:
         return []
     for line in lines:
         parts = line.split(None, 5)
-        if len(parts) < 6 or not parts[5].startswith("/") or parts[5].endswith(" (deleted)"):
+        if len(parts) < 6 or not parts[5].startswith("/") or int(parts[4]) == 0:
             continue
-        perms, device, inode, path = parts[1], parts[3], int(parts[4]), parts[5]
-        if inode == 0:
-            continue
+        perms, path = parts[1], parts[5]
         access = os.R_OK | os.W_OK if "w" in perms and "s" in perms else os.R_OK
+        link = f"/proc/{pid}/map_files/{parts[0]}"
         try:  # the file itself, as fstat will see it (some file systems show another device in maps)
-            st = os.stat(f"/proc/{pid}/map_files/{parts[0]}")
-            identity = (st.st_dev, st.st_ino)
+            st = os.stat(link)
         except OSError:
-            major, minor = (int(part, 16) for part in device.split(":"))
-            identity = (os.makedev(major, minor), inode)
-        found.setdefault((path, access), Held(pid, "a mapping", path, access, *identity))
+            continue  # the range went away meanwhile: nothing is mapped there
+        deleted = path.endswith(" (deleted)")
+        held = Held(
+            pid, "a mapping", path.removesuffix(" (deleted)"), access, st.st_dev, st.st_ino, link, deleted
+        )
+        found.setdefault((st.st_dev, st.st_ino, access), held)
     return list(found.values())

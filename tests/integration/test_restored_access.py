@@ -41,6 +41,9 @@ def holding(user: identity.JobUser, fds: list[int], cwd: str | Path = "/") -> su
         group=user.gid,
         extra_groups=list(user.groups),
         cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # not pytest's own capture files (root's, deleted)
     )
 
 
@@ -90,7 +93,9 @@ def test_a_root_only_file_mapped_into_the_job_is_found(owner: identity.JobUser, 
         "print('ready', flush=True); time.sleep(60)\n"
     )
     proc = subprocess.Popen(
-        ["/usr/bin/python3", "-c", code, str(secret), str(owner.uid), str(owner.gid)], stdout=subprocess.PIPE
+        ["/usr/bin/python3", "-c", code, str(secret), str(owner.uid), str(owner.gid)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
@@ -117,7 +122,12 @@ def problems_of_mapping(
     user: identity.JobUser, path: Path, prot: str, *, shared_write: bool = False
 ) -> list[str]:
     code = mapped_by_owner(user, path, prot, shared_write=shared_write)
-    proc = subprocess.Popen(["/usr/bin/python3", "-c", code, str(path)], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["/usr/bin/python3", "-c", code, str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         return access.problems([proc.pid], user)
@@ -209,3 +219,73 @@ def test_a_working_folder_the_owner_cannot_enter_is_found(owner: identity.JobUse
         proc.kill()
         proc.wait()
     assert any(str(shut) in p and "working folder" in p and "cannot execute" in p for p in found), found
+
+
+def test_a_root_only_file_made_deleted_before_the_check_is_still_found(
+    owner: identity.JobUser, folder: Path
+) -> None:
+    """Review of issue 25 #1: deleted files were skipped, so a root-only file root's CRIU opened by a
+    swapped path, then made deleted (a rename over it, as passwd does to /etc/shadow) before the
+    gate looked, passed, as descriptor and as mapping. The inode itself is checked now."""
+    secret = folder / "shadow"
+    secret.write_bytes(b"s" * 4096)
+    secret.chmod(0o600)
+    fd = os.open(secret, os.O_RDONLY)
+    proc = holding(owner, [fd])
+    mapper = subprocess.Popen(
+        ["/usr/bin/python3", "-c", mapped_by_owner(owner, secret, "mmap.PROT_READ"), str(secret)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        os.close(fd)
+        assert mapper.stdout is not None and mapper.stdout.readline() == b"ready\n"
+        secret.unlink()
+        found = access.problems([proc.pid, mapper.pid], owner)
+    finally:
+        for p in (proc, mapper):
+            p.kill()
+            p.wait()
+    assert any(str(secret) in p and "fd " in p and "cannot read" in p for p in found), found
+    assert any(str(secret) in p and "a mapping" in p and "cannot read" in p for p in found), found
+
+
+def test_the_owners_own_deleted_file_passes(owner: identity.JobUser, folder: Path) -> None:
+    """What CRIU restores from a ghost file: the owner's, without a name. Nothing to refuse."""
+    scratch = folder / "scratch"
+    scratch.write_text("mine")
+    os.chown(scratch, owner.uid, owner.gid)
+    scratch.chmod(0o600)
+    fd = os.open(scratch, os.O_RDWR)
+    proc = holding(owner, [fd])
+    try:
+        os.close(fd)
+        scratch.unlink()
+        assert access.problems([proc.pid], owner) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_another_processes_proc_file_is_found(owner: identity.JobUser) -> None:
+    """Review of issue 25 #1: /proc/PID/maps of a root process is 0444, protected when it is opened
+    (a ptrace check), so the mode bits say nothing: a job given one by a swapped path would read a
+    root process's memory layout. Only the tree's own /proc/PID entries may be held."""
+    fd = os.open(f"/proc/{os.getpid()}/maps", os.O_RDONLY)  # this root process's
+    proc = holding(owner, [fd])
+    try:
+        os.close(fd)
+        found = access.problems([proc.pid], owner)
+        own = os.open(f"/proc/{proc.pid}/status", os.O_RDONLY)
+        mine = holding(owner, [own])
+        try:
+            os.close(own)
+            assert not [p for p in access.problems([mine.pid, proc.pid], owner) if "/status" in p]
+        finally:
+            mine.kill()
+            mine.wait()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert any(f"/proc/{os.getpid()}/maps" in p and "of the kernel's" in p for p in found), found

@@ -633,13 +633,17 @@ def _kept_copy(generation: Path, kept: KeptFile) -> int:
 
 
 def _held_copy(generation: Path, kept: KeptFile, work: Path, user: JobUser) -> int:
-    """A file the job reads, given back: the owner's copy of root's copy, unlinked at once, open
-    read-only at the job's offset."""
+    """A file the job reads, given back: the owner's copy of root's copy, without a name from the
+    start, open read-only at the job's offset.
+
+    It is the owner's (CRIU checks its mode against the image's, and their next dump reads it back
+    through /proc), so they may make it writable and grow it: it is made in the node's shared
+    memory (``/dev/shm``, ``O_TMPFILE``), where what they write is their own memory, never on the
+    spool's file system, where it would take space nobody counts (review of issue 25 #2). Where the
+    node has no such file system, it goes to the restart's work folder as before."""
     source = _kept_copy(generation, kept)
-    path = work / f"held-{os.urandom(8).hex()}"
-    copy = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
+    copy = _unnamed_file(work)
     try:
-        os.unlink(path)
         if os.geteuid() == 0:
             os.fchown(copy, user.uid, user.gid)
         if kept.mode:  # CRIU checks an external file's mode against the image's
@@ -655,6 +659,24 @@ def _held_copy(generation: Path, kept: KeptFile, work: Path, user: JobUser) -> i
         os.close(source)
     os.lseek(reading, kept.pos, os.SEEK_SET)
     return reading
+
+
+# where a held file's copy is made (tmpfs: what its writer adds is their memory); O_TMPFILE gives it
+# no name at any moment, so the shared folder's other users never see it
+HELD_COPIES = "/dev/shm"  # noqa: S108
+
+
+def _unnamed_file(work: Path) -> int:
+    """A new file of root's, 0400, with no name (in HELD_COPIES when it is a tmpfs, else in ``work``)."""
+    try:
+        if os.path.ismount(HELD_COPIES):
+            return os.open(HELD_COPIES, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o400)
+    except OSError:
+        pass
+    path = work / f"held-{os.urandom(8).hex()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
+    os.unlink(path)
+    return fd
 
 
 def _put_back(generation: Path, kept: KeptFile, fd: int) -> None:

@@ -431,6 +431,7 @@ def test_an_ordinary_job_script_resumes_after_pbs_mom_deleted_it(user_mode: Site
     site = user_mode
     job = site.start_job("607.head", app_env={"COUNTER_LIMIT": "150"})
     script = job.output.parent / "607.head.SC"
+    shell = job.exec_pid()
     args, _ = qhold_and_lose(site, job)
     [generation] = site.generations("607.head")
     manifest = json.loads((generation / "manifest.json").read_text())
@@ -438,6 +439,17 @@ def test_an_ordinary_job_script_resumes_after_pbs_mom_deleted_it(user_mode: Site
     assert kept["role"] == "held" and (generation / kept["copy"]).read_bytes() == script.read_bytes()
     script.unlink()  # pbs_mom: the job has ended
     restart = start_restart(restart_args(site, job, args), site.config)
+    # the copy it reads is the owner's (they may make it writable and grow it): never on the spool's
+    # file system, where what they add would be space nobody counts (review of issue 25 #2)
+    held: list[str] = []
+    deadline = time.monotonic() + 30
+    while not any(t.endswith(" (deleted)") for t in held):
+        assert time.monotonic() < deadline and restart.poll() is None, "the job was not restored"
+        with contextlib.suppress(OSError):
+            held = [os.readlink(f"/proc/{shell}/fd/{fd}") for fd in os.listdir(f"/proc/{shell}/fd")]
+        time.sleep(0.05)
+    assert any(t.startswith("/dev/shm/") and t.endswith(" (deleted)") for t in held), held
+    assert not any(t.startswith(str(site.spool)) for t in held), held
     assert restart.wait(timeout=90) == 0, restart.stderr.read() if restart.stderr else ""
     assert counts(job) == list(range(1, 151)), "the job did not count on to its end"
     assert not script.exists(), "the script was re-created at its path"

@@ -38,17 +38,22 @@ def job_lock_path(directory: Path, key: str) -> Path:
 
 
 @contextmanager
-def job_lock(directory: Path, key: str, argv: Sequence[str], job_id: str | None = None) -> Iterator[None]:
-    """Hold the lock of a job key, or raise Busy at once naming the run that holds it."""
+def job_lock(
+    directory: Path, key: str, argv: Sequence[str], job_id: str | None = None, *, what: str = "checkpoint"
+) -> Iterator[None]:
+    """Hold the lock of a job key, or raise Busy at once naming the run that holds it. ``what`` names
+    the work it guards: "restore" holds a lock of its own (``job-restore-<key>.lock``), so a job's
+    restore never waits for its checkpoints nor they for it, but two restores of one job never run
+    at once (each stages a copy of the image)."""
     job_id = job_id or key
-    path = job_lock_path(directory, key)
+    path = job_lock_path(directory, key if what == "checkpoint" else f"{what}-{key}")
     lock = filelock.FileLock(str(path), timeout=0, mode=0o600)
     try:
         lock.acquire()
     except filelock.Timeout:
         holder = describe_holder(path)
         raise Busy(
-            f"another checkpoint of job {job_id} is running ({holder}): not starting a second one"
+            f"another {what} of job {job_id} is running ({holder}): not starting a second one"
         ) from None
     try:
         _write_holder(path, argv)

@@ -18,12 +18,13 @@ import contextlib
 import errno
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mom_checkpoint import safefs
-from mom_checkpoint.errors import StorageIOError, VerificationFailed
+from mom_checkpoint.errors import StorageIOError, TimedOut, VerificationFailed
 from mom_checkpoint.hashing import ImageFile
 from mom_checkpoint.storage import IMAGE, storage_error
 
@@ -67,13 +68,15 @@ def stage(
     *,
     link: bool = True,
     reader: int = 0,
+    deadline: float | None = None,
 ) -> StagedImage:
     """Copy the generation's image files named in ``files`` (the manifest root wrote) into
     ``work``/pinned/image: files whose names match ``linked`` are hard links to the originals (with
     ``link=False``: root's copies, streamed, for a restorer that becomes the job and keeps its
     descriptor of the folder), the others root's own copies (kept in memory too, for the backend to
     inspect). A file the restorer (uid ``reader``) could not read through a link (a generation made
-    in root mode, restored in job-user mode: root's 0600 pages) is streamed into a copy instead."""
+    in root mode, restored in job-user mode: root's 0600 pages) is streamed into a copy instead.
+    Copying stops at ``deadline`` (monotonic): TimedOut, and the caller removes what was staged."""
     base = work / PINNED
     try:
         base.mkdir(mode=0o700)
@@ -96,10 +99,10 @@ def stage(
                     )
                 if not linked.fullmatch(name):
                     staged.contents[name] = _copy(fd, entry.size, name, target)
-                elif not (link and _readable(st, reader)) or not _link(
-                    fd, name, target
-                ):  # the job's memory, on another file system (or
-                    _stream(fd, entry.size, name, target)  # at the link limit): copied, never held
+                elif not (link and _readable(st, reader)) or not _link(fd, name, target):
+                    # the job's memory, on another file system (or at the link limit, or not
+                    # readable by the restorer): copied, never held
+                    _stream(fd, entry.size, name, target, deadline)
             finally:
                 os.close(fd)
         staged.fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=target)
@@ -137,12 +140,14 @@ def _link(fd: int, name: str, target: int) -> bool:
     return True
 
 
-def _stream(fd: int, size: int, name: str, target: int) -> None:
+def _stream(fd: int, size: int, name: str, target: int, deadline: float | None = None) -> None:
     """Exactly ``size`` bytes of the open file into root's copy, a chunk at a time: a page file that
     cannot be linked is as large as the job's memory, and is never held in memory."""
     with _root_copy(name, target) as out:
         done = 0
         while done < size:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimedOut(f"copying {name} for the restore did not finish within timeout_s")
             sent = os.sendfile(out, fd, done, min(CHUNK, size - done))
             if not sent:
                 raise StorageIOError(f"{name} shrank while it was being copied")

@@ -140,7 +140,13 @@ class Backend(ABC):
         return locate(self.restore_binary(), f"backends.{self.name}")
 
     def stage_image(
-        self, generation: Path, files: Sequence[ImageFile], work: Path, user: JobUser
+        self,
+        generation: Path,
+        files: Sequence[ImageFile],
+        work: Path,
+        user: JobUser,
+        *,
+        deadline: float | None = None,
     ) -> StagedImage:
         """The image the restorer will read, checked for what can be checked before it runs (the psnc
         and blcr images are opaque; see docs/SECURITY.md). As root: the generation in place. As the
@@ -150,7 +156,7 @@ class Backend(ABC):
         from mom_checkpoint.staging import StagedImage, stage
 
         if self.run_as == "job-user":
-            return stage(generation, files, work, _EVERY_FILE, link=False)
+            return stage(generation, files, work, _EVERY_FILE, link=False, deadline=deadline)
         return StagedImage(generation)
 
     def restore(self, binary: str, request: RestoreRequest) -> Restored:

@@ -136,7 +136,13 @@ class CriuBackend(Backend):
         return Restored(children[0], command, stopped=True)
 
     def stage_image(
-        self, generation: Path, files: Sequence[ImageFile], work: Path, user: JobUser
+        self,
+        generation: Path,
+        files: Sequence[ImageFile],
+        work: Path,
+        user: JobUser,
+        *,
+        deadline: float | None = None,
     ) -> StagedImage:
         """Root's copy of the image's small files (pages linked), and the credentials in every core
         file of it checked: exactly the owner's, no capability, or the restore is refused before
@@ -144,7 +150,7 @@ class CriuBackend(Backend):
         from mom_checkpoint import staging
 
         reader = user.uid if self.run_as == "job-user" else 0
-        staged = staging.stage(generation, files, work, self.pages, reader=reader)
+        staged = staging.stage(generation, files, work, self.pages, reader=reader, deadline=deadline)
         try:
             cores = _cores(staged)
             problems = [

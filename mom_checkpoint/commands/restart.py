@@ -40,6 +40,7 @@ from mom_checkpoint.errors import (
 from mom_checkpoint.hashing import ImageFile
 from mom_checkpoint.identity import JobUser, tree_problems
 from mom_checkpoint.jobkey import SYSTEMS, JobKey, system_of
+from mom_checkpoint.locking import job_lock, lock_dir
 from mom_checkpoint.manifest import KeptFile, Manifest
 from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
 from mom_checkpoint.staging import StagedImage
@@ -142,8 +143,18 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
         _check_pids_free(record)
     manifest = check_layout(generation, allowed_uids=allowed, expected_job=call.job_id, deadline=deadline)
     forwarder = _Forwarder()
-    with forwarder, _workdir(spool, user if config.run_as == "job-user" else None, deadline) as work:
-        staged = backend.stage_image(generation, manifest.files, work.root, user)
+    restoring = contextlib.ExitStack()  # one restore of a job at a time, until it has been let go
+    if os.geteuid() == 0:
+        key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
+        restoring.enter_context(
+            job_lock(lock_dir(spool.root), key.token, call.argv, manifest.job.id, what="restore")
+        )
+    with (
+        restoring,
+        forwarder,
+        _workdir(spool, user if config.run_as == "job-user" else None, deadline) as work,
+    ):
+        staged = backend.stage_image(generation, manifest.files, work.root, user, deadline=deadline)
         pages: InBackground | None = None
         try:
             # What the restorer decides from (every file but the job's memory, and the kept files) is
@@ -191,6 +202,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
             log.info("restart.ended", restored_pid=restored.pid, signal=forwarder.ending, before_it_ran=True)
             return -forwarder.ending
         _admit(restored, user, staged.stopped, log, held_files=config.run_as == "root")
+        restoring.close()  # let go: the job's next restore (after it ends) may start
         log.info("restart.running", restored_pid=restored.pid, command=restored.command)
         _mark(call, "Successfully restarted job", config=config, env=env, log=log)
         status = forwarder.wait(restored.pid)

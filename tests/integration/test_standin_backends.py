@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.helpers import (
     MOM_ENV,
     Site,
+    call_direct,
     call_hook,
     crash,
     installed,
@@ -252,3 +253,35 @@ def test_a_summary_that_cannot_be_written_is_an_io_error_and_the_checkpoint_stay
     assert proc.returncode == 74, proc.stderr
     [generation] = site.generations("410.head")
     verify_generation(generation)
+
+
+def test_two_restores_of_one_job_never_run_at_once(site: Site) -> None:
+    """Review of issue 25 #3: each restore stages a copy of the image (all of it for psnc and blcr in
+    job-user mode), so parallel restores of one job (sudo mom-restart --own, N times) put N copies on
+    the spool. A restore holds the job's restore lock until the job is let go; a second one is busy
+    (75) at once, naming the first. The job's checkpoints never wait for it (a lock of its own)."""
+    import filelock
+
+    site.configure(
+        backend="psnc",
+        **{
+            "backends.psnc.chkpnt": str(site.standin("chkpnt")),
+            "backends.psnc.resume": str(site.standin("resume")),
+        },
+    )
+    job = site.start_job("413.head", app_env={"COUNTER_LIMIT": "20"})
+    assert call_hook(site.torque_args(job, signal_number=15), site.config).returncode == 0
+    job.wait_ended()
+    crash(job)
+    lock = site.spool / ".locks" / f"job-restore-torque.{site.user.uid}.413.head.lock"
+    held = filelock.FileLock(str(lock), timeout=0)
+    held.acquire()  # a restore of the job in progress
+    try:
+        busy = call_direct(["--job", "413.head"], site.config, program="mom-restart")
+        assert busy.returncode == 75 and "another restore of job 413.head" in busy.stderr, busy.stderr
+        other = site.start_job("414.head", app_env={"COUNTER_LIMIT": "200"})
+        assert call_hook(site.torque_args(other), site.config).returncode == 0  # checkpoints go on
+    finally:
+        held.release()
+    restored = call_direct(["--job", "413.head"], site.config, program="mom-restart")
+    assert restored.returncode == 0, restored.stderr

@@ -79,3 +79,15 @@ def test_a_page_file_the_restorer_cannot_read_is_copied(
             assert (os.stat(copy).st_uid, os.stat(copy).st_mode & 0o777) == (0, 0o644)
     finally:
         staged.close()
+
+
+def test_a_copy_for_the_restore_stops_at_its_deadline(tmp_path: Path) -> None:
+    """Review of issue 25 #3: a page file streamed into the staging (a root-mode generation for a
+    job-user restore, or a psnc/blcr image) was copied with no bound in time."""
+    from mom_checkpoint.errors import TimedOut
+
+    generation, files, _data = _generation(tmp_path)
+    (generation / "image" / "pages-1.img").chmod(0o600)  # root's: the restorer (2001) cannot read it
+    (tmp_path / "work").mkdir()
+    with pytest.raises(TimedOut):
+        staging.stage(generation, files, tmp_path / "work", PAGES, reader=2001, deadline=0.0)

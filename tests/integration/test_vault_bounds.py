@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,10 @@ from mom_checkpoint.config import ENV_VAR, load
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.log import make_logger
 from tests.helpers import Site, User, call_hook
-from tests.integration.test_vault import _mount, in_vault, psnc, sync
+from tests.integration.test_vault import in_vault, psnc, sync, vault
 from tests.reliability.security import _root
 
-
-@pytest.fixture
-def vault(site: Site) -> Iterator[Path]:
-    import subprocess
-
-    path = site.base / "vault"
-    path.mkdir()
-    _mount(path, "size=512m")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+__all__ = ["vault"]  # a fixture, used by name
 
 
 def _checkpointed(site: Site, job_id: str, image_bytes: int, user: User | None = None) -> None:

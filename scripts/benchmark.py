@@ -399,6 +399,19 @@ def check(call: Call, what: str) -> Call:
     return call
 
 
+IMAGE_FD = 200  # where a raw restore finds the generation's image folder (as mom-restart's -D does)
+IMAGE_FD_PATH = f"/proc/self/fd/{IMAGE_FD}"
+
+
+def raw_log(command: list[str], name: str) -> list[str]:
+    """The hook's or mom-restart's criu command line for a raw run: its log into a file ``name`` in
+    the work folder, as a plain criu call writes it (the product hands criu a pipe of its own)."""
+    words = list(command)
+    if "--log-file" in words:
+        words[words.index("--log-file") + 1] = name
+    return words
+
+
 def job_user_prefix(user: User, caps: str) -> list[str]:
     """What the hook puts before the checkpointer's command line with run_as = "job-user"."""
     return [
@@ -1174,7 +1187,7 @@ def freeze_one(bench: Bench, site: Site, mib: int) -> list[str]:
     warm = int(mib * MIB * 1.25)
 
     def hook_started() -> bool:
-        return any(site.spool.glob(f"*.{job.job_id}/.incoming-*/image/dump.log"))
+        return any(site.spool.glob(f"*.{job.job_id}/.incoming-*/image/*"))  # CRIU has begun writing
 
     def via_hook(figures: DumpFigures | None) -> None:
         args = site.torque_args(job)
@@ -1203,7 +1216,7 @@ def freeze_one(bench: Bench, site: Site, mib: int) -> list[str]:
 
     def raw_command() -> list[str]:
         _, manifest = newest_manifest(site, job.job_id)
-        command = list(manifest["backend"]["command"])
+        command = raw_log(list(manifest["backend"]["command"]), "dump.log")
         command[command.index("-D") + 1] = str(bench.user_dir(raw_root / str(next(counter))))
         return command
 
@@ -1495,9 +1508,10 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
     launched = time.time()
 
     def restart_started() -> bool:
-        """mom-restart's work folder (<spool>/.restarts/*/restorer/) has criu's restore log."""
-        logs = site.spool.glob(".restarts/*/restorer/restore.log")
-        return any(log.parent.stat().st_mtime >= launched - 1 for log in logs)
+        """mom-restart's work folder (<spool>/.restarts/*/restorer/) is there, made for this restart
+        (criu logs into a pipe of mom-restart's: its folder is the first trace it leaves)."""
+        folders = site.spool.glob(".restarts/*/restorer")
+        return any(folder.stat().st_mtime >= launched - 1 for folder in folders)
 
     def via_mom_restart(cold: bool = False) -> float:
         nonlocal launched
@@ -1541,8 +1555,8 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
         reads root's staged copy through a descriptor), without its --inherit-fd pairs (via_raw hands
         over the same files) and without --leave-stopped."""
         running = [e for e in site.log_events() if e.get("event") == "restart.running"]
-        words = [str(word) for word in running[-1]["command"]]
-        words[words.index("-D") + 1] = str(generation / "image")
+        words = raw_log([str(word) for word in running[-1]["command"]], "restore.log")
+        words[words.index("-D") + 1] = IMAGE_FD_PATH  # the generation's image folder, handed over
         plain: list[str] = []
         for word in words:
             if plain and plain[-1] == "--inherit-fd":
@@ -1574,10 +1588,15 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
             bench.fresh_page_cache()
         workdir = bench.user_dir(site.base / f"restore-work-{mib}-{next(counter)}")
         command = raw_command()
-        old = Path(command[command.index("--work-dir") + 1])
-        command = [word.replace(str(old), str(workdir)) for word in command]
+        command[command.index("--work-dir") + 1] = str(workdir)
         inherit, fds = handed_over(workdir)
         command += inherit
+        # the generation's image folder as mom-restart hands its staged copy over: by a descriptor
+        # (the spool's folders are root's 0700), at the number the command names
+        image_fd = os.open(generation / "image", os.O_RDONLY | os.O_DIRECTORY)
+        os.dup2(image_fd, IMAGE_FD)
+        os.close(image_fd)
+        fds.append(IMAGE_FD)
         try:
             with bench.warm_memory(warm, (workdir / "restore.log").exists):
                 size = job.output.stat().st_size
@@ -1689,7 +1708,7 @@ def row_spool(bench: Bench) -> None:
             newest, manifest = newest_manifest(site, job.job_id)
             images.add(float(disk_bytes(newest)))
             settle()
-            command = list(manifest["backend"]["command"])
+            command = raw_log(list(manifest["backend"]["command"]), "dump.log")
             command[command.index("-D") + 1] = str(seed_dir)
             start = time.monotonic()
             _, proc = run_raw(job_user_prefix(bench.user, DUMP_CAPS) + command)
@@ -1974,7 +1993,7 @@ def _vault_rows(bench: Bench, site: Site, vault: Path, mib: int) -> None:
     warm = int(mib * MIB * 1.25)
 
     def hook_started() -> bool:
-        return any(site.spool.glob(f"*.{job.job_id}/.incoming-*/image/dump.log"))
+        return any(site.spool.glob(f"*.{job.job_id}/.incoming-*/image/*"))  # CRIU has begun writing
 
     def checkpoint(with_vault: bool, gap: Series | None, wall: Series | None) -> None:
         site.configure(**keys, **({"vault_dir": str(vault)} if with_vault else {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 import time
@@ -13,7 +14,7 @@ from mom_checkpoint.cli.arguments import ArgumentParser
 from mom_checkpoint.cli.result import envelope
 from mom_checkpoint.cli.text import printable
 from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import UsageError
+from mom_checkpoint.errors import Refused, UsageError
 from mom_checkpoint.status import ExitStatus
 
 COMMANDS = ("list", "show", "verify", "prune", "doctor", "config", "tick", "advise", "vault-sync")
@@ -171,6 +172,10 @@ def add_subcommands(parser: ArgumentParser) -> None:
     )
 
 
+# the subcommands that read or change the spool: root's alone (its folders are 0700)
+SPOOL_READERS = frozenset({"list", "show", "verify", "prune", "vault-sync"})
+
+
 def dispatch(options: argparse.Namespace, env: Environment, loggers: list[Any]) -> ExitStatus:
     """Run one subcommand; a command that logs puts its logger in ``loggers`` (an internal error is
     logged there too)."""
@@ -178,6 +183,11 @@ def dispatch(options: argparse.Namespace, env: Environment, loggers: list[Any]) 
 
     if options.command == "doctor":
         return _doctor(options, env)
+    if options.command in SPOOL_READERS and os.geteuid() != 0:
+        raise Refused(
+            f"{options.command} reads the checkpoint spool, which is root's alone: run it as root on the "
+            f"node (a user restarts their own job with sudo mom-restart --own; see the README)"
+        )
     config = config_module.load(env.environ)
     if options.command == "tick":
         return _tick(options, config, env, loggers)

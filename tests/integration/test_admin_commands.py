@@ -380,3 +380,27 @@ def test_prune_forgets_the_locks_and_session_records_of_jobs_gone_from_the_spool
     assert not any("731.head" in name for name in left), left
     assert any("732.head" in name for name in left), "a job that still has generations lost its lock"
     assert not list((site.spool / ".sessions").glob("*731.head.json"))
+
+
+def test_an_ordinary_user_gets_one_line_saying_the_spool_is_roots(spool_with_jobs: Site) -> None:
+    """Issue 26 #5: list, show, verify and prune run by an ordinary user printed "internal error:
+    PermissionError ..." and exited 70. They say in one line that the spool is root's (77), and read
+    nothing."""
+    site = spool_with_jobs
+    env = {"PATH": "/bin:/usr/bin", "MOM_CHECKPOINT_CONFIG": str(site.config)}
+    [generation, *_] = site.generations("801.head")
+    for args in (["list"], ["show", "801.head"], ["verify", str(generation)], ["prune"], ["vault-sync"]):
+        result = subprocess.run(
+            [str(installed("mom-checkpoint")), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            user=site.user.uid,
+            group=site.user.gid,
+            extra_groups=[],
+            cwd="/",
+        )
+        assert result.returncode == 77, (args, result.returncode, result.stderr)
+        assert result.stderr.count("\n") == 1 and "root's alone" in result.stderr, result.stderr
+        assert "internal error" not in result.stderr and result.stdout == ""

@@ -70,9 +70,18 @@ def reopen_closed_stdio() -> None:
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
 
+# Every program starts with this umask, whoever calls it: pbs_mom (022), TORQUE's jobs and sudo from
+# them (077: mom-restart's work folder came out 0700 and the job user's restorer could not enter it,
+# issue 26 #1). Every file and folder root makes is given its mode explicitly; this only keeps the
+# caller's umask from narrowing it.
+PROGRAM_UMASK = 0o022
+
+
 def main_for(prog: str, dispatch: Dispatch, argv: Sequence[str] | None, env: Environment | None) -> int:
     """A program's main(): argv and the environment in, an exit status out (SystemExit for --help)."""
     reopen_closed_stdio()
+    if argv is None:  # the program itself: what it creates never depends on its caller's umask
+        os.umask(PROGRAM_UMASK)
     env = env or Environment()
     args = list(sys.argv[1:] if argv is None else argv)
     loggers: list[Any] = []  # filled by dispatch once the config says where to log

@@ -91,9 +91,11 @@ def test_a_users_new_job_restarts_their_checkpointed_job(site: Site, sudo_rule: 
     workdir = old.output.parent
     old.output.unlink()  # the old job has ended: TORQUE delivered its output and its spool files are gone
     resumed = workdir / "612.new.OU"  # the new job's own output
+    # TORQUE runs jobs with umask 077, and sudo keeps it (issue 26 #1: the restorer could not enter
+    # its work folder, made 0700 by that umask; exit 80)
     new = user_job(
-        site, site.user, f'exec sudo -n {sudo_rule} --own --job 611.head --cwd "$PBS_O_WORKDIR"', workdir,
-        output=resumed,
+        site, site.user, f'umask 077; exec sudo -n {sudo_rule} --own --job 611.head --cwd "$PBS_O_WORKDIR"',
+        workdir, output=resumed,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not [line for line in resumed.read_text().splitlines() if line.strip().isdigit()]:

@@ -285,3 +285,25 @@ def test_two_restores_of_one_job_never_run_at_once(site: Site) -> None:
         held.release()
     restored = call_direct(["--job", "413.head"], site.config, program="mom-restart")
     assert restored.returncode == 0, restored.stderr
+
+
+def test_what_root_makes_does_not_depend_on_the_callers_umask(site: Site) -> None:
+    """Issue 26 #1: TORQUE's jobs, and sudo from them, run with umask 077, pbs_mom with 022: every
+    program starts with its own umask, so the spool and the log come out as the modes say."""
+    spool = site.base / "fresh-spool"
+    site.configure(
+        backend="psnc", spool_dir=str(spool), **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))}
+    )
+    job = site.start_job("415.head")
+    args = [str(a) for a in site.torque_args(job)]
+    result = subprocess.run(
+        [str(installed("mom-checkpoint")), *args],
+        env={**MOM_ENV, "MOM_CHECKPOINT_CONFIG": str(site.config)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        umask=0o077,
+    )
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(spool.stat().st_mode) == 0o711
+    assert stat.S_IMODE(site.log.stat().st_mode) == 0o640

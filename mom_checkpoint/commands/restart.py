@@ -14,7 +14,7 @@ import re
 import signal
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -56,6 +56,7 @@ from mom_checkpoint.verification import (
 )
 
 VAULT_ANSWER_S = 30.0  # how long a restart waits for the vault to list a job's copies
+PIDS_FREE_WAIT_S = 10.0  # how long a restore waits for the job's own dead processes to be reaped
 WORKDIR_CLEANUP_S = 10.0  # the longest a restart spends removing work folders (its own, or ended ones')
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
 ENDING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # before the restored job runs: it never will
@@ -140,7 +141,8 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
     if caller is not None and call.cwd is not None:
         _check_cwd(call.cwd, caller)
     if backend.name == "criu":
-        _check_pids_free(record)
+        pids = [p.pid for p in record.processes]
+        wait_pids_free(pids, min(PIDS_FREE_WAIT_S, max(0.0, deadline - env.monotonic())))
     manifest = check_layout(generation, allowed_uids=allowed, expected_job=call.job_id, deadline=deadline)
     forwarder = _Forwarder()
     restoring = contextlib.ExitStack()  # one restore of a job at a time, until it has been let go
@@ -520,18 +522,26 @@ def _check_cwd(cwd: str, user: JobUser) -> None:
         raise Refused(f"--cwd {cwd}: {exc.strerror} for {user.name}") from None
 
 
-def _check_pids_free(manifest: Manifest) -> None:
-    """CRIU restores the original PIDs: name the first one taken (a zombie takes it too)."""
-    for process in manifest.processes:
-        try:
-            proc = psutil.Process(process.pid)
-            zombie = ", a zombie not yet reaped" if proc.status() == psutil.STATUS_ZOMBIE else ""
-            holder = f"{process.pid} (now {proc.name()}{zombie}, user {proc.username()})"
-        except psutil.NoSuchProcess:
-            continue
-        except psutil.Error:
-            holder = str(process.pid)
-        raise PidInUse(holder)
+def wait_pids_free(pids: list[int], wait_s: float, sleep: Callable[[float], object] = time.sleep) -> None:
+    """CRIU restores the original PIDs: they must all be free. A PID a zombie holds (the job's own
+    application, killed by the qhold a moment ago and not yet reaped: TORQUE's qrls right after a
+    qhold restarts within a second) is waited for, at most ``wait_s`` in all; one a live process
+    holds, or a zombie still there after that, is named (PidInUse, 75)."""
+    deadline = time.monotonic() + wait_s
+    for pid in pids:
+        while True:
+            try:
+                proc = psutil.Process(pid)
+                zombie = proc.status() == psutil.STATUS_ZOMBIE
+                state = ", a zombie not yet reaped" if zombie else ""
+                holder = f"{pid} (now {proc.name()}{state}, user {proc.username()})"
+            except psutil.NoSuchProcess:
+                break
+            except psutil.Error:
+                zombie, holder = False, str(pid)
+            if not zombie or time.monotonic() >= deadline:
+                raise PidInUse(holder)
+            sleep(0.05)
 
 
 @dataclass(frozen=True)

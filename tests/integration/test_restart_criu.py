@@ -259,6 +259,28 @@ def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -
         time.sleep(0.05)
 
 
+def test_an_application_that_ignores_sigterm_does_not_outlive_the_restart(user_mode: Site) -> None:
+    """Issue 26 #3: a restored task that ignores SIGTERM outlived qdel: mom-restart passed the signal
+    to the tree's root only and ended with it, and pbs_mom's SIGKILL skips root's processes and the
+    restored task's old session. mom-restart now signals the whole tree and kills what is left of it
+    after abort_grace_s."""
+    site = user_mode
+    site.configure(abort_grace_s=1, **{"backends.criu.run_as": "job-user"})
+    job = site.start_job("613.head", app_env={"COUNTER_IGNORE_TERM": "1"})
+    restored = [job.exec_pid(), job.app_pid()]
+    args, _ = qhold_and_lose(site, job)
+    restart = start_restart(restart_args(site, job, args), site.config)
+    wait_restored(restart, restored)
+    counted = job.count()
+    assert job.wait_count(counted + 3) > counted
+    os.kill(restart.pid, signal.SIGTERM)  # pbs_mom's qdel reaches the task it started: mom-restart
+    restart.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while running := [pid for pid in restored if _running(pid)]:
+        assert time.monotonic() < deadline, f"restored processes {running} outlived the restart"
+        time.sleep(0.05)
+
+
 def test_a_job_ended_while_it_is_restored_never_runs(user_mode: Site) -> None:
     """pbs_mom's SIGTERM (a qdel) reaches mom-restart while CRIU restores the job stopped and its memory
     is being checked: the job is killed before it is let go, its pids are free again, and mom-restart

@@ -120,6 +120,9 @@ sed 's#/usr/local/sbin/#/usr/sbin/#' packaging/sudoers-mom-restart >"$doc/sudoer
 sed 's#/usr/local/sbin/#/usr/sbin/#' packaging/openpbs-mom_priv-config >"$doc/openpbs-mom_priv-config"
 sed 's#/usr/local/sbin/#/usr/sbin/#' packaging/cron.d-mom-checkpoint-tick >"$doc/cron.d-mom-checkpoint-tick"
 gzip -9n <README.md >"$doc/README.md.gz"
+for page in docs/*.md; do  # the documents the README points to (security model, CRIU, figures)
+    gzip -9n <"$page" >"$doc/$(basename "$page").gz"
+done
 
 # 6. Byte code, so that no program compiles at start-up (as the job's user it could not save it).
 #    checked-hash: valid whatever the files' times become, and identical from build to build.

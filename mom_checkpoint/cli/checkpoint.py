@@ -46,7 +46,7 @@ examples:
 def build_parser() -> ArgumentParser:
     import argparse  # here: pbs_mom's calls never build this parser
 
-    from mom_checkpoint.cli.admin import add_subcommands
+    from mom_checkpoint.cli.admin import COMMANDS, add_subcommands
     from mom_checkpoint.cli.arguments import ArgumentParser
 
     parser = ArgumentParser(
@@ -57,7 +57,7 @@ def build_parser() -> ArgumentParser:
         usage=f"{PROG} SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME SIGNAL DEPTH\n"
         f"       {PROG} JOB_PID JOB_ID\n"
         f"       {PROG} --pbs checkpoint|checkpoint_abort|restart JOBID SID TASKID LOGIN PATH\n"
-        f"       {PROG} list|show|verify|prune|doctor|config|tick|advise ...\n"
+        f"       {PROG} {'|'.join(COMMANDS)} ...\n"
         f"       {PROG} --version | --help",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")

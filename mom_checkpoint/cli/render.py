@@ -102,7 +102,7 @@ def manifest(path: Path, m: Manifest, stream: TextIO) -> None:
         parent = nodes.get(proc.ppid, tree)
         nodes[proc.pid] = parent.add(Text(label + ("\n  " + "\n  ".join(files) if files else "")))
     console.print(tree)
-    table = Table("FILE", "SIZE", "SHA256")
+    table = Table("FILE", "SIZE", "DIGEST")  # "<algorithm>:<hex>": BLAKE3, or an older sha256
     for f in m.files:
         table.add_row(*_row(f.path, humanize.naturalsize(f.size, binary=True), f.digest[:23] + "..."))
     console.print(table)

@@ -238,6 +238,10 @@ def test_installed_files(installed: Path) -> None:
         assert (DOC / "examples" / example).read_bytes() == (
             ROOT / "packaging" / "examples" / example
         ).read_bytes()
+    # issue 26 #7: the documents the README points to are installed with it
+    installed_docs = {p.name.removesuffix(".gz") for p in DOC.iterdir()}
+    for page in (ROOT / "docs").glob("*.md"):
+        assert page.name in installed_docs, f"{page.name} is not installed"
 
 
 def test_logrotate_entry_is_valid(installed: Path, tmp_path: Path) -> None:

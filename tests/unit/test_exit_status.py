@@ -224,3 +224,16 @@ def test_every_status_meaning_is_one_safe_attribute_value() -> None:
     for status in ExitStatus:
         text = meaning(status)
         assert text and text.isascii() and text.isprintable() and not set(text) & set(",=\"'"), text
+
+
+def test_every_subcommand_is_in_the_usage_line_and_the_readme() -> None:
+    """Issue 26 #7: vault-sync was missing from --help's usage line and the README's admin table (the
+    list was kept by hand)."""
+    from mom_checkpoint.cli.admin import COMMANDS
+    from mom_checkpoint.cli.checkpoint import build_parser
+
+    usage = build_parser().format_usage()
+    rows = re.findall(r"^\| `([a-z-]+)[ `]", README.read_text(), re.M)
+    for command in COMMANDS:
+        assert command in usage, command
+        assert command in rows, f"{command} has no row in the README's admin table"

@@ -240,8 +240,8 @@ def test_installed_files(installed: Path) -> None:
         ).read_bytes()
     # issue 26 #7: the documents the README points to are installed with it
     installed_docs = {p.name.removesuffix(".gz") for p in DOC.iterdir()}
-    for page in (ROOT / "docs").glob("*.md"):
-        assert page.name in installed_docs, f"{page.name} is not installed"
+    for doc_page in (ROOT / "docs").glob("*.md"):
+        assert doc_page.name in installed_docs, f"{doc_page.name} is not installed"
 
 
 def test_logrotate_entry_is_valid(installed: Path, tmp_path: Path) -> None:

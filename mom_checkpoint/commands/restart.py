@@ -138,76 +138,90 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> i
     log = log.bind(
         job_id=record.job.id, generation=record.generation.number, path=str(generation), user=user.name
     )
-    if caller is not None and call.cwd is not None:
-        _check_cwd(call.cwd, caller)
-    if backend.name == "criu":
-        pids = [p.pid for p in record.processes]
-        wait_pids_free(pids, min(PIDS_FREE_WAIT_S, max(0.0, deadline - env.monotonic())))
-    manifest = check_layout(generation, allowed_uids=allowed, expected_job=call.job_id, deadline=deadline)
-    forwarder = _Forwarder(grace_s=config.abort_grace_s)
-    restoring = contextlib.ExitStack()  # one restore of a job at a time, until it has been let go
-    if os.geteuid() == 0:
-        key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
-        restoring.enter_context(
-            job_lock(lock_dir(spool.root), key.token, call.argv, manifest.job.id, what="restore")
-        )
-    with (
-        restoring,
-        forwarder,
-        _workdir(spool, user if config.run_as == "job-user" else None, deadline) as work,
-    ):
-        staged = backend.stage_image(generation, manifest.files, work.root, user, deadline=deadline)
-        pages: InBackground | None = None
-        try:
-            # What the restorer decides from (every file but the job's memory, and the kept files) is
-            # checked before it starts. The memory pages of a restorer that gives the job back
-            # stopped are checked while it restores: nothing of the job runs before that check and
-            # the identity gate have both passed, and a mismatch kills the stopped tree.
-            later = _checked_while_restoring(manifest, staged) if backend.restores_stopped else []
-            check_digests(
-                generation, manifest, deadline=deadline, read_from=staged.base,
-                files=[f for f in manifest.files if f not in later],
-            )  # fmt: skip
-            if later:
-                pages = check_digests_meanwhile(generation, later, read_from=staged.base, deadline=deadline)
-            log.info("restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name)
-            if os.geteuid() == 0 and caller is None:
-                key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
-                sessions.record(spool.root, key, os.getpid())  # the next checkpoint finds the job through us
-            own = isinstance(call, SeedRestart)
-            with _output_files(manifest, user, generation, work.root, own_streams=own) as inherited:
-                request = RestoreRequest(
-                    image=staged,
-                    pids=[p.pid for p in manifest.processes],
-                    user=user,
-                    cwd=call.cwd,
-                    workdir=work.restorer,
-                    inherited=inherited,
-                    timeout_s=max(1.0, deadline - env.monotonic()),
-                    root_session_leader=manifest.processes[0].session_id == manifest.processes[0].pid,
+    try:
+        if caller is not None and call.cwd is not None:
+            _check_cwd(call.cwd, caller)
+        if backend.name == "criu":
+            pids = [p.pid for p in record.processes]
+            wait_pids_free(pids, min(PIDS_FREE_WAIT_S, max(0.0, deadline - env.monotonic())))
+        manifest = check_layout(generation, allowed_uids=allowed, expected_job=call.job_id, deadline=deadline)
+        forwarder = _Forwarder(grace_s=config.abort_grace_s)
+        restoring = contextlib.ExitStack()  # one restore of a job at a time, until it has been let go
+        if os.geteuid() == 0:
+            key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
+            restoring.enter_context(
+                job_lock(lock_dir(spool.root), key.token, call.argv, manifest.job.id, what="restore")
+            )
+        with (
+            restoring,
+            forwarder,
+            _workdir(spool, user if config.run_as == "job-user" else None, deadline) as work,
+        ):
+            staged = backend.stage_image(generation, manifest.files, work.root, user, deadline=deadline)
+            pages: InBackground | None = None
+            try:
+                # What the restorer decides from (every file but the job's memory, and the kept files) is
+                # checked before it starts. The memory pages of a restorer that gives the job back
+                # stopped are checked while it restores: nothing of the job runs before that check and
+                # the identity gate have both passed, and a mismatch kills the stopped tree.
+                later = _checked_while_restoring(manifest, staged) if backend.restores_stopped else []
+                check_digests(
+                    generation, manifest, deadline=deadline, read_from=staged.base,
+                    files=[f for f in manifest.files if f not in later],
+                )  # fmt: skip
+                if later:
+                    pages = check_digests_meanwhile(
+                        generation, later, read_from=staged.base, deadline=deadline
+                    )
+                log.info(
+                    "restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name
                 )
-                try:
-                    restored = backend.restore(binary, request)
-                except Error as exc:
-                    _keep_restore_log(spool, backend, request, manifest.job.id, exc, log=log)
-                    raise
-        except BaseException:
+                if os.geteuid() == 0 and caller is None:
+                    key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
+                    sessions.record(
+                        spool.root, key, os.getpid()
+                    )  # the next checkpoint finds the job through us
+                own = isinstance(call, SeedRestart)
+                with _output_files(manifest, user, generation, work.root, own_streams=own) as inherited:
+                    request = RestoreRequest(
+                        image=staged,
+                        pids=[p.pid for p in manifest.processes],
+                        user=user,
+                        cwd=call.cwd,
+                        workdir=work.restorer,
+                        inherited=inherited,
+                        timeout_s=max(1.0, deadline - env.monotonic()),
+                        root_session_leader=manifest.processes[0].session_id == manifest.processes[0].pid,
+                    )
+                    try:
+                        restored = backend.restore(binary, request)
+                    except Error as exc:
+                        _keep_restore_log(spool, backend, request, manifest.job.id, exc, log=log)
+                        raise
+            except BaseException:
+                if pages is not None:
+                    pages.cancel()  # nothing will be let go: no need to hash on
+                raise
+            finally:
+                staged.close()
             if pages is not None:
-                pages.cancel()  # nothing will be let go: no need to hash on
-            raise
-        finally:
-            staged.close()
-        if pages is not None:
-            _pages_checked(pages, restored, forwarder, log)
-        if forwarder.ending is not None:  # pbs_mom ended the job while it was restored: it never runs
-            kill_tree(restored.pid)
-            log.info("restart.ended", restored_pid=restored.pid, signal=forwarder.ending, before_it_ran=True)
-            return -forwarder.ending
-        _admit(restored, user, staged.stopped, log, held_files=config.run_as == "root")
-        restoring.close()  # let go: the job's next restore (after it ends) may start
-        log.info("restart.running", restored_pid=restored.pid, command=restored.command)
-        _mark(call, "Successfully restarted job", config=config, env=env, log=log)
-        status = forwarder.wait(restored.pid)
+                _pages_checked(pages, restored, forwarder, log)
+            if forwarder.ending is not None:  # pbs_mom ended the job while it was restored: it never runs
+                kill_tree(restored.pid)
+                log.info(
+                    "restart.ended", restored_pid=restored.pid, signal=forwarder.ending, before_it_ran=True
+                )
+                return -forwarder.ending
+            _admit(restored, user, staged.stopped, log, held_files=config.run_as == "root")
+            restoring.close()  # let go: the job's next restore (after it ends) may start
+            log.info("restart.running", restored_pid=restored.pid, command=restored.command)
+            _mark(call, "Successfully restarted job", config=config, env=env, log=log)
+            status = forwarder.wait(restored.pid)
+    except Error:
+        # whatever failed, the output the job printed before its hold goes back into the files
+        # pbs_mom re-created empty (issue 26 #2: TORQUE ends the job and delivers them as they are)
+        _rescue_outputs(record, generation, user, own_streams=isinstance(call, SeedRestart), log=log)
+        raise
     log.info(
         "restart.ended",
         restored_pid=restored.pid,
@@ -631,6 +645,32 @@ def _output_files(
     finally:
         for inherited in opened:
             os.close(inherited.fd)
+
+
+def _rescue_outputs(
+    manifest: Manifest, generation: Path, user: JobUser, *, own_streams: bool, log: Any
+) -> None:
+    """A restart that failed puts back what the job printed before its SIGNAL 15 checkpoint into
+    its output files, where pbs_mom re-created them empty (never into a file that has anything in
+    it, nor for the seed's flow, whose output is the new job's). Best effort: each file on its own,
+    opened with the owner's rights, and nothing of it changes the restart's own failure."""
+    if own_streams:
+        return
+    for kept in manifest.kept:
+        if kept.role != "output":
+            continue
+        try:
+            with acting_as(user):
+                fd = os.open(kept.path, _OUTPUT_FLAGS, 0o600)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode) and os.fstat(fd).st_size == 0:
+                    os.set_blocking(fd, True)
+                    _put_back(generation, kept, fd)
+                    log.info("restart.output_put_back", path=kept.path, bytes=kept.size)
+            finally:
+                os.close(fd)
+        except (OSError, Error) as exc:
+            log.warning("restart.output_not_put_back", path=kept.path, error=str(exc))
 
 
 def _streams(manifest: Manifest) -> dict[str, int]:

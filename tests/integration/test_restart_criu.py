@@ -281,6 +281,27 @@ def test_an_application_that_ignores_sigterm_does_not_outlive_the_restart(user_m
         time.sleep(0.05)
 
 
+def test_a_failed_restart_puts_back_what_the_job_printed_before_the_hold(user_mode: Site) -> None:
+    """Issue 26 #2: a restart that failed (there: a PID still held) left the output files pbs_mom had
+    re-created empty, and TORQUE delivered them so: the user lost what the job printed. Whatever
+    fails, the output kept at the hold goes back first (here: a small image file damaged, 65, found
+    before the output files are handed to the restorer)."""
+    site = user_mode
+    job = site.start_job("614.head")
+    job.wait_count(5)
+    args, printed = qhold_and_lose(site, job, empty_output=True)
+    assert printed and job.output.read_text() == ""
+    [generation] = site.generations("614.head")
+    damaged = generation / "image" / "inventory.img"  # checked before anything is handed over
+    with open(damaged, "r+b") as fh:  # the same size, other bytes: the digest check refuses it
+        fh.write(b"\xff" * 4)
+    restart = start_restart(restart_args(site, job, args), site.config)
+    status = restart.wait(timeout=90)
+    assert status != 0
+    assert job.output.read_text() == printed, "what the job printed before the hold was lost"
+    assert [e for e in site.log_events() if e["event"] == "restart.output_put_back"]
+
+
 def test_a_job_ended_while_it_is_restored_never_runs(user_mode: Site) -> None:
     """pbs_mom's SIGTERM (a qdel) reaches mom-restart while CRIU restores the job stopped and its memory
     is being checked: the job is killed before it is let go, its pids are free again, and mom-restart

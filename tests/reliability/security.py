@@ -15,6 +15,7 @@ import random
 import select
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -954,7 +955,123 @@ def parasite_descriptors(site: Site, rng: random.Random) -> list[str]:
     ]
 
 
+OTHER_USER = "nobody"  # another ordinary account of the node (the exporter's, a planter)
+
+
+def _other() -> User:
+    return User.named(OTHER_USER)
+
+
+def qalter_injection(site: Site, rng: random.Random) -> list[str]:
+    """Issue 25 #5: the pointer is the user's file; a "generation" holding an attribute list and
+    control characters was quoted into the qalter -W root runs when the restart failed, setting other
+    attributes (an operator-only Priority among them). The mark is one fixed phrase now."""
+    job, args, _generation = held(site, "4101.head")
+    log = site.base / "qalter.log"
+    site.configure(
+        qalter=str(site.standin("qalter", QALTER_LOG=str(log))), **{"backends.criu.run_as": "job-user"}
+    )
+    hostile = rng.choice(
+        (
+            "/x,checkpoint_restart_status=Successfully restarted job,Priority=1023,x=",
+            "/x\ncomment=\x1b[2J\u202eowned,hold_types=n",
+        )
+    )
+    pointer = Path(str(args[4])) / str(args[5])
+    forged = json.loads(pointer.read_text()) | {"generation": hostile}
+    as_user(site, "import sys; open(sys.argv[1], 'w').write(sys.argv[2])", str(pointer), json.dumps(forged))
+    restart = start_restart(restart_args(job, args), site.config)
+    assert restart.wait(timeout=120) == 77
+    [mark] = [json.loads(line) for line in log.read_text().splitlines()]
+    value = mark[1].removeprefix("checkpoint_restart_status=")
+    assert mark[0] == "-W" and mark[2] == "4101.head" and value.startswith("Failed to restart job: exit 77")
+    assert not set(value) & set(",=\n\x1b\u202e"), value
+    return [f"a forged pointer naming {hostile!r}: restart refused (77), qalter -W got one fixed phrase"]
+
+
+def metrics_link(site: Site, rng: random.Random) -> list[str]:
+    """Issue 25 #6: the textfile folder is the exporter's account's; it swaps mom_checkpoint.prom (or
+    the folder) for a link to a root-only file while root writes it: root's chmod 0644 followed the
+    link. Root now creates, writes and renames the file through a descriptor of its folder."""
+    other = _other()
+    exporter = site.base / "exporter"
+    exporter.mkdir(mode=0o755)
+    os.chown(exporter, other.uid, other.gid)
+    secret = site.base / "root-only"
+    secret.write_text("root's\n")
+    secret.chmod(0o600)
+    swap = rng.choice(("file", "folder"))
+    target = exporter / "mom_checkpoint.prom" if swap == "file" else exporter
+    site.configure(metrics_file=str(exporter / "mom_checkpoint.prom"), **{"backends.criu.run_as": "job-user"})
+    if swap == "folder":  # the folder itself a link to root's folder holding a file of that name
+        private = site.base / "root-folder"
+        private.mkdir(mode=0o700)
+        (private / "mom_checkpoint.prom").symlink_to(secret)
+        exporter.rmdir()
+        exporter.symlink_to(private)
+    else:
+        subprocess.run(["ln", "-s", str(secret), str(target)], user=other.uid, group=other.gid, check=True)
+    job = site.start_job("4102.head")
+    result = call_hook(site.torque_args(job), site.config)
+    assert result.returncode == 0, result.stderr
+    st = os.stat(secret)
+    assert (st.st_mode & 0o777, secret.read_text()) == (0o600, "root's\n"), "root followed the link"
+    return [f"mom_checkpoint.prom's {swap} swapped for a link: the root-only file stays 0600, unchanged; "
+            "the checkpoint succeeds"]  # fmt: skip
+
+
+def planted_checkpoint_dir(site: Site, rng: random.Random) -> list[str]:
+    """Issue 25 #7: TORQUE's checkpoint folder is 1777; another user plants <job>.CK (a link to a
+    root-only folder, a file, a folder of theirs) before the job's checkpoint: every checkpoint of the
+    job was refused. Now the plant is moved aside unread and the job's folder made."""
+    other = _other()
+    site.torque_root.chmod(0o1777)
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    job = site.start_job("4103.head")
+    ckdir = site.torque_root / "4103.head.CK"
+    kind = rng.choice(("link", "file", "folder"))
+    plant = {
+        "link": "import os, sys; os.symlink('/root', sys.argv[1])",
+        "file": "import sys; open(sys.argv[1], 'w').write('planted')",
+        "folder": "import os, sys; os.mkdir(sys.argv[1], 0o777)",
+    }[kind]
+    subprocess.run(["/usr/bin/python3", "-c", plant, str(ckdir)], user=other.uid, group=other.gid, check=True)
+    args = [job.session_id, job.job_id, site.user.name, site.user.name, ckdir, f"ckpt.{job.job_id}.1", 0, "-"]
+    result = call_hook(args, site.config)
+    assert result.returncode == 0, result.stderr
+    st = os.lstat(ckdir)
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == site.user.uid, "the job's folder was not made"
+    assert (ckdir / f"ckpt.{job.job_id}.1").is_file()
+    assert any(e["event"] == "checkpoint_dir.planted" for e in site.log_events())
+    return [f"another user's {kind} planted at <job>.CK: moved aside, the job's folder made, checkpoint 0"]
+
+
+def foreign_checkpoint_dir(site: Site, rng: random.Random) -> list[str]:
+    """Issue 25 #9: qsub -c dir= naming another user's folder inside the roots: root wrote the job's
+    pointer there, and that user chose what the job's restart read. The checkpoint refuses (77)."""
+    other = _other()
+    site.torque_root.chmod(0o1777)
+    theirs = site.torque_root / f"theirs-{rng.randrange(1000)}"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, other.uid, other.gid)
+    ckdir = theirs / "4104.head.CK"
+    ckdir.mkdir(mode=0o755)
+    os.chown(ckdir, site.user.uid, site.user.gid)  # pbs_mom makes <dir>/<job>.CK for the job
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    job = site.start_job("4104.head")
+    args = [job.session_id, job.job_id, site.user.name, site.user.name, ckdir, "ckpt.4104.head.1", 0, "-"]
+    result = call_hook(args, site.config)
+    assert result.returncode == 77 and "another user's folder" in result.stderr, result.stderr
+    assert list(ckdir.iterdir()) == [] and not site.generations("4104.head")
+    job.wait_count(job.count() + 3)
+    return ["CHECKPOINT_DIR inside another user's folder: refused (77), nothing written, the job runs on"]
+
+
 NEEDS_CRIU: set[Scenario] = {
+    qalter_injection,
+    metrics_link,
+    planted_checkpoint_dir,
+    foreign_checkpoint_dir,
     parasite_descriptors,
     stopped_checkpointer,
     reach_own_generation,
@@ -983,6 +1100,13 @@ SECURITY: dict[str, tuple[Scenario, int]] = {
         4,
     ),
     "a killed restart's work folder that the user keeps filling": (stalled_restart_folder, 3),
+    "a forged pointer whose generation is an attribute list, into qalter -W (real CRIU)": (
+        qalter_injection,
+        3,
+    ),
+    "the exporter's account swaps the metrics file or folder for a link (real CRIU)": (metrics_link, 3),
+    "another user plants <job>.CK in TORQUE's 1777 folder (real CRIU)": (planted_checkpoint_dir, 3),
+    "qsub -c dir= naming another user's folder (real CRIU)": (foreign_checkpoint_dir, 3),
     "job-user mode: descriptors copied from the dumped processes, written after the dump (real CRIU)": (
         parasite_descriptors,
         4,

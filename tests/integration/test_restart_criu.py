@@ -302,6 +302,47 @@ def test_a_failed_restart_puts_back_what_the_job_printed_before_the_hold(user_mo
     assert [e for e in site.log_events() if e["event"] == "restart.output_put_back"]
 
 
+def _zombie_at(pid: int) -> int | None:
+    """A child of this process that has exited and is not reaped, made to take ``pid`` (root sets
+    the kernel's last pid just below it); None when another process took that pid first."""
+    for _ in range(5):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+            fh.write(str(pid - 1))
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+        if child == pid:
+            return child
+        os.waitpid(child, 0)
+    return None
+
+
+def test_qrls_right_after_qhold_waits_for_the_applications_zombie(user_mode: Site) -> None:
+    """Issue 26 #2: TORQUE's qrls right after qhold restarted the job while the killed application's
+    zombie still held its PID (its host's init reaped it about a second later): mom-restart exited 75
+    and TORQUE ended the job. The restore now waits for it, bounded, and goes on."""
+    import threading
+
+    site = user_mode
+    job = site.start_job("615.head")
+    restored = [job.exec_pid(), job.app_pid()]
+    args, _ = qhold_and_lose(site, job)
+    zombie = _zombie_at(restored[1])
+    if zombie is None:
+        pytest.skip("another process took the application's pid first")
+    reaper = threading.Timer(1.5, os.waitpid, (zombie, 0))  # init reaps it a moment later
+    reaper.start()
+    try:
+        restart = start_restart(restart_args(site, job, args), site.config)
+        wait_restored(restart, restored)
+        counted = job.count()
+        assert job.wait_count(counted + 3) > counted, "the restored job does not count on"
+    finally:
+        reaper.join()
+    os.kill(restart.pid, signal.SIGTERM)
+    restart.wait(timeout=60)
+
+
 def test_a_job_ended_while_it_is_restored_never_runs(user_mode: Site) -> None:
     """pbs_mom's SIGTERM (a qdel) reaches mom-restart while CRIU restores the job stopped and its memory
     is being checked: the job is killed before it is let go, its pids are free again, and mom-restart

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TextIO
+from typing import Any, TextIO
 
 from mom_checkpoint.errors import CheckpointerFailed
 
@@ -164,28 +164,9 @@ class StoppedFails(Runner):
         self.inner = inner
         self.limit_s = limit_s
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout_s: float,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        umask: int = 0o077,
-        on_start: Callable[[int], None] | None = None,
-        pass_fds: Sequence[int] = (),
-        stopped_limit_s: float | None = None,
-    ) -> Completed:
-        completed = self.inner.run(
-            argv,
-            timeout_s=timeout_s,
-            env=env,
-            cwd=cwd,
-            umask=umask,
-            on_start=on_start,
-            pass_fds=pass_fds,
-            stopped_limit_s=self.limit_s if stopped_limit_s is None else stopped_limit_s,
-        )
+    def run(self, argv: Sequence[str], *, timeout_s: float, **options: Any) -> Completed:
+        options.setdefault("stopped_limit_s", self.limit_s)
+        completed = self.inner.run(argv, timeout_s=timeout_s, **options)
         if completed.stopped_s is not None:
             raise CheckpointerStopped(completed.stopped_s)
         return completed

@@ -54,11 +54,8 @@ class LogPipe:
             ready, _, _ = select.select([self.read_fd], [], [], 0.1)
             stopping = self._stop.is_set()
             if ready:
-                try:
+                with contextlib.suppress(BlockingIOError):  # a spurious wake-up: look again
                     chunk = os.read(self.read_fd, 65536)
-                except BlockingIOError:
-                    chunk = b"?"  # spurious: look again
-                else:
                     if not chunk:
                         return  # every write end is closed
                     self._keep(chunk)

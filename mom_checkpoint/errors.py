@@ -85,12 +85,24 @@ class VerificationFailed(Error):
     exit_status = ExitStatus.DATA_ERROR
 
 
-class PidInUse(Busy):
+class PidInUse(Error):
     """CRIU restores the image's own PIDs: one of them is taken on this node."""
 
+    exit_status = ExitStatus.PID_IN_USE
     template = (
         "PID {} of the image is in use on this node: CRIU restores the original PIDs; wait until that "
         "process has ended, or restart the job on another node"
+    )
+
+
+class NotYetInVault(Error):
+    """The batch system names a checkpoint made on another node that has not reached the vault yet:
+    restoring an older one would bring back state the job has already left behind."""
+
+    exit_status = ExitStatus.NOT_YET_IN_VAULT
+    template = (
+        "the checkpoint {} of job {} is neither on this node nor in the vault yet (still being copied "
+        "from the node that made it?): not restoring an older one; try again once it is there"
     )
 
 

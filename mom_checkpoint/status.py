@@ -19,6 +19,10 @@ class ExitStatus(IntEnum):
     CONFIG = 78  # the configuration file is invalid
     CHECKPOINTER_FAILED = 80  # the checkpointer ran and reported failure
     TIMED_OUT = 81  # the checkpointer ran past timeout_s and was killed
+    # restart failures of their own, so that accounting (TORQUE records a failed restart script's
+    # code as the job's exit status) tells a PID squatted on this node from a copy still travelling
+    PID_IN_USE = 82  # a PID of the image is held on this node by a process not the job's
+    NOT_YET_IN_VAULT = 83  # the checkpoint the batch system names is on neither this node nor the vault yet
 
 
 # What each status means, in the product's words alone: text that reaches a batch system's command
@@ -33,11 +37,13 @@ MEANING = {
     ExitStatus.SOFTWARE: "internal error",
     ExitStatus.CANT_CREATE: "spool unusable",
     ExitStatus.IO_ERROR: "I/O error or disk full",
-    ExitStatus.BUSY: "busy or a PID in use",
+    ExitStatus.BUSY: "busy",
     ExitStatus.NO_PERMISSION: "refused for safety",
     ExitStatus.CONFIG: "invalid configuration",
     ExitStatus.CHECKPOINTER_FAILED: "the checkpointer failed",
     ExitStatus.TIMED_OUT: "timed out",
+    ExitStatus.PID_IN_USE: "a PID of the checkpoint is in use on this node",
+    ExitStatus.NOT_YET_IN_VAULT: "the checkpoint has not reached the vault yet",
 }
 
 

@@ -28,11 +28,11 @@ from mom_checkpoint.backends.base import InheritedFile, Restored, RestoreRequest
 from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import (
-    Busy,
     CheckpointerMissing,
     Error,
     NoCheckpoint,
     NoSuchProcess,
+    NotYetInVault,
     PidInUse,
     Refused,
     StorageIOError,
@@ -352,10 +352,7 @@ def _resolve(
             # the checkpoint the batch system took last was made on another node
             if (fetched := fetch.newest(name=pointed)) is not None:
                 return fetched
-            raise Busy(
-                f"the checkpoint {pointed} of job {job_id} is neither on this node nor in the vault yet "
-                f"(still being copied from the node that made it?): not restoring an older one; try again"
-            )
+            raise NotYetInVault(pointed, job_id)
     if (fetched := fetch.newest(newer_than=local)) is not None:
         return fetched
     for generation in reversed(spool.job_generations(job_id)):
@@ -540,7 +537,7 @@ def wait_pids_free(pids: list[int], wait_s: float, sleep: Callable[[float], obje
     """CRIU restores the original PIDs: they must all be free. A PID a zombie holds (the job's own
     application, killed by the qhold a moment ago and not yet reaped: TORQUE's qrls right after a
     qhold restarts within a second) is waited for, at most ``wait_s`` in all; one a live process
-    holds, or a zombie still there after that, is named (PidInUse, 75)."""
+    holds, or a zombie still there after that, is named (PidInUse, 82)."""
     deadline = time.monotonic() + wait_s
     for pid in pids:
         while True:

@@ -405,7 +405,7 @@ def test_clear_failures_pid_in_use_unknown_job_missing_criu(user_mode: Site) -> 
     args = site.torque_args(job)
     assert call_hook(args, site.config).returncode == 0  # --leave-running: the PIDs stay taken
     restart = start_restart(restart_args(site, job, args), site.config)
-    assert restart.wait(timeout=60) == 75
+    assert restart.wait(timeout=60) == 82
     assert restart.stderr is not None
     message = restart.stderr.read().decode()
     assert f"PID {job.exec_pid()} (now bash" in message and "in use" in message

@@ -478,3 +478,36 @@ def test_a_job_user_image_from_the_vault_is_never_restored_by_roots_checkpointer
     assert restart.wait(timeout=60) == 77
     err = restart.stderr.read().decode() if restart.stderr else ""
     assert "checkpointed in job-user mode and this node restores as root" in err, err
+
+
+def test_a_restart_whose_checkpoint_has_not_reached_the_vault_fails_with_its_own_code(
+    site: Site, vault: Path
+) -> None:
+    """qhold on node A, qrls onto node B while A still copies: TORQUE's pointer names generation 2,
+    the vault has only generation 1. The restart refuses the older one with 83 (not 75, which is
+    "busy"): TORQUE records the script's code as the job's exit status, so accounting tells it apart."""
+    psnc(site, vault_dir=str(vault))
+    job = site.start_job("711.head")
+    assert call_hook(site.torque_args(job), site.config).returncode == 0
+    [first] = site.generations("711.head")
+    wait_in_vault(vault, "711.head", site.user.uid, first.name)
+    psnc(site, vault_dir=str(site.base / "not-mounted"))  # the second copy cannot start: "still travelling"
+    result, args = call_hook_with_args(site, job)
+    assert result.returncode == 0, result.stderr
+    second = site.generations("711.head")[-1]
+    wait_event(site, "vault.sync_failed")
+    psnc(site, vault_dir=str(vault))
+    lose_the_node(site, job)
+    restart = start_restart(
+        [job.session_id, "711.head", site.user.name, site.user.name, args[4], args[5]],
+        site.config,
+    )
+    assert restart.wait(timeout=60) == 83
+    assert restart.stderr is not None
+    message = restart.stderr.read().decode()
+    assert f"the checkpoint {second.name} of job 711.head is neither on this node nor in the vault" in message
+    assert message.count("\n") == 1, message
+    assert [p.name for p in in_vault(vault, "711.head", site.user.uid)] == [first.name]
+    assert not site.generations("711.head"), "an older generation was brought onto the node"
+    refused = events(site, "restart.refused")
+    assert refused and refused[-1]["exit_status"] == 83, refused

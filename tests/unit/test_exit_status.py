@@ -97,7 +97,7 @@ def test_every_status_is_documented_in_the_readme() -> None:
 def test_statuses_are_distinct_and_sysexits_style() -> None:
     values = [s.value for s in ExitStatus]
     assert len(values) == len(set(values))
-    assert all(v in (0, 1) or 64 <= v <= 81 for v in values)
+    assert all(v in (0, 1) or 64 <= v <= 113 for v in values)  # below 128+N, a signal's
 
 
 def test_a_bug_is_70_with_one_line_not_a_traceback(scratch: Scratch) -> None:
@@ -237,3 +237,25 @@ def test_every_subcommand_is_in_the_usage_line_and_the_readme() -> None:
     for command in COMMANDS:
         assert command in usage, command
         assert command in rows, f"{command} has no row in the README's admin table"
+
+
+def test_each_reason_a_restart_fails_has_a_code_of_its_own() -> None:
+    """TORQUE records a failing $restart_script's code as the job's exit status: an admin reading the
+    accounting must tell a PID squatted on the node from a copy not yet in the vault from a busy job."""
+    from mom_checkpoint import errors
+
+    reasons = [
+        errors.VerificationFailed,
+        errors.NoCheckpoint,
+        errors.CheckpointerMissing,
+        errors.StorageIOError,
+        errors.Busy,
+        errors.Refused,
+        errors.CheckpointerFailed,
+        errors.TimedOut,
+        errors.PidInUse,
+        errors.NotYetInVault,
+    ]
+    codes = [reason.exit_status for reason in reasons]
+    assert len(set(codes)) == len(codes), dict(zip([r.__name__ for r in reasons], codes, strict=True))
+    assert errors.PidInUse.exit_status == 82 and errors.NotYetInVault.exit_status == 83

@@ -148,8 +148,9 @@ def add_subcommands(parser: ArgumentParser) -> None:
     made["doctor"].add_argument(
         "--mom-config",
         metavar="PATH",
-        help="pbs_mom's config file (default: TORQUE's /var/spool/torque/mom_priv/config, else "
-        "OpenPBS's /var/spool/pbs/mom_priv/config)",
+        action="append",
+        help="pbs_mom's config file, again for a second pbs_mom (default: TORQUE's "
+        "/var/spool/torque/mom_priv/config and OpenPBS's /var/spool/pbs/mom_priv/config, each that exists)",
     )
     made["config"].add_argument(
         "--print", action="store_true", dest="print_config", required=True, help="print it"
@@ -274,9 +275,9 @@ def _prune(options: argparse.Namespace, config: Any, env: Environment) -> ExitSt
 def _doctor(options: argparse.Namespace, env: Environment) -> ExitStatus:
     from mom_checkpoint.commands import doctor
 
-    mom_config = options.mom_config or doctor.default_mom_config()
+    mom_configs = options.mom_config or doctor.default_mom_configs()
     checks = doctor.run(
-        env, mom_config, Path(sys.argv[0]).resolve().parent if sys.argv[0] else Path("/usr/sbin")
+        env, mom_configs, Path(sys.argv[0]).resolve().parent if sys.argv[0] else Path("/usr/sbin")
     )
     failed = [c for c in checks if not c.ok]
     if options.json:

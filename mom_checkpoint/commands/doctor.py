@@ -7,12 +7,13 @@ import errno
 import math
 import os
 import stat
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mom_checkpoint import config as config_module
 from mom_checkpoint.backends.base import locate
+from mom_checkpoint.calls import PBS_ACTIONS
 from mom_checkpoint.config import Config
 from mom_checkpoint.environment import Environment
 from mom_checkpoint.errors import CheckpointerMissing, ConfigError
@@ -29,7 +30,6 @@ MOM_LINES = {
     "$checkpoint_run_exe": "mom-checkpoint-run",
 }
 # OpenPBS: the $action lines, the words after the program, and the time the tool needs beyond timeout_s
-PBS_ACTIONS = ("checkpoint", "checkpoint_abort", "restart")
 PBS_WORDS = ("%jobid", "%sid", "%taskid", "%login", "%path")
 PBS_TIMEOUT_MARGIN_S = 60  # hashing, fsync and publishing after the checkpointer's own timeout_s
 
@@ -42,7 +42,9 @@ class Check:
     fix: str = ""
 
 
-def run(env: Environment, mom_config: str, programs_dir: Path) -> list[Check]:
+def run(env: Environment, mom_configs: Sequence[str], programs_dir: Path) -> list[Check]:
+    """The node's checks, then each batch system's: ``mom_configs`` are the pbs_moms' config files
+    (both TORQUE's and OpenPBS's on a node that has both)."""
     checks: list[Check] = []
     try:
         config = config_module.load(env.environ)
@@ -59,29 +61,42 @@ def run(env: Environment, mom_config: str, programs_dir: Path) -> list[Check]:
     if config.vault_dir:
         checks.append(_vault(config))
     checks.append(_log_file(config))
+    for mom_config in mom_configs:
+        system, found = _batch_system(mom_config, config, programs_dir)
+        if len(mom_configs) > 1:  # say whose check each is
+            found = [replace(c, name=f"{system} {c.name}") for c in found]
+        checks += found
+    return checks
+
+
+def _batch_system(mom_config: str, config: Config, programs_dir: Path) -> tuple[str, list[Check]]:
+    """Which batch system's pbs_mom reads ``mom_config``, and its checks."""
     try:
         text = Path(mom_config).read_text()
     except OSError as exc:
-        checks += _roots(
-            config.torque_checkpoint_roots, "torque_checkpoint_roots", "<torque home>/checkpoint"
+        system = "OpenPBS" if mom_config == OPENPBS_MOM_CONFIG else "TORQUE"
+        roots = (
+            _roots(config.pbs_checkpoint_roots, "pbs_checkpoint_roots", "<PBS_HOME>/checkpoint", 0o700)
+            if system == "OpenPBS"
+            else _roots(config.torque_checkpoint_roots, "torque_checkpoint_roots", "<torque home>/checkpoint")
         )
         fix = "give its path with --mom-config"
-        return [*checks, Check("mom_priv/config", False, f"{mom_config}: {exc.strerror}", fix)]
+        return system, [*roots, Check("mom_priv/config", False, f"{mom_config}: {exc.strerror}", fix)]
     actions = _pbs_actions(text)
-    if actions:  # OpenPBS
-        checks += _roots(config.pbs_checkpoint_roots, "pbs_checkpoint_roots", "<PBS_HOME>/checkpoint", 0o700)
-        return checks + _openpbs(mom_config, text, actions, programs_dir, config)
-    checks += _roots(config.torque_checkpoint_roots, "torque_checkpoint_roots", "<torque home>/checkpoint")
+    if actions or mom_config == OPENPBS_MOM_CONFIG or "$clienthost" in _mom_settings(text):
+        roots = _roots(config.pbs_checkpoint_roots, "pbs_checkpoint_roots", "<PBS_HOME>/checkpoint", 0o700)
+        return "OpenPBS", roots + _openpbs(mom_config, text, actions, programs_dir, config)
+    checks = _roots(config.torque_checkpoint_roots, "torque_checkpoint_roots", "<torque home>/checkpoint")
     checks.append(_moms_checkpoint_folder(config, mom_config))
     checks += _torque_clients(config)
-    return checks + _mom_config(mom_config, text, programs_dir)
+    return "TORQUE", checks + _mom_config(mom_config, text, programs_dir)
 
 
-def default_mom_config() -> str:
-    """TORQUE's mom_priv/config, or OpenPBS's where only that one exists."""
-    if not os.path.exists(DEFAULT_MOM_CONFIG) and os.path.exists(OPENPBS_MOM_CONFIG):
-        return OPENPBS_MOM_CONFIG
-    return DEFAULT_MOM_CONFIG
+def default_mom_configs() -> list[str]:
+    """The pbs_mom config files of this node: TORQUE's, OpenPBS's, or both; TORQUE's where neither is
+    there (its check then says it is missing)."""
+    present = [path for path in (DEFAULT_MOM_CONFIG, OPENPBS_MOM_CONFIG) if os.path.exists(path)]
+    return present or [DEFAULT_MOM_CONFIG]
 
 
 def _backend(config: Config, env: Environment) -> list[Check]:
@@ -394,6 +409,7 @@ def _openpbs(
     program = programs_dir / "mom-checkpoint"
     checks = []
     needed = _action_timeout_needed(config)  # one number for every line doctor suggests and checks
+    programs = [program]
     for name in PBS_ACTIONS:
         wanted = f"$action {name} {needed} !{program} --pbs {name} {' '.join(PBS_WORDS)}"
         if name not in actions:
@@ -402,17 +418,23 @@ def _openpbs(
             )
             continue
         timeout, words = actions[name]
+        line = f"$action {name} {timeout} !{' '.join(words)}"
         same = os.path.exists(words[0]) and os.path.realpath(words[0]) == os.path.realpath(program)
-        if not same or words[1:] != ["--pbs", name, *PBS_WORDS]:
-            line = f"$action {name} {timeout} !{' '.join(words)}"
-            checks.append(
-                Check(f"$action {name}", False, f"{path}: {line}", f"set '{wanted}'; restart pbs_mom")
-            )
+        if same and words[1:] == ["--pbs", name, *PBS_WORDS]:
+            checks.append(Check(f"$action {name}", True, f"{path}: runs {words[0]}"))
+        elif not same and _runs(words[0], program.name) and tuple(words[-len(PBS_WORDS) :]) == PBS_WORDS:
+            # a site's wrapper: it gets the job's values last and passes them on (how, is the site's)
+            detail = f"{path}: {line} (a site's wrapper that runs {program.name} --pbs {name})"
+            checks.append(Check(f"$action {name}", True, detail))
+            programs.append(Path(words[0]))
+        else:
+            words_last = " ".join(PBS_WORDS)
+            fix = f"set '{wanted}'; restart pbs_mom (a site's wrapper: end its line with {words_last})"
+            checks.append(Check(f"$action {name}", False, f"{path}: {line}", fix))
             continue
-        checks.append(Check(f"$action {name}", True, f"{path}: runs {words[0]}"))
         if name != "restart":
             checks.append(_action_timeout(name, timeout, config))
-    checks.append(_script_permissions(program))
+    checks += [_script_permissions(p) for p in dict.fromkeys(programs)]
     transmogrify = _mom_settings(text).get("$restart_transmogrify", "false").lower() in ("true", "1", "yes")
     checks.append(
         Check(

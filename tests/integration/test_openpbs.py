@@ -262,6 +262,80 @@ def test_doctor_checks_the_action_lines_timeouts_permissions_and_transmogrify(
     assert "[ok  ] $action checkpoint: " in followed and "[ok  ] $action checkpoint timeout" in followed
 
 
+def doctor_of(site: Site, *mom_configs: Path) -> subprocess.CompletedProcess[str]:
+    options = [word for path in mom_configs for word in ("--mom-config", str(path))]
+    return subprocess.run(
+        [str(installed("mom-checkpoint")), "doctor", *options],
+        env={"PATH": "/bin:/usr/bin", "MOM_CHECKPOINT_CONFIG": str(site.config)},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_doctor_accepts_a_sites_wrapper_on_an_action_line_held_to_pbs_moms_rules(site: Site) -> None:
+    """Issue 26 #6: TORQUE's check accepted a site's wrapper, OpenPBS's failed it. A wrapper passes
+    when pbs_mom would run it (root's, not world-writable), it runs mom-checkpoint, and its line
+    ends with the job's values; each of those broken fails with its fix."""
+    configure(site, backend="psnc", **{"backends.psnc.chkpnt": "/bin/true"})
+    make_mom(site)
+    mom_priv = site.base / "mom_priv-config"
+    wrapper = site.base / "site-pbs-checkpoint"
+    wrapper.write_text(
+        f'#!/bin/sh\nlogger "checkpoint $1"\nexec {installed("mom-checkpoint")} --pbs checkpoint "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    ours = f"!{installed('mom-checkpoint')} --pbs checkpoint %jobid"
+    mom_priv.write_text(mom_config(timeout=180).replace(ours, f"!{wrapper} %jobid"))
+    good = doctor_of(site, mom_priv)
+    assert f"[ok  ] $action checkpoint: {mom_priv}: $action checkpoint 180 !{wrapper} %jobid" in good.stdout
+    assert "(a site's wrapper that runs mom-checkpoint --pbs checkpoint)" in good.stdout
+    assert f"[ok  ] $action script: {wrapper}: root's" in good.stdout, good.stdout
+    assert "[ok  ] $action checkpoint timeout" in good.stdout
+    assert not [line for line in good.stdout.splitlines() if line.startswith("[FAIL] $")], good.stdout
+
+    wrapper.chmod(0o757)  # pbs_mom would refuse to run it
+    refused = doctor_of(site, mom_priv)
+    assert f"[FAIL] $action script: {wrapper} has mode 757" in refused.stdout, refused.stdout
+    wrapper.chmod(0o755)
+    mom_priv.write_text(
+        mom_config(timeout=180).replace(ours, f"!{wrapper} %jobid").replace("%login %path", "%login")
+    )
+    short = doctor_of(site, mom_priv)
+    assert (
+        "[FAIL] $action checkpoint:" in short.stdout
+        and "a site's wrapper: end its line with %jobid" in short.stdout
+    )
+    other = site.base / "other-wrapper"
+    other.write_text("#!/bin/sh\nexec /bin/true\n")
+    other.chmod(0o755)
+    mom_priv.write_text(mom_config(timeout=180).replace(ours, f"!{other} %jobid"))
+    unrelated = doctor_of(site, mom_priv)
+    assert "[FAIL] $action checkpoint:" in unrelated.stdout and short.returncode == unrelated.returncode == 1
+
+
+def test_doctor_checks_both_pbs_moms_on_a_node_that_has_both(site: Site) -> None:
+    """Issue 26 #6: with TORQUE's and OpenPBS's configs on one node, doctor checks each, and names
+    whose each check is; a fault in either fails it."""
+    configure(site, backend="psnc", **{"backends.psnc.chkpnt": "/bin/true"})
+    make_mom(site)
+    programs = installed("mom-checkpoint").parent
+    torque = site.base / "torque" / "mom_priv" / "config"
+    torque.parent.mkdir(parents=True)
+    torque.write_text(f"$pbsserver head\n$checkpoint_script {programs}/mom-checkpoint\n")
+    openpbs = site.base / "pbs" / "mom_priv" / "config"
+    openpbs.parent.mkdir(parents=True)
+    openpbs.write_text(mom_config(timeout=180))
+    both = doctor_of(site, torque, openpbs)
+    assert both.returncode == 1, both.stdout
+    assert (
+        "[FAIL] TORQUE $restart_script:" in both.stdout and "[ok  ] TORQUE $checkpoint_script" in both.stdout
+    )
+    for name in ("checkpoint", "checkpoint_abort", "restart"):
+        assert f"[ok  ] OpenPBS $action {name}: " in both.stdout, both.stdout
+    assert "[ok  ] OpenPBS $restart_transmogrify" in both.stdout
+    assert both.stdout.count("[ok  ] config:") == 1, "the node's own checks once"
+
+
 def test_a_task_that_is_its_own_session_leader_restarts_and_ends_with_its_task(site: Site) -> None:
     """Issue 14 #1: a job's second task started with `pbsdsh -o` runs its application as the leader of
     its own session, and CRIU gives a restored session leader its old session back. Its next

@@ -13,7 +13,11 @@ What it reproduces, step by step:
   a failed plain checkpoint deletes the new folder and the old one too; a failed abort that left a file
   at %path is taken for a good checkpoint;
 - restart with $restart_transmogrify true: the script becomes the task in a new session, fds 0/1/2 on
-  /dev/null, %sid the old session negated, and its exit status is the job's.
+  /dev/null, %sid the old session negated, and its exit status is the job's;
+- jobs run with umask 077 (Site.start_job), and so does a resume job's sudo;
+- qdel: SIGTERM to each task's session, SIGKILL after kill_delay only where MOM still counts a
+  process, and it counts no root-owned one (a task left with only its root restart process, its
+  restored application in the old session, is "force exited" without a SIGKILL).
 
 One deviation, for the tests' own config: MOM_CHECKPOINT_CONFIG is added to the environment (a node
 uses the default /etc/mom-checkpoint/config.toml).
@@ -67,6 +71,8 @@ class Outcome:
 
 
 class Mom:
+    KILL_DELAY_S = 2.0  # the server's kill_delay (10 s by default; 4-18 s were seen for a qdel)
+
     def __init__(self, config_text: str, checkpoint_path: Path, tool_config: Path, mom_log: Path) -> None:
         self.actions: dict[str, tuple[int, str, list[str]]] = {}
         for line in config_text.splitlines():
@@ -177,6 +183,17 @@ class Mom:
         os.close(log_fd)
         return _wait(pid, timeout)
 
+    def qdel(self, sessions: list[int]) -> None:
+        """qdel of a running job: SIGTERM to each task's session; after kill_delay, SIGKILL only to a
+        session in which MOM still counts a process. A task whose processes are all root's, or sit
+        in another session (a restored task keeps its old one), is "force exited" and never gets it."""
+        for sid in sessions:
+            kill_session(sid, signal.SIGTERM)
+        time.sleep(self.KILL_DELAY_S)
+        for sid in sessions:
+            if kill_session(sid, 0):
+                kill_session(sid, signal.SIGKILL)
+
     def restart(self, task: Task, old_sid: int) -> tuple[int, int]:
         """$restart_transmogrify true: the script is the task's new top process; returns (pid, status)."""
         pid = self.start_restart(task, old_sid)
@@ -205,13 +222,14 @@ class Mom:
 def kill_session(sid: int, sig: int) -> int:
     """kill_session (src/resmom/linux/mom_mach.c ~1336), how MOM ends a task (qdel, the job's end):
     ``sig`` to every process whose session is ``sid``, as /proc shows them, then to its process group
-    for what /proc missed. Returns how many it found."""
+    for what /proc missed. Returns how many of them are not root's: MOM counts only those (seen,
+    OPENPBS.md third round), so a task whose only process left is root's counts as gone."""
     found = 0
     for process in psutil.process_iter():
         try:
             if process.pid > 1 and os.getsid(process.pid) == sid:
                 os.kill(process.pid, sig)
-                found += 1
+                found += process.uids().real != 0
         except (ProcessLookupError, psutil.NoSuchProcess):
             continue
     if sig == signal.SIGKILL or found == 0:

@@ -11,7 +11,9 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -201,17 +203,57 @@ def one_line(stderr: str) -> str:
     return stderr
 
 
+@dataclass(frozen=True)
+class JobEnd:
+    """What TORQUE records and delivers when a job ends: its exit_status (state C) and its output."""
+
+    exit_status: int
+    delivered: str
+
+
 class TorqueMom:
     """pbs_mom's side of a job's checkpoints and restarts, as a real TORQUE 6.1.3 pbs_mom was seen to
-    do them (shared/MOM_CONTRACT.md): the hook through popen as root, the job ended by the hook alone
-    (SIGNAL 15), the job script deleted when the job ends, empty .OU/.ER re-created before a restart,
-    the restart script started with fork + setsid + execv, and qdel as SIGTERM then SIGKILL to the
-    job's session, reported as 256+signal."""
+    do them (shared/MOM_CONTRACT.md): jobs run with umask 077 (Site.start_job), the hook through popen
+    as root, the job ended by the hook alone (SIGNAL 15), the job script deleted when the job ends, the
+    killed application's zombie holding its PID about a second after qstat shows the hold, empty
+    .OU/.ER re-created before a restart, the restart script started with fork + setsid + execv, a
+    restart script that exits non-zero ending the job at once with that code (no retry, the output
+    delivered as it is), and qdel as SIGTERM then SIGKILL to the job's session, reported as
+    256+signal."""
 
     KILL_DELAY_S = 2.0
+    ZOMBIE_S = 1.5  # how long the held application's zombie keeps its PID (init reaping slowly)
 
     def __init__(self, site: Site) -> None:
         self.site = site
+        self._reapers: list[threading.Timer] = []
+        self.zombie: int | None = None  # the PID the last qhold left a zombie at
+
+    def qhold(self, job: Job) -> list[object]:
+        """qhold of a job that runs its first life: the hook with SIGNAL 15, the job's end, and the
+        application's zombie left at its PID for ZOMBIE_S (a qrls at once meets it). Returns the
+        hook's arguments, which qrls passes on. None of it is reaped by the caller."""
+        application = job.app_pid()
+        result, args = self.checkpoint(job, signal_number=15)
+        assert result.returncode == 0, result.stderr
+        job.wait_ended()
+        self.job_ended(job)
+        self.zombie = zombie = zombie_at(application)
+        if zombie is not None:
+            reaper = threading.Timer(self.ZOMBIE_S, os.waitpid, (zombie, 0))
+            reaper.start()
+            self._reapers.append(reaper)
+        return args
+
+    def zombies_reaped(self) -> None:
+        for reaper in self._reapers:
+            reaper.join()
+
+    def ended(self, task: subprocess.Popen[bytes], job: Job, timeout: float = 90) -> JobEnd:
+        """The job's end as TORQUE records it once its task (the restart script) exits: a non-zero
+        code ends the job there and then, 256+N for a signal N, and the output files are delivered."""
+        status = task.wait(timeout=timeout)
+        return JobEnd(256 - status if status < 0 else status, job.output.read_text())
 
     def checkpoint(
         self, job: Job, signal_number: int = 0, session: int | None = None
@@ -253,3 +295,19 @@ class TorqueMom:
         else:
             status = task.wait(timeout=30)
         return 256 - status if status < 0 else status
+
+
+def zombie_at(pid: int) -> int | None:
+    """A child of this process that has exited and is not reaped, made to take ``pid`` (root sets the
+    kernel's last pid just below it): an application's zombie its parent has not reaped yet. None
+    when another process took that pid first."""
+    for _ in range(5):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+            fh.write(str(pid - 1))
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+        if child == pid:
+            return child
+        os.waitpid(child, 0)
+    return None

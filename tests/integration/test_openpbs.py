@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.helpers import Job, Site, User, crash, installed, verify_generation, wait_until_gone
-from tests.openpbs import Mom, NotRun, Task, kill_session
+from tests.openpbs import Mom, NotRun, Task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -370,15 +370,19 @@ def test_a_task_that_is_its_own_session_leader_restarts_and_ends_with_its_task(s
         time.sleep(0.05)
 
 
-def _leader_task(site: Site, job_id: str, output: Path, limit: int = 100000) -> Job:
-    """A task whose application leads its own session (pbsdsh -o), counting into ``output``."""
+def _leader_task(
+    site: Site, job_id: str, output: Path, limit: int = 100000, ignore_term: bool = False
+) -> Job:
+    """A task whose application leads its own session (pbsdsh -o), counting into ``output``; with
+    ``ignore_term``, an application that ignores SIGTERM."""
     with open(output, "wb") as out:
         os.fchown(out.fileno(), site.user.uid, site.user.gid)
         leader = subprocess.Popen(
             ["/usr/bin/python3", str(Path(__file__).parents[1] / "apps" / "counter.py")],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=site.jobs_dir,
-            user=site.user.uid, group=site.user.gid, extra_groups=[], start_new_session=True,
-            env={"PATH": "/usr/bin:/bin", "COUNTER_LIMIT": str(limit)},
+            user=site.user.uid, group=site.user.gid, extra_groups=[], umask=0o077, start_new_session=True,
+            env={"PATH": "/usr/bin:/bin", "COUNTER_LIMIT": str(limit),
+                 "COUNTER_IGNORE_TERM": "1" if ignore_term else "0"},
         )  # fmt: skip
     return Job(job_id, leader, output, site.user)
 
@@ -386,11 +390,13 @@ def _leader_task(site: Site, job_id: str, output: Path, limit: int = 100000) -> 
 def test_a_two_task_job_through_two_restarts_and_a_qdel_leaves_nothing(site: Site) -> None:
     """Issue 14 #1: MOM's calls for a 2-task job (task 2 started with pbsdsh -o): qhold, qrls, a
     periodic checkpoint of each restarted task, qhold and qrls again, qdel; no process of the job is
-    left, and each task counted on from where it was held."""
-    configure(site, **{"backends.criu.run_as": "job-user"})
+    left, and each task counted on from where it was held. Issue 26 #3: task 2 ignores SIGTERM, and
+    MOM never SIGKILLs it (its restored application sits in its old session, its restart process is
+    root's): the restart process ends it itself."""
+    configure(site, abort_grace_s=1, **{"backends.criu.run_as": "job-user"})
     mom = make_mom(site)
     first = site.start_job("42.vm", app_env={"COUNTER_LIMIT": "100000"})
-    second = _leader_task(site, "42.vm", site.jobs_dir / "42.vm.task2.OU")
+    second = _leader_task(site, "42.vm", site.jobs_dir / "42.vm.task2.OU", ignore_term=True)
     deadline = time.monotonic() + 30
     while len(counts(second.output)) < 3:
         assert time.monotonic() < deadline, "task 2 does not count"
@@ -418,11 +424,8 @@ def test_a_two_task_job_through_two_restarts_and_a_qdel_leaves_nothing(site: Sit
         assert [p["job_id"] for p in pointers] == ["42.vm", "42.vm+task2"], pointers
         assert all(Path(p["generation"]).is_dir() for p in pointers), pointers
         old_sid = dict(restarts)
-    for restart in restarts.values():  # qdel: MOM kills each task's session, SIGTERM, then SIGKILL
-        kill_session(restart, signal.SIGTERM)
-    time.sleep(1)
+    mom.qdel(list(restarts.values()))  # SIGTERM to each task's session; no SIGKILL for task 2's
     for restart in restarts.values():
-        kill_session(restart, signal.SIGKILL)
         os.waitpid(restart, 0)
     deadline = time.monotonic() + 10
     while left := [p for group in pids.values() for p in group if _alive(p)]:

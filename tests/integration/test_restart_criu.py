@@ -285,62 +285,48 @@ def test_a_failed_restart_puts_back_what_the_job_printed_before_the_hold(user_mo
     """Issue 26 #2: a restart that failed (there: a PID still held) left the output files pbs_mom had
     re-created empty, and TORQUE delivered them so: the user lost what the job printed. Whatever
     fails, the output kept at the hold goes back first (here: a small image file damaged, 65, found
-    before the output files are handed to the restorer)."""
+    before the output files are handed to the restorer), and TORQUE ends the job with that code."""
+    from tests.torque import TorqueMom
+
     site = user_mode
+    mom = TorqueMom(site)
     job = site.start_job("614.head")
     job.wait_count(5)
-    args, printed = qhold_and_lose(site, job, empty_output=True)
-    assert printed and job.output.read_text() == ""
+    args = mom.qhold(job)
+    printed = job.output.read_text()
+    mom.zombies_reaped()
     [generation] = site.generations("614.head")
     damaged = generation / "image" / "inventory.img"  # checked before anything is handed over
     with open(damaged, "r+b") as fh:  # the same size, other bytes: the digest check refuses it
         fh.write(b"\xff" * 4)
-    restart = start_restart(restart_args(site, job, args), site.config)
-    status = restart.wait(timeout=90)
-    assert status != 0
-    assert job.output.read_text() == printed, "what the job printed before the hold was lost"
+    restart = mom.release(job, args)  # qrls: the output files re-created empty first
+    end = mom.ended(restart, job)
+    assert end.exit_status == 65, "TORQUE records the restart script's code as the job's"
+    assert printed and end.delivered == printed, "what the job printed before the hold was lost"
     assert [e for e in site.log_events() if e["event"] == "restart.output_put_back"]
-
-
-def _zombie_at(pid: int) -> int | None:
-    """A child of this process that has exited and is not reaped, made to take ``pid`` (root sets
-    the kernel's last pid just below it); None when another process took that pid first."""
-    for _ in range(5):
-        with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
-            fh.write(str(pid - 1))
-        child = os.fork()
-        if child == 0:
-            os._exit(0)
-        if child == pid:
-            return child
-        os.waitpid(child, 0)
-    return None
 
 
 def test_qrls_right_after_qhold_waits_for_the_applications_zombie(user_mode: Site) -> None:
     """Issue 26 #2: TORQUE's qrls right after qhold restarted the job while the killed application's
     zombie still held its PID (its host's init reaped it about a second later): mom-restart exited 75
     and TORQUE ended the job. The restore now waits for it, bounded, and goes on."""
-    import threading
+    from tests.torque import TorqueMom
 
     site = user_mode
+    mom = TorqueMom(site)
     job = site.start_job("615.head")
     restored = [job.exec_pid(), job.app_pid()]
-    args, _ = qhold_and_lose(site, job)
-    zombie = _zombie_at(restored[1])
-    if zombie is None:
+    args = mom.qhold(job)
+    if mom.zombie is None:
         pytest.skip("another process took the application's pid first")
-    reaper = threading.Timer(1.5, os.waitpid, (zombie, 0))  # init reaps it a moment later
-    reaper.start()
     try:
-        restart = start_restart(restart_args(site, job, args), site.config)
+        restart = mom.release(job, args)  # qrls at once: the zombie is still there
         wait_restored(restart, restored)
         counted = job.count()
         assert job.wait_count(counted + 3) > counted, "the restored job does not count on"
     finally:
-        reaper.join()
-    os.kill(restart.pid, signal.SIGTERM)
-    restart.wait(timeout=60)
+        mom.zombies_reaped()
+    assert mom.qdel(restart) == 256 + signal.SIGTERM
 
 
 def test_a_job_ended_while_it_is_restored_never_runs(user_mode: Site) -> None:

@@ -50,8 +50,9 @@ def sudo_rule() -> Iterator[Path]:
 def user_job(
     site: Site, user: User, command: str, workdir: Path, output: Path | None = None
 ) -> subprocess.Popen[str]:
-    """A new batch job of ``user`` whose script is ``command`` (its own session, like pbs_mom's),
-    its stdout going to ``output`` (the new job's own .OU) when given."""
+    """A new batch job of ``user`` whose script is ``command`` (its own session and umask 077, like
+    pbs_mom's of TORQUE and OpenPBS), its stdout going to ``output`` (the new job's own .OU) when
+    given."""
     out = open(output, "wb") if output is not None else None  # noqa: SIM115 - handed to the child
     if out is not None and output is not None:
         os.chown(output, user.uid, user.gid)
@@ -60,6 +61,7 @@ def user_job(
         user=user.uid,
         group=user.gid,
         extra_groups=[],
+        umask=0o077,
         start_new_session=True,
         cwd=workdir,
         stdin=subprocess.DEVNULL,
@@ -91,10 +93,10 @@ def test_a_users_new_job_restarts_their_checkpointed_job(site: Site, sudo_rule: 
     workdir = old.output.parent
     old.output.unlink()  # the old job has ended: TORQUE delivered its output and its spool files are gone
     resumed = workdir / "612.new.OU"  # the new job's own output
-    # TORQUE runs jobs with umask 077, and sudo keeps it (issue 26 #1: the restorer could not enter
-    # its work folder, made 0700 by that umask; exit 80)
+    # user_job runs it with umask 077, as TORQUE and OpenPBS run jobs, and sudo keeps it (issue 26 #1:
+    # the restorer could not enter its work folder, made 0700 by that umask; exit 80)
     new = user_job(
-        site, site.user, f'umask 077; exec sudo -n {sudo_rule} --own --job 611.head --cwd "$PBS_O_WORKDIR"',
+        site, site.user, f'exec sudo -n {sudo_rule} --own --job 611.head --cwd "$PBS_O_WORKDIR"',
         workdir, output=resumed,
     )  # fmt: skip
     deadline = time.monotonic() + 60

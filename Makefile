@@ -35,6 +35,7 @@ demo: setup
 lint: venv
 	$(BIN)/ruff check mom_checkpoint tests scripts
 	$(BIN)/ruff format --check mom_checkpoint tests scripts
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy

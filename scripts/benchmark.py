@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from mom_checkpoint.environment import child_environ  # noqa: E402  (the checkpointer's own environment)
+from mom_checkpoint.platform.environment import child_environ  # noqa: E402  (the checkpointer's own environment)
 from tests.conftest import _criu_problem  # noqa: E402  (the suite's own gate: root and CRIU >= 4)
 from tests.helpers import (  # noqa: E402
     MOM_ENV,
@@ -146,19 +146,19 @@ T0 = time.perf_counter()
 import mom_checkpoint.cli.checkpoint as cli
 import mom_checkpoint.backends.base as base
 import mom_checkpoint.backends.psnc as psnc
-import mom_checkpoint.calls
+import mom_checkpoint.batch.calls
 import mom_checkpoint.commands.checkpoint as cc
-import mom_checkpoint.config as config
-import mom_checkpoint.discovery as discovery
-import mom_checkpoint.log as log
-import mom_checkpoint.storage as storage
+import mom_checkpoint.platform.config as config
+import mom_checkpoint.processes.discovery as discovery
+import mom_checkpoint.platform.log as log
+import mom_checkpoint.spool.storage as storage
 import filelock
 T1 = time.perf_counter()
 # what the hook imports while the checkpointer runs (commands.checkpoint.AFTER_THE_DUMP): timed apart
 for name in cc.AFTER_THE_DUMP:
     __import__(name)
-import mom_checkpoint.hashing as hashing
-import mom_checkpoint.manifest as manifest
+import mom_checkpoint.image.hashing as hashing
+import mom_checkpoint.image.manifest as manifest
 T1b = time.perf_counter()
 spent = {}
 fsync = [0.0, 0]
@@ -450,10 +450,11 @@ def run_raw(argv: Sequence[str]) -> tuple[float, subprocess.CompletedProcess[str
 # timing criu's own run. argv[1]: where to write the result; argv[2]: the command line, as JSON.
 RAW_LAUNCHER = r"""
 import json, subprocess, sys, time
-import mom_checkpoint.cli.checkpoint, mom_checkpoint.calls, mom_checkpoint.config, mom_checkpoint.log
+import mom_checkpoint.cli.checkpoint, mom_checkpoint.batch.calls
+import mom_checkpoint.platform.config, mom_checkpoint.platform.log
 import mom_checkpoint.commands.checkpoint, mom_checkpoint.backends.criu
-mom_checkpoint.log.make_logger("/dev/null")  # structlog, imported the way the hook imports it
-from mom_checkpoint.environment import child_environ
+mom_checkpoint.platform.log.make_logger("/dev/null")  # structlog, imported the way the hook imports it
+from mom_checkpoint.platform.environment import child_environ
 started = time.perf_counter()
 proc = subprocess.run(json.loads(sys.argv[2]), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                       env=child_environ(), cwd="/", umask=0o077, process_group=0)
@@ -886,10 +887,11 @@ def overhead_breakdown(
 
 
 HOOK_IMPORTS = (
-    "import mom_checkpoint.cli.checkpoint, mom_checkpoint.calls, mom_checkpoint.config, mom_checkpoint.log, "
-    "mom_checkpoint.commands.checkpoint, mom_checkpoint.backends.psnc"
+    "import mom_checkpoint.cli.checkpoint, mom_checkpoint.batch.calls, mom_checkpoint.platform.config, "
+    "mom_checkpoint.platform.log, mom_checkpoint.commands.checkpoint, mom_checkpoint.backends.psnc"
 )
-MAKE_LOGGER = "; mom_checkpoint.log.make_logger('/dev/null')"  # structlog, imported the hook's own way
+# structlog, imported the hook's own way
+MAKE_LOGGER = "; mom_checkpoint.platform.log.make_logger('/dev/null')"
 DUMP_IMPORTS = HOOK_IMPORTS + ", mom_checkpoint.backends.criu" + MAKE_LOGGER
 IMPORT_CASES = {
     "pass": "pass",
@@ -898,7 +900,7 @@ IMPORT_CASES = {
     "no structlog, no filelock": "import sys, types; sys.modules['filelock'] = types.ModuleType('filelock'); "
     + HOOK_IMPORTS,
     # only the three libraries the project keeps (issue 16), structlog imported the hook's way
-    "libraries": "import psutil, filelock, mom_checkpoint.log" + MAKE_LOGGER,
+    "libraries": "import psutil, filelock, mom_checkpoint.platform.log" + MAKE_LOGGER,
 }
 
 
@@ -1035,7 +1037,7 @@ def third_party(top: str, stdlib: frozenset[str]) -> bool:
 
 # -- row 2: process discovery at scale ----------------------------------------------------------------------
 def row_discovery(bench: Bench) -> None:
-    from mom_checkpoint import discovery
+    from mom_checkpoint.processes import discovery
 
     site = bench.site("discovery")
     job = site.start_job("2.head")
@@ -1046,8 +1048,9 @@ def row_discovery(bench: Bench) -> None:
     sizes = (200, 2000) if bench.options.quick else (200, 2000, 10000)
     n = bench.reps(7, 3)
     lines = [
-        "The job's exec PID found by `mom_checkpoint.discovery.find_job` (in the benchmark's process: no "
-        "interpreter start) and by the seed's own lines (`/bin/ps -ef | /usr/bin/grep $1 | /usr/bin/awk ...` "
+        "The job's exec PID found by `mom_checkpoint.processes.discovery.find_job` (in the benchmark's "
+        "process: no interpreter start) and by the seed's own lines "
+        "(`/bin/ps -ef | /usr/bin/grep $1 | /usr/bin/awk ...` "
         "run by /bin/sh, which starts four programs), with the node filled up by `sleep` processes, each in "
         "its own session. Both found the right PID every time. For comparison, the last two columns give "
         "one psutil children() call for the job's leader (psutil reads the stat file of every process on "
@@ -1372,8 +1375,9 @@ def row_hashing(bench: Bench) -> None:
     }
     lines = [
         "In the benchmark's process, files in the page cache (as right after a dump): "
-        "`mom_checkpoint.hashing.digest_files` (what the hook and mom-restart use, BLAKE3; here without "
-        "fsync) against a plain single-threaded loop of `blake3().update()` over 1 MiB reads of the same "
+        "`mom_checkpoint.image.hashing.digest_files` (what the hook and mom-restart use, BLAKE3; here "
+        "without fsync) against a plain single-threaded loop of `blake3().update()` over 1 MiB reads of "
+        "the same "
         "files, and the same loop with `hashlib.sha256()` (the manifests' algorithm before schema 4). "
         "Cores used = CPU time / wall time of the process while it hashes.",
         "",
@@ -1394,7 +1398,7 @@ def row_hashing(bench: Bench) -> None:
 def hash_one(
     bench: Bench, folder: Path, name: str, files: list[tuple[str, int]], *, block: bytes, n: int
 ) -> str:
-    from mom_checkpoint.hashing import digest_files
+    from mom_checkpoint.image.hashing import digest_files
 
     rels = []
     for file_name, mib in files:

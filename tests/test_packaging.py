@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from mom_checkpoint import config
+from mom_checkpoint.platform import config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 
 from mom_checkpoint import __version__
-from mom_checkpoint.manifest import (
+from mom_checkpoint.image.manifest import (
     SCHEMA,
     BackendInfo,
     CallInfo,

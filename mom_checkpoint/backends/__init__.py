@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from mom_checkpoint.backends.base import Backend, DumpRequest, DumpResult
-from mom_checkpoint.config import Config
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.identity import JobUser
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.processes.identity import JobUser
 
 __all__ = ["Backend", "DumpRequest", "DumpResult", "JobUser", "create"]
 

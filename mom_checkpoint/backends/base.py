@@ -11,15 +11,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from mom_checkpoint.config import Config, RunAs
-from mom_checkpoint.environment import Completed, Environment, child_environ
-from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, TimedOut
-from mom_checkpoint.identity import JobUser
+from mom_checkpoint.platform.config import Config, RunAs
+from mom_checkpoint.platform.environment import Completed, Environment, child_environ, last_line
+from mom_checkpoint.platform.errors import CheckpointerFailed, CheckpointerMissing, TimedOut
+from mom_checkpoint.processes.identity import JobUser
 
 if TYPE_CHECKING:  # a restore's: the hook's calls do not import them
     from mom_checkpoint.backends.logpipe import LogPipe
-    from mom_checkpoint.hashing import ImageFile
-    from mom_checkpoint.staging import StagedImage
+    from mom_checkpoint.image.hashing import ImageFile
+    from mom_checkpoint.image.staging import StagedImage
 
 _EVERY_FILE = re.compile(r".+")
 # pbs_mom runs hooks with PATH=/bin:/usr/bin: look in the sbin folders ourselves.
@@ -153,7 +153,7 @@ class Backend(ABC):
         job's user, whose restorer cannot reach the spool by path: root's copy of every file, read
         through a descriptor the restorer inherits (it becomes the job and keeps it: a read-only
         folder of root's, removed with the restart's work folder)."""
-        from mom_checkpoint.staging import StagedImage, stage
+        from mom_checkpoint.image.staging import StagedImage, stage
 
         if self.run_as == "job-user":
             return stage(generation, files, work, _EVERY_FILE, link=False, deadline=deadline)
@@ -279,8 +279,3 @@ def as_user(command: Sequence[str], user: JobUser, capabilities: Sequence[str]) 
         caps = ",".join(f"+{cap}" for cap in capabilities)
         argv += [f"--inh-caps={caps}", f"--ambient-caps={caps}"]
     return [*argv, "--", *command]
-
-
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""

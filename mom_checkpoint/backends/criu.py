@@ -11,17 +11,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mom_checkpoint.backends.base import Backend, DumpRequest, Restored, RestoreRequest
-from mom_checkpoint.discovery import child_pids
-from mom_checkpoint.environment import Completed
-from mom_checkpoint.errors import CheckpointerFailed, CheckpointerMissing, PidInUse, Refused, TimedOut
-from mom_checkpoint.identity import JobUser, credentials_problem
-from mom_checkpoint.termination import kill_tree
+from mom_checkpoint.platform.environment import Completed
+from mom_checkpoint.platform.errors import (
+    CheckpointerFailed,
+    CheckpointerMissing,
+    PidInUse,
+    Refused,
+    TimedOut,
+)
+from mom_checkpoint.processes.discovery import child_pids
+from mom_checkpoint.processes.identity import JobUser, credentials_problem
+from mom_checkpoint.processes.termination import kill_tree
 
 if TYPE_CHECKING:  # a restore's (imported where it is used): the hook's dumps do not load them
     from mom_checkpoint.backends.logpipe import LogPipe
-    from mom_checkpoint.criu_images import CoreCredentials
-    from mom_checkpoint.hashing import ImageFile
-    from mom_checkpoint.staging import StagedImage
+    from mom_checkpoint.image.criu_images import CoreCredentials
+    from mom_checkpoint.image.hashing import ImageFile
+    from mom_checkpoint.image.staging import StagedImage
 
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
@@ -147,7 +153,7 @@ class CriuBackend(Backend):
         """Root's copy of the image's small files (pages linked), and the credentials in every core
         file of it checked: exactly the owner's, no capability, or the restore is refused before
         CRIU runs (criu_images)."""
-        from mom_checkpoint import staging
+        from mom_checkpoint.image import staging
 
         reader = user.uid if self.run_as == "job-user" else 0
         staged = staging.stage(generation, files, work, self.pages, reader=reader, deadline=deadline)
@@ -226,7 +232,7 @@ def _dies_with_its_parent(image: StagedImage, pid: int) -> None:
     """The restored root gets SIGKILL when this program (its parent) ends, so a root that keeps its
     own session never outlives the job: a change to root's staged copy only, made after its digests
     were checked."""
-    from mom_checkpoint.criu_images import with_pdeath_signal
+    from mom_checkpoint.image.criu_images import with_pdeath_signal
 
     name = f"core-{pid}.img"
     if image.fd is None or name not in image.contents:
@@ -243,7 +249,7 @@ def _dies_with_its_parent(image: StagedImage, pid: int) -> None:
 
 
 def _cores(staged: StagedImage) -> list[CoreCredentials]:
-    from mom_checkpoint.criu_images import CORE_FILE, OLD_CREDS_FILE, ImageError, read_core
+    from mom_checkpoint.image.criu_images import CORE_FILE, OLD_CREDS_FILE, ImageError, read_core
 
     if any(OLD_CREDS_FILE.fullmatch(name) for name in staged.contents):
         raise Refused("the image holds an old-format creds-*.img file: refusing it")

@@ -13,9 +13,9 @@ from typing import Any
 from mom_checkpoint.cli.arguments import ArgumentParser
 from mom_checkpoint.cli.result import envelope
 from mom_checkpoint.cli.text import printable
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import Refused, UsageError
-from mom_checkpoint.status import ExitStatus
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.errors import Refused, UsageError
+from mom_checkpoint.platform.status import ExitStatus
 
 COMMANDS = ("list", "show", "verify", "prune", "doctor", "config", "tick", "advise", "vault-sync")
 
@@ -180,7 +180,7 @@ SPOOL_READERS = frozenset({"list", "show", "verify", "prune", "vault-sync"})
 def dispatch(options: argparse.Namespace, env: Environment, loggers: list[Any]) -> ExitStatus:
     """Run one subcommand; a command that logs puts its logger in ``loggers`` (an internal error is
     logged there too)."""
-    from mom_checkpoint import config as config_module
+    from mom_checkpoint.platform import config as config_module
 
     if options.command == "doctor":
         return _doctor(options, env)
@@ -248,9 +248,9 @@ def _verify(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
 
 
 def _prune(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
-    from mom_checkpoint.calls import path_part
+    from mom_checkpoint.batch.calls import path_part
     from mom_checkpoint.commands import prune
-    from mom_checkpoint.retention import parse_duration
+    from mom_checkpoint.spool.retention import parse_duration
 
     if options.keep is not None and options.keep < 1:
         raise UsageError("--keep must be at least 1")
@@ -304,8 +304,8 @@ def _config(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
 def _tick(options: argparse.Namespace, config: Any, env: Environment, loggers: list[Any]) -> ExitStatus:
     from mom_checkpoint.cli import periodic
     from mom_checkpoint.commands import tick
-    from mom_checkpoint.errors import Error
-    from mom_checkpoint.log import make_logger
+    from mom_checkpoint.platform.errors import Error
+    from mom_checkpoint.platform.log import make_logger
 
     # A dry run writes nothing, not even a log line.
     log = None if options.dry_run else make_logger(config.log_file, program="mom-checkpoint", command="tick")
@@ -325,7 +325,7 @@ def _tick(options: argparse.Namespace, config: Any, env: Environment, loggers: l
 
 
 def _advise(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
-    from mom_checkpoint.calls import path_part
+    from mom_checkpoint.batch.calls import path_part
     from mom_checkpoint.commands import advise
 
     if options.job_id is not None and options.cost is not None:
@@ -344,11 +344,11 @@ def _advise(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
 
 
 def _vault_sync(options: argparse.Namespace, config: Any, env: Environment, loggers: list[Any]) -> ExitStatus:
-    from mom_checkpoint.calls import path_part
+    from mom_checkpoint.batch.calls import path_part
     from mom_checkpoint.cli import periodic
     from mom_checkpoint.commands import vault_sync
-    from mom_checkpoint.errors import Error
-    from mom_checkpoint.log import make_logger
+    from mom_checkpoint.platform.errors import Error
+    from mom_checkpoint.platform.log import make_logger
 
     job = path_part("--job", options.job) if options.job is not None else None
     if options.if_enabled and not config.vault_dir:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from mom_checkpoint.errors import UsageError
+from mom_checkpoint.platform.errors import UsageError
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from mom_checkpoint import __version__
 from mom_checkpoint.cli.common import EXIT_STATUS_HELP, end_program, log_refused_call, main_for
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import Error, UsageError
-from mom_checkpoint.status import ExitStatus
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.errors import Error, UsageError
+from mom_checkpoint.platform.status import ExitStatus
 
 if TYPE_CHECKING:
     from mom_checkpoint.cli.arguments import ArgumentParser
@@ -82,7 +82,7 @@ def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStat
         from mom_checkpoint.cli import admin
 
         return admin.dispatch(options, env, loggers)
-    from mom_checkpoint.calls import parse_checkpoint_call
+    from mom_checkpoint.batch.calls import parse_checkpoint_call
 
     try:
         call = parse_checkpoint_call(args)
@@ -106,7 +106,7 @@ def _admin_call(args: list[str]) -> bool:
 
 def _openpbs(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:
     """OpenPBS's $action lines: checkpoint and checkpoint_abort, and restart (the task's new top process)."""
-    from mom_checkpoint.calls import parse_pbs_args, pbs_checkpoint_call, task_storage_id
+    from mom_checkpoint.batch.calls import parse_pbs_args, pbs_checkpoint_call, task_storage_id
 
     parsed = parse_pbs_args(args)
     if parsed.action != "restart":
@@ -128,9 +128,9 @@ def _openpbs(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatu
 
 
 def _checkpoint(call: Any, env: Environment, loggers: list[Any]) -> ExitStatus:
-    from mom_checkpoint import config as config_module
     from mom_checkpoint.commands import checkpoint
-    from mom_checkpoint.log import make_logger
+    from mom_checkpoint.platform import config as config_module
+    from mom_checkpoint.platform.log import make_logger
 
     config = config_module.load(env.environ)
     log = make_logger(config.log_file, program=PROG)
@@ -181,7 +181,7 @@ def _metrics(
         return
     from pathlib import Path
 
-    from mom_checkpoint import metrics
+    from mom_checkpoint.spool import metrics
 
     attempt = metrics.Attempt(config.backend, ok, reason, duration_s, frozen_s, size)
     try:

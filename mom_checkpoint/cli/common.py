@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from mom_checkpoint.cli.text import printable
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import Error
-from mom_checkpoint.status import ExitStatus
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.errors import Error
+from mom_checkpoint.platform.status import ExitStatus
 
 
 def run_program(
@@ -94,8 +94,8 @@ def main_for(prog: str, dispatch: Dispatch, argv: Sequence[str] | None, env: Env
 def log_refused_call(prog: str, event: str, args: Sequence[str], exc: Error, env: Environment) -> None:
     """A call refused before it got as far as its log (wrong argument count, an unsafe job id):
     pbs_mom keeps no record of its hooks, so the structured log gets it, if the config can be read."""
-    from mom_checkpoint import config as config_module
-    from mom_checkpoint.log import make_logger
+    from mom_checkpoint.platform import config as config_module
+    from mom_checkpoint.platform.log import make_logger
 
     try:
         config = config_module.load(env.environ)

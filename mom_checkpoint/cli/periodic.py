@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
+from mom_checkpoint.batch.interval import WASTE_MODEL, Option
+from mom_checkpoint.batch.schedule import Decision
 from mom_checkpoint.cli.text import printable
 from mom_checkpoint.commands.advise import Report
 from mom_checkpoint.commands.tick import Outcome
-from mom_checkpoint.commands.vault_sync import Copy as VaultCopy
-from mom_checkpoint.interval import WASTE_MODEL, Option
-from mom_checkpoint.schedule import Decision
+from mom_checkpoint.vault.sync import Copy as VaultCopy
 
 _DRY = {
     "qchkpt": "would qchkpt",

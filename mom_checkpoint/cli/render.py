@@ -22,9 +22,9 @@ from rich.tree import Tree
 from mom_checkpoint.cli.text import printable
 from mom_checkpoint.commands.doctor import Check
 from mom_checkpoint.commands.prune import Decision
-from mom_checkpoint.hashing import Progress
-from mom_checkpoint.inventory import Entry
-from mom_checkpoint.manifest import Manifest
+from mom_checkpoint.image.hashing import Progress
+from mom_checkpoint.image.manifest import Manifest
+from mom_checkpoint.spool.inventory import Entry
 
 
 def _console(stream: TextIO) -> Console:

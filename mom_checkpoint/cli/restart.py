@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mom_checkpoint import __version__
-from mom_checkpoint.calls import MISSING, abs_path_arg, path_part, torque_job_args
+from mom_checkpoint.batch.calls import MISSING, abs_path_arg, path_part, torque_job_args
 from mom_checkpoint.cli.common import EXIT_STATUS_HELP, log_refused_call, main_for
 from mom_checkpoint.commands.restart import RestartCall, SeedRestart, TorqueRestart
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import Error, UsageError
-from mom_checkpoint.status import ExitStatus
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.errors import Error, UsageError
+from mom_checkpoint.platform.status import ExitStatus
 
 if TYPE_CHECKING:
     from mom_checkpoint.cli.arguments import ArgumentParser
@@ -113,9 +113,9 @@ def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStat
 
 def run_restart(call: RestartCall, env: Environment, loggers: list[Any], prog: str) -> int:
     """Config, log, restore and wait: the application's exit status (also for OpenPBS's restart)."""
-    from mom_checkpoint import config as config_module
     from mom_checkpoint.commands import restart
-    from mom_checkpoint.log import make_logger
+    from mom_checkpoint.platform import config as config_module
+    from mom_checkpoint.platform.log import make_logger
 
     config = config_module.load(env.environ)
     log = make_logger(config.log_file, program=prog)

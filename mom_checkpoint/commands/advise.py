@@ -13,14 +13,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mom_checkpoint import interval
-from mom_checkpoint.config import Config
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import Error, NoCheckpoint, StorageIOError, UsageError
-from mom_checkpoint.storage import Spool
-from mom_checkpoint.verification import read_trusted_manifest
-
-SAMPLES = 10  # the newest generations whose dump times count
+from mom_checkpoint.batch import interval
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.errors import Error, NoCheckpoint, StorageIOError, UsageError
+from mom_checkpoint.spool.inventory import measured_cost
+from mom_checkpoint.spool.storage import Spool
 
 
 @dataclass(frozen=True)
@@ -53,17 +51,6 @@ class Report:
             "suggested_interval_min": a.suggested_minutes,
             "waste_model": interval.WASTE_MODEL,
         }
-
-
-def measured_cost(spool: Spool, job_id: str, limit: int = SAMPLES) -> tuple[float, int]:
-    """The job's checkpoint cost in seconds and how many generations it comes from (ValueError: none)."""
-    samples = []
-    for generation in spool.job_generations(job_id)[-limit:]:
-        try:
-            samples.append(read_trusted_manifest(generation.path).times.dump_s)
-        except Error:
-            continue
-    return interval.typical_cost(samples), len(samples)
 
 
 def run(
@@ -119,9 +106,8 @@ def _current(
     if job_id is None:
         return default
     from mom_checkpoint.backends.base import locate
-    from mom_checkpoint.commands.tick import read_jobs
-    from mom_checkpoint.schedule import NodeView, Settings, interval_for
-    from mom_checkpoint.torque import parse_checkpoint
+    from mom_checkpoint.batch.schedule import NodeView, Settings, interval_for
+    from mom_checkpoint.batch.torque import parse_checkpoint, read_jobs
 
     try:
         jobs = read_jobs(locate(config.qstat, "qstat"), env, job_id).jobs

@@ -20,16 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mom_checkpoint import __version__, backends, discovery, identity, sessions
+from mom_checkpoint import __version__, backends
 from mom_checkpoint.backends import DumpRequest, DumpResult, JobUser
-from mom_checkpoint.calls import CheckpointCall
-from mom_checkpoint.config import Config
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import DiskFull, Error, Refused, UnknownUser
-from mom_checkpoint.jobkey import JobKey, system_of
-from mom_checkpoint.keeping import OUTPUT_MAX, Copy, keep_held, keep_outputs
-from mom_checkpoint.locking import job_lock, lock_dir, node_slot
-from mom_checkpoint.pointer import (
+from mom_checkpoint.batch.calls import CheckpointCall
+from mom_checkpoint.batch.jobkey import JobKey, system_of
+from mom_checkpoint.batch.pointer import (
     POINTER_KIND,
     POINTER_SCHEMA,
     Pointer,
@@ -37,15 +32,23 @@ from mom_checkpoint.pointer import (
     remove_pointer,
     write_pointer,
 )
-from mom_checkpoint.storage import IMAGE, Generation, Incoming, Owner, Spool, generation_name, remove_tree
-from mom_checkpoint.termination import end_session, ended_soon, resume_tree, stopped
+from mom_checkpoint.image.layout import IMAGE, Generation, generation_name
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.errors import DiskFull, Error, Refused, UnknownUser
+from mom_checkpoint.processes import discovery, identity
+from mom_checkpoint.processes.termination import end_session, ended_soon, resume_tree, stopped
+from mom_checkpoint.spool import sessions
+from mom_checkpoint.spool.keeping import OUTPUT_MAX, Copy, keep_held, keep_outputs
+from mom_checkpoint.spool.locking import job_lock, lock_dir, node_slot
+from mom_checkpoint.spool.storage import Incoming, Owner, Spool, remove_tree
 
 if TYPE_CHECKING:
     import re
 
-    from mom_checkpoint.hashing import Follower, ImageFile, Partial
-    from mom_checkpoint.manifest import GenerationInfo, KeptFile, Manifest
-    from mom_checkpoint.usage import Usage
+    from mom_checkpoint.image.hashing import Follower, ImageFile, Partial
+    from mom_checkpoint.image.manifest import GenerationInfo, KeptFile, Manifest
+    from mom_checkpoint.spool.usage import Usage
 
 RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
 PRUNE_GRACE_S = 10.0  # what pruning may take beyond timeout_s (the rest is left for the next call)
@@ -56,10 +59,10 @@ FOLLOW_FROM_CPUS = 2  # the cores this process may use for the follower to run (
 # What only the work after the dump uses (hashing, the manifest, pruning): imported while the
 # checkpointer runs, when the call has nothing else to do, rather than before it starts.
 AFTER_THE_DUMP = (
-    "mom_checkpoint.hashing",
-    "mom_checkpoint.manifest",
-    "mom_checkpoint.verification",
-    "mom_checkpoint.retention",
+    "mom_checkpoint.image.hashing",
+    "mom_checkpoint.image.manifest",
+    "mom_checkpoint.image.verification",
+    "mom_checkpoint.spool.retention",
 )
 
 
@@ -101,7 +104,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
             call.checkpoint_dir, *config.checkpoint_roots(call.convention), owner=(job.uid, job.gid), log=log
         )
     try:
-        from mom_checkpoint.environment import stopped_checkpointer_fails
+        from mom_checkpoint.platform.environment import stopped_checkpointer_fails
 
         # a checkpointer kept stopped (its user can SIGSTOP it in job-user mode) is killed and fails
         # the call (80), rather than hold a node slot until timeout_s (environment.StoppedFails)
@@ -185,9 +188,9 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Out
     )
     _remove_detached(retired, spool, env, log, limit_s=config.timeout_s)
     if config.vault_dir:  # the copy to the vault runs after this call, never in it
-        from mom_checkpoint.commands import vault_sync
+        from mom_checkpoint.vault import sync
 
-        vault_sync.start_detached(config, env, call.job_id, log)
+        sync.start_detached(config, env, call.job_id, log)
     return Outcome(generation, manifest, pruned, ended)
 
 
@@ -274,8 +277,8 @@ class _Attempt:
             )
             if self.call.abort:  # pbs_mom re-creates the output files empty before the restart
                 copies += keep_outputs(self.job.tree, incoming.path, self.owner)
-            from mom_checkpoint.hashing import open_files
-            from mom_checkpoint.manifest import GenerationInfo
+            from mom_checkpoint.image.hashing import open_files
+            from mom_checkpoint.image.manifest import GenerationInfo
 
             # The job runs again (or has ended): only now read, hash and fsync the image (of the files
             # the checkpointer appended to, what the follower had not hashed yet).
@@ -326,8 +329,8 @@ class _Attempt:
         return generation, manifest
 
     def _kept(self, incoming: Incoming, copies: list[Copy]) -> list[KeptFile]:
-        from mom_checkpoint.hashing import digest_files
-        from mom_checkpoint.manifest import KeptFile
+        from mom_checkpoint.image.hashing import digest_files
+        from mom_checkpoint.image.manifest import KeptFile
 
         digests = digest_files(incoming.path, [c.copy for c in copies], fsync=True, deadline=self.deadline)
         for copy in copies:
@@ -357,7 +360,7 @@ class _Attempt:
         *,
         version: str,
     ) -> Manifest:
-        from mom_checkpoint.manifest import (
+        from mom_checkpoint.image.manifest import (
             SCHEMA,
             BackendInfo,
             CallInfo,
@@ -461,7 +464,7 @@ class _WhileItRuns:
         # only with a core to spare: on one core the follower would take CRIU's while the job is frozen
         if self._appended is None or len(os.sched_getaffinity(0)) < FOLLOW_FROM_CPUS:
             return
-        from mom_checkpoint.hashing import Follower
+        from mom_checkpoint.image.hashing import Follower
 
         follower = Follower(
             self._incoming.path, IMAGE, self._appended, max_bytes=self._max_bytes, deadline=self._deadline
@@ -500,12 +503,12 @@ class _WhileItRuns:
 
 
 def _generations_of(spool: Spool, key: JobKey) -> list[Generation]:
-    from mom_checkpoint.verification import read_trusted_manifest
+    from mom_checkpoint.image.verification import read_trusted_manifest
 
     mine = []
     for generation in spool.job_generations(key.job_id):
         try:
-            if key.owns(read_trusted_manifest(generation.path)):
+            if read_trusted_manifest(generation.path).key == key:
                 mine.append(generation)
         except Error:
             continue
@@ -539,7 +542,7 @@ class _Quota:
     ) -> _Quota | None:
         if config.user_quota_gib <= 0:
             return None
-        from mom_checkpoint import usage as usage_module
+        from mom_checkpoint.spool import usage as usage_module
 
         limit = int(config.user_quota_gib * 2**30)
         quota = cls(usage_module.scan(spool), job.uid, job.user, job_id, keep, limit)
@@ -547,7 +550,7 @@ class _Quota:
         return quota
 
     def check(self, new_bytes: int, what: str) -> None:
-        from mom_checkpoint import usage as usage_module
+        from mom_checkpoint.spool import usage as usage_module
 
         after = usage_module.after_checkpoint(self.usage, self.uid, self.job_id, self.keep, new_bytes)
         if after > self.limit:
@@ -560,7 +563,7 @@ class _Quota:
 
 
 def _log_spool_users(spool: Spool, log: Any) -> None:
-    from mom_checkpoint import usage as usage_module
+    from mom_checkpoint.spool import usage as usage_module
 
     usage = usage_module.scan(spool)
     biggest = usage.by_uid.most_common(5)
@@ -632,7 +635,7 @@ def _prune(
     generation of the same job id from another batch system or owner, or one whose manifest root
     cannot vouch for, is never this job's to prune. Returns the generations pruned and their new
     paths."""
-    from mom_checkpoint import retention
+    from mom_checkpoint.spool import retention
 
     removed, retired = [], []
     job_id = key.job_id

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Any
 
-from mom_checkpoint.config import Config
+from mom_checkpoint.platform.config import Config
 
 
 def as_dict(config: Config) -> dict[str, Any]:

@@ -11,14 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mom_checkpoint import config as config_module
 from mom_checkpoint.backends.base import locate
-from mom_checkpoint.calls import PBS_ACTIONS
-from mom_checkpoint.config import Config
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import CheckpointerMissing, ConfigError
-from mom_checkpoint.log import open_log_file
-from mom_checkpoint.modes import this_node
+from mom_checkpoint.batch.calls import PBS_ACTIONS
+from mom_checkpoint.platform import config as config_module
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.errors import CheckpointerMissing, ConfigError
+from mom_checkpoint.platform.log import open_log_file
+from mom_checkpoint.platform.modes import this_node
 
 DEFAULT_MOM_CONFIG = "/var/spool/torque/mom_priv/config"
 OPENPBS_MOM_CONFIG = "/var/spool/pbs/mom_priv/config"

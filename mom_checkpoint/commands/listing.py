@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from mom_checkpoint import inventory
-from mom_checkpoint.config import Config
-from mom_checkpoint.errors import Error, NoCheckpoint
-from mom_checkpoint.storage import Spool, created_epoch
-from mom_checkpoint.verification import read_trusted_manifest
+from mom_checkpoint.image.layout import created_epoch
+from mom_checkpoint.image.verification import read_trusted_manifest
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.platform.errors import Error, NoCheckpoint
+from mom_checkpoint.spool import inventory
+from mom_checkpoint.spool.storage import Spool
 
 
 def run(config: Config, job_id: str | None = None) -> list[inventory.Entry]:
@@ -25,7 +26,7 @@ def run(config: Config, job_id: str | None = None) -> list[inventory.Entry]:
 def _with_vault(entries: list[inventory.Entry], vault_dir: str, job_id: str | None) -> list[inventory.Entry]:
     """Each complete generation marked in the vault or not; the vault's generations this spool does
     not have added as vault-only. A vault that cannot be read leaves the list as the spool's."""
-    from mom_checkpoint.vault import Vault
+    from mom_checkpoint.vault.store import Vault
 
     vault = Vault(vault_dir)
     try:

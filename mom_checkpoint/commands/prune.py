@@ -7,13 +7,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mom_checkpoint import inventory, retention, sessions
-from mom_checkpoint.config import Config
-from mom_checkpoint.errors import Busy, Error
-from mom_checkpoint.locking import LOCK_DIR, job_lock, lock_dir
-from mom_checkpoint.retention import Candidate, Verdict
-from mom_checkpoint.storage import Generation, Spool, remove_tree
-from mom_checkpoint.verification import read_trusted_manifest
+from mom_checkpoint.image.layout import Generation
+from mom_checkpoint.image.verification import read_trusted_manifest
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.platform.errors import Busy, Error
+from mom_checkpoint.spool import inventory, retention, sessions
+from mom_checkpoint.spool.locking import LOCK_DIR, job_lock, lock_dir
+from mom_checkpoint.spool.retention import Candidate, Verdict
+from mom_checkpoint.spool.storage import Spool, remove_tree
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,25 @@ from typing import Any
 
 import psutil
 
-from mom_checkpoint import access, backends, identity, safefs, sessions
-from mom_checkpoint.access import acting_as
+from mom_checkpoint import backends
 from mom_checkpoint.backends.base import InheritedFile, Restored, RestoreRequest, locate
-from mom_checkpoint.config import Config
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.errors import (
+from mom_checkpoint.batch.jobkey import SYSTEMS, JobKey, system_of
+from mom_checkpoint.batch.pointer import open_checkpoint_dir, read_pointer
+from mom_checkpoint.image.hashing import ImageFile
+from mom_checkpoint.image.layout import GENERATION_NAME
+from mom_checkpoint.image.manifest import KeptFile, Manifest
+from mom_checkpoint.image.staging import StagedImage
+from mom_checkpoint.image.verification import (
+    InBackground,
+    check_digests,
+    check_digests_meanwhile,
+    check_layout,
+    read_trusted_manifest,
+)
+from mom_checkpoint.platform import safefs
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.errors import (
     CheckpointerMissing,
     Error,
     NoCheckpoint,
@@ -37,23 +50,14 @@ from mom_checkpoint.errors import (
     Refused,
     StorageIOError,
 )
-from mom_checkpoint.hashing import ImageFile
-from mom_checkpoint.identity import JobUser, tree_problems
-from mom_checkpoint.jobkey import SYSTEMS, JobKey, system_of
-from mom_checkpoint.locking import job_lock, lock_dir
-from mom_checkpoint.manifest import KeptFile, Manifest
-from mom_checkpoint.pointer import open_checkpoint_dir, read_pointer
-from mom_checkpoint.staging import StagedImage
-from mom_checkpoint.status import ExitStatus, meaning
-from mom_checkpoint.storage import GENERATION_NAME, RESTORER_DIR, RUN_NAME, Spool, remove_tree
-from mom_checkpoint.termination import kill_tree, tree_pids
-from mom_checkpoint.verification import (
-    InBackground,
-    check_digests,
-    check_digests_meanwhile,
-    check_layout,
-    read_trusted_manifest,
-)
+from mom_checkpoint.platform.status import ExitStatus, meaning
+from mom_checkpoint.processes import access, identity
+from mom_checkpoint.processes.access import acting_as
+from mom_checkpoint.processes.identity import JobUser, tree_problems
+from mom_checkpoint.processes.termination import kill_tree, tree_pids
+from mom_checkpoint.spool import sessions
+from mom_checkpoint.spool.locking import job_lock, lock_dir
+from mom_checkpoint.spool.storage import RESTORER_DIR, RUN_NAME, Spool, remove_tree
 
 VAULT_ANSWER_S = 30.0  # how long a restart waits for the vault to list a job's copies
 PIDS_FREE_WAIT_S = 10.0  # how long a restore waits for the job's own dead processes to be reaped
@@ -390,7 +394,7 @@ class _VaultFetch:
     def newest(self, *, newer_than: int = 0, name: str | None = None) -> tuple[Path, Manifest] | None:
         if not self.config.vault_dir:
             return None
-        from mom_checkpoint.vault import Vault, VaultGeneration, bounded, order
+        from mom_checkpoint.vault.store import Vault, VaultGeneration, bounded, order
 
         vault = Vault(self.config.vault_dir)
 
@@ -422,7 +426,7 @@ class _VaultFetch:
         )
         path = Path(fetched)
         record = read_trusted_manifest(path)
-        if record.job.id != self.job_id or not self._mine(JobKey.of(record).token):
+        if record.job.id != self.job_id or not self._mine(record.key.token):
             raise Refused(f"{newest.path} holds another job's checkpoint: refusing it")
         self.log.info("restart.fetched", source=str(newest.path), path=str(path), bytes=record.total_bytes)
         return path, record

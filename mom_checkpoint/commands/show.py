@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mom_checkpoint.commands import targets
-from mom_checkpoint.config import Config
-from mom_checkpoint.manifest import Manifest
-from mom_checkpoint.storage import Spool
-from mom_checkpoint.verification import read_trusted_manifest
+from mom_checkpoint.image.manifest import Manifest
+from mom_checkpoint.image.verification import read_trusted_manifest
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.spool.storage import Spool
+from mom_checkpoint.vault import targets
 
 
 def run(config: Config, target: str, *, vault: bool = False) -> tuple[Path, Manifest]:

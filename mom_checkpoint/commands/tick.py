@@ -1,7 +1,7 @@
 """``tick``: the periodic checkpoints that pbs_mom of TORQUE 5.1.2 to 6.1.x never starts itself.
 
 Run every minute (systemd timer or cron): read the running jobs from ``qstat -t -x``, work out which
-are due (mom_checkpoint.schedule), and ``qchkpt`` each of those, so that pbs_mom runs the checkpoint
+are due (mom_checkpoint.batch.schedule), and ``qchkpt`` each of those, so that pbs_mom runs the checkpoint
 script the normal way. What earlier ticks did (accepted and refused qchkpt calls, jobs reported as not
 checkpointable) is kept in ``<spool>/.tick/<host>.json``; a kernel lock at ``<spool>/.locks/tick-<host>.lock``
 keeps two ticks of one node from overlapping. ``--dry-run`` reads and changes nothing.
@@ -22,21 +22,25 @@ from typing import Any
 
 import filelock
 
-from mom_checkpoint.backends.base import last_line, locate
-from mom_checkpoint.config import Config
-from mom_checkpoint.environment import Environment, child_environ
-from mom_checkpoint.errors import Busy, Error, Refused, StorageIOError, TorqueOutputError, TorqueUnavailable
-from mom_checkpoint.locking import describe_holder, lock_dir
-from mom_checkpoint.schedule import Decision, JobRecord, NodeView, Plan, Settings, plan, safe_job_id
-from mom_checkpoint.storage import INCOMING_PREFIX, Spool, created_epoch, storage_error, write_private
-from mom_checkpoint.torque import QstatJobs, QstatOutputError, TorqueJob, parse_qstat_xml
+from mom_checkpoint.backends.base import locate
+from mom_checkpoint.batch.schedule import Decision, JobRecord, NodeView, Plan, Settings, plan, safe_job_id
+from mom_checkpoint.batch.torque import TorqueJob, read_jobs, torque_environ
+from mom_checkpoint.image.layout import created_epoch
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.platform.environment import Environment, last_line
+from mom_checkpoint.platform.errors import (
+    Busy,
+    Error,
+    Refused,
+    StorageIOError,
+)
+from mom_checkpoint.platform.files import storage_error, write_private
+from mom_checkpoint.spool.locking import describe_holder, lock_dir
+from mom_checkpoint.spool.storage import INCOMING_PREFIX, Spool
 
-QSTAT_TIMEOUT_S = 60.0  # qstat hangs while pbs_server is unreachable: give up after this
 QCHKPT_TIMEOUT_S = 30.0
 STATE_DIR = ".tick"
 STATE_SCHEMA = 1
-# TORQUE's client commands find the server in /var/spool/torque/server_name, or in these
-PASSED_ENV = ("PBS_DEFAULT", "PBS_SERVER")
 
 
 @dataclass(frozen=True)
@@ -92,34 +96,6 @@ def run(config: Config, env: Environment, log: Any | None, *, dry_run: bool) -> 
             reported=result.count("report"), duration_s=round(env.monotonic() - started, 3),
         )  # fmt: skip
     return outcome
-
-
-# -- TORQUE ------------------------------------------------------------------------------------------
-
-
-def torque_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    return {**child_environ(), **{k: environ[k] for k in PASSED_ENV if environ.get(k)}}
-
-
-def read_jobs(qstat: str, env: Environment, job_id: str | None = None) -> QstatJobs:
-    """Every job qstat lists (``qstat -t -x``), or one job, and those it could not read (one job's
-    values never cost the others); TorqueUnavailable or TorqueOutputError for the output as a whole."""
-    argv = [qstat, "-t", "-x", *([job_id] if job_id else [])]
-    try:
-        completed = env.runner.run(argv, timeout_s=QSTAT_TIMEOUT_S, env=torque_environ(env.environ))
-    except OSError as exc:
-        raise TorqueUnavailable(f"cannot run {qstat}: {exc.strerror or exc}") from None
-    if completed.timed_out:
-        raise TorqueUnavailable(
-            f"{qstat} did not answer within {QSTAT_TIMEOUT_S:g}s: is pbs_server up and reachable?"
-        )
-    if completed.returncode != 0:
-        detail = last_line(completed.stderr) or last_line(completed.stdout) or "no message"
-        raise TorqueUnavailable(f"{' '.join(argv)} failed (exit {completed.returncode}): {detail}")
-    try:
-        return parse_qstat_xml(completed.stdout)
-    except QstatOutputError as exc:
-        raise TorqueOutputError(f"{' '.join(argv)}: {exc}") from None
 
 
 def _act(decision: Decision, qchkpt: str, env: Environment, log: Any | None) -> Decision:
@@ -191,7 +167,7 @@ def node_view(spool: Spool, job_id: str, now: float, config: Config) -> NodeView
     last = created_epoch(newest.created) if newest else None
     cost = None
     if config.tick_advised_interval:
-        from mom_checkpoint.commands.advise import measured_cost
+        from mom_checkpoint.spool.inventory import measured_cost
 
         with contextlib.suppress(ValueError):
             cost = measured_cost(spool, job_id)[0]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mom_checkpoint import verification
-from mom_checkpoint.commands import targets
-from mom_checkpoint.config import Config
-from mom_checkpoint.hashing import Progress
-from mom_checkpoint.manifest import Manifest
-from mom_checkpoint.storage import Spool
+from mom_checkpoint.image import verification
+from mom_checkpoint.image.hashing import Progress
+from mom_checkpoint.image.manifest import Manifest
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.spool.storage import Spool
+from mom_checkpoint.vault import targets
 
 
 def run(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint import interval
+from mom_checkpoint.batch import interval
 from tests.helpers import Site, call_hook
 from tests.torque import Cluster, one_line
 

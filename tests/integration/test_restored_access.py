@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint import access, identity
+from mom_checkpoint.processes import access, identity
 from tests.helpers import User
 
 

@@ -200,7 +200,7 @@ def test_a_pruned_generation_leaves_the_names_at_once_and_the_disk_after_the_cal
 # checkpointer was started (the runner's first program) and when the call ended.
 LOADED_AT_START = """
 import json, sys
-import mom_checkpoint.environment as environment
+import mom_checkpoint.platform.environment as environment
 seen = {}
 original = environment.Runner.run
 def run(self, argv, **kwargs):
@@ -227,7 +227,7 @@ def test_an_accepted_call_imports_the_post_dump_modules_only_once_the_checkpoint
     [generation] = site.generations("409.head")
     verify_generation(generation)
     seen = json.loads(report.read_text())
-    never = {"argparse", "tempfile", "mom_checkpoint.staging", "mom_checkpoint.criu_images"}
+    never = {"argparse", "tempfile", "mom_checkpoint.image.staging", "mom_checkpoint.image.criu_images"}
     assert sorted(set(seen["at_start"]) & (set(AFTER_THE_DUMP) | never)) == []
     assert set(AFTER_THE_DUMP) <= set(seen["at_end"])
     assert sorted(set(seen["at_end"]) & never) == []

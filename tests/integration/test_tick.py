@@ -276,7 +276,7 @@ def test_bad_tick_keys_are_78_naming_the_key(cluster: Cluster, keys: dict[str, o
 
 def test_the_stand_ins_formats_parse_alike(cluster: Cluster) -> None:
     """qstat -x (what tick reads) and qstat -f -1 (the fixture's form) of the same jobs agree."""
-    from mom_checkpoint.torque import parse_qstat_xml
+    from mom_checkpoint.batch.torque import parse_qstat_xml
 
     env = {"QSTAT_FIXTURE": str(cluster.jobs), "PATH": "/bin:/usr/bin", "TZ": os.environ.get("TZ", "")}
     xml = subprocess.run([str(STANDINS / "qstat"), "-t", "-x"], env=env, capture_output=True, text=True)

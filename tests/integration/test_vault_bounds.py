@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint.commands import vault_sync
-from mom_checkpoint.config import ENV_VAR, load
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.log import make_logger
+from mom_checkpoint.platform.config import ENV_VAR, load
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.log import make_logger
+from mom_checkpoint.vault import sync as vault_sync
 from tests.helpers import Site, User, call_hook
 from tests.integration.test_vault import in_vault, psnc, sync, vault
 from tests.reliability.security import _root
@@ -86,7 +86,7 @@ def test_a_copy_past_its_deadline_leaves_nothing_in_the_vault(
     # 16 MiB/s: the first 4 MiB chunk alone takes 0.25 s, past a deadline 0.1 s away
     monkeypatch.setattr(vault_sync, "copy_deadline", lambda config, manifest, now: now + 0.1)
     monkeypatch.setattr(vault_sync, "lower_priority", lambda: None)
-    [copy] = vault_sync.run(config, Environment(), log, job_id="831.head")
+    [copy] = vault_sync.sync(config, Environment(), log, job_id="831.head")
     assert copy.status == "failed" and "deadline" in str(copy.error), copy
     assert _vault_leftovers(vault) == [], _vault_leftovers(vault)
     [failed] = [e for e in site.log_events() if e["event"] == "vault.copy_failed"]

@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from mom_checkpoint.discovery import children_of, descendants
+from mom_checkpoint.processes.discovery import children_of, descendants
 
 
 def test_the_kernels_lists_give_psutils_tree() -> None:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint import __version__, errors
+from mom_checkpoint import __version__
 from mom_checkpoint.cli import checkpoint, restart
 from mom_checkpoint.cli.common import run_program
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.status import ExitStatus
+from mom_checkpoint.platform import errors
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.status import ExitStatus
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -217,7 +218,7 @@ def _free_pid() -> int:
 def test_every_status_meaning_is_one_safe_attribute_value() -> None:
     """Issue 25 #5: the meanings are what reaches qalter -W (an attribute list): no comma, no '=',
     nothing but printable ASCII, one for every failure status."""
-    from mom_checkpoint.status import MEANING, ExitStatus, meaning
+    from mom_checkpoint.platform.status import MEANING, ExitStatus, meaning
 
     failures = [s for s in ExitStatus if s not in (ExitStatus.OK, ExitStatus.CHECKS_FAILED)]
     assert set(MEANING) == set(failures)
@@ -242,7 +243,7 @@ def test_every_subcommand_is_in_the_usage_line_and_the_readme() -> None:
 def test_each_reason_a_restart_fails_has_a_code_of_its_own() -> None:
     """TORQUE records a failing $restart_script's code as the job's exit status: an admin reading the
     accounting must tell a PID squatted on the node from a copy not yet in the vault from a busy job."""
-    from mom_checkpoint import errors
+    from mom_checkpoint.platform import errors
 
     reasons = [
         errors.VerificationFailed,

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from mom_checkpoint import hashing, safefs
 from mom_checkpoint.commands import checkpoint
-from mom_checkpoint.environment import Runner
-from mom_checkpoint.hashing import Follower, Partial, digest_files
+from mom_checkpoint.image import hashing
+from mom_checkpoint.image.hashing import Follower, Partial, digest_files
+from mom_checkpoint.platform import safefs
+from mom_checkpoint.platform.environment import Runner
 from tests.helpers import digest_of
 
 PAGES = re.compile(r"pages-\d+\.img")

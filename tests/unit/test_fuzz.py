@@ -20,14 +20,20 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mom_checkpoint import config as config_module
-from mom_checkpoint.calls import SeedCall, TorqueCall, parse_checkpoint_call, parse_pbs_args, task_storage_id
+from mom_checkpoint.batch.calls import (
+    SeedCall,
+    TorqueCall,
+    parse_checkpoint_call,
+    parse_pbs_args,
+    task_storage_id,
+)
+from mom_checkpoint.batch.pointer import read_pointer
 from mom_checkpoint.cli.restart import parse_restart_call
 from mom_checkpoint.commands.restart import SeedRestart, TorqueRestart
-from mom_checkpoint.errors import ConfigError, Error, StorageIOError, UsageError, VerificationFailed
-from mom_checkpoint.manifest import is_inside_image, parse
-from mom_checkpoint.pointer import read_pointer
-from mom_checkpoint.storage import run_name
+from mom_checkpoint.image.manifest import is_inside_image, parse
+from mom_checkpoint.platform import config as config_module
+from mom_checkpoint.platform.errors import ConfigError, Error, StorageIOError, UsageError, VerificationFailed
+from mom_checkpoint.spool.storage import run_name
 
 SPOOL = "/var/spool/checkpoint"
 # pieces hostile input is made of: separators, dots, control and shell characters, odd Unicode

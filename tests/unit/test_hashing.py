@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint import hashing, safefs
-from mom_checkpoint.errors import TimedOut
-from mom_checkpoint.hashing import SizeChanged, digest_files
+from mom_checkpoint.image import hashing
+from mom_checkpoint.image.hashing import SizeChanged, digest_files
+from mom_checkpoint.platform import safefs
+from mom_checkpoint.platform.errors import TimedOut
 from tests.helpers import digest_of
 
 SIZES = {

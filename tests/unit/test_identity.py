@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from mom_checkpoint.criu_images import CORE_MAGIC, IMG_COMMON_MAGIC, ImageError, read_core
-from mom_checkpoint.identity import Credentials, JobUser, credentials_problem
+from mom_checkpoint.image.criu_images import CORE_MAGIC, IMG_COMMON_MAGIC, ImageError, read_core
+from mom_checkpoint.processes.identity import Credentials, JobUser, credentials_problem
 from tests.criu_forge import Field, encode
 
 OWNER = JobUser("alice", 1001, 1001, (1001, 2000))
@@ -110,7 +110,7 @@ def test_root_jobs_keep_roots_capabilities() -> None:
 
 
 def test_the_parent_death_signal_is_set_and_nothing_else_changes() -> None:
-    from mom_checkpoint.criu_images import with_pdeath_signal
+    from mom_checkpoint.image.criu_images import with_pdeath_signal
     from tests.criu_forge import decode
 
     image = core_image(creds(), task_state=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint import storage
+from mom_checkpoint.spool import storage
 
 
 def test_a_new_folder_is_private_and_unpredictable(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mom_checkpoint import interval
+from mom_checkpoint.batch import interval
 
 MIN = 60.0
 HOUR = 3600.0

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint.discovery import OpenFile, ProcessRecord
-from mom_checkpoint.errors import VerificationFailed
-from mom_checkpoint.identity import of_uid
-from mom_checkpoint.keeping import HELD_MAX, keep_held
-from mom_checkpoint.manifest import parse
+from mom_checkpoint.image.manifest import parse
+from mom_checkpoint.platform.errors import VerificationFailed
+from mom_checkpoint.processes.discovery import OpenFile, ProcessRecord
+from mom_checkpoint.processes.identity import of_uid
+from mom_checkpoint.spool.keeping import HELD_MAX, keep_held
 from tests.helpers import User
 from tests.torque import manifest
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint.errors import Busy
-from mom_checkpoint.locking import describe_holder, job_lock, job_lock_path
+from mom_checkpoint.platform.errors import Busy
+from mom_checkpoint.spool.locking import describe_holder, job_lock, job_lock_path
 
 
 def test_a_holder_that_has_just_taken_the_lock_is_named(tmp_path: Path) -> None:

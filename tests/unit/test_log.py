@@ -13,7 +13,7 @@ def test_json_lines_without_the_console_extras_which_stay_importable(tmp_path: P
     log = tmp_path / "hook.log"
     code = f"""
 import sys
-from mom_checkpoint.log import make_logger
+from mom_checkpoint.platform.log import make_logger
 make_logger({str(log)!r}, program="mom-checkpoint").info("checkpoint.start", job_id="42.head")
 print(sorted(name for name in ("rich", "better_exceptions", "colorama") if sys.modules.get(name)))
 import rich.console  # the admin commands still get it
@@ -32,7 +32,7 @@ import rich.console  # the admin commands still get it
 def test_a_callers_long_values_are_cut_in_the_log(tmp_path: Path) -> None:
     """Issue 12 #6: sudo lets any user call mom-restart --own with a 128 KiB argument; the log keeps
     a bounded part of it and says how much was cut."""
-    from mom_checkpoint.log import MAX_ITEMS, MAX_VALUE, make_logger
+    from mom_checkpoint.platform.log import MAX_ITEMS, MAX_VALUE, make_logger
 
     log = tmp_path / "hook.log"
     huge = "/" + "a" * (128 * 1024)
@@ -51,7 +51,7 @@ def test_an_image_argument_is_checked_before_anything_uses_it(tmp_path: Path) ->
     import io
 
     from mom_checkpoint.cli import restart
-    from mom_checkpoint.environment import Environment
+    from mom_checkpoint.platform.environment import Environment
 
     config = tmp_path / "config.toml"
     config.write_text(f'spool_dir = "{tmp_path / "spool"}"\nlog_file = "{tmp_path / "log"}"\n')
@@ -69,7 +69,7 @@ def test_a_call_refused_before_it_ran_is_in_the_log(tmp_path: Path) -> None:
     import io
 
     from mom_checkpoint.cli import checkpoint, restart
-    from mom_checkpoint.environment import Environment
+    from mom_checkpoint.platform.environment import Environment
 
     config = tmp_path / "config.toml"
     log = tmp_path / "log"
@@ -97,7 +97,7 @@ def test_the_hooks_logger_without_structlogs_package_init(tmp_path: Path) -> Non
     log = tmp_path / "hook.log"
     code = f"""
 import sys
-from mom_checkpoint.log import make_logger
+from mom_checkpoint.platform.log import make_logger
 logger = make_logger({str(log)!r}, program="mom-checkpoint")
 try:
     raise OSError("disk gone")
@@ -123,7 +123,7 @@ def test_a_structlog_laid_out_otherwise_is_imported_whole(tmp_path: Path) -> Non
     log = tmp_path / "hook.log"
     code = f"""
 import contextlib, sys
-from mom_checkpoint import log
+from mom_checkpoint.platform import log
 
 @contextlib.contextmanager
 def moved():

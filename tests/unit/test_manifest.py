@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from mom_checkpoint.errors import VerificationFailed
-from mom_checkpoint.hashing import ImageFile
-from mom_checkpoint.manifest import SCHEMA, parse
+from mom_checkpoint.image.hashing import ImageFile
+from mom_checkpoint.image.manifest import SCHEMA, parse
+from mom_checkpoint.platform.errors import VerificationFailed
 from tests.torque import manifest
 
 

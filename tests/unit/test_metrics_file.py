@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mom_checkpoint import metrics
-from mom_checkpoint.safefs import UnsafePath
+from mom_checkpoint.platform.safefs import UnsafePath
+from mom_checkpoint.spool import metrics
 from tests.helpers import User, make_base, remove_base
 
 SECRET = b"root's secret\n"

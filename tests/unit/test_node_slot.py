@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint.errors import Busy
-from mom_checkpoint.locking import node_slot, user_share
+from mom_checkpoint.platform.errors import Busy
+from mom_checkpoint.spool.locking import node_slot, user_share
 
 ALICE, BOB, CAROL = 1001, 1002, 1003
 

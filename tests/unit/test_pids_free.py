@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mom_checkpoint.commands.restart import wait_pids_free
-from mom_checkpoint.errors import PidInUse
+from mom_checkpoint.platform.errors import PidInUse
 
 
 def zombie() -> int:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint.errors import NoSuchProcess, Refused
-from mom_checkpoint.pointer import open_checkpoint_dir
+from mom_checkpoint.batch.pointer import open_checkpoint_dir
+from mom_checkpoint.platform.errors import NoSuchProcess, Refused
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from mom_checkpoint import safefs
-from mom_checkpoint.errors import NoSuchProcess, Refused
-from mom_checkpoint.pointer import open_checkpoint_dir
+from mom_checkpoint.batch.pointer import open_checkpoint_dir
+from mom_checkpoint.platform import safefs
+from mom_checkpoint.platform.errors import NoSuchProcess, Refused
 from tests.helpers import make_base, remove_base
 
 JOB = (4242, 4242)  # the job's owner: no account needed, root gives the folder by number

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mom_checkpoint.retention import Candidate, parse_duration, plan_prune
+from mom_checkpoint.spool.retention import Candidate, parse_duration, plan_prune
 
 DAY = 86400.0
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from mom_checkpoint.commands import checkpoint
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.storage import Spool
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.spool.storage import Spool
 
 
 class Log:
@@ -37,7 +37,7 @@ def test_removal_is_bounded_and_takes_the_emptied_run_too(
 ) -> None:
     spool, retired = _retired(tmp_path)
     deadlines: list[float | None] = []
-    from mom_checkpoint.storage import remove_tree as real
+    from mom_checkpoint.spool.storage import remove_tree as real
 
     def recording(path: Path, *, deadline: float | None = None) -> bool:
         deadlines.append(deadline)
@@ -66,7 +66,7 @@ def test_space_a_pruned_generation_still_holds_is_freed_before_the_space_check_f
     still be being removed after it. That space is the job's own: it is freed, then counted."""
     from types import SimpleNamespace
 
-    from mom_checkpoint.errors import DiskFull
+    from mom_checkpoint.platform.errors import DiskFull
 
     spool, [doomed] = _retired(tmp_path)
     monkeypatch.setattr(Spool, "free_bytes", lambda self: 0 if doomed.exists() else 1 << 40)

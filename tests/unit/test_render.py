@@ -17,9 +17,9 @@ from mom_checkpoint.cli.common import say
 from mom_checkpoint.cli.result import envelope
 from mom_checkpoint.commands.doctor import Check
 from mom_checkpoint.commands.prune import Decision
-from mom_checkpoint.environment import Environment
-from mom_checkpoint.inventory import Entry
-from mom_checkpoint.manifest import Manifest, parse
+from mom_checkpoint.image.manifest import Manifest, parse
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.spool.inventory import Entry
 
 # A window title, a clear screen, a C1 CSI (colour), DEL, NUL, a right-to-left override and a lone
 # surrogate (a non-UTF-8 byte of a file name), then rich markup: balanced, unbalanced, a link, an emoji.

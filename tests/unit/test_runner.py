@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint.environment import Runner, run_detached
-from mom_checkpoint.termination import ended_soon, resume_tree, stopped
+from mom_checkpoint.platform.environment import Runner, run_detached
+from mom_checkpoint.processes.termination import ended_soon, resume_tree, stopped
 
 
 def test_a_finished_programs_leftovers_do_not_hold_the_runner() -> None:

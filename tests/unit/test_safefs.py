@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint import safefs
-from mom_checkpoint.errors import TimedOut
+from mom_checkpoint.platform import safefs
+from mom_checkpoint.platform.errors import TimedOut
 
 
 @pytest.fixture

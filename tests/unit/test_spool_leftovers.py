@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mom_checkpoint.storage import KEPT_LOGS, LOGS, Spool
+from mom_checkpoint.spool.storage import KEPT_LOGS, LOGS, Spool
 
 
 def test_one_users_failed_restores_never_evict_anothers_logs(tmp_path: Path) -> None:

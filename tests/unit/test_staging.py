@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint import staging
-from mom_checkpoint.hashing import ImageFile
+from mom_checkpoint.image import staging
+from mom_checkpoint.image.hashing import ImageFile
 from tests.helpers import digest_of
 
 PAGES = re.compile(r"pages-\d+\.img")
@@ -84,7 +84,7 @@ def test_a_page_file_the_restorer_cannot_read_is_copied(
 def test_a_copy_for_the_restore_stops_at_its_deadline(tmp_path: Path) -> None:
     """Review of issue 25 #3: a page file streamed into the staging (a root-mode generation for a
     job-user restore, or a psnc/blcr image) was copied with no bound in time."""
-    from mom_checkpoint.errors import TimedOut
+    from mom_checkpoint.platform.errors import TimedOut
 
     generation, files, _data = _generation(tmp_path)
     (generation / "image" / "pages-1.img").chmod(0o600)  # root's: the restorer (2001) cannot read it

@@ -29,17 +29,22 @@ NOT_ON_THE_HOOK_PATH = (
     "argparse",  # only the admin commands and mom-restart's options build a parser
     "tempfile",  # the incoming folder is made without it (it brings shutil, random, bz2, lzma)
     "ctypes",  # write-behind, only for image files larger than its window
-    "mom_checkpoint.staging",  # a restore's, as are the core-image decoder and its digests' staging
-    "mom_checkpoint.criu_images",
+    "mom_checkpoint.image.staging",  # a restore's, as are the core-image decoder and its digests' staging
+    "mom_checkpoint.image.criu_images",
     # the work after the dump: imported while the checkpointer runs (AFTER_THE_DUMP), so never by a
     # call refused before it
-    "mom_checkpoint.manifest",
-    "mom_checkpoint.hashing",
-    "mom_checkpoint.verification",
-    "mom_checkpoint.retention",
+    "mom_checkpoint.image.manifest",
+    "mom_checkpoint.image.hashing",
+    "mom_checkpoint.image.verification",
+    "mom_checkpoint.spool.retention",
 )
 # What the path does use: if these are missing, the call failed before the imports this test is about.
-ON_THE_HOOK_PATH = ("mom_checkpoint.commands.checkpoint", "mom_checkpoint.locking", "filelock", "psutil")
+ON_THE_HOOK_PATH = (
+    "mom_checkpoint.commands.checkpoint",
+    "mom_checkpoint.spool.locking",
+    "filelock",
+    "psutil",
+)
 
 WRAPPER = """
 import sys

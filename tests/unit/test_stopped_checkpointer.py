@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from mom_checkpoint.environment import (
+from mom_checkpoint.platform.environment import (
     CheckpointerStopped,
     Completed,
     Environment,
@@ -32,8 +32,8 @@ from mom_checkpoint.environment import (
     stopped_checkpointer_fails,
     tree_states,
 )
-from mom_checkpoint.errors import CheckpointerFailed
-from mom_checkpoint.status import ExitStatus
+from mom_checkpoint.platform.errors import CheckpointerFailed
+from mom_checkpoint.platform.status import ExitStatus
 
 TIMEOUT_S = 60.0  # what the runs are given: the watch must end them long before
 

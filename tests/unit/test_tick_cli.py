@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from mom_checkpoint.cli import checkpoint
-from mom_checkpoint.environment import Completed, Environment, Runner
-from mom_checkpoint.status import ExitStatus
+from mom_checkpoint.platform.environment import Completed, Environment, Runner
+from mom_checkpoint.platform.status import ExitStatus
 
 RUNNING = (
     "<Data><Job><Job_Id>42.head</Job_Id><job_state>R</job_state><Checkpoint>c=10</Checkpoint>"

@@ -8,7 +8,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mom_checkpoint.schedule import (
+from mom_checkpoint.batch.schedule import (
     RETRY_S,
     TOLERANCE_S,
     Decision,
@@ -18,7 +18,7 @@ from mom_checkpoint.schedule import (
     format_duration,
     plan,
 )
-from mom_checkpoint.torque import TorqueJob
+from mom_checkpoint.batch.torque import TorqueJob
 
 NOW = 1_800_000_000.0
 MIN = 60.0

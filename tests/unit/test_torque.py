@@ -7,7 +7,13 @@ import time
 
 import pytest
 
-from mom_checkpoint.torque import MAX_INTERVAL_MIN, QstatOutputError, epoch, parse_checkpoint, parse_qstat_xml
+from mom_checkpoint.batch.torque import (
+    MAX_INTERVAL_MIN,
+    QstatOutputError,
+    epoch,
+    parse_checkpoint,
+    parse_qstat_xml,
+)
 
 ONE_JOB = (
     "<Data><Job><Job_Id>42.head</Job_Id><Job_Name>sim</Job_Name><Job_Owner>alice@login1</Job_Owner>"

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint import vault as vault_module
-from mom_checkpoint.errors import Busy, VerificationFailed
-from mom_checkpoint.hashing import ImageFile
-from mom_checkpoint.jobkey import JobKey
-from mom_checkpoint.manifest import GenerationInfo, Manifest
-from mom_checkpoint.vault import Vault, bandwidth_throttle
+from mom_checkpoint.batch.jobkey import JobKey
+from mom_checkpoint.image.hashing import ImageFile
+from mom_checkpoint.image.manifest import GenerationInfo, Manifest
+from mom_checkpoint.platform.errors import Busy, VerificationFailed
+from mom_checkpoint.vault import store as vault_module
+from mom_checkpoint.vault.store import Vault, bandwidth_throttle
 from tests.helpers import digest_of
 from tests.torque import manifest as make_manifest
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint.jobkey import JobKey
-from mom_checkpoint.manifest import Manifest
-from mom_checkpoint.vault import Share, Vault, VaultDeadline, VaultOverQuota
+from mom_checkpoint.batch.jobkey import JobKey
+from mom_checkpoint.image.manifest import Manifest
+from mom_checkpoint.vault.store import Share, Vault, VaultDeadline, VaultOverQuota
 from tests.unit.test_vault import KEY, _generation
 
 KIB = 1 << 10

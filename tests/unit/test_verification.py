@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mom_checkpoint.errors import VerificationFailed
-from mom_checkpoint.hashing import ImageFile
-from mom_checkpoint.verification import check_digests_meanwhile
+from mom_checkpoint.image.hashing import ImageFile
+from mom_checkpoint.image.verification import check_digests_meanwhile
+from mom_checkpoint.platform.errors import VerificationFailed
 from tests.helpers import digest_of
 
 
@@ -37,9 +37,11 @@ def test_the_files_are_opened_before_the_call_returns(tmp_path: Path) -> None:
 def test_a_mismatch_or_another_size_is_a_refusal(tmp_path: Path) -> None:
     files = _image(tmp_path / "staged", {"pages-1.img": 9 << 20})
     victim = tmp_path / "staged" / "image" / "pages-1.img"
-    with open(victim, "r+b") as fh:
+    with open(victim, "r+b") as fh:  # one byte flipped (writing a fixed byte may write the same one)
         fh.seek(5 << 20)
-        fh.write(b"\xff")
+        byte = fh.read(1)[0]
+        fh.seek(5 << 20)
+        fh.write(bytes([byte ^ 0xFF]))
     pending = check_digests_meanwhile(tmp_path, files, read_from=tmp_path / "staged", deadline=None)
     with pytest.raises(VerificationFailed, match=r"pages-1\.img has changed since the checkpoint"):
         pending.result()

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from mom_checkpoint import safefs
-from mom_checkpoint.safefs import UnsafePath
+from mom_checkpoint.platform import safefs
+from mom_checkpoint.platform.safefs import UnsafePath
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mom_checkpoint.commands import checkpoint
-from mom_checkpoint.environment import Runner
+from mom_checkpoint.platform.environment import Runner
 
 
 class FakeIncoming:

@@ -1,0 +1,50 @@
+"""The folders of one generation: its name (number and UTC time), and what is inside it.
+
+<number>-<UTC time>/        complete once it has this name (given by a rename)
+    image/                  the checkpointer's output
+    manifest.json           root's record of the generation
+    kept/                   copies of files the job held (root's)
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+IMAGE = "image"
+KEPT = "kept"  # in a generation: copies of files the job held (root's)
+GENERATION_NAME = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
+
+
+@dataclass(frozen=True)
+class Generation:
+    path: Path
+    number: int
+    created: str  # UTC, e.g. 20261124T193000Z
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def image_dir(self) -> Path:
+        return self.path / IMAGE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+
+def created_epoch(created: str) -> float:
+    """A generation name's UTC time (e.g. 20261124T193000Z) in seconds since the epoch; ValueError
+    for a time no calendar has."""
+    import calendar
+
+    return float(calendar.timegm(time.strptime(created, "%Y%m%dT%H%M%SZ")))
+
+
+def generation_name(number: int, when: float) -> str:
+    return f"{number:06d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}"

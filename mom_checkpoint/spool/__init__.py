@@ -1,0 +1,3 @@
+"""The node's spool of generations: its folders, locks, retention, space, listings, metrics and restart
+sessions.
+"""

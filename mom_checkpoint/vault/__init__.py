@@ -1,0 +1,1 @@
+"""The vault on shared storage: copies of generations that outlive the node."""

@@ -1,0 +1,743 @@
+"""The vault: a second copy of each checkpoint, on storage every node mounts, that outlives the node.
+
+    <vault_dir>/                                  root's 0700, on a file system all nodes mount
+        <system>.<uid>.<job id>/                  one job (its key, jobkey.py), root's 0700
+            <number>-<UTC time>/                  a complete generation: the spool's name, files, manifest
+            .incoming-<name>.<host>.<pid>/        a copy being written; never listed, never read
+            .pruning-<name>.<host>.<pid>/         a generation being removed
+            .lock/                                the job's copier (one at a time, across nodes)
+                holder.json                       host, pid, start time; its mtime is the heartbeat
+
+The local spool stays the fast level: a checkpoint is complete when it is published there, and the
+copy here is made afterwards by a detached ``vault-sync``, never on pbs_mom's or the job's time. A
+copy is written under ``.incoming-*``, each file hashed as it is written and checked against the
+manifest, fsync'd, the manifest written last, then published by one rename: a folder with a
+generation name is complete, whatever was killed when. Older generations of the job are removed only
+after a newer one is complete here. Root's alone, like the spool: a vault generation is trusted only
+as a local one is (root's manifest in root's folders), and restoring from it goes through the same
+checks, after it has been copied back into the local spool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mom_checkpoint.batch.jobkey import JobKey
+from mom_checkpoint.image.hashing import Hasher, ImageFile, algorithm_of, finish, hasher
+from mom_checkpoint.image.layout import GENERATION_NAME, MANIFEST, Generation
+from mom_checkpoint.image.manifest import Manifest
+from mom_checkpoint.image.verification import read_trusted_manifest
+from mom_checkpoint.platform import safefs
+from mom_checkpoint.platform.errors import Busy, DiskFull, Error, Refused, StorageIOError, VerificationFailed
+from mom_checkpoint.platform.files import check_private_dir, fsync_dir, storage_error
+from mom_checkpoint.spool.storage import INCOMING_PREFIX, PRUNING_PREFIX, Spool, remove_tree, start_token
+
+LOCK = ".lock"
+HOLDER = "holder.json"
+LOCK_STALE_S = 300.0  # a holder on another node that has not beaten its heart for this long is gone
+HEARTBEAT_S = 10.0
+CHUNK = 4 << 20
+SNAPSHOT_PREFIX = ".vaulting-"  # in a run folder of the spool: hard links of a generation being copied
+
+
+class VaultUnavailable(StorageIOError):
+    """The vault is missing, not mounted, full, read-only, or not safe: the copy waits for the next sync."""
+
+
+class VaultOverQuota(DiskFull):
+    """The copy would take its owner's copies in the vault past their share (vault_quota_gib)."""
+
+
+class VaultDeadline(StorageIOError):
+    """The copy did not finish by its deadline: stopped, and its partial copy removed."""
+
+
+def copied_bytes(manifest: Manifest) -> int:
+    """What a copy of the generation holds in the vault: its image and kept files, as the manifest
+    lists them (a copy reads no byte beyond a file's recorded size)."""
+    return manifest.total_bytes + sum(k.size for k in manifest.kept)
+
+
+@dataclass(frozen=True)
+class Share:
+    """One owner's share of the shared vault (vault_quota_gib): what their complete copies may hold,
+    over every node and batch system, once this copy is in and the job's older copies beyond ``keep``
+    are pruned."""
+
+    limit: int  # bytes
+    keep: int
+    named: str = "vault_quota_gib"  # where the limit comes from, for the refusal's line
+    # the owner's other jobs' copies, as a caller copying many jobs read them once (Vault.held_by);
+    # None: read them now. The job's own copies are always read afresh, under its lock.
+    others: dict[str, list[int]] | None = None
+
+    def check(self, vault: Vault, key: JobKey, manifest: Manifest) -> None:
+        held = dict(vault.held_by(key.uid) if self.others is None else self.others)
+        mine = held[key.token] = vault.held_in(key.token)
+        stays = mine[-(self.keep - 1) :] if self.keep > 1 else []
+        now = sum(sum(sizes) for sizes in held.values())
+        new = copied_bytes(manifest)
+        after = now - sum(mine) + sum(stays) + new
+        if after > self.limit:
+            raise VaultOverQuota(
+                f"uid {key.uid}'s copies in the vault hold {_mib(now)}; with {manifest.generation.name} of "
+                f"job {key.job_id} ({_mib(new)}) they would hold {_mib(after)}, more than {self.named} "
+                f"allows ({_mib(self.limit)}): not copying it"
+            )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _check_copy_deadline(deadline: float | None, name: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise VaultDeadline(
+            f"the copy of {name} did not finish by its deadline: stopped, its partial copy removed "
+            f"(the next vault-sync tries again)"
+        )
+
+
+@dataclass(frozen=True)
+class VaultGeneration:
+    path: Path
+    number: int
+    created: str
+    key: str  # the job key's token: the folder it is in
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+Throttle = Callable[[int], None]  # told the bytes just written; sleeps to keep to a bandwidth
+
+
+def order(generation: VaultGeneration) -> tuple[int, str]:
+    """Oldest first: by number, and for one number made on two nodes (a node thought lost that came
+    back), by the time in its name: the later one is the job's live history."""
+    return generation.number, generation.created
+
+
+class Vault:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # -- the vault root --------------------------------------------------------------------------------
+    def check_root(self, spool_root: Path | None = None) -> None:
+        """The vault must exist already (a missing mount point is never created on the node's own
+        disk), be a real folder, root's, closed to everyone else, and not on the spool's file system
+        (an empty mount point of a vault that is not mounted is)."""
+        try:
+            st = os.lstat(self.root)
+        except FileNotFoundError:
+            raise VaultUnavailable(f"the vault {self.root} does not exist (not mounted?)") from None
+        except OSError as exc:
+            raise VaultUnavailable(f"the vault {self.root} cannot be reached: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise Refused(f"the vault {self.root} is not a folder (a symlink?): refusing")
+        if os.geteuid() == 0 and st.st_uid != 0:
+            raise Refused(
+                f"the vault {self.root} is owned by uid {st.st_uid}, not root (an NFS export with "
+                f"root_squash?): refusing"
+            )
+        if st.st_mode & 0o077:
+            raise Refused(f"the vault {self.root} has mode {stat.S_IMODE(st.st_mode):o}, not 0700: refusing")
+        try:
+            same = spool_root is not None and os.stat(spool_root).st_dev == st.st_dev
+        except OSError:
+            same = False
+        if same:
+            raise VaultUnavailable(
+                f"the vault {self.root} is on the spool's file system (not mounted?): not copying there"
+            )
+
+    def job_dir(self, key: JobKey) -> Path:
+        return self.root / key.token
+
+    def open_job(self, key: JobKey) -> Path:
+        path = self.job_dir(key)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise vault_error(exc, f"cannot create {path}") from None
+        check_private_dir(path, 0o700)
+        return path
+
+    # -- what is in it ---------------------------------------------------------------------------------
+    def job_keys(self, job_id: str | None = None) -> list[str]:
+        """The tokens of the job folders (of one job id: any system, any owner)."""
+        try:
+            names = [e.name for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise VaultUnavailable(f"cannot list the vault {self.root}: {exc.strerror}") from None
+        keys = [n for n in names if not n.startswith(".") and n.count(".") >= 2]
+        if job_id is not None:
+            keys = [n for n in keys if n.split(".", 2)[2] == job_id]
+        return sorted(keys)
+
+    def generations(self, token: str) -> list[VaultGeneration]:
+        """Complete generations of one job folder, oldest first."""
+        folder = self.root / token
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise VaultUnavailable(f"cannot list {folder}: {exc.strerror}") from None
+        found = []
+        for entry in entries:
+            match = GENERATION_NAME.fullmatch(entry.name)
+            with contextlib.suppress(OSError):
+                if match and entry.is_dir(follow_symlinks=False):
+                    found.append(
+                        VaultGeneration(Path(entry.path), int(match.group(1)), match.group(2), token)
+                    )
+        return sorted(found, key=order)
+
+    def has(self, key: JobKey, name: str) -> bool:
+        return (self.job_dir(key) / name).is_dir()
+
+    # -- the copier's lock -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, key: JobKey) -> Iterator[_Heartbeat]:
+        """Hold the job's copier lock in the vault (a folder: mkdir is atomic on every shared file
+        system), or raise Busy. Yields the heartbeat, to be called while copying. A holder on this
+        host whose process is gone, or any holder whose heartbeat stopped LOCK_STALE_S ago, is
+        cleared; then whatever a killed copier left (incoming, pruning) is removed."""
+        folder = self.open_job(key)
+        path = folder / LOCK
+        for _attempt in range(3):
+            try:
+                os.mkdir(path, 0o700)
+                break
+            except FileExistsError:
+                holder = _holder(path)
+                if not _stale(path, holder):
+                    raise Busy(
+                        f"job {key.job_id} is being copied to the vault by {_describe(holder)}"
+                    ) from None
+                doomed = folder / f"{PRUNING_PREFIX}lock.{socket.gethostname()}.{os.getpid()}"
+                try:
+                    os.rename(path, doomed)
+                except OSError:
+                    continue  # someone else cleared or took it meanwhile
+                remove_tree(doomed)
+            except OSError as exc:
+                raise vault_error(exc, f"cannot lock {folder}") from None
+        else:
+            raise Busy(f"job {key.job_id}: the vault lock {path} keeps changing hands")
+        beat = _Heartbeat(path / HOLDER)
+        try:
+            beat.write()
+            for entry in os.scandir(folder):  # nobody else copies this job now: leftovers are dead
+                if entry.name.startswith((INCOMING_PREFIX, PRUNING_PREFIX)):
+                    remove_tree(Path(entry.path))
+            yield beat
+        finally:
+            if beat.ours():  # a lock cleared as stale and taken by another copier is theirs now
+                with contextlib.suppress(OSError):
+                    os.unlink(path / HOLDER)
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+
+    # -- copying in ------------------------------------------------------------------------------------
+    def store(
+        self,
+        key: JobKey,
+        source: Path,
+        manifest: Manifest,
+        *,
+        heartbeat: _Heartbeat,
+        throttle: Throttle | None = None,
+        deadline: float | None = None,
+        share: Share | None = None,
+    ) -> VaultGeneration:
+        """Copy a generation (``source``: the snapshot of it) into the job's folder, hashing each file
+        as it is written against the manifest, then publish it. Call holding ``lock(key)``. Every byte
+        copied is one the manifest root wrote lists (each file at its recorded size); with ``share``,
+        a copy that would take the owner's copies in the vault past it is refused before anything is
+        written (VaultOverQuota); with ``deadline`` (monotonic), a copy that passes it stops and its
+        partial copy is removed (VaultDeadline)."""
+        name = manifest.generation.name
+        folder = self.job_dir(key)
+        if share is not None:
+            share.check(self, key, manifest)
+        incoming = folder / f"{INCOMING_PREFIX}{name}.{socket.gethostname()}.{os.getpid()}"
+        target = folder / name
+
+        def before_publish() -> None:
+            _check_copy_deadline(deadline, name)
+            heartbeat.check()
+
+        try:
+            publish_copy(
+                source, incoming, target, manifest,
+                before_publish=before_publish, heartbeat=heartbeat, throttle=throttle, deadline=deadline,
+                whole_fs_sync=True,
+            )  # fmt: skip
+        except OSError as exc:
+            raise vault_error(exc, f"cannot copy {name} into {folder}") from None
+        except StorageIOError:
+            _check_copy_deadline(deadline, name)  # the copy's own time ran out: said as such
+            raise
+        match = GENERATION_NAME.fullmatch(name)
+        assert match is not None
+        return VaultGeneration(target, int(match.group(1)), match.group(2), key.token)
+
+    def held_by(self, uid: int) -> dict[str, list[int]]:
+        """What the owner's complete copies hold, by job folder (any batch system): held_in each."""
+        held: dict[str, list[int]] = {}
+        for token in self.job_keys():
+            if token.split(".", 2)[1] == str(uid) and (sizes := self.held_in(token)):
+                held[token] = sizes
+        return held
+
+    def held_in(self, token: str) -> list[int]:
+        """The bytes each complete copy of one job folder holds, oldest first: what its manifest lists
+        (its image and kept files, as copied). A copy whose manifest root cannot vouch for is not
+        charged (it is refused wherever it is read)."""
+        sizes = []
+        for generation in self.generations(token):
+            try:
+                sizes.append(copied_bytes(read_trusted_manifest(generation.path)))
+            except (Error, OSError):
+                continue
+        return sizes
+
+    def size(self) -> int:
+        """The vault file system's size, in bytes."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            raise VaultUnavailable(f"cannot read the size of the vault {self.root}: {exc.strerror}") from None
+        return st.f_blocks * st.f_frsize
+
+    def remove_if_empty(self, key: JobKey) -> None:
+        """The job's folder, if nothing is in it (a first copy that was refused leaves no trace)."""
+        with contextlib.suppress(OSError):
+            os.rmdir(self.job_dir(key))
+
+    def prune(self, key: JobKey, keep: int, holder: _Heartbeat) -> list[Path]:
+        """Keep the newest ``keep`` complete generations of the job; call holding ``lock(key)``, after
+        a newer one was published (so a removed one is never the newest)."""
+        holder.check()
+        removed = []
+        generations = self.generations(key.token)
+        for generation in generations[: max(0, len(generations) - keep)]:
+            doomed = generation.path.with_name(
+                f"{PRUNING_PREFIX}{generation.name}.{socket.gethostname()}.{os.getpid()}"
+            )
+            try:
+                os.rename(generation.path, doomed)
+            except OSError:
+                continue
+            remove_tree(doomed)
+            removed.append(generation.path)
+        return removed
+
+    # -- bringing back ---------------------------------------------------------------------------------
+    def fetch(self, generation: VaultGeneration, spool: Spool, *, deadline: float | None = None) -> Path:
+        """Copy a vault generation into the local spool (``<exec_pid>.<job id>/<name>``, root's) and
+        publish it there, each file checked against the manifest as it is copied: from then on it is
+        a local generation, restored with every local check. Returns its path."""
+        manifest = read_trusted_manifest(generation.path)
+        spool.ensure_root()
+        job_user = manifest.backend.run_as == "job-user"
+        run = spool.open_run(manifest.job.exec_pid, manifest.job.id)
+        target = run / generation.name
+        if target.is_dir():
+            return target  # already here (fetched before, or never lost)
+        incoming = run / f"{INCOMING_PREFIX}fetch.{generation.name}.{os.getpid()}"
+        # the job user's restorer reads the image (through root's staged links): readable files, in a
+        # generation folder only root can enter, as the user's own CRIU would have left them
+        file_mode = 0o644 if job_user else 0o600
+        try:
+            publish_copy(generation.path, incoming, target, manifest, deadline=deadline, file_mode=file_mode)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot copy {generation.path} into {run}") from None
+        return target
+
+
+def publish_copy(
+    source: Path,
+    incoming: Path,
+    target: Path,
+    manifest: Manifest,
+    before_publish: Callable[[], None] | None = None,
+    **copying: Any,
+) -> None:
+    """Copy a generation into the new folder ``incoming`` (copy_generation), write its manifest last,
+    and publish it as ``target`` with one rename; on any failure nothing but the incoming folder was
+    made, and it is removed. A ``target`` published meanwhile by another copier is kept."""
+    try:
+        incoming.mkdir(mode=0o700)
+        copy_generation(source, incoming, manifest, **copying)
+        write_manifest(incoming, manifest)
+        if before_publish is not None:
+            before_publish()
+        try:
+            os.rename(incoming, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not target.is_dir():
+                raise
+            remove_tree(incoming)  # published meanwhile (another node took a stale lock)
+        fsync_dir(target.parent)
+    except BaseException:
+        remove_tree(incoming)
+        raise
+
+
+def copy_generation(
+    source: Path,
+    target: Path,
+    manifest: Manifest,
+    *,
+    heartbeat: Callable[[], None] | None = None,
+    throttle: Throttle | None = None,
+    deadline: float | None = None,
+    file_mode: int = 0o600,
+    whole_fs_sync: bool = False,
+) -> None:
+    """Copy every image and kept file the manifest lists from ``source`` to the new folder ``target``:
+    each file opened below ``source`` without following a link, exactly its recorded size read,
+    its digest taken as it is written and compared with the manifest's, then made durable: each
+    file fsync'd, or with ``whole_fs_sync`` the target's file system synced once after all are
+    written (a CRIU image is dozens of small files, and on a shared file system each fsync is a
+    round trip to the server). Raises VerificationFailed on any difference (nothing is published
+    then)."""
+    files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
+    source_fd = safefs.open_dir(source)
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-hash") as hashing:
+            copier = _Copier(hashing, heartbeat, throttle, deadline, file_mode, each_fsync=not whole_fs_sync)
+            for image_file in files:
+                copier.copy(source_fd, target, image_file)
+    finally:
+        os.close(source_fd)
+    if whole_fs_sync:
+        sync_file_system(target)
+    for folder in sorted({os.path.dirname(f.path) for f in files}, reverse=True):
+        if folder:
+            fsync_dir(target / folder)
+    fsync_dir(target)
+
+
+def sync_file_system(path: Path) -> None:
+    """syncfs(2) of the file system holding ``path``: every file written there so far is durable."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            errno_value = ctypes.get_errno()
+            raise OSError(errno_value, os.strerror(errno_value), str(path))
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    fd = os.open(folder / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, manifest.to_json().encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(folder)
+
+
+@dataclass(frozen=True)
+class _Copier:
+    hashing: ThreadPoolExecutor  # one thread: a file's digest runs while its next chunk is written
+    heartbeat: Callable[[], None] | None
+    throttle: Throttle | None
+    deadline: float | None
+    file_mode: int
+    each_fsync: bool = True
+
+    def copy(self, source_fd: int, target: Path, image_file: ImageFile) -> None:
+        try:
+            fd, st = safefs.open_regular(image_file.path, dir_fd=source_fd)
+        except FileNotFoundError:
+            raise VerificationFailed(f"{image_file.path} is missing: not copying this generation") from None
+        try:
+            if st.st_size != image_file.size:
+                raise VerificationFailed(
+                    f"{image_file.path} has {st.st_size} bytes, {image_file.size} recorded: not copying it"
+                )
+            destination = target / image_file.path
+            destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            out = os.open(  # read-write: what was written is read back (mapped) to be hashed
+                destination, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            try:
+                if self.file_mode != 0o600 and not image_file.path.startswith("kept/"):
+                    os.fchmod(out, self.file_mode)
+                digest = self._stream(fd, out, image_file)
+                if self.each_fsync:
+                    os.fsync(out)
+                    with contextlib.suppress(OSError):  # the copy is not needed in this node's page cache
+                        os.posix_fadvise(out, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(out)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        if digest != image_file.digest:
+            raise VerificationFailed(
+                f"{image_file.path} has changed since the checkpoint (checksum mismatch)"
+            )
+
+    def _stream(self, fd: int, out: int, image_file: ImageFile) -> str:
+        """Exactly the recorded size, copied chunk by chunk by the kernel (sendfile: no copy through
+        this process), each chunk then hashed from the destination's own pages (mapped, not copied)
+        in the hash thread while the next chunk is copied: the digest of what was written, by the
+        algorithm the manifest recorded it with."""
+        import mmap
+
+        algorithm = algorithm_of(image_file.digest)
+        digest = hasher(algorithm)
+        pending: Future[None] | None = None
+        done = 0
+        with contextlib.suppress(OSError):  # a larger read-ahead window, as cp asks for
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        while done < image_file.size:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise StorageIOError(f"copying {image_file.path} did not finish in time")
+            want = min(CHUNK, image_file.size - done)
+            if done + want < image_file.size:  # the next chunk is read from disk while this one is written
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, done + want, CHUNK, os.POSIX_FADV_WILLNEED)
+            got = 0
+            while got < want:  # out's position advances; the source offset is ours
+                sent = os.sendfile(out, fd, done + got, want - got)
+                if not sent:
+                    raise VerificationFailed(f"{image_file.path} ended early: not copying it")
+                got += sent
+            if pending is not None:
+                pending.result()
+            # a whole chunk: its offset stays a multiple of CHUNK, as mmap needs
+            written = mmap.mmap(out, want, mmap.MAP_SHARED, mmap.PROT_READ, offset=done)
+            pending = self.hashing.submit(_hash_and_unmap, digest, written)
+            done += want
+            if self.throttle is not None:
+                self.throttle(want)
+            if self.heartbeat is not None:
+                self.heartbeat()
+        if pending is not None:
+            pending.result()
+        return finish(algorithm, digest)
+
+
+def _hash_and_unmap(digest: Hasher, written: Any) -> None:
+    try:
+        digest.update(written)
+    finally:
+        written.close()
+
+
+def snapshot(generation: Generation, manifest: Manifest) -> Path:
+    """Hard links of a local generation's files in a root folder of its run (``.vaulting-*``), so a
+    prune of the generation while it is copied removes nothing the copy still reads. Each name is
+    linked below folders opened without following a link, the name itself not followed either (what
+    it links is read later only if it is a regular file of the manifest's size and digest). A name
+    that cannot be linked (a file of another file system mounted in a user's image folder) fails
+    the copy: it is never read through a mount the user controls."""
+    folder = (
+        generation.run_dir / f"{SNAPSHOT_PREFIX}{generation.path.name}.{os.getpid()}.{_start(os.getpid())}"
+    )
+    folder.mkdir(mode=0o700)
+    source = safefs.open_dir(generation.path)
+    try:
+        for rel in [f.path for f in manifest.files] + [k.copy for k in manifest.kept]:
+            parent, name = os.path.split(rel)
+            (folder / parent).mkdir(mode=0o700, parents=True, exist_ok=True)
+            from_fd = safefs.open_dir(parent, dir_fd=source) if parent else os.dup(source)
+            try:
+                os.link(name, folder / rel, src_dir_fd=from_fd, follow_symlinks=False)
+            finally:
+                os.close(from_fd)
+    except BaseException:
+        remove_tree(folder)
+        raise
+    finally:
+        os.close(source)
+    return folder
+
+
+def stale_snapshots(run_dir: Path) -> list[Path]:
+    """Snapshot folders of copiers that have ended (killed, or the node restarted)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(run_dir):
+            if not entry.name.startswith(SNAPSHOT_PREFIX):
+                continue
+            pid, start = [*entry.name.rsplit(".", 2)[1:], "", ""][:2]
+            if not pid.isdigit() or _start(int(pid)) != start:
+                found.append(Path(entry.path))
+    return found
+
+
+def bandwidth_throttle(mib_s: float, sleep: Callable[[float], None] = time.sleep) -> Throttle | None:
+    """Sleep as needed to keep the copy at ``mib_s`` MiB/s on average (0: no limit)."""
+    if mib_s <= 0:
+        return None
+    started = time.monotonic()
+    sent = 0
+
+    def throttle(nbytes: int) -> None:
+        nonlocal sent
+        sent += nbytes
+        ahead = sent / (mib_s * 1024 * 1024) - (time.monotonic() - started)
+        if ahead > 0:
+            sleep(ahead)
+
+    return throttle
+
+
+def bounded(work: Callable[[], object], timeout_s: float, what: str) -> Any:
+    """``work()`` run in a child process, its JSON result returned within ``timeout_s``: a vault on a
+    mount that hangs never hangs the caller (the child, stuck in the kernel, is killed and left).
+    An Error in the child is raised again here, VerificationFailed and Refused as themselves."""
+    import select
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing of it may return into the caller's code
+        status = 1
+        try:
+            os.close(read_fd)
+            try:
+                result: dict[str, object] = {"ok": work()}
+            except Error as exc:
+                result = {"error": exc.message, "kind": type(exc).__name__}
+            view = memoryview(json.dumps(result).encode())
+            while view:
+                view = view[os.write(write_fd, view) :]
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            ready = select.select([read_fd], [], [], max(0.0, remaining))[0] if remaining > 0 else []
+            if not ready:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                raise VaultUnavailable(
+                    f"{what}: the vault did not answer within {timeout_s:.0f} s (a hung mount?)"
+                )
+            chunk = os.read(read_fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    try:
+        result = json.loads(b"".join(chunks))
+    except ValueError:
+        raise VaultUnavailable(f"{what}: the vault's reader ended without an answer") from None
+    if "error" in result:
+        kinds: dict[str, type[Error]] = {"VerificationFailed": VerificationFailed, "Refused": Refused}
+        raise kinds.get(str(result.get("kind")), VaultUnavailable)(str(result["error"]))
+    return result["ok"]
+
+
+def vault_error(exc: OSError, what: str) -> VaultUnavailable:
+    reasons = {
+        errno.ENOSPC: "the vault is full",
+        errno.EDQUOT: "the vault quota is exhausted",
+        errno.EROFS: "the vault is read-only",
+    }
+    reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    return VaultUnavailable(f"{what}: {reason}")
+
+
+class _Heartbeat:
+    """The lock holder's record (with a nonce of its own); touched at most every HEARTBEAT_S while the
+    copy goes on, and read back before anything is published or removed: a holder whose lock was
+    cleared as stale while it was stuck finds out, and stops."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last = 0.0
+        self.nonce = os.urandom(16).hex()
+
+    def write(self) -> None:
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start": _start(os.getpid()),
+            "since": time.time(),
+            "nonce": self.nonce,
+        }
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(info))
+        self.last = time.monotonic()
+
+    def ours(self) -> bool:
+        return _holder(self.path.parent).get("nonce") == self.nonce
+
+    def check(self) -> None:
+        if not self.ours():
+            raise Busy(f"the vault lock {self.path.parent} was taken over (this copier was stuck): stopping")
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= HEARTBEAT_S:
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+            self.last = now
+
+
+def _holder(lock: Path) -> dict[str, object]:
+    text = safefs.read_text(lock / HOLDER, limit=4096)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _stale(lock: Path, holder: dict[str, object]) -> bool:
+    try:
+        beat = os.lstat(lock / HOLDER).st_mtime if holder else os.lstat(lock).st_mtime
+    except FileNotFoundError:
+        return True
+    if holder.get("host") == socket.gethostname():
+        pid = holder.get("pid")
+        if isinstance(pid, int) and _start(pid) != holder.get("start"):
+            return True  # this node's copier has ended without unlocking (killed)
+    return time.time() - beat > LOCK_STALE_S
+
+
+def _describe(holder: dict[str, object]) -> str:
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "a copier starting up"
+
+
+def _start(pid: int) -> str:
+    return start_token(pid)

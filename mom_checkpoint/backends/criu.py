@@ -19,6 +19,7 @@ from mom_checkpoint.platform.errors import (
     Refused,
     TimedOut,
 )
+from mom_checkpoint.platform.files import write_all
 from mom_checkpoint.processes.discovery import child_pids
 from mom_checkpoint.processes.identity import JobUser, credentials_problem
 from mom_checkpoint.processes.termination import kill_tree
@@ -240,9 +241,7 @@ def _dies_with_its_parent(image: StagedImage, pid: int) -> None:
     patched = with_pdeath_signal(image.contents[name], signal.SIGKILL)
     fd = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=image.fd)
     try:
-        view = memoryview(patched)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, patched)
     finally:
         os.close(fd)
     image.contents[name] = patched

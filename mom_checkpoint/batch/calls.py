@@ -13,8 +13,8 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TypedDict, TypeVar
+from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from mom_checkpoint.platform.errors import UsageError
 
@@ -28,13 +28,19 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class TorqueCall:
+class TorqueJobArgs:
+    """The six arguments TORQUE gives both its checkpoint and its restart script."""
+
     session_id: int
     job_id: str
     euser: str | None
     egroup: str | None
     checkpoint_dir: str | None
     checkpoint_name: str | None
+
+
+@dataclass(frozen=True)
+class TorqueCall(TorqueJobArgs):
     signal: int
     depth: int | None
     argv: tuple[str, ...]
@@ -166,17 +172,6 @@ def pbs_checkpoint_call(args: PbsArgs) -> PbsCall:
     )
 
 
-class TorqueJobArgs(TypedDict):
-    """The six arguments TORQUE gives both its checkpoint and its restart script."""
-
-    session_id: int
-    job_id: str
-    euser: str | None
-    egroup: str | None
-    checkpoint_dir: str | None
-    checkpoint_name: str | None
-
-
 def torque_job_args(args: Sequence[str]) -> TorqueJobArgs:
     session, job_id, euser, egroup, ckdir, ckname = args
     return TorqueJobArgs(
@@ -192,9 +187,8 @@ def torque_job_args(args: Sequence[str]) -> TorqueJobArgs:
 def parse_checkpoint_call(argv: Sequence[str]) -> CheckpointCall:
     args = tuple(argv)
     if len(args) == 8:
-        return TorqueCall(
-            **torque_job_args(args[:6]), signal=signal_arg(args[6]), depth=depth_arg(args[7]), argv=args
-        )
+        job = asdict(torque_job_args(args[:6]))
+        return TorqueCall(**job, signal=signal_arg(args[6]), depth=depth_arg(args[7]), argv=args)
     if len(args) == 2:
         return SeedCall(job_pid=pid_arg("JOB_PID", args[0]), job_id=path_part("JOB_ID", args[1]), argv=args)
     raise UsageError(

@@ -32,3 +32,10 @@ class JobKey:
         """For file names (locks, session records): <system>.<uid>.<job id> (the job id is a checked
         path part)."""
         return f"{self.system}.{self.uid}.{self.job_id}"
+
+    @classmethod
+    def from_token(cls, token: str) -> JobKey | None:
+        """The key a file name made by ``token`` stands for (None for a name that is not one)."""
+        system, _, rest = token.partition(".")
+        uid, _, job_id = rest.partition(".")
+        return cls(system, int(uid), job_id) if system and uid.isdigit() and job_id else None

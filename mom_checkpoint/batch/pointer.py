@@ -27,7 +27,7 @@ from typing import Any
 
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import NoSuchProcess, Refused, StorageIOError
-from mom_checkpoint.platform.files import storage_error
+from mom_checkpoint.platform.files import replace_in, storage_error
 from mom_checkpoint.platform.records import RecordError, build
 
 POINTER_KIND = "mom-checkpoint pointer"
@@ -281,22 +281,9 @@ def _rename_aside(parent: int, name: str, shown: str) -> str | None:
 def write_pointer(dir_fd: int, name: str, pointer: Pointer, uid: int, gid: int) -> None:
     """Atomically put the pointer at NAME inside the open directory, owned by the job's user, 0600."""
     data = (json.dumps(asdict(pointer), indent=2) + "\n").encode()
-    tmp = f".{name}.tmp-{os.urandom(6).hex()}"  # not guessable: the folder may be 1777 (a restart's)
-    try:
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
-        )
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-            os.fchown(fd, uid, gid)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        os.fsync(dir_fd)
+    try:  # the temporary's name is not guessable: the folder may be 1777 (a restart's)
+        replace_in(dir_fd, name, data, owner=(uid, gid))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
         raise storage_error(exc, f"cannot write the pointer {name}") from None
 
 

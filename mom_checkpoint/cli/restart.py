@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from mom_checkpoint import __version__
@@ -82,7 +83,7 @@ def build_parser() -> ArgumentParser:
 def parse_restart_call(args: Sequence[str]) -> RestartCall:
     argv = tuple(args)
     if len(argv) == 6 and argv[0][:1].isdigit():
-        return TorqueRestart(**torque_job_args(argv), argv=argv)
+        return TorqueRestart(**asdict(torque_job_args(argv)), argv=argv)
     if argv and argv[0][:1].isdigit():
         raise UsageError(
             "expected 6 arguments (SESSION_ID JOB_ID EUSER EGROUP CHECKPOINT_DIR CHECKPOINT_NAME), "

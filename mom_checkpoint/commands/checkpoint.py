@@ -567,16 +567,7 @@ def _log_spool_users(spool: Spool, log: Any) -> None:
 
     usage = usage_module.scan(spool)
     biggest = usage.by_uid.most_common(5)
-    log.warning("spool.full", users=[{"user": _user_name(uid), "bytes": size} for uid, size in biggest])
-
-
-def _user_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+    log.warning("spool.full", users=[{"user": identity.name_of(uid), "bytes": size} for uid, size in biggest])
 
 
 def image_limit(job: discovery.JobProcesses, ghost_limit: int) -> int:

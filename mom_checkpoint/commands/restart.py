@@ -24,6 +24,7 @@ import psutil
 
 from mom_checkpoint import backends
 from mom_checkpoint.backends.base import InheritedFile, Restored, RestoreRequest, locate
+from mom_checkpoint.batch.calls import TorqueJobArgs
 from mom_checkpoint.batch.jobkey import SYSTEMS, JobKey, system_of
 from mom_checkpoint.batch.pointer import open_checkpoint_dir, read_pointer
 from mom_checkpoint.image.hashing import ImageFile
@@ -50,6 +51,7 @@ from mom_checkpoint.platform.errors import (
     Refused,
     StorageIOError,
 )
+from mom_checkpoint.platform.files import copy_all
 from mom_checkpoint.platform.status import ExitStatus, meaning
 from mom_checkpoint.processes import access, identity
 from mom_checkpoint.processes.access import acting_as
@@ -71,13 +73,7 @@ _OUTPUT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CL
 
 
 @dataclass(frozen=True)
-class TorqueRestart:
-    session_id: int
-    job_id: str
-    euser: str | None
-    egroup: str | None
-    checkpoint_dir: str | None
-    checkpoint_name: str | None
+class TorqueRestart(TorqueJobArgs):
     argv: tuple[str, ...]
 
     convention = "torque"
@@ -435,12 +431,16 @@ class _VaultFetch:
         """The job's folders in the vault: named outright when the owner is known, else found."""
         if self.owner is not None:
             systems = [self.system] if self.system is not None else sorted(set(SYSTEMS.values()))
-            return [f"{system}.{self.owner.uid}.{self.job_id}" for system in systems]
+            return [JobKey(system, self.owner.uid, self.job_id).token for system in systems]
         return [token for token in vault.job_keys(self.job_id) if self._mine(token)]
 
     def _mine(self, token: str) -> bool:
-        system, uid, _job = token.split(".", 2)
-        return (self.owner is None or uid == str(self.owner.uid)) and (self.system in (None, system))
+        key = JobKey.from_token(token)
+        return (
+            key is not None
+            and (self.owner is None or key.uid == self.owner.uid)
+            and self.system in (None, key.system)
+        )
 
 
 def _record_of(path: Path, call: SeedRestart) -> Manifest:
@@ -712,10 +712,7 @@ def _held_copy(generation: Path, kept: KeptFile, work: Path, user: JobUser) -> i
         if kept.mode:  # CRIU checks an external file's mode against the image's
             os.fchmod(copy, kept.mode & 0o777)
         os.lseek(source, 0, os.SEEK_SET)
-        while chunk := os.read(source, 1 << 20):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(copy, view) :]
+        copy_all(source, copy)
         reading = os.open(f"/proc/self/fd/{copy}", os.O_RDONLY | os.O_CLOEXEC)  # a read-only description
     finally:
         os.close(copy)
@@ -747,10 +744,7 @@ def _put_back(generation: Path, kept: KeptFile, fd: int) -> None:
     source = _kept_copy(generation, kept)
     try:
         os.lseek(source, 0, os.SEEK_SET)
-        while chunk := os.read(source, 1 << 20):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+        copy_all(source, fd)
     finally:
         os.close(source)
 

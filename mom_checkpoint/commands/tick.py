@@ -14,13 +14,10 @@ import dataclasses
 import json
 import os
 import socket
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import filelock
 
 from mom_checkpoint.backends.base import locate
 from mom_checkpoint.batch.schedule import Decision, JobRecord, NodeView, Plan, Settings, plan, safe_job_id
@@ -29,13 +26,12 @@ from mom_checkpoint.image.layout import created_epoch
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment, last_line
 from mom_checkpoint.platform.errors import (
-    Busy,
     Error,
     Refused,
     StorageIOError,
 )
-from mom_checkpoint.platform.files import storage_error, write_private
-from mom_checkpoint.spool.locking import describe_holder, lock_dir
+from mom_checkpoint.platform.files import replace_private, storage_error
+from mom_checkpoint.spool.locking import exclusive, lock_dir
 from mom_checkpoint.spool.storage import INCOMING_PREFIX, Spool
 
 QCHKPT_TIMEOUT_S = 30.0
@@ -215,15 +211,11 @@ def load_state(spool: Spool, host: str, log: Any | None = None) -> dict[str, Job
 
 def save_state(spool: Spool, host: str, records: Mapping[str, JobRecord]) -> None:
     path = state_path(spool, host)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = {"schema": STATE_SCHEMA, "jobs": {k: dataclasses.asdict(v) for k, v in sorted(records.items())}}
     try:
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        write_private(tmp, json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
+        replace_private(path, json.dumps(data, indent=1) + "\n")
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise storage_error(exc, f"cannot record what this tick did in {path}") from None
 
 
@@ -247,22 +239,6 @@ def _updated(
     return updated
 
 
-@contextlib.contextmanager
-def tick_lock(directory: Path, host: str) -> Iterator[None]:
+def tick_lock(directory: Path, host: str) -> contextlib.AbstractContextManager[None]:
     """Hold this node's tick lock, or raise Busy at once naming the tick that holds it."""
-    path = directory / f"tick-{_file_host(host)}.lock"
-    lock = filelock.FileLock(str(path), timeout=0, mode=0o600)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise Busy(f"another tick is running ({describe_holder(path)}): not starting a second one") from None
-    try:
-        info = {"pid": os.getpid(), "host": host, "since": time.time(), "argv": ["tick"]}
-        holder = path.with_name(path.name + ".holder")
-        tmp = holder.with_name(f"{holder.name}.{os.getpid()}")
-        with contextlib.suppress(OSError):  # only the busy message depends on it
-            write_private(tmp, json.dumps(info))
-            os.replace(tmp, holder)
-        yield
-    finally:
-        lock.release()
+    return exclusive(directory / f"tick-{_file_host(host)}.lock", ["tick"], "another tick")

@@ -27,7 +27,7 @@ from mom_checkpoint.image.hashing import ImageFile
 from mom_checkpoint.image.layout import IMAGE
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import StorageIOError, TimedOut, VerificationFailed
-from mom_checkpoint.platform.files import storage_error
+from mom_checkpoint.platform.files import storage_error, write_all
 
 PINNED = "pinned"  # in a restart's work folder: root's 0700
 CHUNK = 1 << 20
@@ -164,9 +164,7 @@ def _copy(fd: int, size: int, name: str, target: int) -> bytes:
             raise StorageIOError(f"{name} shrank while it was being copied")
         data += chunk
     with _root_copy(name, target) as out:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(out, view) :]
+        write_all(out, data)
     return bytes(data)
 
 

@@ -3,6 +3,7 @@ one way an OSError becomes the product's I/O error."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -18,15 +19,90 @@ def write_private(path: Path, data: str | bytes) -> None:
         fh.write(data.encode() if isinstance(data, str) else data)
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """All of ``data`` written to ``fd`` (os.write may write less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def copy_all(source: int, target: int, chunk: int = 1 << 20) -> None:
+    """What ``source`` holds from its offset to its end, written to ``target``."""
+    while data := os.read(source, chunk):
+        write_all(target, data)
+
+
+def replace_in(
+    dir_fd: int,
+    name: str,
+    data: bytes,
+    *,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+    durable: bool = True,
+) -> None:
+    """The file ``name`` in the open folder ``dir_fd`` replaced, all at once, by a new file holding
+    ``data`` with ``mode`` (and ``owner``). It is written under a name nobody could have guessed
+    (``.NAME.<random>.tmp``, which collectors of ``*.prom`` or ``*.json`` skip), created never through
+    a link, and renamed over ``name``: whatever was there is replaced, never followed or opened. With
+    ``durable``, the file and then the folder are fsync'd. The temporary goes if anything fails."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+    for _ in range(8):
+        tmp = f".{name[:200]}.{os.urandom(8).hex()}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no new temporary file could be made", name)
+    try:
+        try:
+            if mode != 0o600:
+                os.fchmod(fd, mode)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        if durable:
+            os.fsync(dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)  # the name only: whatever is there now is not followed
+        raise
+
+
+def replace_private(path: Path, data: str | bytes, *, durable: bool = False) -> None:
+    """``path`` replaced, all at once, by a new 0600 file holding ``data`` (replace_in, through a
+    descriptor of its folder, which must not be a link)."""
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        replace_in(dir_fd, path.name, data.encode() if isinstance(data, str) else data, durable=durable)
+    finally:
+        os.close(dir_fd)
+
+
+def root_folder_problem(st: os.stat_result, most_open: int, owner_hint: str = "") -> str | None:
+    """Why a folder root relies on (its lstat ``st``) is not safe, or None: it is not a real folder
+    (a symlink?), it is another account's (when root asks; ``owner_hint`` says what may cause it), or
+    it gives group or others more than the mode ``most_open`` does."""
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        return "is not a folder (a symlink?)"
+    if os.geteuid() == 0 and st.st_uid != 0:
+        return f"is owned by uid {st.st_uid}, not root{owner_hint}"
+    if stat.S_IMODE(st.st_mode) & ~most_open & 0o077:
+        return f"has mode {mode_text(st)}, more open than {most_open:o}"
+    return None
+
+
 def check_private_dir(path: Path, mode: int) -> None:
     """A folder of the spool must be a real folder, root's, with no access for others beyond ``mode``."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise Refused(f"{path} is not a folder (a symlink swapped into the spool?): refusing")
-    if os.geteuid() == 0 and st.st_uid != 0:
-        raise Refused(f"{path} is owned by uid {st.st_uid}, not root: refusing")
-    if stat.S_IMODE(st.st_mode) & ~mode & 0o077:
-        raise Refused(f"{path} has mode {mode_text(st)}, more open than {mode:o}: refusing")
+    if problem := root_folder_problem(os.lstat(path), mode):
+        raise Refused(f"{path} {problem}: refusing")
 
 
 def close_private_dir(path: Path) -> None:

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mom_checkpoint.processes.identity import JobUser
+from mom_checkpoint.processes.procfs import fdinfo
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 REACH = 0  # no access asked beyond reaching the file by its path
@@ -133,14 +134,7 @@ def _by_path(item: Held, user: JobUser) -> str | None:
 
 
 def _mount_id(fd: int) -> int:
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as fh:
-            for line in fh:
-                if line.startswith("mnt_id:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return -1
+    return fdinfo("self", fd).get("mnt_id", -1)
 
 
 def _pseudo_mounts() -> frozenset[int]:
@@ -213,15 +207,7 @@ def _link(pid: int, link: str, what: str, access: int) -> Held | None:
 
 
 def _fd_flags(pid: int, fd: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key == "flags":
-                    return int(value.strip(), 8)
-    except (OSError, ValueError):
-        pass
-    return None
+    return fdinfo(pid, fd).get("flags")
 
 
 def _mappings(pid: int) -> list[Held]:

@@ -20,6 +20,8 @@ from typing import Literal
 import psutil
 
 from mom_checkpoint.platform.errors import NoSuchProcess, Refused, UnknownUser
+from mom_checkpoint.processes.identity import name_of
+from mom_checkpoint.processes.procfs import fdinfo
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def find_job(
         if found_via == "session":
             uid = leader.uids().real
             if expected_uid is not None and uid != expected_uid:
-                raise Refused(f"process {leader.pid} belongs to {_name_of(uid)}, not to {euser}: refusing")
+                raise Refused(f"process {leader.pid} belongs to {name_of(uid)}, not to {euser}: refusing")
             target = _exec_process(leader, session, job_id, several_children)
         else:
             # the leader is the restart program (root's); the job is the restored tree under it
@@ -127,13 +129,13 @@ def find_job(
     for record in records:
         if record.uid != uid:
             raise Refused(
-                f"job {job_id}: process {record.pid} ({record.name}) belongs to {_name_of(record.uid)}, "
-                f"not to the job's user {_name_of(uid)}: refusing"
+                f"job {job_id}: process {record.pid} ({record.name}) belongs to {name_of(record.uid)}, "
+                f"not to the job's user {name_of(uid)}: refusing"
             )
     return JobProcesses(
         leader_pid=leader.pid,
         exec_pid=target.pid,
-        user=_name_of(uid),
+        user=name_of(uid),
         uid=uid,
         gid=records[0].gid,
         tree=records,
@@ -261,7 +263,8 @@ def open_files(pid: int) -> list[OpenFile]:
             target = os.readlink(f"{base}/{name}")
         except OSError:
             continue
-        flags, pos = _fdinfo(pid, name)
+        info = fdinfo(pid, name)
+        flags, pos = info.get("flags"), info.get("pos")
         result.append(OpenFile(fd=int(name), target=target, kind=_kind(target), flags=flags, pos=pos))
     return result
 
@@ -336,21 +339,6 @@ def _deleted_mappings(pid: int) -> list[tuple[str, str]]:
     return list(found.values())
 
 
-def _fdinfo(pid: int, fd: str) -> tuple[int | None, int | None]:
-    flags = pos = None
-    try:
-        with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key == "flags":
-                    flags = int(value.strip(), 8)
-                elif key == "pos":
-                    pos = int(value.strip())
-    except (OSError, ValueError):
-        pass
-    return flags, pos
-
-
 def _kind(target: str) -> Literal["file", "pipe", "socket", "other"]:
     if target.startswith("/"):
         return "file"
@@ -395,10 +383,3 @@ def _uid_of(user: str) -> int:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
         raise UnknownUser(f"EUSER {user!r} is not a user on this node") from None
-
-
-def _name_of(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)

@@ -51,6 +51,14 @@ def of_uid(uid: int, group: str | int | None = None) -> JobUser:
     return _with_group(entry, group)
 
 
+def name_of(uid: int) -> str:
+    """The user's name, or the uid as text where passwd has none (for messages and logs)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def _with_group(entry: pwd.struct_passwd, group: str | int | None) -> JobUser:
     groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid))))
     gid = entry.pw_gid

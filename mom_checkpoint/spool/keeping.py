@@ -21,7 +21,6 @@ of a larger one, said in the log).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import stat
 import time
@@ -34,6 +33,7 @@ from mom_checkpoint.platform.files import write_private
 from mom_checkpoint.processes.access import acting_as
 from mom_checkpoint.processes.discovery import ProcessRecord
 from mom_checkpoint.processes.identity import JobUser
+from mom_checkpoint.processes.procfs import fdinfo
 
 HELD_MAX = 1 << 20
 HELD_FILES = 64
@@ -83,7 +83,7 @@ def keep_held(
             if len(copies) >= HELD_FILES or examined >= HELD_CANDIDATES or _past(deadline):
                 return copies
             examined += 1
-            info = _fdinfo(f"/proc/{process.pid}/fdinfo/{open_file.fd}")
+            info = fdinfo(process.pid, open_file.fd)
             if "pos" not in info or "mnt_id" not in info or "flags" not in info or info["flags"] & os.O_PATH:
                 continue
             held = _read_held(process.pid, open_file.fd, user, info, seen=seen, written=written)
@@ -147,19 +147,6 @@ def _past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() > deadline
 
 
-def _fdinfo(path: str) -> dict[str, int]:
-    """pos, flags (octal), mnt_id and ino (kernels from 5.14) of /proc/PID/fdinfo/N."""
-    found: dict[str, int] = {}
-    with contextlib.suppress(OSError, ValueError), open(path, "rb") as fh:
-        for line in itertools.islice(fh, 16):
-            key, _, value = line.decode("ascii", "replace").partition(":")
-            if key in ("pos", "mnt_id", "ino"):
-                found[key] = int(value.strip())
-            elif key == "flags":
-                found[key] = int(value.strip(), 8)
-    return found
-
-
 @dataclass(frozen=True)
 class _Held:
     data: bytes
@@ -175,7 +162,7 @@ def _written_inodes(processes: Sequence[ProcessRecord], deadline: float | None) 
     for process in processes:
         for open_file in process.fds:
             if open_file.kind == "file" and (open_file.flags is None or open_file.flags & os.O_ACCMODE):
-                info = _fdinfo(f"/proc/{process.pid}/fdinfo/{open_file.fd}")
+                info = fdinfo(process.pid, open_file.fd)
                 if "ino" in info:
                     found.add(info["ino"])
                 else:

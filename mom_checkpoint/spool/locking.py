@@ -18,7 +18,7 @@ from pathlib import Path
 import filelock
 
 from mom_checkpoint.platform.errors import Busy, SpoolError
-from mom_checkpoint.platform.files import write_private
+from mom_checkpoint.platform.files import replace_private
 
 LOCK_DIR = ".locks"
 
@@ -47,14 +47,19 @@ def job_lock(
     at once (each stages a copy of the image)."""
     job_id = job_id or key
     path = job_lock_path(directory, key if what == "checkpoint" else f"{what}-{key}")
+    with exclusive(path, argv, f"another {what} of job {job_id}"):
+        yield
+
+
+@contextmanager
+def exclusive(path: Path, argv: Sequence[str], other: str) -> Iterator[None]:
+    """Hold the kernel lock at ``path``, or raise Busy at once: "``other`` is running (who holds
+    it, from its holder file): not starting a second one"."""
     lock = filelock.FileLock(str(path), timeout=0, mode=0o600)
     try:
         lock.acquire()
     except filelock.Timeout:
-        holder = describe_holder(path)
-        raise Busy(
-            f"another {what} of job {job_id} is running ({holder}): not starting a second one"
-        ) from None
+        raise Busy(f"{other} is running ({describe_holder(path)}): not starting a second one") from None
     try:
         _write_holder(path, argv)
         yield
@@ -135,10 +140,8 @@ def _one_of(
 
 def _write_holder(lock_path: Path, argv: Sequence[str]) -> None:
     info = {"pid": os.getpid(), "host": os.uname().nodename, "since": time.time(), "argv": list(argv)}
-    tmp = lock_path.with_name(lock_path.name + f".holder.{os.getpid()}")
     with contextlib.suppress(OSError):  # only the busy message depends on it
-        write_private(tmp, json.dumps(info))
-        os.replace(tmp, lock_path.with_name(lock_path.name + ".holder"))
+        replace_private(lock_path.with_name(lock_path.name + ".holder"), json.dumps(info))
 
 
 HOLDER_WAIT_S = 0.3  # how long a busy call waits for a lock's new holder to say who it is

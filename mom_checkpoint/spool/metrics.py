@@ -13,7 +13,6 @@ link under the textfile's name is replaced, never followed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import filelock
 
-from mom_checkpoint.platform.files import write_private
+from mom_checkpoint.platform.files import replace_in, replace_private
 from mom_checkpoint.platform.safefs import UnsafePath, open_configured_dir
 from mom_checkpoint.spool.locking import lock_dir
 
@@ -53,9 +52,7 @@ def record(spool_root: Path, metrics_file: str, attempt: Attempt, now: float) ->
         else:
             failures = per.setdefault("failures", {})
             failures[attempt.reason] = failures.get(attempt.reason, 0) + 1
-        tmp = spool_root / f".{STATE}.{os.getpid()}"
-        write_private(tmp, json.dumps(state))
-        os.replace(tmp, spool_root / STATE)
+        replace_private(spool_root / STATE, json.dumps(state))
         write(metrics_file, state, _spool_bytes(spool_root))
 
 
@@ -79,9 +76,7 @@ def record_vault(
         vault["bytes"] = vault.get("bytes", 0) + copied_bytes
         if pending_s is not None:
             vault["pending_s"] = pending_s
-        tmp = spool_root / f".{STATE}.{os.getpid()}"
-        write_private(tmp, json.dumps(state))
-        os.replace(tmp, spool_root / STATE)
+        replace_private(spool_root / STATE, json.dumps(state))
         write(metrics_file, state, _spool_bytes(spool_root))
 
 
@@ -147,36 +142,9 @@ def replace_file(path: str, data: bytes, mode: int) -> None:
         raise UnsafePath(f"{path!r} names no file: refusing")
     dir_fd = open_configured_dir(folder or "/")
     try:
-        tmp, fd = _create_new(dir_fd, name)
-        try:
-            try:
-                os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)  # the name only: whatever is there now is not followed
-            raise
+        replace_in(dir_fd, name, data, mode=mode)
     finally:
         os.close(dir_fd)
-
-
-def _create_new(dir_fd: int, name: str) -> tuple[str, int]:
-    """A new, empty file in the folder ``dir_fd``, under a name no one could have guessed and that the
-    textfile collector skips (it reads ``*.prom``), with its write descriptor."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
-    for _ in range(8):
-        tmp = f".{name}.{os.urandom(8).hex()}.tmp"
-        try:
-            return tmp, os.open(tmp, flags, 0o600, dir_fd=dir_fd)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no new temporary file could be made next to {name}")
 
 
 def _vault_metrics(vault: dict[str, Any] | None) -> Iterator[Any]:

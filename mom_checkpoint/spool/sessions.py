@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 from pathlib import Path
 
 from mom_checkpoint.batch.jobkey import JobKey
-from mom_checkpoint.platform.files import write_private
+from mom_checkpoint.platform.files import replace_private
 from mom_checkpoint.processes.discovery import process_start_time
 
 SESSIONS_DIR = ".sessions"
@@ -27,10 +26,8 @@ def record(spool_root: Path, key: JobKey, pid: int) -> None:
     start = process_start_time(pid)
     directory = spool_root / SESSIONS_DIR
     directory.mkdir(mode=0o700, exist_ok=True)
-    tmp = directory / f".{key.token}.{os.getpid()}.tmp"
-    write_private(tmp, json.dumps({"job_id": key.job_id, "system": key.system, "uid": key.uid, "pid": pid,
-                                   "start_time": start}))  # fmt: skip
-    os.replace(tmp, record_path(spool_root, key))
+    record = {"job_id": key.job_id, "system": key.system, "uid": key.uid, "pid": pid, "start_time": start}
+    replace_private(record_path(spool_root, key), json.dumps(record))
 
 
 def lookup(spool_root: Path, system: str, job_id: str, uid: int | None = None) -> int | None:

@@ -31,10 +31,12 @@ from mom_checkpoint.platform.files import (
     check_private_dir,
     close_private_dir,
     fsync_dir,
-    mode_text,
+    root_folder_problem,
     storage_error,
+    write_all,
     write_private,
 )
+from mom_checkpoint.processes.procfs import start_ticks, start_token
 
 INCOMING_PREFIX = ".incoming-"
 PRUNING_PREFIX = ".pruning-"
@@ -78,14 +80,8 @@ class Spool:
             st = os.lstat(self.root)
         except OSError as exc:
             raise SpoolError(f"cannot create the spool {self.root}: {exc.strerror}") from None
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            raise Refused(f"spool {self.root} is not a folder (a symlink?): refusing")
-        if os.geteuid() == 0 and st.st_uid != 0:
-            raise Refused(f"spool {self.root} is owned by uid {st.st_uid}, not root: refusing")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise Refused(
-                f"spool {self.root} is writable by group or others (mode {mode_text(st)}): refusing"
-            )
+        if problem := root_folder_problem(st, 0o755):  # nobody else may write it
+            raise Refused(f"spool {self.root} {problem}: refusing")
         if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
             os.chmod(self.root, 0o711)  # others may pass through to their folder, never list it
 
@@ -286,7 +282,7 @@ class Incoming:
 
     def record_checkpointer(self, pid: int) -> None:
         """Remember which process writes here, for the next run to stop it if this run dies."""
-        start = _start_time(pid)
+        start = start_ticks(pid)
         with contextlib.suppress(OSError):
             write_private(self.path / CHECKPOINTER_RECORD, json.dumps({"pid": pid, "start_time": start}))
 
@@ -318,7 +314,7 @@ class Incoming:
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
-                os.write(fd, text.encode())
+                write_all(fd, text.encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -372,7 +368,7 @@ def checkpointer_alive(incoming: Path) -> bool:
         pid, start = int(data["pid"]), float(data["start_time"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return _start_time(pid) == start
+    return start_ticks(pid) == start
 
 
 def stop_orphan_checkpointer(incoming: Path) -> None:
@@ -381,30 +377,14 @@ def stop_orphan_checkpointer(incoming: Path) -> None:
         pid, start = int(data["pid"]), float(data["start_time"])
     except (OSError, ValueError, KeyError, TypeError):
         return
-    if _start_time(pid) != start:
+    if start_ticks(pid) != start:
         return  # gone, or the pid now belongs to another process
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     for _ in range(100):  # wait until it has really gone (up to 10 s): it may still hold the image files
-        if _start_time(pid) != start:
+        if start_ticks(pid) != start:
             return
         time.sleep(0.1)
-
-
-def start_token(pid: int) -> str:
-    """The process's start time as a name part ("gone" when it does not run)."""
-    start = _start_time(pid)
-    return "gone" if start is None else str(int(start))
-
-
-def _start_time(pid: int) -> float | None:
-    """The process's start time in clock ticks since boot, from /proc (None when it does not exist)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return float(fields[19]) if fields[0] != "Z" else None
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def remove_tree(path: Path, *, deadline: float | None = None) -> bool:

@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import socket
-import stat
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,8 +40,15 @@ from mom_checkpoint.image.manifest import Manifest
 from mom_checkpoint.image.verification import read_trusted_manifest
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import Busy, DiskFull, Error, Refused, StorageIOError, VerificationFailed
-from mom_checkpoint.platform.files import check_private_dir, fsync_dir, storage_error
-from mom_checkpoint.spool.storage import INCOMING_PREFIX, PRUNING_PREFIX, Spool, remove_tree, start_token
+from mom_checkpoint.platform.files import (
+    check_private_dir,
+    fsync_dir,
+    root_folder_problem,
+    storage_error,
+    write_all,
+)
+from mom_checkpoint.processes.procfs import start_token
+from mom_checkpoint.spool.storage import INCOMING_PREFIX, PRUNING_PREFIX, Spool, remove_tree
 
 LOCK = ".lock"
 HOLDER = "holder.json"
@@ -146,15 +152,8 @@ class Vault:
             raise VaultUnavailable(f"the vault {self.root} does not exist (not mounted?)") from None
         except OSError as exc:
             raise VaultUnavailable(f"the vault {self.root} cannot be reached: {exc.strerror}") from None
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            raise Refused(f"the vault {self.root} is not a folder (a symlink?): refusing")
-        if os.geteuid() == 0 and st.st_uid != 0:
-            raise Refused(
-                f"the vault {self.root} is owned by uid {st.st_uid}, not root (an NFS export with "
-                f"root_squash?): refusing"
-            )
-        if st.st_mode & 0o077:
-            raise Refused(f"the vault {self.root} has mode {stat.S_IMODE(st.st_mode):o}, not 0700: refusing")
+        if problem := root_folder_problem(st, 0o700, " (an NFS export with root_squash?)"):
+            raise Refused(f"the vault {self.root} {problem}: refusing")
         try:
             same = spool_root is not None and os.stat(spool_root).st_dev == st.st_dev
         except OSError:
@@ -187,10 +186,8 @@ class Vault:
             return []
         except OSError as exc:
             raise VaultUnavailable(f"cannot list the vault {self.root}: {exc.strerror}") from None
-        keys = [n for n in names if not n.startswith(".") and n.count(".") >= 2]
-        if job_id is not None:
-            keys = [n for n in keys if n.split(".", 2)[2] == job_id]
-        return sorted(keys)
+        keys = {n: JobKey.from_token(n) for n in names if not n.startswith(".")}
+        return sorted(n for n, key in keys.items() if key is not None and job_id in (None, key.job_id))
 
     def generations(self, token: str) -> list[VaultGeneration]:
         """Complete generations of one job folder, oldest first."""
@@ -456,7 +453,7 @@ def sync_file_system(path: Path) -> None:
 def write_manifest(folder: Path, manifest: Manifest) -> None:
     fd = os.open(folder / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, manifest.to_json().encode())
+        write_all(fd, manifest.to_json().encode())
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -561,9 +558,8 @@ def snapshot(generation: Generation, manifest: Manifest) -> Path:
     it links is read later only if it is a regular file of the manifest's size and digest). A name
     that cannot be linked (a file of another file system mounted in a user's image folder) fails
     the copy: it is never read through a mount the user controls."""
-    folder = (
-        generation.run_dir / f"{SNAPSHOT_PREFIX}{generation.path.name}.{os.getpid()}.{_start(os.getpid())}"
-    )
+    this = f"{os.getpid()}.{start_token(os.getpid())}"
+    folder = generation.run_dir / f"{SNAPSHOT_PREFIX}{generation.path.name}.{this}"
     folder.mkdir(mode=0o700)
     source = safefs.open_dir(generation.path)
     try:
@@ -591,7 +587,7 @@ def stale_snapshots(run_dir: Path) -> list[Path]:
             if not entry.name.startswith(SNAPSHOT_PREFIX):
                 continue
             pid, start = [*entry.name.rsplit(".", 2)[1:], "", ""][:2]
-            if not pid.isdigit() or _start(int(pid)) != start:
+            if not pid.isdigit() or start_token(int(pid)) != start:
                 found.append(Path(entry.path))
     return found
 
@@ -629,9 +625,7 @@ def bounded(work: Callable[[], object], timeout_s: float, what: str) -> Any:
                 result: dict[str, object] = {"ok": work()}
             except Error as exc:
                 result = {"error": exc.message, "kind": type(exc).__name__}
-            view = memoryview(json.dumps(result).encode())
-            while view:
-                view = view[os.write(write_fd, view) :]
+            write_all(write_fd, json.dumps(result).encode())
             status = 0
         finally:
             os._exit(status)
@@ -690,7 +684,7 @@ class _Heartbeat:
         info = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "start": _start(os.getpid()),
+            "start": start_token(os.getpid()),
             "since": time.time(),
             "nonce": self.nonce,
         }
@@ -730,14 +724,10 @@ def _stale(lock: Path, holder: dict[str, object]) -> bool:
         return True
     if holder.get("host") == socket.gethostname():
         pid = holder.get("pid")
-        if isinstance(pid, int) and _start(pid) != holder.get("start"):
+        if isinstance(pid, int) and start_token(pid) != holder.get("start"):
             return True  # this node's copier has ended without unlocking (killed)
     return time.time() - beat > LOCK_STALE_S
 
 
 def _describe(holder: dict[str, object]) -> str:
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "a copier starting up"
-
-
-def _start(pid: int) -> str:
-    return start_token(pid)

@@ -1,4 +1,8 @@
-"""The admin and user subcommands of mom-checkpoint: arguments in, tables or JSON out."""
+"""The admin and user subcommands of mom-checkpoint: arguments in, tables or JSON out.
+
+``COMMANDS`` at the end is the one list of them: the parser, ``--help``'s usage line, the man pages,
+the README's table (a test) and dispatch all read it.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,16 @@ import os
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mom_checkpoint.cli.arguments import ArgumentParser
+from mom_checkpoint.cli.invocation import Invocation
 from mom_checkpoint.cli.result import envelope
 from mom_checkpoint.cli.text import printable
-from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import Refused, UsageError
 from mom_checkpoint.platform.status import ExitStatus
-
-COMMANDS = ("list", "show", "verify", "prune", "doctor", "config", "tick", "advise", "vault-sync")
 
 _GENERATION = "/var/spool/checkpoint/4711.42.head/000003-20261124T193000Z"
 # name: (one-line help, description, examples, exit statuses beyond 64 usage and 78 config)
@@ -121,21 +124,29 @@ def add_subcommands(parser: ArgumentParser) -> None:
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", title="commands for administrators and users", prog=parser.prog
     )
-    made = {}
-    for name, (help_text, description, examples, statuses) in _TEXTS.items():
-        made[name] = sub.add_parser(
-            name,
+    for command in COMMANDS.values():
+        help_text, description, examples, statuses = _TEXTS[command.name]
+        made = sub.add_parser(
+            command.name,
             help=help_text,
             description=textwrap.fill(description, 100),
             epilog=f"examples:\n  {examples}\n\nexit status: {statuses};\n  {COMMON_STATUSES}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        made[name].add_argument("--json", action="store_true", help="print a versioned JSON result instead")
-    made["list"].add_argument("job_id", nargs="?", metavar="JOB_ID", help="only this job")
-    for name in ("show", "verify"):
-        made[name].add_argument("target", metavar=TARGET, help=TARGET_HELP)
-        made[name].add_argument("--vault", action="store_true", help="a job's newest copy in the vault")
-    prune = made["prune"]
+        made.add_argument("--json", action="store_true", help="print a versioned JSON result instead")
+        command.arguments(made)
+
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_id", nargs="?", metavar="JOB_ID", help="only this job")
+
+
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar=TARGET, help=TARGET_HELP)
+    parser.add_argument("--vault", action="store_true", help="a job's newest copy in the vault")
+
+
+def _prune_arguments(prune: argparse.ArgumentParser) -> None:
     prune.add_argument("--keep", type=int, metavar="N", help="complete generations to keep per job")
     prune.add_argument(
         "--older-than", metavar="DURATION", help="remove generations older than this (30m, 12h, 7d)"
@@ -145,22 +156,34 @@ def add_subcommands(parser: ArgumentParser) -> None:
     prune.add_argument(
         "--include-running", action="store_true", help="may remove a running job's newest generation"
     )
-    made["doctor"].add_argument(
+
+
+def _doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--mom-config",
         metavar="PATH",
         action="append",
         help="pbs_mom's config file, again for a second pbs_mom (default: TORQUE's "
         "/var/spool/torque/mom_priv/config and OpenPBS's /var/spool/pbs/mom_priv/config, each that exists)",
     )
-    made["config"].add_argument(
-        "--print", action="store_true", dest="print_config", required=True, help="print it"
-    )
-    made["tick"].add_argument("--dry-run", action="store_true", help="say what it would do, change nothing")
-    made["vault-sync"].add_argument("--job", metavar="JOB_ID", help="only this job")
-    made["vault-sync"].add_argument(
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--print", action="store_true", dest="print_config", required=True, help="print it")
+
+
+def _tick_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="say what it would do, change nothing")
+
+
+def _vault_sync_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--job", metavar="JOB_ID", help="only this job")
+    parser.add_argument(
         "--if-enabled", action="store_true", help="do nothing, quietly, when no vault_dir is set (timers)"
     )
-    advise = made["advise"]
+
+
+def _advise_arguments(advise: argparse.ArgumentParser) -> None:
     advise.add_argument(
         "job_id", nargs="?", metavar="JOB_ID", help="measure the cost from this job's checkpoints"
     )
@@ -173,36 +196,19 @@ def add_subcommands(parser: ArgumentParser) -> None:
     )
 
 
-# the subcommands that read or change the spool: root's alone (its folders are 0700)
-SPOOL_READERS = frozenset({"list", "show", "verify", "prune", "vault-sync"})
-
-
-def dispatch(options: argparse.Namespace, env: Environment, loggers: list[Any]) -> ExitStatus:
-    """Run one subcommand; a command that logs puts its logger in ``loggers`` (an internal error is
-    logged there too)."""
-    from mom_checkpoint.platform import config as config_module
-
-    if options.command == "doctor":
-        return _doctor(options, env)
-    if options.command in SPOOL_READERS and os.geteuid() != 0:
+def dispatch(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
+    """Run one subcommand: the spool's readers only as root (its folders are root's 0700)."""
+    command = COMMANDS[options.command]
+    if command.reads_spool and os.geteuid() != 0:
         raise Refused(
-            f"{options.command} reads the checkpoint spool, which is root's alone: run it as root on the "
+            f"{command.name} reads the checkpoint spool, which is root's alone: run it as root on the "
             f"node (a user restarts their own job with sudo mom-restart --own; see the README)"
         )
-    config = config_module.load(env.environ)
-    if options.command == "tick":
-        return _tick(options, config, env, loggers)
-    if options.command == "vault-sync":
-        return _vault_sync(options, config, env, loggers)
-    handler = {
-        "list": _list, "show": _show, "verify": _verify, "prune": _prune, "config": _config,
-        "advise": _advise,
-    }[options.command]  # fmt: skip
-    result: ExitStatus = handler(options, config, env)
-    return result
+    return command.run(options, invocation)
 
 
-def _list(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+def _list(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
+    config, env = invocation.load(logging=False), invocation.env
     from mom_checkpoint.commands import listing
 
     entries = listing.run(config, options.job_id)
@@ -215,7 +221,8 @@ def _list(options: argparse.Namespace, config: Any, env: Environment) -> ExitSta
     return ExitStatus.OK
 
 
-def _show(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+def _show(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
+    config, env = invocation.load(logging=False), invocation.env
     from mom_checkpoint.commands import show
 
     path, manifest = show.run(config, options.target, vault=options.vault)
@@ -228,7 +235,8 @@ def _show(options: argparse.Namespace, config: Any, env: Environment) -> ExitSta
     return ExitStatus.OK
 
 
-def _verify(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+def _verify(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
+    config, env = invocation.load(logging=False), invocation.env
     from mom_checkpoint.cli import render
     from mom_checkpoint.commands import show, verify
 
@@ -247,7 +255,8 @@ def _verify(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
     return ExitStatus.OK
 
 
-def _prune(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+def _prune(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
+    config, env = invocation.load(logging=False), invocation.env
     from mom_checkpoint.batch.calls import path_part
     from mom_checkpoint.commands import prune
     from mom_checkpoint.spool.retention import parse_duration
@@ -272,7 +281,8 @@ def _prune(options: argparse.Namespace, config: Any, env: Environment) -> ExitSt
     return ExitStatus.OK
 
 
-def _doctor(options: argparse.Namespace, env: Environment) -> ExitStatus:
+def _doctor(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
+    env = invocation.env  # doctor reads the config itself: its faults are among what it reports
     from mom_checkpoint.commands import doctor
 
     mom_configs = options.mom_config or doctor.default_mom_configs()
@@ -289,7 +299,8 @@ def _doctor(options: argparse.Namespace, env: Environment) -> ExitStatus:
     return ExitStatus.CHECKS_FAILED if failed else ExitStatus.OK
 
 
-def _config(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+def _config(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
+    config, env = invocation.load(logging=False), invocation.env
     from mom_checkpoint.commands import configuration
 
     if options.json:
@@ -301,30 +312,22 @@ def _config(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
     return ExitStatus.OK
 
 
-def _tick(options: argparse.Namespace, config: Any, env: Environment, loggers: list[Any]) -> ExitStatus:
+def _tick(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
     from mom_checkpoint.cli import periodic
     from mom_checkpoint.commands import tick
-    from mom_checkpoint.platform.errors import Error
-    from mom_checkpoint.platform.log import make_logger
 
-    # A dry run writes nothing, not even a log line.
-    log = None if options.dry_run else make_logger(config.log_file, program="mom-checkpoint", command="tick")
-    if log is not None:
-        loggers.append(log)  # a tick that fails for any reason says so in the log
-    try:
-        outcome = tick.run(config, env, log, dry_run=options.dry_run)
-    except Error as exc:
-        if log is not None:
-            log.error("tick.failed", error=exc.message, exit_status=int(exc.exit_status))
-        raise
+    config = invocation.load(command="tick", logging=not options.dry_run)  # a dry run writes nothing
+    with invocation.failures_logged("tick.failed"):  # a tick that fails for any reason says so in the log
+        outcome = tick.run(config, invocation.env, invocation.log, dry_run=options.dry_run)
     if options.json:
-        env.stdout.write(envelope("tick", outcome.as_dict(), ok=not outcome.failed))
+        invocation.env.stdout.write(envelope("tick", outcome.as_dict(), ok=not outcome.failed))
     else:
-        periodic.tick(outcome, env.stdout)
+        periodic.tick(outcome, invocation.env.stdout)
     return ExitStatus.CHECKS_FAILED if outcome.failed else ExitStatus.OK
 
 
-def _advise(options: argparse.Namespace, config: Any, env: Environment) -> ExitStatus:
+def _advise(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
+    config, env = invocation.load(logging=False), invocation.env
     from mom_checkpoint.batch.calls import path_part
     from mom_checkpoint.commands import advise
 
@@ -343,26 +346,46 @@ def _advise(options: argparse.Namespace, config: Any, env: Environment) -> ExitS
     return ExitStatus.OK
 
 
-def _vault_sync(options: argparse.Namespace, config: Any, env: Environment, loggers: list[Any]) -> ExitStatus:
+def _vault_sync(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
     from mom_checkpoint.batch.calls import path_part
     from mom_checkpoint.cli import periodic
     from mom_checkpoint.commands import vault_sync
-    from mom_checkpoint.platform.errors import Error
-    from mom_checkpoint.platform.log import make_logger
 
     job = path_part("--job", options.job) if options.job is not None else None
+    config = invocation.load(logging=False)
     if options.if_enabled and not config.vault_dir:
         return ExitStatus.OK
-    log = make_logger(config.log_file, program="mom-checkpoint", command="vault-sync")
-    loggers.append(log)
-    try:
-        copies = vault_sync.run(config, env, log, job_id=job)
-    except Error as exc:
-        log.error("vault.sync_failed", error=exc.message, exit_status=int(exc.exit_status))
-        raise
+    config = invocation.load(command="vault-sync")
+    with invocation.failures_logged("vault.sync_failed"):
+        copies = vault_sync.run(config, invocation.env, invocation.logger, job_id=job)
     failed = [c for c in copies if c.status == "failed"]
     if options.json:
-        env.stdout.write(envelope("vault-sync", [c.as_dict() for c in copies], ok=not failed))
+        invocation.env.stdout.write(envelope("vault-sync", [c.as_dict() for c in copies], ok=not failed))
     else:
-        periodic.vault_copies(copies, env.stdout)
+        periodic.vault_copies(copies, invocation.env.stdout)
     return ExitStatus.CHECKS_FAILED if failed else ExitStatus.OK
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    arguments: Callable[[argparse.ArgumentParser], None]  # beyond --json, which every one takes
+    run: Callable[[argparse.Namespace, Invocation], ExitStatus]
+    reads_spool: bool = False  # root's alone: the spool's folders are 0700
+
+
+COMMANDS = {
+    command.name: command
+    for command in (
+        Subcommand("list", _list_arguments, _list, reads_spool=True),
+        Subcommand("show", _target_arguments, _show, reads_spool=True),
+        Subcommand("verify", _target_arguments, _verify, reads_spool=True),
+        Subcommand("prune", _prune_arguments, _prune, reads_spool=True),
+        Subcommand("doctor", _doctor_arguments, _doctor),
+        Subcommand("config", _config_arguments, _config),
+        Subcommand("tick", _tick_arguments, _tick),
+        Subcommand("advise", _advise_arguments, _advise),
+        Subcommand("vault-sync", _vault_sync_arguments, _vault_sync, reads_spool=True),
+    )
+}
+assert set(COMMANDS) == set(_TEXTS), "every command has its texts, and every text its command"

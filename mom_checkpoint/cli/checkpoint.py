@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mom_checkpoint import __version__
-from mom_checkpoint.cli.common import EXIT_STATUS_HELP, end_program, log_refused_call, main_for
+from mom_checkpoint.cli.common import EXIT_STATUS_HELP, end_program, main_for
+from mom_checkpoint.cli.invocation import Invocation
 from mom_checkpoint.platform.environment import Environment
-from mom_checkpoint.platform.errors import Error, UsageError
+from mom_checkpoint.platform.errors import UsageError
 from mom_checkpoint.platform.status import ExitStatus
 
 if TYPE_CHECKING:
+    from mom_checkpoint.batch.calls import CheckpointCall
     from mom_checkpoint.cli.arguments import ArgumentParser
 
 PROG = "mom-checkpoint"
@@ -72,24 +74,24 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     return status
 
 
-def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:
+def _dispatch(args: list[str], invocation: Invocation) -> ExitStatus | int:
     if args and args[0] == "--pbs":
-        return _openpbs(args, env, loggers)
+        return _openpbs(args, invocation)
     if _admin_call(args):
         options = build_parser().parse_args(args)
         if options.command is None:
             build_parser().error("no job and no command given")
         from mom_checkpoint.cli import admin
 
-        return admin.dispatch(options, env, loggers)
+        return admin.dispatch(options, invocation)
     from mom_checkpoint.batch.calls import parse_checkpoint_call
 
     try:
         call = parse_checkpoint_call(args)
     except UsageError as exc:
-        log_refused_call(PROG, "checkpoint.refused", args, exc, env)
+        invocation.refused_call("checkpoint.refused", args, exc)
         raise
-    return _checkpoint(call, env, loggers)
+    return _checkpoint(call, invocation)
 
 
 def _admin_call(args: list[str]) -> bool:
@@ -104,13 +106,13 @@ def _admin_call(args: list[str]) -> bool:
     return args[0] in COMMANDS
 
 
-def _openpbs(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:
+def _openpbs(args: list[str], invocation: Invocation) -> ExitStatus | int:
     """OpenPBS's $action lines: checkpoint and checkpoint_abort, and restart (the task's new top process)."""
     from mom_checkpoint.batch.calls import parse_pbs_args, pbs_checkpoint_call, task_storage_id
 
     parsed = parse_pbs_args(args)
     if parsed.action != "restart":
-        return _checkpoint(pbs_checkpoint_call(parsed), env, loggers)
+        return _checkpoint(pbs_checkpoint_call(parsed), invocation)
     from mom_checkpoint.cli.restart import run_restart
     from mom_checkpoint.commands import restart
 
@@ -124,67 +126,20 @@ def _openpbs(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatu
         argv=parsed.argv,
         task_id=parsed.task_id,
     )
-    return run_restart(call, env, loggers, PROG)
+    return run_restart(call, invocation)
 
 
-def _checkpoint(call: Any, env: Environment, loggers: list[Any]) -> ExitStatus:
+def _checkpoint(call: CheckpointCall, invocation: Invocation) -> ExitStatus:
     from mom_checkpoint.commands import checkpoint
-    from mom_checkpoint.platform import config as config_module
-    from mom_checkpoint.platform.log import make_logger
 
-    config = config_module.load(env.environ)
-    log = make_logger(config.log_file, program=PROG)
-    loggers.append(log)
-    started = env.monotonic()
-    try:
-        outcome = checkpoint.run(call, config, env, log)
-    except Error as exc:
-        log.error(
-            "checkpoint.refused", job_id=call.job_id, error=exc.message, exit_status=int(exc.exit_status)
-        )
-        reason = exc.exit_status.name.lower()
-        _metrics(config, env, log, ok=False, reason=reason, duration_s=env.monotonic() - started)
-        raise
-    _metrics(
-        config,
-        env,
-        log,
-        ok=True,
-        reason="ok",
-        duration_s=env.monotonic() - started,
-        frozen_s=outcome.manifest.times.frozen_s,
-        size=outcome.manifest.total_bytes,
-    )
+    config = invocation.load()
+    with invocation.failures_logged("checkpoint.refused", job_id=call.job_id):
+        outcome = checkpoint.run(call, config, invocation.env, invocation.logger)
     times = outcome.manifest.times
     frozen = f", frozen {times.frozen_s:.3f}s" if times.frozen_s is not None else ""
     ended = f"; job ended ({len(outcome.ended)} processes)" if call.abort else ""
-    env.stdout.write(
+    invocation.env.stdout.write(
         f"job {call.job_id}: generation {outcome.generation.number} at {outcome.generation.path} "
         f"({outcome.manifest.total_bytes} bytes, dump {times.dump_s:.3f}s{frozen}){ended}\n"
     )
     return ExitStatus.OK
-
-
-def _metrics(
-    config: Any,
-    env: Environment,
-    log: Any,
-    *,
-    ok: bool,
-    reason: str,
-    duration_s: float,
-    frozen_s: float | None = None,
-    size: int = 0,
-) -> None:
-    """Update the Prometheus textfile, if configured; a metrics problem never fails the checkpoint."""
-    if not config.metrics_file:
-        return
-    from pathlib import Path
-
-    from mom_checkpoint.spool import metrics
-
-    attempt = metrics.Attempt(config.backend, ok, reason, duration_s, frozen_s, size)
-    try:
-        metrics.record(Path(config.spool_dir), config.metrics_file, attempt, env.clock())
-    except Exception as exc:
-        log.warning("metrics.failed", error=repr(exc))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
+from mom_checkpoint.cli.invocation import Invocation
 from mom_checkpoint.cli.text import printable
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import Error
@@ -14,9 +15,10 @@ from mom_checkpoint.platform.status import ExitStatus
 
 
 def run_program(
-    prog: str, body: Callable[[], ExitStatus | int], env: Environment, log: list[Any] | None = None
+    prog: str, body: Callable[[], ExitStatus | int], env: Environment, invocation: Invocation | None = None
 ) -> int:
-    """Run ``body``; map an Error to its exit status and a one-line message pbs_mom can show the user."""
+    """Run ``body``; map an Error to its exit status and a one-line message pbs_mom can show the user
+    (a bug also to the invocation's log, once it has one)."""
     try:
         return int(body())
     except Error as exc:
@@ -28,8 +30,8 @@ def run_program(
     except Exception as exc:
         import traceback  # only for a bug's report
 
-        for logger in log or []:
-            logger.error("internal_error", error=repr(exc), traceback=traceback.format_exc())
+        if invocation is not None and invocation.log is not None:
+            invocation.log.error("internal_error", error=repr(exc), traceback=traceback.format_exc())
         say(env, prog, f"internal error: {type(exc).__name__}: {exc} (a bug: please report it with the log)")
         return int(ExitStatus.SOFTWARE)
 
@@ -47,7 +49,7 @@ EXIT_STATUS_HELP = "exit status:\n" + "\n".join(
 )
 
 
-Dispatch = Callable[[list[str], Environment, list[Any]], ExitStatus | int]
+Dispatch = Callable[[list[str], Invocation], ExitStatus | int]
 
 
 def reopen_closed_stdio() -> None:
@@ -82,28 +84,12 @@ def main_for(prog: str, dispatch: Dispatch, argv: Sequence[str] | None, env: Env
     reopen_closed_stdio()
     if argv is None:  # the program itself: what it creates never depends on its caller's umask
         os.umask(PROGRAM_UMASK)
-    env = env or Environment()
+    invocation = Invocation(prog, env or Environment())
     args = list(sys.argv[1:] if argv is None else argv)
-    loggers: list[Any] = []  # filled by dispatch once the config says where to log
     try:
-        return run_program(prog, lambda: dispatch(args, env, loggers), env, loggers)
+        return run_program(prog, lambda: dispatch(args, invocation), invocation.env, invocation)
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
-
-
-def log_refused_call(prog: str, event: str, args: Sequence[str], exc: Error, env: Environment) -> None:
-    """A call refused before it got as far as its log (wrong argument count, an unsafe job id):
-    pbs_mom keeps no record of its hooks, so the structured log gets it, if the config can be read."""
-    from mom_checkpoint.platform import config as config_module
-    from mom_checkpoint.platform.log import make_logger
-
-    try:
-        config = config_module.load(env.environ)
-    except Error:
-        return  # the config's own error is what the caller reports
-    make_logger(config.log_file, program=prog).error(
-        event, argv=list(args), error=exc.message, exit_status=int(exc.exit_status)
-    )
 
 
 def end_program(status: int) -> NoReturn:

@@ -12,14 +12,15 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mom_checkpoint import __version__
 from mom_checkpoint.batch.calls import MISSING, abs_path_arg, path_part, torque_job_args
-from mom_checkpoint.cli.common import EXIT_STATUS_HELP, log_refused_call, main_for
+from mom_checkpoint.cli.common import EXIT_STATUS_HELP, main_for
+from mom_checkpoint.cli.invocation import Invocation
 from mom_checkpoint.commands.restart import RestartCall, SeedRestart, TorqueRestart
 from mom_checkpoint.platform.environment import Environment
-from mom_checkpoint.platform.errors import Error, UsageError
+from mom_checkpoint.platform.errors import UsageError
 from mom_checkpoint.platform.status import ExitStatus
 
 if TYPE_CHECKING:
@@ -103,29 +104,22 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     return main_for(PROG, _dispatch, argv, env)
 
 
-def _dispatch(args: list[str], env: Environment, loggers: list[Any]) -> ExitStatus | int:
+def _dispatch(args: list[str], invocation: Invocation) -> ExitStatus | int:
     try:
         call = parse_restart_call(args)
     except UsageError as exc:
-        log_refused_call(PROG, "restart.refused", args, exc, env)
+        invocation.refused_call("restart.refused", args, exc)
         raise
-    return run_restart(call, env, loggers, PROG)
+    return run_restart(call, invocation)
 
 
-def run_restart(call: RestartCall, env: Environment, loggers: list[Any], prog: str) -> int:
+def run_restart(call: RestartCall, invocation: Invocation) -> int:
     """Config, log, restore and wait: the application's exit status (also for OpenPBS's restart)."""
     from mom_checkpoint.commands import restart
-    from mom_checkpoint.platform import config as config_module
-    from mom_checkpoint.platform.log import make_logger
 
-    config = config_module.load(env.environ)
-    log = make_logger(config.log_file, program=prog)
-    loggers.append(log)
-    try:
-        status = restart.run(call, config, env, log)
-    except Error as exc:
-        log.error("restart.refused", job_id=call.job_id, error=exc.message, exit_status=int(exc.exit_status))
-        raise
+    config = invocation.load()
+    with invocation.failures_logged("restart.refused", job_id=call.job_id):
+        status = restart.run(call, config, invocation.env, invocation.logger)
     if status < 0:
         end_by_signal(-status)
     return status

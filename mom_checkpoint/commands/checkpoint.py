@@ -36,6 +36,7 @@ from mom_checkpoint.image.layout import IMAGE, Generation, generation_name
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import DiskFull, Error, Refused, UnknownUser
+from mom_checkpoint.platform.log import Logger
 from mom_checkpoint.processes import discovery, identity
 from mom_checkpoint.processes.termination import end_session, ended_soon, resume_tree, stopped
 from mom_checkpoint.spool import sessions
@@ -74,7 +75,51 @@ class Outcome:
     ended: list[int]
 
 
-def run(call: CheckpointCall, config: Config, env: Environment, log: Any) -> Outcome:
+def run(call: CheckpointCall, config: Config, env: Environment, log: Logger) -> Outcome:
+    """Checkpoint the job the call names; the attempt is counted in the metrics file, if configured."""
+    started = env.monotonic()
+    try:
+        outcome = _checkpoint(call, config, env, log)
+    except Error as exc:
+        _count(
+            config,
+            env,
+            log,
+            ok=False,
+            reason=exc.exit_status.name.lower(),
+            duration_s=env.monotonic() - started,
+        )
+        raise
+    manifest = outcome.manifest
+    _count(config, env, log, ok=True, reason="ok", duration_s=env.monotonic() - started,
+           frozen_s=manifest.times.frozen_s, size=manifest.total_bytes)  # fmt: skip
+    return outcome
+
+
+def _count(
+    config: Config,
+    env: Environment,
+    log: Logger,
+    *,
+    ok: bool,
+    reason: str,
+    duration_s: float,
+    frozen_s: float | None = None,
+    size: int = 0,
+) -> None:
+    """Update the Prometheus textfile, if configured; a metrics problem never fails the checkpoint."""
+    if not config.metrics_file:
+        return
+    from mom_checkpoint.spool import metrics
+
+    attempt = metrics.Attempt(config.backend, ok, reason, duration_s, frozen_s, size)
+    try:
+        metrics.record(Path(config.spool_dir), config.metrics_file, attempt, env.clock())
+    except Exception as exc:
+        log.warning("metrics.failed", error=repr(exc))
+
+
+def _checkpoint(call: CheckpointCall, config: Config, env: Environment, log: Logger) -> Outcome:
     started_wall, started = env.clock(), env.monotonic()
     deadline = started + config.timeout_s  # the whole call: waiting, the dump, reading and hashing it
     log = log.bind(job_id=call.job_id, convention=call.convention, argv=list(call.argv))

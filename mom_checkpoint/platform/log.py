@@ -14,9 +14,21 @@ import sys
 import syslog
 import threading
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 CONSOLE_EXTRAS = ("rich", "better_exceptions", "colorama")
+
+
+class Logger(Protocol):
+    """What the programs use of a structlog bound logger: one method per level, each taking the
+    event's name and its fields, and ``bind`` for fields every later event carries."""
+
+    def debug(self, event: str, **fields: Any) -> Any: ...
+    def info(self, event: str, **fields: Any) -> Any: ...
+    def warning(self, event: str, **fields: Any) -> Any: ...
+    def error(self, event: str, **fields: Any) -> Any: ...
+    def exception(self, event: str, **fields: Any) -> Any: ...
+    def bind(self, **fields: Any) -> Logger: ...
 
 
 class SyslogLogger:
@@ -142,7 +154,7 @@ def _json_default(value: Any) -> Any:
         return repr(value)
 
 
-def make_logger(log_file: str, **context: Any) -> Any:
+def make_logger(log_file: str, **context: Any) -> Logger:
     bound_logger, write_logger, processors = _structlog()  # imported here: only the programs that log pay
 
     stream = None if log_file == "syslog" else open_log_file(log_file)
@@ -155,4 +167,5 @@ def make_logger(log_file: str, **context: Any) -> Any:
         cap_values,
         processors.JSONRenderer(sort_keys=False, default=_json_default),
     ]
-    return bound_logger(target, chain, {}).bind(pid=os.getpid(), **context)
+    logger: Logger = bound_logger(target, chain, {}).bind(pid=os.getpid(), **context)
+    return logger

@@ -492,3 +492,18 @@ def quote(args: Sequence[object]) -> str:
 def kill_session(session_id: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(session_id, signal.SIGKILL)
+
+
+class RecordingLog:
+    """A logger (platform.log.Logger) that keeps each event and its fields, for tests to look at."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def _record(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+    debug = info = warning = error = exception = _record
+
+    def bind(self, **_fields: Any) -> RecordingLog:
+        return self

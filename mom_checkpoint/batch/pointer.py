@@ -23,11 +23,11 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import NoSuchProcess, Refused, StorageIOError
 from mom_checkpoint.platform.files import replace_in, storage_error
+from mom_checkpoint.platform.log import Logger
 from mom_checkpoint.platform.records import RecordError, build
 
 POINTER_KIND = "mom-checkpoint pointer"
@@ -55,7 +55,7 @@ def open_checkpoint_dir(
     *,
     owner: tuple[int, int] | None = None,
     reader: int | None = None,
-    log: Any = None,
+    log: Logger | None = None,
 ) -> int:
     """A directory fd for CHECKPOINT_DIR after checking it lies strictly inside an allowed root.
 
@@ -94,7 +94,7 @@ def _walk(
     *,
     shared: bool,
     owner: tuple[int, int] | None,
-    log: Any,
+    log: Logger | None,
     uid: int | None,
 ) -> int:
     try:
@@ -148,7 +148,9 @@ def _everyones(fd: int) -> bool:
     return st.st_uid == 0 and bool(st.st_mode & stat.S_ISVTX) and bool(st.st_mode & 0o022)
 
 
-def _open_in_shared(parent: int, name: str, shown: str, owner: tuple[int, int] | None, log: Any) -> int:
+def _open_in_shared(
+    parent: int, name: str, shown: str, owner: tuple[int, int] | None, log: Logger | None
+) -> int:
     """The job's folder ``name`` in a shared folder (``_everyones``), made right whatever is there.
 
     A folder of the job's owner or of root is the job's, used as it is (pbs_mom made it). Anything
@@ -204,7 +206,13 @@ def _open_in_shared(parent: int, name: str, shown: str, owner: tuple[int, int] |
 
 
 def _make_job_dir(
-    parent: int, name: str, shown: str, owner: tuple[int, int], *, found: tuple[str, int] | None, log: Any
+    parent: int,
+    name: str,
+    shown: str,
+    owner: tuple[int, int],
+    *,
+    found: tuple[str, int] | None,
+    log: Logger | None,
 ) -> int | None:
     """Make the job's folder at ``name`` in place of what was ``found`` there (None: nothing); None
     when the name changed meanwhile (the caller looks again). The folder is root's 0700 until it is

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mom_checkpoint import __version__, backends
 from mom_checkpoint.backends import DumpRequest, DumpResult, JobUser
@@ -240,7 +240,7 @@ def _checkpoint(call: CheckpointCall, config: Config, env: Environment, log: Log
 
 
 def _remove_detached(
-    retired: list[Path], spool: Spool, env: Environment, log: Any, *, limit_s: float
+    retired: list[Path], spool: Spool, env: Environment, log: Logger, *, limit_s: float
 ) -> None:
     """Remove the pruned generations' files after this call, in a detached process: pbs_mom does not
     wait for the disk to free a large image (they were taken out of the generation names already).
@@ -269,7 +269,7 @@ class _Attempt:
     call: CheckpointCall
     config: Config
     env: Environment
-    log: Any
+    log: Logger
     job: discovery.JobProcesses
     owner: JobUser
     group: str
@@ -560,7 +560,7 @@ def _generations_of(spool: Spool, key: JobKey) -> list[Generation]:
     return mine
 
 
-def _keep(call: CheckpointCall, config: Config, log: Any) -> int:
+def _keep(call: CheckpointCall, config: Config, log: Logger) -> int:
     """Generations the job keeps: its depth=N, else ``keep``; never more than ``max_keep``."""
     wanted = call.depth or config.keep
     if wanted > config.max_keep:
@@ -607,7 +607,7 @@ class _Quota:
             )
 
 
-def _log_spool_users(spool: Spool, log: Any) -> None:
+def _log_spool_users(spool: Spool, log: Logger) -> None:
     from mom_checkpoint.spool import usage as usage_module
 
     usage = usage_module.scan(spool)
@@ -664,7 +664,7 @@ def _pointer(job_id: str, generation: Generation, env: Environment) -> Pointer:
 
 
 def _prune(
-    spool: Spool, key: JobKey, keep: int, current_run: Path, log: Any
+    spool: Spool, key: JobKey, keep: int, current_run: Path, log: Logger
 ) -> tuple[list[Path], list[Path]]:
     """Retire the job key's generations beyond ``keep`` (only ever after a new one is complete: one
     rename each; their files are removed after the call, _remove_detached) and remove emptied runs. A

@@ -52,6 +52,7 @@ from mom_checkpoint.platform.errors import (
     StorageIOError,
 )
 from mom_checkpoint.platform.files import copy_all
+from mom_checkpoint.platform.log import Logger
 from mom_checkpoint.platform.status import ExitStatus, meaning
 from mom_checkpoint.processes import access, identity
 from mom_checkpoint.processes.access import acting_as
@@ -104,7 +105,7 @@ class SeedRestart:
 RestartCall = TorqueRestart | SeedRestart
 
 
-def run(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
+def run(call: RestartCall, config: Config, env: Environment, log: Logger) -> int:
     """Restore the job and wait for it; return the application's exit status, or -N when signal N
     ended it (the caller then ends the same way: pbs_mom reports 256+N for a killed job)."""
     try:
@@ -118,7 +119,7 @@ def run(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
         raise
 
 
-def _restart(call: RestartCall, config: Config, env: Environment, log: Any) -> int:
+def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -> int:
     deadline = env.monotonic() + config.timeout_s  # the work before the restored job runs is bounded
     caller = _sudo_caller(call, env)
     stated = caller or _stated_owner(call)
@@ -236,7 +237,7 @@ def _checked_while_restoring(manifest: Manifest, staged: StagedImage) -> list[Im
     return [f for f in manifest.files if f.path.rpartition("/")[2] not in staged.contents]
 
 
-def _pages_checked(pages: InBackground, restored: Restored, forwarder: _Forwarder, log: Any) -> None:
+def _pages_checked(pages: InBackground, restored: Restored, forwarder: _Forwarder, log: Logger) -> None:
     """Wait for the check of the pages; on any failure the restored tree, still stopped, is killed. A
     job ended meanwhile (SIGTERM from pbs_mom) is not waited for: it will never be let go."""
     while not pages.done(timeout=0.1):
@@ -253,7 +254,7 @@ def _pages_checked(pages: InBackground, restored: Restored, forwarder: _Forwarde
 
 
 def _keep_restore_log(
-    spool: Spool, backend: backends.Backend, request: RestoreRequest, job_id: str, exc: Error, *, log: Any
+    spool: Spool, backend: backends.Backend, request: RestoreRequest, job_id: str, exc: Error, *, log: Logger
 ) -> None:
     """A failed restore's log outlives the work folder it was written in: root's copy in the spool."""
     text = backend.restore_log(request)
@@ -267,7 +268,7 @@ def _keep_restore_log(
 
 
 def _admit(
-    restored: Restored, user: JobUser, keep_stopped: frozenset[int], log: Any, *, held_files: bool
+    restored: Restored, user: JobUser, keep_stopped: frozenset[int], log: Logger, *, held_files: bool
 ) -> None:
     """The identity gate: every thread of the restored tree has exactly the owner's uids, gids and
     groups and no capability, or the whole tree is killed before any of it ran. Only a backend that
@@ -325,7 +326,7 @@ def _owner(call: RestartCall, stated: JobUser | None, record: Manifest) -> JobUs
 
 
 def _resolve(
-    call: RestartCall, spool: Spool, config: Config, log: Any, owner: JobUser | None, *, deadline: float
+    call: RestartCall, spool: Spool, config: Config, log: Logger, owner: JobUser | None, *, deadline: float
 ) -> tuple[Path, Manifest]:
     """The generation to restore and its manifest (root's record of it, read before anything is
     hashed). With an owner known, only that owner's generations of the job are candidates. With a
@@ -381,7 +382,7 @@ class _VaultFetch:
 
     config: Config
     spool: Spool
-    log: Any
+    log: Logger
     job_id: str
     owner: JobUser | None
     system: str | None
@@ -473,7 +474,7 @@ def _spool_generation(spool: Spool, image: str) -> Path | None:
     return Path(root, *parts)
 
 
-def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Any) -> Path | str | None:
+def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Logger) -> Path | str | None:
     """The generation named at CHECKPOINT_DIR/CHECKPOINT_NAME, if that is usable; its name alone
     when it is not in this node's spool (the vault may have it); None to fall back.
 
@@ -649,7 +650,7 @@ def _output_files(
 
 
 def _rescue_outputs(
-    manifest: Manifest, generation: Path, user: JobUser, *, own_streams: bool, log: Any
+    manifest: Manifest, generation: Path, user: JobUser, *, own_streams: bool, log: Logger
 ) -> None:
     """A restart that failed puts back what the job printed before its SIGNAL 15 checkpoint into
     its output files, where pbs_mom re-created them empty (never into a file that has anything in
@@ -827,7 +828,7 @@ class _Forwarder:
         return os.waitstatus_to_exitcode(status)  # -N when signal N ended it
 
 
-def _mark(call: RestartCall, status: str, *, config: Config, env: Environment, log: Any) -> None:
+def _mark(call: RestartCall, status: str, *, config: Config, env: Environment, log: Logger) -> None:
     """TORQUE's sample restart script marks the job with checkpoint_restart_status through qalter."""
     if not isinstance(call, TorqueRestart) or call.convention != "torque":
         return  # OpenPBS has no checkpoint_restart_status

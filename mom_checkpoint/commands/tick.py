@@ -31,6 +31,7 @@ from mom_checkpoint.platform.errors import (
     StorageIOError,
 )
 from mom_checkpoint.platform.files import replace_private, storage_error
+from mom_checkpoint.platform.log import Logger
 from mom_checkpoint.spool.locking import exclusive, lock_dir
 from mom_checkpoint.spool.storage import INCOMING_PREFIX, Spool
 
@@ -61,7 +62,7 @@ class Outcome:
         }
 
 
-def run(config: Config, env: Environment, log: Any | None, *, dry_run: bool) -> Outcome:
+def run(config: Config, env: Environment, log: Logger | None, *, dry_run: bool) -> Outcome:
     """One tick; ``log`` is None for a dry run (it writes nothing, not even a log line)."""
     started = env.monotonic()
     qstat = locate(config.qstat, "qstat")
@@ -94,7 +95,7 @@ def run(config: Config, env: Environment, log: Any | None, *, dry_run: bool) -> 
     return outcome
 
 
-def _act(decision: Decision, qchkpt: str, env: Environment, log: Any | None) -> Decision:
+def _act(decision: Decision, qchkpt: str, env: Environment, log: Logger | None) -> Decision:
     if decision.action == "report" and log is not None:
         log.warning("tick.not_checkpointable", job_id=decision.job_id, checkpoint=decision.checkpoint,
                     detail=decision.reason)  # fmt: skip
@@ -193,7 +194,7 @@ def _file_host(host: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in host) or "localhost"
 
 
-def load_state(spool: Spool, host: str, log: Any | None = None) -> dict[str, JobRecord]:
+def load_state(spool: Spool, host: str, log: Logger | None = None) -> dict[str, JobRecord]:
     path = state_path(spool, host)
     try:
         data = json.loads(path.read_text())

@@ -7,15 +7,14 @@ the next.
 
 from __future__ import annotations
 
-from typing import Any
-
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import ConfigError
+from mom_checkpoint.platform.log import Logger
 from mom_checkpoint.vault.sync import Copy, sync
 
 
-def run(config: Config, env: Environment, log: Any, job_id: str | None = None) -> list[Copy]:
+def run(config: Config, env: Environment, log: Logger, job_id: str | None = None) -> list[Copy]:
     if not config.vault_dir:
         raise ConfigError("vault_dir is not set in the configuration: there is no vault to copy to")
     return sync(config, env, log, job_id)

@@ -21,6 +21,7 @@ from mom_checkpoint.image.verification import read_trusted_manifest
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import Busy, Error
+from mom_checkpoint.platform.log import Logger
 from mom_checkpoint.spool.locking import job_lock, lock_dir
 from mom_checkpoint.spool.storage import RUN_NAME, Spool, remove_tree
 from mom_checkpoint.vault.store import (
@@ -55,7 +56,7 @@ class Copy:
         return asdict(self)
 
 
-def sync(config: Config, env: Environment, log: Any, job_id: str | None = None) -> list[Copy]:
+def sync(config: Config, env: Environment, log: Logger, job_id: str | None = None) -> list[Copy]:
     """Copy the job's (or every job's) newest generations into the vault at ``config.vault_dir``."""
     assert config.vault_dir, "the caller checks that a vault is configured"
     lower_priority()
@@ -76,7 +77,7 @@ def sync(config: Config, env: Environment, log: Any, job_id: str | None = None) 
 
 
 def _record_metrics(
-    spool: Spool, config: Config, results: list[Copy], now: float, *, everything: bool, log: Any
+    spool: Spool, config: Config, results: list[Copy], now: float, *, everything: bool, log: Logger
 ) -> None:
     from mom_checkpoint.spool import metrics
 
@@ -101,7 +102,7 @@ class _Syncer:
     spool: Spool
     config: Config
     env: Environment
-    log: Any
+    log: Logger
     held: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # Vault.held_by, per owner uid
 
     def one(self, key: JobKey, generation: Generation, manifest: Manifest) -> Copy:
@@ -193,7 +194,7 @@ def vault_share(vault: Vault, config: Config, keep: int, others: dict[str, list[
     )
 
 
-def start_detached(config: Config, env: Environment, job_id: str, log: Any) -> None:
+def start_detached(config: Config, env: Environment, job_id: str, log: Logger) -> None:
     """The hook's last step: copy the job's new generation to the vault in a detached process (its
     own session, out of pbs_mom's pipes and the job's session); a vault that is slow, full or gone
     never fails or delays the checkpoint. What it does goes to the log."""
@@ -224,7 +225,7 @@ def _made(name: str) -> float:
         return time.time()
 
 
-def _newest_by_key(spool: Spool, job_id: str, log: Any) -> dict[JobKey, tuple[Generation, Manifest]]:
+def _newest_by_key(spool: Spool, job_id: str, log: Logger) -> dict[JobKey, tuple[Generation, Manifest]]:
     """The newest complete generation of each key under a job id (a generation root cannot vouch for
     is skipped, and said)."""
     newest: dict[JobKey, tuple[Generation, Manifest]] = {}

@@ -13,14 +13,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mom_checkpoint.batch.pointer import open_checkpoint_dir
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import NoSuchProcess, Refused
-from tests.helpers import make_base, remove_base
+from tests.helpers import RecordingLog, make_base, remove_base
 
 JOB = (4242, 4242)  # the job's owner: no account needed, root gives the folder by number
 
@@ -33,14 +32,6 @@ while True:
     except FileExistsError:
         pass
 """
-
-
-class Log:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
 
 
 @pytest.fixture
@@ -82,7 +73,7 @@ def test_without_a_swap_the_plant_is_renamed_away_and_the_name_taken_with_mkdir(
 
     monkeypatch.setattr(safefs, "exchange", cannot)
     (root / "1.head.CK").symlink_to("/etc")
-    log = Log()
+    log = RecordingLog()
 
     fd = open_checkpoint_dir(f"{root}/1.head.CK", [str(root)], owner=JOB, log=log)
 
@@ -111,7 +102,7 @@ def test_a_user_planting_in_a_loop_never_keeps_the_name(root: Path) -> None:
             while not name.is_symlink():  # the racer has the name again
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
-            log = Log()
+            log = RecordingLog()
             fd = open_checkpoint_dir(str(name), [str(root)], owner=JOB, log=log)
             assert_the_jobs(fd, name)
             assert [e for e, _ in log.events] == ["checkpoint_dir.planted"]
@@ -134,7 +125,7 @@ def test_a_plant_that_keeps_coming_back_is_refused_after_a_few_tries(
     (root / "3.head.CK").write_text("x")
 
     with pytest.raises(Refused, match="other users keep putting entries"):
-        open_checkpoint_dir(f"{root}/3.head.CK", [str(root)], owner=JOB, log=Log())
+        open_checkpoint_dir(f"{root}/3.head.CK", [str(root)], owner=JOB, log=RecordingLog())
     assert sorted(p.name for p in root.iterdir()) == ["3.head.CK"], "root left folders behind"
 
 
@@ -159,7 +150,7 @@ def test_a_restart_reads_no_plant_and_makes_nothing(root: Path) -> None:
 def test_nothing_is_moved_outside_a_shared_torque_folder(root: Path, mode: int, key: str) -> None:
     root.chmod(mode)
     (root / "6.head.CK").symlink_to("/etc")
-    log = Log()
+    log = RecordingLog()
     with pytest.raises(Refused, match="symlink"):
         open_checkpoint_dir(f"{root}/6.head.CK", [str(root)], key, owner=JOB, log=log)
     assert sorted(p.name for p in root.iterdir()) == ["6.head.CK"] and not log.events
@@ -169,7 +160,7 @@ def test_the_owners_folder_and_roots_are_used_as_they_are(root: Path) -> None:
     for name, owner in (("7.head.CK", JOB), ("8.head.CK", (0, 0))):
         (root / name).mkdir(mode=0o700)
         os.chown(root / name, *owner)
-        log = Log()
+        log = RecordingLog()
         fd = open_checkpoint_dir(f"{root}/{name}", [str(root)], owner=JOB, log=log)
         try:
             st = os.fstat(fd)

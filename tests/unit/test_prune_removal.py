@@ -12,14 +12,7 @@ import pytest
 from mom_checkpoint.commands import checkpoint
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.spool.storage import Spool
-
-
-class Log:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
+from tests.helpers import RecordingLog
 
 
 def _retired(tmp_path: Path) -> tuple[Spool, list[Path]]:
@@ -49,7 +42,7 @@ def test_removal_is_bounded_and_takes_the_emptied_run_too(
         work()  # as the detached child would, here in this process
 
     monkeypatch.setattr(checkpoint, "remove_tree", recording)
-    log = Log()
+    log = RecordingLog()
     before = time.monotonic()
     checkpoint._remove_detached(retired, spool, Environment(detach=detach), log, limit_s=600)
     [deadline] = deadlines

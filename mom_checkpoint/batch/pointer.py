@@ -47,6 +47,11 @@ class Pointer:
     number: int
     created: str
 
+    @classmethod
+    def to(cls, job_id: str, generation: str, number: int, created: str) -> Pointer:
+        """A pointer of this host to the generation folder at ``generation``."""
+        return cls(POINTER_KIND, POINTER_SCHEMA, job_id, os.uname().nodename, generation, number, created)
+
 
 def open_checkpoint_dir(
     path: str,

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mom_checkpoint.batch.calls import CheckpointCall
 from mom_checkpoint.batch.jobkey import JobKey, system_of
 from mom_checkpoint.image.hashing import DIGEST, ImageFile
 from mom_checkpoint.image.layout import KEPT
 from mom_checkpoint.platform.errors import VerificationFailed
 from mom_checkpoint.platform.records import RecordError, build
-from mom_checkpoint.processes.discovery import ProcessRecord
+from mom_checkpoint.processes.discovery import JobProcesses, ProcessRecord
 
 SCHEMA = 4
 MAX_BYTES = 32 * 1024 * 1024
@@ -82,6 +83,13 @@ class JobInfo:
     gid: int
     found_via: str  # "session" or "restart-record"
 
+    @classmethod
+    def of(cls, job_id: str, job: JobProcesses, group: str) -> JobInfo:
+        return cls(
+            id=job_id, session_id=job.leader_pid, leader_pid=job.leader_pid, exec_pid=job.exec_pid,
+            user=job.user, uid=job.uid, group=group, gid=job.gid, found_via=job.found_via,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class CallInfo:
@@ -92,11 +100,22 @@ class CallInfo:
     checkpoint_dir: str | None
     checkpoint_name: str | None
 
+    @classmethod
+    def of(cls, call: CheckpointCall) -> CallInfo:
+        return cls(
+            convention=call.convention, argv=list(call.argv), signal=call.signal, depth=call.depth,
+            checkpoint_dir=call.checkpoint_dir, checkpoint_name=call.checkpoint_name,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class HostInfo:
     name: str
     kernel: str
+
+    @classmethod
+    def here(cls) -> HostInfo:
+        return cls(os.uname().nodename, os.uname().release)
 
 
 @dataclass(frozen=True)
@@ -234,3 +253,10 @@ def parse(data: object, source: str) -> Manifest:
 def is_inside_image(relpath: str) -> bool:
     norm = posixpath.normpath(relpath)
     return norm == relpath and norm.startswith("image/") and ".." not in norm.split("/") and "\0" not in norm
+
+
+def iso(timestamp: float) -> str:
+    """A manifest's (and a pointer's) time: ISO 8601, UTC, milliseconds."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")

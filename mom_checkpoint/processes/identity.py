@@ -51,6 +51,21 @@ def of_uid(uid: int, group: str | int | None = None) -> JobUser:
     return _with_group(entry, group)
 
 
+def group_name(egroup: str | None, gid: int) -> str:
+    """The job's group: EGROUP as pbs_mom passed it (UnknownUser if the node has no such group), else
+    the name of ``gid`` (or the gid as text)."""
+    if egroup is not None:
+        try:
+            grp.getgrnam(egroup)
+        except KeyError:
+            raise UnknownUser(f"EGROUP {egroup!r} is not a group on this node") from None
+        return egroup
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
 def name_of(uid: int) -> str:
     """The user's name, or the uid as text where passwd has none (for messages and logs)."""
     try:

@@ -11,9 +11,11 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
-from mom_checkpoint.image.verification import read_trusted_manifest
-from mom_checkpoint.platform.errors import Error
-from mom_checkpoint.spool.storage import RUN_NAME, Spool
+from mom_checkpoint.platform.errors import DiskFull, Error
+from mom_checkpoint.processes.discovery import JobProcesses
+from mom_checkpoint.spool.storage import RUN_NAME, Spool, remove_tree
+
+RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class Usage:
 def scan(spool: Spool) -> Usage:
     """Every complete generation whose manifest root wrote; the others are not counted (a generation
     root cannot vouch for is not charged to anyone)."""
+    from mom_checkpoint.image.verification import read_trusted_manifest  # a hook needs it only for a quota
+
     by_uid: Counter[int] = Counter()
     by_job: dict[tuple[int, str], list[tuple[int, int]]] = {}
     try:
@@ -55,3 +59,62 @@ def after_checkpoint(usage: Usage, uid: int, job_id: str, keep: int, new_bytes: 
     kept_before = mine[-(keep - 1) :] if keep > 1 else []
     dropped = sum(size for _, size in mine) - sum(size for _, size in kept_before)
     return usage.by_uid.get(uid, 0) - dropped + new_bytes
+
+
+def check_space(spool: Spool, job: JobProcesses, space_margin: float, job_id: str, deadline: float) -> None:
+    """DiskFull unless the spool has room for the job's image: its resident memory times
+    ``space_margin`` (0: never checked), and RESERVE_BYTES. What the job's last call pruned and is
+    still being removed (detached, after that call) is the job's own space: removed first."""
+    if space_margin == 0:
+        return
+    needed = int(job.resident_bytes * space_margin) + RESERVE_BYTES
+    free = spool.free_bytes()
+    if free < needed and (leftovers := spool.pruned_leftovers(job_id)):
+        for path in leftovers:
+            remove_tree(path, deadline=deadline)
+        free = spool.free_bytes()
+    if free < needed:
+        raise DiskFull(
+            f"spool {spool.root} has {mib(free)} free, the job needs about {mib(needed)} "
+            f"(resident memory x space_margin={space_margin:g}): not starting the checkpoint"
+        )
+
+
+def biggest_users(spool: Spool, most: int = 5) -> list[tuple[int, int]]:
+    """The owners whose generations take most of the spool: (uid, bytes), the biggest first."""
+    return scan(spool).by_uid.most_common(most)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """``user_quota_gib``: what the job's user's generations may hold once this one is in and the job
+    pruned, checked on the estimate before the dump and on the real size before publishing."""
+
+    usage: Usage
+    uid: int
+    user: str
+    job_id: str
+    keep: int
+    limit: int
+
+    @classmethod
+    def of(cls, spool: Spool, quota_gib: float, job: JobProcesses, job_id: str, keep: int) -> Quota | None:
+        if quota_gib <= 0:
+            return None
+        quota = cls(scan(spool), job.uid, job.user, job_id, keep, int(quota_gib * 2**30))
+        quota.check(job.resident_bytes + job.swap_bytes, "this checkpoint (about the job's memory)")
+        return quota
+
+    def check(self, new_bytes: int, what: str) -> None:
+        after = after_checkpoint(self.usage, self.uid, self.job_id, self.keep, new_bytes)
+        if after > self.limit:
+            now = self.usage.by_uid.get(self.uid, 0)
+            raise DiskFull(
+                f"{self.user}'s checkpoints on this node hold {mib(now)}; with {what} they would hold "
+                f"{mib(after)}, more than user_quota_gib allows ({mib(self.limit)}): not keeping it, the "
+                f"job keeps running (fewer generations: qsub -c depth=N; or remove old ones)"
+            )
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"

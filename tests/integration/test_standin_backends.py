@@ -217,7 +217,7 @@ sys.exit(status)
 
 
 def test_an_accepted_call_imports_the_post_dump_modules_only_once_the_checkpointer_runs(site: Site) -> None:
-    from mom_checkpoint.commands.checkpoint import AFTER_THE_DUMP
+    from mom_checkpoint.commands.checkpoint.meanwhile import AFTER_THE_DUMP
 
     site.configure(backend="psnc", keep=1, **{"backends.psnc.chkpnt": str(site.standin("chkpnt"))})
     job = site.start_job("409.head")

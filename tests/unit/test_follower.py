@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mom_checkpoint.commands import checkpoint
+from mom_checkpoint.commands.checkpoint.meanwhile import WhileItRuns
 from mom_checkpoint.image import hashing
 from mom_checkpoint.image.hashing import Follower, Partial, digest_files
 from mom_checkpoint.platform import safefs
@@ -78,9 +78,9 @@ class NoRecord:
         pass
 
 
-def while_it_runs(base: Path, **follow: Any) -> checkpoint._WhileItRuns:
+def while_it_runs(base: Path, **follow: Any) -> WhileItRuns:
     incoming: Any = NoRecord(base)
-    return checkpoint._WhileItRuns(incoming, lambda: "4.1.1", appended=PAGES, **follow)
+    return WhileItRuns(incoming, lambda: "4.1.1", appended=PAGES, **follow)
 
 
 def test_a_file_is_hashed_as_it_grows_and_only_its_tail_is_read_after(
@@ -356,7 +356,7 @@ def test_a_follower_that_failed_says_why_and_hands_nothing_over(tmp_path: Path) 
 
 
 def test_without_appended_files_nothing_is_followed() -> None:
-    meanwhile = checkpoint._WhileItRuns(None, lambda: "1")  # type: ignore[arg-type]
+    meanwhile = WhileItRuns(None, lambda: "1")  # type: ignore[arg-type]
     assert meanwhile.stop_following(timeout_s=1) == {}
     assert meanwhile.follow_problem() == {}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mom_checkpoint.commands.checkpoint import IMAGE_MARGIN, image_limit
+from mom_checkpoint.image.size import IMAGE_MARGIN, image_limit
 from mom_checkpoint.processes import discovery
 
 MIB = 1 << 20

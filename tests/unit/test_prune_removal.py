@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from mom_checkpoint.commands import checkpoint
 from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.spool import pruning, usage
 from mom_checkpoint.spool.storage import Spool
 from tests.helpers import RecordingLog
 
@@ -41,12 +41,12 @@ def test_removal_is_bounded_and_takes_the_emptied_run_too(
             raise OSError("fork: Resource temporarily unavailable")
         work()  # as the detached child would, here in this process
 
-    monkeypatch.setattr(checkpoint, "remove_tree", recording)
+    monkeypatch.setattr(pruning, "remove_tree", recording)
     log = RecordingLog()
     before = time.monotonic()
-    checkpoint._remove_detached(retired, spool, Environment(detach=detach), log, limit_s=600)
+    pruning.remove_detached(retired, spool, Environment(detach=detach), log, limit_s=600)
     [deadline] = deadlines
-    limit = 600 if detached else checkpoint.PRUNE_GRACE_S
+    limit = 600 if detached else pruning.REMOVAL_GRACE_S
     assert deadline is not None and before + limit <= deadline <= time.monotonic() + limit
     assert not retired[0].exists() and not retired[0].parent.exists(), "the emptied run is left"
     assert [e for e, _ in log.events] == ([] if detached else ["prune.not_detached"])
@@ -64,9 +64,8 @@ def test_space_a_pruned_generation_still_holds_is_freed_before_the_space_check_f
     spool, [doomed] = _retired(tmp_path)
     monkeypatch.setattr(Spool, "free_bytes", lambda self: 0 if doomed.exists() else 1 << 40)
     job: Any = SimpleNamespace(resident_bytes=1 << 30)
-    config: Any = SimpleNamespace(space_margin=1.5)
-    checkpoint._check_space(spool, job, config, "42.head", time.monotonic() + 60)
+    usage.check_space(spool, job, 1.5, "42.head", time.monotonic() + 60)
     assert not doomed.exists()
     monkeypatch.setattr(Spool, "free_bytes", lambda self: 0)  # and a spool that is simply full
     with pytest.raises(DiskFull, match="not starting the checkpoint"):
-        checkpoint._check_space(spool, job, config, "42.head", time.monotonic() + 60)
+        usage.check_space(spool, job, 1.5, "42.head", time.monotonic() + 60)

@@ -1,4 +1,4 @@
-"""What the hook does while its checkpointer runs (commands.checkpoint._WhileItRuns): the checkpointer's
+"""What the hook does while its checkpointer runs (commands.checkpoint.meanwhile.WhileItRuns): the checkpointer's
 pid recorded at once, its version asked in a thread of its own, the post-dump modules imported; the
 version is the answer that thread got, and nothing of it ever ends the checkpointer or fails the call."""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mom_checkpoint.commands import checkpoint
+from mom_checkpoint.commands.checkpoint.meanwhile import AFTER_THE_DUMP, WhileItRuns
 from mom_checkpoint.platform.environment import Runner
 
 
@@ -47,7 +47,7 @@ def test_the_version_is_asked_and_the_modules_imported_while_the_checkpointer_ru
         asked.append((threading.current_thread().name, time.monotonic()))
         return "4.1.1"
 
-    meanwhile = checkpoint._WhileItRuns(incoming, ask)  # type: ignore[arg-type]
+    meanwhile = WhileItRuns(incoming, ask)  # type: ignore[arg-type]
     completed = Runner().run(["/bin/sleep", "2"], timeout_s=60, on_start=meanwhile)
     ended = time.monotonic()
     assert completed.returncode == 0
@@ -55,7 +55,7 @@ def test_the_version_is_asked_and_the_modules_imported_while_the_checkpointer_ru
     [(thread, when)] = asked
     assert thread == "checkpointer-version"
     assert when < ended - 1, "the version was asked after the checkpointer, not while it ran"
-    assert imported == list(checkpoint.AFTER_THE_DUMP)
+    assert imported == list(AFTER_THE_DUMP)
     assert len(incoming.recorded) == 1
 
 
@@ -69,7 +69,7 @@ def test_a_module_that_cannot_be_imported_never_ends_the_checkpointer(
         raise ImportError(f"No module named {name!r}")
 
     monkeypatch.setattr(importlib, "import_module", broken)
-    meanwhile = checkpoint._WhileItRuns(FakeIncoming(), lambda: "4.1.1")  # type: ignore[arg-type]
+    meanwhile = WhileItRuns(FakeIncoming(), lambda: "4.1.1")  # type: ignore[arg-type]
     completed = Runner().run(["/bin/sh", "-c", "sleep 0.3; exit 7"], timeout_s=60, on_start=meanwhile)
     assert (completed.returncode, completed.timed_out) == (7, False)
     assert meanwhile.version(timeout_s=10) == "4.1.1"
@@ -79,7 +79,7 @@ def test_a_version_that_cannot_be_had_is_unknown(imported: list[str]) -> None:
     def broken() -> str:
         raise OSError("criu --version: no such file")
 
-    meanwhile = checkpoint._WhileItRuns(FakeIncoming(), broken)  # type: ignore[arg-type]
+    meanwhile = WhileItRuns(FakeIncoming(), broken)  # type: ignore[arg-type]
     meanwhile(4711)
     assert meanwhile.version(timeout_s=10) == "unknown"
 
@@ -91,7 +91,7 @@ def test_a_version_query_that_hangs_is_given_up_after_its_time(imported: list[st
         release.wait(30)
         return "late"
 
-    meanwhile = checkpoint._WhileItRuns(FakeIncoming(), hangs)  # type: ignore[arg-type]
+    meanwhile = WhileItRuns(FakeIncoming(), hangs)  # type: ignore[arg-type]
     meanwhile(4711)
     started = time.monotonic()
     assert meanwhile.version(timeout_s=0.2) == "unknown"
@@ -107,6 +107,6 @@ def test_a_checkpointer_that_never_started_is_asked_then(answer: str) -> None:
         calls.append(threading.current_thread() is threading.main_thread())
         return answer
 
-    meanwhile = checkpoint._WhileItRuns(FakeIncoming(), ask)  # type: ignore[arg-type]
+    meanwhile = WhileItRuns(FakeIncoming(), ask)  # type: ignore[arg-type]
     assert meanwhile.version(timeout_s=10) == answer
     assert calls == [True]

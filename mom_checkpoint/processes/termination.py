@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import psutil
 
+from mom_checkpoint.platform.errors import PidInUse
+
 
 def session_processes(session_id: int, uid: int) -> list[psutil.Process]:
     """The live processes of a session that belong to ``uid`` (never this program itself)."""
@@ -147,3 +149,25 @@ def kill_tree(pid: int, gone_within: float = KILLED_GONE_S) -> None:
         os.waitpid(pid, 0)
     with contextlib.suppress(psutil.Error):
         psutil.wait_procs([m for m in members if m.pid != pid], timeout=gone_within)
+
+
+def wait_pids_free(pids: list[int], wait_s: float, sleep: Callable[[float], object] = time.sleep) -> None:
+    """CRIU restores the original PIDs: they must all be free. A PID a zombie holds (the job's own
+    application, killed by the qhold a moment ago and not yet reaped: TORQUE's qrls right after a
+    qhold restarts within a second) is waited for, at most ``wait_s`` in all; one a live process
+    holds, or a zombie still there after that, is named (PidInUse, 82)."""
+    deadline = time.monotonic() + wait_s
+    for pid in pids:
+        while True:
+            try:
+                proc = psutil.Process(pid)
+                zombie = proc.status() == psutil.STATUS_ZOMBIE
+                state = ", a zombie not yet reaped" if zombie else ""
+                holder = f"{pid} (now {proc.name()}{state}, user {proc.username()})"
+            except psutil.NoSuchProcess:
+                break
+            except psutil.Error:
+                zombie, holder = False, str(pid)
+            if not zombie or time.monotonic() >= deadline:
+                raise PidInUse(holder)
+            sleep(0.05)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mom_checkpoint.commands.restart import wait_pids_free
+from mom_checkpoint.processes.termination import wait_pids_free
 from mom_checkpoint.platform.errors import PidInUse
 
 

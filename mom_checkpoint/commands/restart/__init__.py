@@ -1,0 +1,230 @@
+"""Restart: bring a job back from its newest complete, verified generation, and stay its task.
+
+    resolve   which generation (the pointer, the spool, the vault) and whose: the owner from passwd
+    verify    its layout and digests (the job's memory: while it is restored, before it runs)
+    stage     a copy of the image the restorer may read, in this restart's own work folder
+    restore   the restorer, handed the job's output and held files as descriptors
+    gate      every restored task has its owner's identity alone, or the tree is killed unrun
+    run       let it go, pass on pbs_mom's signals, and end with the application's status
+
+pbs_mom runs the restart program as fork + setsid + execv and from then on treats it as the job: the
+job ends when it exits, and qdel signals its session. So the restored application runs as this
+process's child in this session (CRIU: --restore-detached --restore-sibling), signals are forwarded
+to it, and the application's exit status becomes this process's. Each step's time goes into the
+``restart.running`` log event (``steps``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from mom_checkpoint import backends
+from mom_checkpoint.backends.base import Restored, RestoreRequest
+from mom_checkpoint.batch.jobkey import JobKey, system_of
+from mom_checkpoint.commands.restart.calls import PbsRestart, RestartCall, SeedRestart, TorqueRestart
+from mom_checkpoint.commands.restart.gate import admit, checked_while_restoring, pages_checked
+from mom_checkpoint.commands.restart.marks import mark
+from mom_checkpoint.commands.restart.outputs import output_files, rescue_outputs
+from mom_checkpoint.commands.restart.resolve import check_cwd, owner_of, resolve, stated_owner, sudo_caller
+from mom_checkpoint.commands.restart.signals import Forwarder
+from mom_checkpoint.commands.restart.workdir import Work, workdir
+from mom_checkpoint.image.manifest import Manifest
+from mom_checkpoint.image.staging import StagedImage
+from mom_checkpoint.image.verification import (
+    InBackground,
+    check_digests,
+    check_digests_meanwhile,
+    check_layout,
+)
+from mom_checkpoint.platform.config import Config
+from mom_checkpoint.platform.environment import Environment
+from mom_checkpoint.platform.errors import Error, Refused
+from mom_checkpoint.platform.log import Logger
+from mom_checkpoint.platform.status import ExitStatus, meaning
+from mom_checkpoint.platform.steps import Steps
+from mom_checkpoint.processes.identity import JobUser
+from mom_checkpoint.processes.termination import kill_tree, wait_pids_free
+from mom_checkpoint.spool import sessions
+from mom_checkpoint.spool.locking import job_lock, lock_dir
+from mom_checkpoint.spool.storage import Spool
+
+__all__ = ["PbsRestart", "RestartCall", "SeedRestart", "TorqueRestart", "run"]
+
+PIDS_FREE_WAIT_S = 10.0  # how long a restore waits for the job's own dead processes to be reaped
+
+
+def run(call: RestartCall, config: Config, env: Environment, log: Logger) -> int:
+    """Restore the job and wait for it; return the application's exit status, or -N when signal N
+    ended it (the caller then ends the same way: pbs_mom reports 256+N for a killed job)."""
+    try:
+        return _restart(call, config, env, log)
+    except Error as exc:
+        # one fixed phrase per exit status: the message itself may quote a pointer, a path or a
+        # checkpointer's log, all the user's text, and qalter -W takes an attribute list
+        status = ExitStatus(exc.exit_status)
+        reason = f"Failed to restart job: exit {int(status)} ({meaning(status)}; see the node's log)"
+        mark(call, reason, config=config, env=env, log=log)
+        raise
+
+
+def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -> int:
+    steps = Steps(env.monotonic)
+    deadline = env.monotonic() + config.timeout_s  # the work before the restored job runs is bounded
+    spool = Spool(config.spool_dir)
+    with steps("resolve"):
+        caller = sudo_caller(call, env)
+        stated = caller or stated_owner(call)
+        backend = backends.create(config, env)
+        binary = backend.find_restore_binary()
+        generation, record = resolve(call, spool, config, log, stated, deadline=deadline)
+        _refuse_a_job_users_image_as_root(generation, record, config)
+        user = owner_of(call, stated, record)
+    log = log.bind(
+        job_id=record.job.id, generation=record.generation.number, path=str(generation), user=user.name
+    )
+    try:
+        with steps("verify"):
+            if caller is not None and call.cwd is not None:
+                check_cwd(call.cwd, caller)
+            if backend.name == "criu":
+                pids = [p.pid for p in record.processes]
+                wait_pids_free(pids, min(PIDS_FREE_WAIT_S, max(0.0, deadline - env.monotonic())))
+            allowed = frozenset({0, user.uid} if config.run_as == "job-user" else {0})
+            manifest = check_layout(
+                generation, allowed_uids=allowed, expected_job=call.job_id, deadline=deadline
+            )
+        forwarder = Forwarder(grace_s=config.abort_grace_s)
+        restoring = contextlib.ExitStack()  # one restore of a job at a time, until it has been let go
+        if os.geteuid() == 0:
+            key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
+            restoring.enter_context(
+                job_lock(lock_dir(spool.root), key.token, call.argv, manifest.job.id, what="restore")
+            )
+        restorer_user = user if config.run_as == "job-user" else None
+        with restoring, forwarder, workdir(spool, restorer_user, deadline) as work:
+            with steps("stage"):
+                staged = backend.stage_image(generation, manifest.files, work.root, user, deadline=deadline)
+            pages: InBackground | None = None
+            try:
+                with steps("verify"):
+                    # What the restorer decides from (every file but the job's memory, and the kept
+                    # files) is checked before it starts. The memory pages of a restorer that gives the
+                    # job back stopped are checked while it restores: nothing of the job runs before
+                    # that check and the identity gate have both passed, and a mismatch kills the
+                    # stopped tree.
+                    later = checked_while_restoring(manifest, staged) if backend.restores_stopped else []
+                    check_digests(
+                        generation, manifest, deadline=deadline, read_from=staged.base,
+                        files=[f for f in manifest.files if f not in later],
+                    )  # fmt: skip
+                    if later:
+                        pages = check_digests_meanwhile(
+                            generation, later, read_from=staged.base, deadline=deadline
+                        )
+                log.info(
+                    "restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name
+                )
+                if os.geteuid() == 0 and caller is None:  # the next checkpoint finds the job through us
+                    key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
+                    sessions.record(spool.root, key, os.getpid())
+                with steps("restore"):
+                    restored = _restore(call, backend, binary, staged, manifest, generation=generation,
+                                        user=user, spool=spool, work=work, env=env, deadline=deadline,
+                                        log=log)  # fmt: skip
+            except BaseException:
+                if pages is not None:
+                    pages.cancel()  # nothing will be let go: no need to hash on
+                raise
+            finally:
+                staged.close()
+            with steps("gate"):
+                if pages is not None:
+                    pages_checked(pages, restored, forwarder, log)
+                if forwarder.ending is not None:  # pbs_mom ended the job while it was restored: it never runs
+                    kill_tree(restored.pid)
+                    log.info(
+                        "restart.ended",
+                        restored_pid=restored.pid,
+                        signal=forwarder.ending,
+                        before_it_ran=True,
+                    )
+                    return -forwarder.ending
+                admit(restored, user, staged.stopped, log, held_files=config.run_as == "root")
+            restoring.close()  # let go: the job's next restore (after it ends) may start
+            log.info(
+                "restart.running", restored_pid=restored.pid, command=restored.command, steps=steps.seconds
+            )
+            mark(call, "Successfully restarted job", config=config, env=env, log=log)
+            status = forwarder.wait(restored.pid)
+    except Error:
+        # whatever failed, the output the job printed before its hold goes back into the files
+        # pbs_mom re-created empty (issue 26 #2: TORQUE ends the job and delivers them as they are)
+        rescue_outputs(record, generation, user, own_streams=isinstance(call, SeedRestart), log=log)
+        raise
+    log.info(
+        "restart.ended",
+        restored_pid=restored.pid,
+        **({"signal": -status} if status < 0 else {"exit_status": status}),
+    )
+    return status
+
+
+def _refuse_a_job_users_image_as_root(generation: Path, record: Manifest, config: Config) -> None:
+    """An image written by the job's user (their checkpointer, their digests) is never read by root's
+    own restorer, wherever it lies now (a vault copy is root's files)."""
+    if record.backend.run_as == "job-user" and config.run_as == "root":
+        raise Refused(
+            f"{generation} was checkpointed in job-user mode and this node restores as root: set "
+            f'backends.{config.backend}.run_as = "job-user", or restart the job on a node that does'
+        )
+
+
+def _restore(
+    call: RestartCall,
+    backend: backends.Backend,
+    binary: str,
+    staged: StagedImage,
+    manifest: Manifest,
+    *,
+    generation: Path,
+    user: JobUser,
+    spool: Spool,
+    work: Work,
+    env: Environment,
+    deadline: float,
+    log: Logger,
+) -> Restored:
+    """The restorer's run, the job's files handed to it as descriptors; a failed restore's log kept."""
+    own = isinstance(call, SeedRestart)
+    with output_files(manifest, user, generation, work.root, own_streams=own) as inherited:
+        request = RestoreRequest(
+            image=staged,
+            pids=[p.pid for p in manifest.processes],
+            user=user,
+            cwd=call.cwd,
+            workdir=work.restorer,
+            inherited=inherited,
+            timeout_s=max(1.0, deadline - env.monotonic()),
+            root_session_leader=manifest.processes[0].session_id == manifest.processes[0].pid,
+        )
+        try:
+            return backend.restore(binary, request)
+        except Error as exc:
+            _keep_restore_log(spool, backend, request, manifest.job.id, exc, log=log)
+            raise
+
+
+def _keep_restore_log(
+    spool: Spool, backend: backends.Backend, request: RestoreRequest, job_id: str, exc: Error, *, log: Logger
+) -> None:
+    """A failed restore's log outlives the work folder it was written in: root's copy in the spool."""
+    text = backend.restore_log(request)
+    kept = None
+    if text and os.geteuid() == 0:
+        try:
+            kept = str(spool.keep_log(job_id, "restore", text, request.user.uid))
+        except (OSError, Error):
+            kept = None
+    log.error("restart.restore_failed", error=exc.message, log=kept)

@@ -94,7 +94,7 @@ def main_for(prog: str, dispatch: Dispatch, argv: Sequence[str] | None, env: Env
 
 def end_program(status: int) -> NoReturn:
     """End the process with ``status`` once its output is flushed, without the interpreter's teardown of
-    the ~200 modules it loaded (measured here: 15-50 ms that pbs_mom waited for on every call). Nothing
+    the modules it loaded, which pbs_mom would wait for on every call. Nothing
     is left to tear down: the log writes each line through, and every lock and file is released and
     every thread whose work matters joined before main() returns (a daemon thread still running, such
     as a checkpointer's version query after a failed dump, ends with the process)."""

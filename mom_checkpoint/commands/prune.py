@@ -11,10 +11,11 @@ from mom_checkpoint.image.layout import Generation
 from mom_checkpoint.image.verification import read_trusted_manifest
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.errors import Busy, Error
+from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.spool import inventory, retention, sessions
 from mom_checkpoint.spool.locking import LOCK_DIR, job_lock, lock_dir
 from mom_checkpoint.spool.retention import Candidate, Verdict
-from mom_checkpoint.spool.storage import Spool, remove_tree
+from mom_checkpoint.spool.storage import Spool
 
 
 @dataclass(frozen=True)

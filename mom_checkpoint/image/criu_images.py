@@ -28,7 +28,6 @@ CORE_MAGIC = 0x55053847
 CORE_FILE = re.compile(r"core-(\d+)\.img")
 OLD_CREDS_FILE = re.compile(r"creds-\d+\.img")  # CRIU's old per-task creds image: refused
 TASK_STOPPED = 3  # compel's COMPEL_TASK_STOPPED, core_entry.tc.task_state
-MAX_CORE_BYTES = 16 << 20
 
 # core_entry: tc = 3, thread_core = 5; task_core_entry: task_state = 1
 # thread_core_entry: creds = 10

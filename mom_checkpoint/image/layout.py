@@ -33,10 +33,6 @@ class Generation:
     def image_dir(self) -> Path:
         return self.path / IMAGE
 
-    @property
-    def manifest_path(self) -> Path:
-        return self.path / MANIFEST
-
 
 def created_epoch(created: str) -> float:
     """A generation name's UTC time (e.g. 20261124T193000Z) in seconds since the epoch; ValueError

@@ -239,8 +239,8 @@ def run_detached(work: Callable[[], None]) -> None:
     """Run ``work`` in a child of its own session, and return at once: stdio on /dev/null and every
     other descriptor closed (pbs_mom's pipes and log, the job's files), cwd /, and nothing of it
     returns into the caller (it always ends with _exit). Nobody waits for it: the hook ends a moment
-    later and the child is handed to init (waiting for even a child that only forks again and exits,
-    the double fork of daemons, cost every call ~5 ms here). A long-lived caller keeps it as a zombie
+    later and the child is handed to init (waiting even for a child that only forks again and exits,
+    the double fork of daemons, would add to every call). A long-lived caller keeps it as a zombie
     until it ends."""
     if os.fork():
         return

@@ -13,8 +13,9 @@ from mom_checkpoint.image.verification import read_trusted_manifest
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import Error
 from mom_checkpoint.platform.log import Logger
+from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.spool import retention
-from mom_checkpoint.spool.storage import Spool, remove_tree
+from mom_checkpoint.spool.storage import Spool
 
 REMOVAL_GRACE_S = 10.0  # what removing may take here when it cannot be detached (the rest: next call's)
 

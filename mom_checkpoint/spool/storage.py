@@ -36,6 +36,7 @@ from mom_checkpoint.platform.files import (
     write_all,
     write_private,
 )
+from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.processes.procfs import start_ticks, start_token
 
 INCOMING_PREFIX = ".incoming-"
@@ -385,11 +386,3 @@ def stop_orphan_checkpointer(incoming: Path) -> None:
         if start_ticks(pid) != start:
             return
         time.sleep(0.1)
-
-
-def remove_tree(path: Path, *, deadline: float | None = None) -> bool:
-    """Remove a folder of the spool and everything in it, whatever a user left there (safefs: no
-    symlink followed, no recursion limit, errors on single entries skipped). Whether all is gone."""
-    from mom_checkpoint.platform import safefs
-
-    return safefs.remove_tree(path, deadline=deadline)

@@ -12,8 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from mom_checkpoint.platform.errors import DiskFull, Error
+from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.processes.discovery import JobProcesses
-from mom_checkpoint.spool.storage import RUN_NAME, Spool, remove_tree
+from mom_checkpoint.spool.storage import RUN_NAME, Spool
 
 RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
 

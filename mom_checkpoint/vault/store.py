@@ -47,8 +47,9 @@ from mom_checkpoint.platform.files import (
     storage_error,
     write_all,
 )
+from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.processes.procfs import start_token
-from mom_checkpoint.spool.storage import INCOMING_PREFIX, PRUNING_PREFIX, Spool, remove_tree
+from mom_checkpoint.spool.storage import INCOMING_PREFIX, PRUNING_PREFIX, Spool
 
 LOCK = ".lock"
 HOLDER = "holder.json"

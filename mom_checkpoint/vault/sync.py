@@ -22,8 +22,9 @@ from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import Busy, Error
 from mom_checkpoint.platform.log import Logger
+from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.spool.locking import job_lock, lock_dir
-from mom_checkpoint.spool.storage import RUN_NAME, Spool, remove_tree
+from mom_checkpoint.spool.storage import RUN_NAME, Spool
 from mom_checkpoint.vault.store import (
     Share,
     Vault,

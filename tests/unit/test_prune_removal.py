@@ -30,7 +30,7 @@ def test_removal_is_bounded_and_takes_the_emptied_run_too(
 ) -> None:
     spool, retired = _retired(tmp_path)
     deadlines: list[float | None] = []
-    from mom_checkpoint.spool.storage import remove_tree as real
+    from mom_checkpoint.platform.safefs import remove_tree as real
 
     def recording(path: Path, *, deadline: float | None = None) -> bool:
         deadlines.append(deadline)

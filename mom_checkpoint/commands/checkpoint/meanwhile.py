@@ -32,8 +32,8 @@ AFTER_THE_DUMP = (
 class WhileItRuns:
     """What the call does once the checkpointer has started, while it waits for it anyway: record its
     pid (for the next call, should this one die), ask the checkpointer's version for the manifest
-    (``criu --version``: 10-15 ms, a thread of its own), import what the work after the dump needs
-    (AFTER_THE_DUMP, ~15 ms), and hash the files the checkpointer only appends to as it writes them
+    (``criu --version``, in a thread of its own), import what the work after the dump needs
+    (AFTER_THE_DUMP), and hash the files the checkpointer only appends to as it writes them
     (hashing.Follower, a thread of its own): none of it waits until after the dump, on the way to
     the image being on disk. Nothing of it may end the checkpointer (the runner kills it if this raises,
     and a checkpointer killed inside the job can take the job along): the version is informational, a

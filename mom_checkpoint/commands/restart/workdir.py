@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.processes.identity import JobUser
-from mom_checkpoint.spool.storage import RESTORER_DIR, Spool, remove_tree
+from mom_checkpoint.spool.storage import RESTORER_DIR, Spool
 
 WORKDIR_CLEANUP_S = 10.0  # the longest a restart spends removing work folders (its own, or ended ones')
 

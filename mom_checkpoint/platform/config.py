@@ -176,9 +176,8 @@ def _check_values(config: Config, source: str) -> None:
         why = _refused_criu_option(arg)
         if why:
             problems.append((f"backends.criu.extra_args[{i}]", f"{arg!r} is refused: {why}"))
-    if problems:
-        key, problem = problems[0]
-        raise ConfigError(source, f"{key}: {problem}")
+    if problems:  # every one of them, on the one line: an admin fixes them all in one go
+        raise ConfigError(source, "; ".join(f"{key}: {problem}" for key, problem in problems))
 
 
 # CRIU options extra_args may not add (to dumps and restores alike): each would destroy, split or move

@@ -158,6 +158,15 @@ def test_bad_config_is_78_naming_the_key(scratch: Scratch, extra: str, words: st
     assert not scratch.spool.exists()
 
 
+def test_every_bad_value_of_a_config_is_named_on_its_one_line(scratch: Scratch) -> None:
+    """An admin fixes a config in one go: all its bad values are named, not only the first."""
+    scratch.write_config("keep = 0\ntimeout_s = -1\nmax_concurrent = 0\n")
+    assert checkpoint.main(["4711", "42.head"], scratch.env()) == ExitStatus.CONFIG
+    line = scratch.line()
+    named = ("keep: must be", "timeout_s: must be", "max_concurrent: must be")
+    assert all(key in line for key in named), line
+
+
 def test_a_process_that_does_not_exist_is_66_and_writes_nothing(scratch: Scratch) -> None:
     pid = _free_pid()
     assert checkpoint.main([str(pid), "42.head"], scratch.env()) == ExitStatus.NO_PROCESS

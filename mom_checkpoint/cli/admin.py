@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +216,7 @@ def _list(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
     else:
         from mom_checkpoint.cli import render
 
-        render.entries(entries, env.stdout, time.time())
+        render.entries(entries, env.stdout, env.clock())
     return ExitStatus.OK
 
 

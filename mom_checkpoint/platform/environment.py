@@ -271,7 +271,13 @@ def child_environ() -> dict[str, str]:
 
 @dataclass
 class Environment:
-    """Streams, clock, environment variables and the subprocess runner of one invocation."""
+    """What a command takes from the world, for tests to fake: its streams, environment variables,
+    clocks, sleep, the runner of the checkpointer and the batch system's clients, and detached work.
+
+    It is not all I/O: below the commands, modules use the file system, /proc, the effective uid and
+    the wall clock of lock and vault holders directly, where a fake would test nothing the real
+    thing does not (tests run as root with real files), and a restore starts its restorer itself
+    (backends.base keeps that child's handle, which the runner's interface has no place for)."""
 
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)

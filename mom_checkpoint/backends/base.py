@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 from mom_checkpoint.platform.config import Config, RunAs
 from mom_checkpoint.platform.environment import Completed, Environment, child_environ, last_line
 from mom_checkpoint.platform.errors import CheckpointerFailed, CheckpointerMissing, TimedOut
+from mom_checkpoint.platform.programs import find_program
 from mom_checkpoint.processes.identity import JobUser
 
 if TYPE_CHECKING:  # a restore's: the hook's calls do not import them
@@ -23,7 +24,6 @@ if TYPE_CHECKING:  # a restore's: the hook's calls do not import them
 
 _EVERY_FILE = re.compile(r".+")
 # pbs_mom runs hooks with PATH=/bin:/usr/bin: look in the sbin folders ourselves.
-SEARCH_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin")
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class Backend(ABC):
         return as_user(command, user, capabilities) if self.run_as == "job-user" else command
 
     def find_restore_binary(self) -> str:
-        return locate(self.restore_binary(), f"backends.{self.name}")
+        return find_program(self.restore_binary(), f"backends.{self.name}")
 
     def stage_image(
         self,
@@ -199,7 +199,7 @@ class Backend(ABC):
 
     def find_binary(self) -> str:
         """Where the dump program is; CheckpointerMissing (69) before anything is written."""
-        return locate(self.dump_binary(), f"backends.{self.name}")
+        return find_program(self.dump_binary(), f"backends.{self.name}")
 
     def checkpoint(self, binary: str, request: DumpRequest) -> DumpResult:
         """Run the checkpointer. As the job's user it gets its image folder as an inherited descriptor
@@ -252,27 +252,10 @@ class Backend(ABC):
         )
 
 
-def locate(name: str, config_key: str, *, use_path: bool = True) -> str:
-    """Resolve a checkpointer's configured name or path without trusting the caller's PATH (the
-    standard folders first; ``use_path=False``: only them, as under pbs_mom, cron or systemd)."""
-    if "/" in name:
-        if os.path.isfile(name) and os.access(name, os.X_OK):
-            return name
-        raise CheckpointerMissing(f"{name} ({config_key}) does not exist or is not executable")
-    path_dirs = [d for d in os.environ.get("PATH", "").split(":") if d.startswith("/")] if use_path else []
-    for directory in (*SEARCH_DIRS, *path_dirs):
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise CheckpointerMissing(
-        f"{name} not found in {':'.join(SEARCH_DIRS)} or PATH: install it or set {config_key} to its path"
-    )
-
-
 def as_user(command: Sequence[str], user: JobUser, capabilities: Sequence[str]) -> list[str]:
     """Prefix a command so that it runs as the job's user (uid, gid and groups exactly as given, from
     the system's user database) with only the named capabilities."""
-    setpriv = locate("setpriv", "setpriv (util-linux)")
+    setpriv = find_program("setpriv", "setpriv (util-linux)")
     groups = f"--groups={','.join(map(str, user.groups))}" if user.groups else "--clear-groups"
     argv = [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", groups]
     if capabilities:

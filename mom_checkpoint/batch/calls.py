@@ -141,16 +141,16 @@ def parse_pbs_args(argv: Sequence[str]) -> PbsArgs:
         )
     action, job_id, sid, task, login, path = args[1:]
     if action not in PBS_ACTIONS:
-        raise UsageError(f"ACTION must be one of {', '.join(PBS_ACTIONS)}, got {printable(action)}")
+        raise UsageError(f"ACTION must be one of {', '.join(PBS_ACTIONS)}, got {quoted(action)}")
     job = path_part("%jobid", job_id)
     session = pid_arg("%sid", sid[1:] if sid.startswith("-") else sid)  # negated at restart
     if not task.isascii() or not task.isdigit() or len(task) > 9 or int(task) < 1:
-        raise UsageError(f"%taskid must be a task number, got {printable(task)}")
+        raise UsageError(f"%taskid must be a task number, got {quoted(task)}")
     user = name_arg("%login", login)
     where = abs_path_arg("%path", path)
     expected = f"{job}.CK/{int(task):08X}"
     if not where.endswith("/" + expected) or posixpath.normpath(where) != where:
-        raise UsageError(f"%path {printable(where)} is not this task's checkpoint path (.../{expected})")
+        raise UsageError(f"%path {quoted(where)} is not this task's checkpoint path (.../{expected})")
     return PbsArgs(action, job, session, int(task), user, where, args)
 
 
@@ -204,7 +204,7 @@ def optional(check: Callable[[str, str], T], label: str, value: str) -> T | None
 
 def pid_arg(label: str, value: str) -> int:
     if not value.isascii() or not value.isdigit() or len(value) > 10:
-        raise UsageError(f"{label} must be a process id, got {printable(value)}")
+        raise UsageError(f"{label} must be a process id, got {quoted(value)}")
     pid = int(value)
     if pid <= 1:
         raise UsageError(f"{label} must be a process id above 1, got {pid}")
@@ -221,7 +221,7 @@ def path_part(label: str, value: str) -> str:
         raise UsageError(f"{label} is longer than {MAX_PART} characters")
     if ".." in value or not _PATH_PART.fullmatch(value):
         raise UsageError(
-            f"{label} {printable(value)} is not safe as a file name "
+            f"{label} {quoted(value)} is not safe as a file name "
             f"(allowed: letters, digits and _ . @ + - [ ], no '..', no '/')"
         )
     return value
@@ -229,13 +229,13 @@ def path_part(label: str, value: str) -> str:
 
 def name_arg(label: str, value: str) -> str:
     if len(value) > 64 or not _NAME.fullmatch(value):
-        raise UsageError(f"{label} {printable(value)} is not a user or group name")
+        raise UsageError(f"{label} {quoted(value)} is not a user or group name")
     return value
 
 
 def abs_path_arg(label: str, value: str) -> str:
     if not value.startswith("/") or len(value) > 4096 or not value.isprintable():
-        raise UsageError(f"{label} must be an absolute path, got {printable(value)}")
+        raise UsageError(f"{label} must be an absolute path, got {quoted(value)}")
     return value
 
 
@@ -245,7 +245,7 @@ def signal_arg(value: str) -> int:
     if value.isascii() and value.isdigit() and int(value) in SIGNALS:
         return int(value)
     raise UsageError(
-        f"SIGNAL must be 0 (checkpoint and continue) or 15 (checkpoint and end), got {printable(value)}"
+        f"SIGNAL must be 0 (checkpoint and continue) or 15 (checkpoint and end), got {quoted(value)}"
     )
 
 
@@ -254,11 +254,11 @@ def depth_arg(value: str) -> int | None:
     if value == MISSING:
         return None
     if not value.isascii() or not value.isdigit() or len(value) > 6:
-        raise UsageError(f"DEPTH must be a number of images to keep or '-', got {printable(value)}")
+        raise UsageError(f"DEPTH must be a number of images to keep or '-', got {quoted(value)}")
     return int(value) or None
 
 
-def printable(value: str, limit: int = 60) -> str:
+def quoted(value: str, limit: int = 60) -> str:
     """Quote a value for an error line: control characters escaped, long values cut."""
     shown = value if len(value) <= limit else value[:limit] + "..."
     return repr(shown)

@@ -105,12 +105,12 @@ def _current(
         return interval_min * 60, "--interval"
     if job_id is None:
         return default
-    from mom_checkpoint.backends.base import locate
     from mom_checkpoint.batch.schedule import NodeView, Settings, interval_for
     from mom_checkpoint.batch.torque import parse_checkpoint, read_jobs
+    from mom_checkpoint.platform.programs import find_program
 
     try:
-        jobs = read_jobs(locate(config.qstat, "qstat"), env, job_id).jobs
+        jobs = read_jobs(find_program(config.qstat, "qstat"), env, job_id).jobs
     except Error as exc:
         return default[0], f"{default[1]}; qstat could not tell the job's own: {exc.message}"
     if len(jobs) != 1:

@@ -11,14 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mom_checkpoint.backends.base import locate
 from mom_checkpoint.batch.calls import PBS_ACTIONS
 from mom_checkpoint.platform import config as config_module
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
-from mom_checkpoint.platform.errors import CheckpointerMissing, ConfigError
+from mom_checkpoint.platform.errors import CheckpointerMissing, ConfigError, ProgramMissing
 from mom_checkpoint.platform.log import open_log_file
 from mom_checkpoint.platform.modes import this_node
+from mom_checkpoint.platform.programs import find_program
 
 DEFAULT_MOM_CONFIG = "/var/spool/torque/mom_priv/config"
 OPENPBS_MOM_CONFIG = "/var/spool/pbs/mom_priv/config"
@@ -370,11 +370,11 @@ def _torque_clients(config: Config) -> list[Check]:
     for key, who in (("qstat", "tick"), ("qchkpt", "tick"), ("qalter", "mom-restart's marks")):
         name = getattr(config, key)
         try:
-            found = locate(name, key, use_path=False)
-        except CheckpointerMissing:
+            found = find_program(name, key, use_path=False)
+        except ProgramMissing:
             try:
-                elsewhere = locate(name, key)
-            except CheckpointerMissing:
+                elsewhere = find_program(name, key)
+            except ProgramMissing:
                 fix = f"install TORQUE's clients on the node, or set {key} to the path of {name}"
             else:
                 fix = f'set {key} = "{elsewhere}" (found on your PATH only: {who} would not find it)'

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mom_checkpoint.backends.base import locate
 from mom_checkpoint.batch.schedule import Decision, JobRecord, NodeView, Plan, Settings, plan, safe_job_id
 from mom_checkpoint.batch.torque import TorqueJob, read_jobs, torque_environ
 from mom_checkpoint.image.layout import created_epoch
@@ -32,6 +31,7 @@ from mom_checkpoint.platform.errors import (
 )
 from mom_checkpoint.platform.files import replace_private, storage_error
 from mom_checkpoint.platform.log import Logger
+from mom_checkpoint.platform.programs import find_program
 from mom_checkpoint.spool.locking import exclusive, lock_dir
 from mom_checkpoint.spool.storage import INCOMING_PREFIX, Spool
 
@@ -65,8 +65,8 @@ class Outcome:
 def run(config: Config, env: Environment, log: Logger | None, *, dry_run: bool) -> Outcome:
     """One tick; ``log`` is None for a dry run (it writes nothing, not even a log line)."""
     started = env.monotonic()
-    qstat = locate(config.qstat, "qstat")
-    qchkpt = locate(config.qchkpt, "qchkpt")
+    qstat = find_program(config.qstat, "qstat")
+    qchkpt = find_program(config.qchkpt, "qchkpt")
     host = socket.gethostname()
     listed = read_jobs(qstat, env)
     jobs = listed.jobs

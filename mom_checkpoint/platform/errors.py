@@ -47,8 +47,14 @@ class UnknownUser(Error):
     exit_status = ExitStatus.NO_USER
 
 
-class CheckpointerMissing(Error):
+class ProgramMissing(Error):
+    """A program the node needs (a batch system's client, setpriv) is not installed where looked for."""
+
     exit_status = ExitStatus.UNAVAILABLE
+
+
+class CheckpointerMissing(ProgramMissing):
+    """The configured checkpointer (or its restorer) is not installed."""
 
 
 class SpoolError(Error):

@@ -26,9 +26,9 @@ from mom_checkpoint.spool import sessions
 from mom_checkpoint.spool.locking import LOCK_DIR, job_lock_path
 from mom_checkpoint.spool.storage import (
     INCOMING_PREFIX,
-    KEPT_PREFIX,
     PRUNING_PREFIX,
     RUN_NAME,
+    UNPUBLISHED_PREFIX,
     Spool,
     incoming_key,
 )
@@ -128,7 +128,7 @@ def _entry(spool: Spool, item: os.DirEntry[str], exec_pid: int, job_id: str) -> 
         status = "incoming" if _lock_held(spool, owner_key or job_id) else "stale"
     elif item.name.startswith(PRUNING_PREFIX):
         status = "pruning"
-    elif item.name.startswith(KEPT_PREFIX):
+    elif item.name.startswith(UNPUBLISHED_PREFIX):
         status = "unpublished"
     if status is None:
         return None

@@ -41,7 +41,7 @@ from mom_checkpoint.processes.procfs import start_ticks, start_token
 
 INCOMING_PREFIX = ".incoming-"
 PRUNING_PREFIX = ".pruning-"
-KEPT_PREFIX = ".unpublished-"
+UNPUBLISHED_PREFIX = ".unpublished-"
 CHECKPOINTER_RECORD = "checkpointer.json"
 KEY_FILE = "key"  # in an incoming folder: the job key (jobkey.py) of the run that writes it
 RESTARTS = ".restarts"  # mom-restart's work folders: <host>.<pid>.<start time>
@@ -157,7 +157,7 @@ class Spool:
     def next_number(self, job_id: str) -> int:
         numbers = [g.number for g in self.job_generations(job_id)]
         for run in self.runs_of(job_id):
-            numbers += [n for n in _kept_numbers(run)]
+            numbers += [n for n in _unpublished_numbers(run)]
         return max(numbers, default=0) + 1
 
     def clean_stale(self, job_id: str, key: str, deadline: float | None = None) -> list[Path]:
@@ -344,15 +344,15 @@ class Incoming:
 
     def keep_unpublished(self, number: int) -> Path:
         """The job already ended with this image: never delete it, set it aside for a person to look at."""
-        target = self.path.parent / f"{KEPT_PREFIX}{number:06d}"
+        target = self.path.parent / f"{UNPUBLISHED_PREFIX}{number:06d}"
         os.rename(self.path, target)
         return target
 
 
-def _kept_numbers(run: Path) -> Iterator[int]:
+def _unpublished_numbers(run: Path) -> Iterator[int]:
     for entry in os.scandir(run):
-        if entry.name.startswith(KEPT_PREFIX) and entry.name[len(KEPT_PREFIX) :].isdigit():
-            yield int(entry.name[len(KEPT_PREFIX) :])
+        if entry.name.startswith(UNPUBLISHED_PREFIX) and entry.name[len(UNPUBLISHED_PREFIX) :].isdigit():
+            yield int(entry.name[len(UNPUBLISHED_PREFIX) :])
 
 
 def incoming_key(incoming: Path) -> str | None:

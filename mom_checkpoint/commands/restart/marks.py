@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from mom_checkpoint.backends.base import locate
 from mom_checkpoint.commands.restart.calls import RestartCall, TorqueRestart
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
-from mom_checkpoint.platform.errors import (
-    CheckpointerMissing,
-)
+from mom_checkpoint.platform.errors import ProgramMissing
 from mom_checkpoint.platform.log import Logger
+from mom_checkpoint.platform.programs import find_program
 
 
 def mark(call: RestartCall, status: str, *, config: Config, env: Environment, log: Logger) -> None:
@@ -17,8 +15,8 @@ def mark(call: RestartCall, status: str, *, config: Config, env: Environment, lo
     if not isinstance(call, TorqueRestart) or call.convention != "torque":
         return  # OpenPBS has no checkpoint_restart_status
     try:
-        qalter = locate(config.qalter, "qalter")
-    except CheckpointerMissing:
+        qalter = find_program(config.qalter, "qalter")
+    except ProgramMissing:
         log.info("qalter.missing", detail=f"{config.qalter} not found: checkpoint_restart_status not set")
         return
     completed = env.runner.run(

@@ -241,7 +241,7 @@ def _verify(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
 
     path, manifest = show.run(config, options.target, vault=options.vault)
     with render.progress(manifest.total_bytes, env.stderr, enabled=not options.json) as advance:
-        path, manifest = verify.run(config, str(path), progress=advance)
+        verify.run(path, manifest, progress=advance)
     if options.json:
         env.stdout.write(
             envelope("verify", {"path": path, "files": len(manifest.files), "bytes": manifest.total_bytes})

@@ -33,26 +33,30 @@ from mom_checkpoint.platform.errors import Refused, VerificationFailed
 
 def verify(
     generation: Path,
+    manifest: Manifest,
     *,
     allowed_uids: frozenset[int],
     expected_job: str | None = None,
     progress: Progress | None = None,
     deadline: float | None = None,
-) -> Manifest:
-    """Check a generation folder completely; return its manifest."""
-    manifest = check_layout(
-        generation, allowed_uids=allowed_uids, expected_job=expected_job, deadline=deadline
+) -> None:
+    """Check a generation folder completely against its manifest (read_trusted_manifest's, once)."""
+    check_layout(
+        generation, manifest, allowed_uids=allowed_uids, expected_job=expected_job, deadline=deadline
     )
     check_digests(generation, manifest, progress=progress, deadline=deadline)
-    return manifest
 
 
 def check_layout(
-    generation: Path, *, allowed_uids: frozenset[int], expected_job: str | None, deadline: float | None
-) -> Manifest:
-    """Everything but the digests: a manifest root wrote, owners and modes, no link or special file,
-    exactly the files the manifest lists."""
-    manifest = read_trusted_manifest(generation)
+    generation: Path,
+    manifest: Manifest,
+    *,
+    allowed_uids: frozenset[int],
+    expected_job: str | None,
+    deadline: float | None,
+) -> None:
+    """Everything but the digests, against the manifest root wrote (read_trusted_manifest): owners and
+    modes, no link or special file, exactly the files the manifest lists."""
     entries = check_ownership(generation, allowed_uids, deadline)
     if expected_job is not None and manifest.job.id != expected_job:
         raise VerificationFailed(f"{generation} holds job {manifest.job.id}, not {expected_job}")
@@ -67,7 +71,6 @@ def check_layout(
         raise VerificationFailed(f"{generation}: the kept files are not those the manifest lists")
     if any(e.uid != 0 for e in kept.values()) and os.geteuid() == 0:
         raise Refused(f"{generation}: a kept file is not root's: refusing to restore")
-    return manifest
 
 
 def check_digests(

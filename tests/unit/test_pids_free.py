@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from mom_checkpoint.processes.termination import wait_pids_free
 from mom_checkpoint.platform.errors import PidInUse
+from mom_checkpoint.processes.termination import wait_pids_free
 
 
 def zombie() -> int:

@@ -78,22 +78,22 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
         stated = caller or stated_owner(call)
         backend = backends.create(config, env)
         binary = backend.find_restore_binary()
-        generation, record = resolve(call, spool, config, log, stated, deadline=deadline)
-        _refuse_a_job_users_image_as_root(generation, record, config)
-        user = owner_of(call, stated, record)
+        generation, manifest = resolve(call, spool, config, log, stated, deadline=deadline)
+        _refuse_a_job_users_image_as_root(generation, manifest, config)
+        user = owner_of(call, stated, manifest)
     log = log.bind(
-        job_id=record.job.id, generation=record.generation.number, path=str(generation), user=user.name
+        job_id=manifest.job.id, generation=manifest.generation.number, path=str(generation), user=user.name
     )
     try:
         with steps("verify"):
             if caller is not None and call.cwd is not None:
                 check_cwd(call.cwd, caller)
             if backend.name == "criu":
-                pids = [p.pid for p in record.processes]
+                pids = [p.pid for p in manifest.processes]
                 wait_pids_free(pids, min(PIDS_FREE_WAIT_S, max(0.0, deadline - env.monotonic())))
             allowed = frozenset({0, user.uid} if config.run_as == "job-user" else {0})
-            manifest = check_layout(
-                generation, allowed_uids=allowed, expected_job=call.job_id, deadline=deadline
+            check_layout(
+                generation, manifest, allowed_uids=allowed, expected_job=call.job_id, deadline=deadline
             )
         forwarder = Forwarder(grace_s=config.abort_grace_s)
         restoring = contextlib.ExitStack()  # one restore of a job at a time, until it has been let go
@@ -161,7 +161,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
     except Error:
         # whatever failed, the output the job printed before its hold goes back into the files
         # pbs_mom re-created empty (issue 26 #2: TORQUE ends the job and delivers them as they are)
-        rescue_outputs(record, generation, user, own_streams=isinstance(call, SeedRestart), log=log)
+        rescue_outputs(manifest, generation, user, own_streams=isinstance(call, SeedRestart), log=log)
         raise
     log.info(
         "restart.ended",

@@ -28,8 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import _criu_problem  # noqa: E402  (the suite's own gate: root and CRIU >= 4)
-from tests.helpers import TEST_USER, Site, User, make_base, remove_base  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    TEST_USER,
+    Site,
+    User,
+    criu_problem,
+    make_base,
+    remove_base,
+)
 from tests.reliability.abuse import ABUSE  # noqa: E402
 from tests.reliability.faults import FAULTS, Scenario  # noqa: E402
 from tests.reliability.security import SECURITY  # noqa: E402
@@ -199,7 +205,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "RELIABILITY.md")
     parser.add_argument("--no-fuzz", action="store_true", help="skip the fuzzing")
     options = parser.parse_args()
-    problem = _criu_problem()
+    problem = criu_problem()
     if problem is not None:
         print(f"reliability: cannot run: {problem}", file=sys.stderr)
         return 69

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import settings
 
-from tests.helpers import TEST_USER, Site, User, make_base, remove_base
+from tests.helpers import TEST_USER, Site, User, criu_problem, make_base, remove_base
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -31,27 +30,9 @@ def _unavailable(reason: str) -> None:
 
 
 @functools.cache
-def _criu_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    for binary in ("/usr/local/sbin/criu", "/usr/sbin/criu", "/sbin/criu"):
-        if os.access(binary, os.X_OK):
-            break
-    else:
-        return "criu is not installed (make criu)"
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
-    major = version.split("Version:")[-1].strip().split(".")[0] if "Version:" in version else ""
-    if not major.isdigit() or int(major) < 4:
-        return f"needs CRIU >= 4, found {version.strip() or 'nothing'}"
-    check = subprocess.run([binary, "check"], capture_output=True, text=True, check=False)
-    if check.returncode != 0:
-        return f"criu check fails: {(check.stderr or check.stdout).strip()[-200:]}"
-    return None
-
-
 @pytest.fixture
 def criu() -> None:
-    problem = _criu_problem()
+    problem = criu_problem()
     if problem is not None:
         _unavailable(problem)
 

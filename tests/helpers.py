@@ -411,14 +411,16 @@ def assert_refused(
     *,
     direct: bool = False,
     program: str = "mom-checkpoint",
+    timeout: float = 300,
 ) -> str:
     """The call is refused with ``status``, one stderr line containing ``words``, and nothing on disk
-    changed. ``direct``: exactly these arguments, no shell in between (pbs_mom's popen splits them)."""
+    changed. ``direct``: exactly these arguments, no shell in between (pbs_mom's popen splits them);
+    ``timeout``: a call that has not ended by then fails the test (subprocess.TimeoutExpired)."""
     before = snapshot(site.base)
     if direct:
-        result = call_direct([str(a) for a in args], site.config, program=program)
+        result = call_direct([str(a) for a in args], site.config, program=program, timeout=timeout)
     else:
-        result = call_hook(args, site.config, program=program)
+        result = call_hook(args, site.config, program=program, timeout=timeout)
     assert result.returncode == status, f"{result.argv}: {result.returncode}: {result.stderr}"
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"{program}: "), result.stderr
     assert words in result.stderr, result.stderr
@@ -507,3 +509,23 @@ class RecordingLog:
 
     def bind(self, **_fields: Any) -> RecordingLog:
         return self
+
+
+def criu_problem() -> str | None:
+    """Why real CRIU cannot run here (root, CRIU >= 4 installed, ``criu check`` passing), or None: the
+    suite's gate for real-CRIU tests, and the benchmark's."""
+    if os.geteuid() != 0:
+        return "needs root"
+    for binary in ("/usr/local/sbin/criu", "/usr/sbin/criu", "/sbin/criu"):
+        if os.access(binary, os.X_OK):
+            break
+    else:
+        return "criu is not installed (make criu)"
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
+    major = version.split("Version:")[-1].strip().split(".")[0] if "Version:" in version else ""
+    if not major.isdigit() or int(major) < 4:
+        return f"needs CRIU >= 4, found {version.strip() or 'nothing'}"
+    check = subprocess.run([binary, "check"], capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        return f"criu check fails: {(check.stderr or check.stdout).strip()[-200:]}"
+    return None

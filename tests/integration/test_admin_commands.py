@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import pty
@@ -372,7 +373,11 @@ def test_prune_forgets_the_locks_and_session_records_of_jobs_gone_from_the_spool
     assert any("731.head" in name for name in locks) and any("732.head" in name for name in locks), locks
     assert list((site.spool / ".sessions").glob("*731.head.json")), "no session record was written"
     [generation] = site.generations("731.head")
-    time.sleep(2)  # older than 1s by its name's second
+    named = calendar.timegm(time.strptime(generation.name.split("-")[1], "%Y%m%dT%H%M%SZ"))
+    deadline = time.monotonic() + 10
+    while time.time() - named <= 1:  # until it is older than 1s by its name's second
+        assert time.monotonic() < deadline, f"{generation.name} never got older than 1s"
+        time.sleep(0.05)
     pruned = call_direct(["prune", "--job", "731.head", "--older-than", "1s"], site.config)
     assert pruned.returncode == 0, pruned.stderr
     assert not generation.exists()

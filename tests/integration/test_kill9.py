@@ -20,6 +20,7 @@ ROUNDS = 12
 def test_kill_9_at_random_moments(site: Site) -> None:
     seed = int(os.environ.get("KILL9_SEED", str(time.time_ns() % 100_000)))
     rng = random.Random(seed)
+    print(f"replay with KILL9_SEED={seed}")  # shown with any failure, a verify_generation one too
     site.configure(keep=3, **{"backends.criu.run_as": "job-user"})
     job = site.start_job("301.head", app_env={"COUNTER_MIB": "32"})
     hook = str(installed("mom-checkpoint"))

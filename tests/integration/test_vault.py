@@ -309,7 +309,11 @@ def test_a_prune_while_a_copy_runs_takes_nothing_from_it(site: Site, vault: Path
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)  # copying: 2 s at 8 MiB/s
+    copying = vault / f"torque.{site.user.uid}.706.head"
+    deadline = time.monotonic() + 60
+    while not list(copying.glob(".incoming-*")):  # copying (2 s at 8 MiB/s): its copy is being written
+        assert time.monotonic() < deadline and copier.poll() is None, "the copy never started"
+        time.sleep(0.01)
     psnc(
         site, image_bytes=16 << 20, keep=1, vault_dir=str(site.base / "off")
     )  # this checkpoint copies nothing

@@ -165,16 +165,24 @@ def kill9_hook(site: Site, rng: random.Random, phase: str | None = None) -> list
     return checks
 
 
-def _signal_criu_mid_dump(site: Site, args: list[object], sig: int, after_s: float) -> tuple[int, str, int]:
+def _signal_criu_mid_dump(
+    site: Site, args: list[object], sig: int, after_s: float, *, hung: str, wait_s: float = 30
+) -> tuple[int, str, int]:
     """Start the hook, send ``sig`` to its checkpointer ``after_s`` into the dump (unless it has
-    finished by then), and return the hook's exit status, its stderr and the checkpointer's pid."""
+    finished by then), and return the hook's exit status, its stderr and the checkpointer's pid.
+    A hook that has not ended ``wait_s`` after the signal is killed and fails the scenario: ``hung``."""
     hook = _hook(site, args)
     criu = _checkpointer_of(hook.pid)
     assert criu is not None, "criu never started"
     time.sleep(after_s)
     with contextlib.suppress(ProcessLookupError):
         os.kill(criu.pid, sig)
-    status = hook.wait(timeout=60)
+    try:
+        status = hook.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        hook.kill()
+        hook.wait()
+        raise AssertionError(f"{hung} (not ended {wait_s:g}s after the signal)") from None
     return status, hook.stderr.read().decode() if hook.stderr else "", criu.pid
 
 
@@ -190,13 +198,15 @@ def kill9_checkpointer(site: Site, rng: random.Random) -> list[str]:
     assert call_hook(site.torque_args(job), site.config).returncode == 0  # a good one first
     [previous] = site.generations("1002.head")
     before = verify_generation(previous)
-    started = time.monotonic()
     status, stderr, _ = _signal_criu_mid_dump(
-        site, site.torque_args(job), signal.SIGKILL, rng.uniform(0, 0.08)
+        site,
+        site.torque_args(job),
+        signal.SIGKILL,
+        rng.uniform(0, 0.08),
+        hung="the hook hung after its checkpointer died",
     )
     checks = ["criu killed with -9 during the dump"]
-    assert time.monotonic() - started < 30, "the hook hung after its checkpointer died"
-    checks.append("the hook returned at once (no wait for what criu left behind)")
+    checks.append("the hook returned (no hang on what criu left behind)")
     if status == 0:
         checks.append("(criu had already finished: the checkpoint completed)")
     else:
@@ -224,16 +234,16 @@ def hanging_checkpointer(site: Site, rng: random.Random) -> list[str]:
     job = site.start_job("1003.head", app_env={"COUNTER_MIB": "128"})
     assert call_hook(site.torque_args(job), site.config).returncode == 0  # a good one first
     site.configure(timeout_s=2, **{"backends.criu.run_as": "job-user"})
-    started = time.monotonic()
     args = site.torque_args(job, signal_number=15)
-    status, stderr, criu = _signal_criu_mid_dump(site, args, signal.SIGSTOP, rng.uniform(0, 0.05))
+    status, stderr, criu = _signal_criu_mid_dump(
+        site, args, signal.SIGSTOP, rng.uniform(0, 0.05), hung="timeout_s=2 did not end the hung criu"
+    )
     checks = ["criu hung (SIGSTOP) during a SIGNAL 15 dump"]
     if status == 0:
         checks.append("(criu had already finished before it was stopped)")
         job.wait_ended()
         return checks
     assert status == 81 and "timeout_s=2" in stderr, f"{status}: {stderr}"
-    assert time.monotonic() - started < 30
     checks.append("timeout_s ended it: exit 81, the line says timeout")
     wait_until_gone([criu], timeout=10)
     assert not psutil.pid_exists(criu), "the hung criu is still there"

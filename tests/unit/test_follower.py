@@ -55,6 +55,20 @@ def until(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> No
         time.sleep(0.005)
 
 
+def listings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the follower's listings of its folder, each counted once it has looked at every name
+    (a name it opened blocking would keep the count where it is)."""
+    done: list[int] = []
+    real_list = Follower._list
+
+    def counting(self: Follower, folder_fd: int, device: int) -> None:
+        real_list(self, folder_fd, device)
+        done.append(len(done) + 1)
+
+    monkeypatch.setattr(Follower, "_list", counting)
+    return done
+
+
 def append(path: Path, data: bytes) -> None:
     with open(path, "ab") as out:
         out.write(data)
@@ -182,7 +196,7 @@ def test_a_partial_is_taken_over_only_for_the_same_algorithm_and_no_longer_than_
 
 
 def test_links_fifos_and_folders_by_that_name_are_never_followed_nor_hang_it(
-    tmp_path: Path, image: Path, follow: Callable[..., Follower]
+    tmp_path: Path, image: Path, follow: Callable[..., Follower], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(os.urandom(MIB))
@@ -192,11 +206,11 @@ def test_links_fifos_and_folders_by_that_name_are_never_followed_nor_hang_it(
     os.link(secret, image / "pages-4.img")  # a hard link (CRIU's files have one link): not followed
     (image / "pages-5.img").write_bytes(os.urandom(MIB))  # the one file that is followed
     os.link(image / "pages-5.img", tmp_path / "elsewhere")  # ... until it gets a second link
+    listed = listings(monkeypatch)
     follower = follow()
-    time.sleep(5 * hashing.FOLLOW_LIST_S)
-    started = time.monotonic()
+    until(lambda: len(listed) >= 2, "the follower has looked at every name, and again")  # no FIFO hangs it
     partials = follower.stop(timeout_s=10)
-    assert time.monotonic() - started < 1
+    assert not follower.still_running, "the follower hangs"
     assert follower.error is None
     assert partials == {}
     assert follower.hashed == 0
@@ -205,7 +219,7 @@ def test_links_fifos_and_folders_by_that_name_are_never_followed_nor_hang_it(
 
 
 def test_a_file_mounted_over_a_name_is_not_followed(
-    tmp_path: Path, image: Path, follow: Callable[..., Follower]
+    tmp_path: Path, image: Path, follow: Callable[..., Follower], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another file system under a pages file's name (a user's FUSE mount, say, whose reads may never
     return) is left to the hashing after the dump."""
@@ -215,8 +229,9 @@ def test_a_file_mounted_over_a_name_is_not_followed(
     subprocess.run(["mount", "--bind", str(other), str(image / "pages-1.img")], check=True)
     try:
         assert os.stat(image / "pages-1.img").st_dev != os.stat(image).st_dev
+        listed = listings(monkeypatch)
         follower = follow()
-        time.sleep(3 * hashing.FOLLOW_LIST_S)
+        until(lambda: len(listed) >= 2, "the follower has looked at the name, and again")
         assert follower.stop(timeout_s=10) == {}
         assert follower.hashed == 0 and follower.error is None
         with pytest.raises(safefs.UnsafePath, match="another file system"):  # nor hashed after the dump
@@ -247,9 +262,12 @@ def test_each_inode_is_followed_once_and_only_so_many_files(
     monkeypatch.setattr(hashing, "FOLLOW_MAX_FILES", 3)
     for i in range(1, 6):
         (image / f"pages-{i}.img").write_bytes(os.urandom(MIB))
+    listed = listings(monkeypatch)
     follower = follow()
     until(lambda: follower.hashed == 3 * MIB, "three files are read")
-    time.sleep(3 * hashing.FOLLOW_LIST_S)
+    seen = len(listed)
+    # listed twice more since: the files of the listing after the read are hashed as far as they go
+    until(lambda: len(listed) >= seen + 2, "the follower has listed the folder again")
     partials = follower.stop(timeout_s=10)
     assert follower.hashed == 3 * MIB and len(partials) == 3  # the other two: hashed after the dump
 
@@ -287,10 +305,19 @@ def test_a_follower_that_does_not_stop_in_time_hands_nothing_over(
     monkeypatch.setattr(os, "preadv", hanging)
     follower = follow()
     until(blocked.is_set, "the follower's second read hangs")
-    started = time.monotonic()
+    thread = follower._thread
+    assert thread is not None
+    joined: list[float | None] = []
+    real_join = thread.join
+
+    def join(timeout: float | None = None) -> None:
+        joined.append(timeout)
+        real_join(timeout)
+
+    monkeypatch.setattr(thread, "join", join)
     assert follower.stop(timeout_s=0.3) == {}
-    assert 0.3 <= time.monotonic() - started < 2
-    assert follower.still_running
+    assert joined == [0.3], "stop() did not wait for the follower for its time, and only that"
+    assert follower.still_running and not release.is_set()  # it returned while the read still hangs
     [whole] = digest_files(tmp_path, ["image/pages-1.img"], resume={})
     assert whole.digest == digest_of(data)
     release.set()
@@ -314,7 +341,9 @@ def test_it_reads_no_more_than_the_bound_and_nothing_past_the_deadline(
     (image / "pages-1.img").write_bytes(os.urandom(3 * MIB))
     bounded = follow(max_bytes=MIB + 10)
     until(lambda: bounded.hashed == MIB, "the follower reads up to its bound")
-    time.sleep(10 * hashing.FOLLOW_POLL_S)
+    thread = bounded._thread
+    assert thread is not None
+    until(lambda: not thread.is_alive(), "the follower ends at its bound")  # and so reads no more
     assert bounded.hashed == MIB  # whole chunks only, never past the bound
     assert bounded.stop(timeout_s=10)["image/pages-1.img"].offset == MIB
     late = follow(deadline=time.monotonic() - 1)

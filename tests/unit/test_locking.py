@@ -2,31 +2,62 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from mom_checkpoint.platform.errors import Busy
+from mom_checkpoint.spool import locking
 from mom_checkpoint.spool.locking import describe_holder, job_lock, job_lock_path
 
 
-def test_a_holder_that_has_just_taken_the_lock_is_named(tmp_path: Path) -> None:
+class Clock:
+    """locking's clock, faked: a sleep advances it at once, and runs ``meanwhile`` (what another
+    process does in that moment) the first time."""
+
+    def __init__(self, meanwhile: Callable[[], object] | None = None) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+        self.meanwhile = meanwhile
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+
+
+def fake_clock(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+    monkeypatch.setattr(
+        locking, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=clock.sleep, time=time.time)
+    )
+
+
+def test_a_holder_that_has_just_taken_the_lock_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Twenty calls started together: the winner writes who it is a moment after it took the lock; a
     loser that asks in between waits for that (briefly) instead of saying 'holder unknown'."""
     path = job_lock_path(tmp_path, "42.head")
     holder = path.with_name(path.name + ".holder")
-    writer = threading.Timer(0.1, lambda: holder.write_text('{"pid": 4711, "host": "n1", "since": 0}'))
-    writer.start()
-    try:
-        assert describe_holder(path).startswith("pid 4711 on n1")
-    finally:
-        writer.cancel()
+    # the winner writes its holder file while the loser waits: not before its first look
+    clock = Clock(meanwhile=lambda: holder.write_text('{"pid": 4711, "host": "n1", "since": 0}'))
+    fake_clock(monkeypatch, clock)
+    assert describe_holder(path).startswith("pid 4711 on n1")
+    assert len(clock.slept) == 1, "the holder was named without waiting for its file, or after more waits"
     holder.unlink()
-    started = time.monotonic()
+    clock = Clock()
+    fake_clock(monkeypatch, clock)
     assert describe_holder(path, wait_s=0.05) == "holder unknown"  # and never waits long
-    assert time.monotonic() - started < 1
+    # it waited for the holder's file until wait_s was up, and not one look longer
+    assert sum(clock.slept) >= 0.05 and sum(clock.slept[:-1]) < 0.05, clock.slept
 
 
 def test_the_busy_message_names_the_holder(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,11 +22,13 @@ from mom_checkpoint.platform.environment import Runner, run_detached
 from mom_checkpoint.processes.termination import ended_soon, resume_tree, stopped
 
 
-def test_a_finished_programs_leftovers_do_not_hold_the_runner() -> None:
-    # exits 3 at once, but its child keeps stdout and stderr open for a minute
-    completed = Runner().run(["/bin/sh", "-c", "sleep 60 & echo $!; exit 3"], timeout_s=600)
+def test_a_finished_programs_leftovers_do_not_hold_the_runner(tmp_path: Path) -> None:
+    # exits 3 at once, but its child keeps stdout and stderr open for a minute, and notes its own end
+    ended = tmp_path / "leftover-ended"
+    script = f"(sleep 60; touch {ended}) & echo $!; exit 3"
+    completed = Runner().run(["/bin/sh", "-c", script], timeout_s=600)
     assert (completed.returncode, completed.timed_out) == (3, False)
-    assert completed.duration_s < 60, "the runner waited for the leftover instead of ending it"
+    assert not ended.exists(), "the runner waited for the leftover instead of ending it"
     leftover = int(completed.stdout)
     deadline = time.monotonic() + 10
     while _alive(leftover):
@@ -46,19 +49,20 @@ def test_a_program_past_its_time_is_killed_with_its_group() -> None:
     assert completed.timed_out and completed.returncode == -signal.SIGKILL
 
 
-def test_a_failing_start_callback_ends_the_program_and_its_group() -> None:
+def test_a_failing_start_callback_ends_the_program_and_its_group(tmp_path: Path) -> None:
     """on_start runs while the program runs (the hook imports its post-dump modules there): if it
     raises, the program and what it started are ended before the error goes on, never left behind."""
     seen: list[int] = []
+    ended = tmp_path / "program-ended"
 
     def broken(pid: int) -> None:
         seen.append(pid)
         raise ImportError("a broken install")
 
-    started = time.monotonic()
     with pytest.raises(ImportError, match="a broken install"):
-        Runner().run(["/bin/sh", "-c", "sleep 60 & sleep 60"], timeout_s=600, on_start=broken)
-    assert time.monotonic() - started < 30
+        script = f"sleep 60 & sleep 60; touch {ended}"  # notes its own end, after a minute
+        Runner().run(["/bin/sh", "-c", script], timeout_s=600, on_start=broken)
+    assert not ended.exists(), "the runner waited for the program instead of ending it"
     [pid] = seen
     assert not _alive(pid)
     deadline = time.monotonic() + 10  # its process group goes too: the background sleep
@@ -68,7 +72,7 @@ def test_a_failing_start_callback_ends_the_program_and_its_group() -> None:
 
 
 def test_after_a_failing_start_callback_the_wait_for_the_pipes_stays_within_the_time_given(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A descendant that left the group (its own session) keeps the pipes open for a minute: the
     runner stops waiting for them when the run's time is up, not 10 s later."""
@@ -81,12 +85,21 @@ def test_after_a_failing_start_callback_the_wait_for_the_pipes_stays_within_the_
             time.sleep(0.01)
         raise ImportError("a broken install")
 
-    started = time.monotonic()
+    waits: list[float | None] = []  # the time each wait for the program's pipes was given
+    real_communicate = subprocess.Popen.communicate
+
+    def communicate(
+        self: subprocess.Popen[bytes], input: bytes | None = None, timeout: float | None = None
+    ) -> tuple[Any, Any]:
+        waits.append(timeout)
+        return real_communicate(self, input, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", communicate)
     try:
         with pytest.raises(ImportError):
             script = f"setsid sleep 60 & echo $! > {record}; sleep 60"
             Runner().run(["/bin/sh", "-c", script], timeout_s=2, on_start=broken)
-        assert time.monotonic() - started < 5
+        assert waits and all(w is not None and w <= 2 for w in waits), f"waited for the pipes: {waits}"
     finally:
         with contextlib.suppress(ValueError, ProcessLookupError):
             os.kill(int(record.read_text()), signal.SIGKILL)
@@ -133,11 +146,17 @@ def test_resume_only_what_the_checkpointer_left_stopped(sleeper: int) -> None:
 
 
 def test_a_process_that_dies_a_moment_after_the_failure_is_counted_as_lost() -> None:
-    dying = subprocess.Popen(["sleep", "0.3"])
+    dying = subprocess.Popen(["sleep", "60"])
     living = subprocess.Popen(["sleep", "60"])
+
+    def dies_meanwhile(seconds: float) -> None:
+        os.kill(dying.pid, signal.SIGKILL)  # not reaped: a zombie until the test's wait()
+        time.sleep(seconds)
+
     try:
         assert ended_soon([dying.pid, living.pid], 0.01) == []  # not yet
-        dying_gone = ended_soon([dying.pid, living.pid], 10)  # (a zombie counts as ended)
+        # it dies while ended_soon waits (a zombie counts as ended)
+        dying_gone = ended_soon([dying.pid, living.pid], 10, sleep=dies_meanwhile)
         assert dying_gone == [dying.pid]
         assert ended_soon([living.pid], 0.2) == []
     finally:
@@ -151,22 +170,30 @@ def test_detached_work_runs_in_its_own_session_on_dev_null_and_nobody_waits(tmp_
     of its own, with stdio on /dev/null, no other descriptor of the caller's (pbs_mom's pipes, the
     job's files) and cwd /."""
     report = tmp_path / "report.json"
+    returned = tmp_path / "returned"  # the caller has returned: the work waits for it (at most 30 s)
     held = os.open(tmp_path, os.O_RDONLY)  # a descriptor of the caller's, which the work must not have
 
     def work() -> None:
-        time.sleep(1)
+        deadline = time.monotonic() + 30
+        while not returned.exists() and time.monotonic() < deadline:  # until the caller has returned
+            time.sleep(0.01)
         fds = {
             name: os.readlink(f"/proc/self/fd/{name}")
             for name in os.listdir("/proc/self/fd")
             if os.path.exists(f"/proc/self/fd/{name}")
         }
-        seen = {"pid": os.getpid(), "sid": os.getsid(0), "fds": fds, "cwd": os.getcwd()}
+        seen = {
+            "pid": os.getpid(),
+            "sid": os.getsid(0),
+            "fds": fds,
+            "cwd": os.getcwd(),
+            "after_the_caller": returned.exists(),
+        }
         report.write_text(json.dumps(seen))
 
     try:
-        started = time.monotonic()
         run_detached(work)
-        assert time.monotonic() - started < 0.8, "the caller waited for the detached work"
+        returned.touch()
     finally:
         os.close(held)
     deadline = time.monotonic() + 20
@@ -174,6 +201,7 @@ def test_detached_work_runs_in_its_own_session_on_dev_null_and_nobody_waits(tmp_
         assert time.monotonic() < deadline, "the detached work did not run"
         time.sleep(0.05)
     seen = json.loads(report.read_text())
+    assert seen["after_the_caller"], "the caller waited for the detached work"
     assert seen["sid"] == seen["pid"] != os.getsid(0)
     assert seen["cwd"] == "/"
     assert [seen["fds"][str(fd)] for fd in (0, 1, 2)] == ["/dev/null"] * 3

@@ -5,8 +5,9 @@ In job-user mode the checkpointer runs as the job's user, who can SIGSTOP it: it
 job-control stop ("T"), counts the stopped time over the whole run, and kills the group once it
 passes the bound; the hook's wrapper turns that into one line and exit 80.
 
-Every timing bound below is a wide one: the runs are given timeout_s = 60 and end in a few seconds
-when the watch works; without it they run into that timeout (or never end stopped).
+The runs are given timeout_s = 60: that the watch ended a run is told by what it returns (stopped_s
+set, not timed_out), never by how long it took; without the watch they run into that timeout (or
+never end stopped).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ def test_a_program_that_stops_itself_is_killed_long_before_its_timeout() -> None
     assert completed.stopped_s is not None and completed.stopped_s >= 0.5, completed
     assert not completed.timed_out and completed.returncode == -signal.SIGKILL
     assert "continued" not in completed.stdout
-    assert completed.duration_s < TIMEOUT_S / 2
 
 
 def test_a_stop_continued_again_and_again_is_counted_in_all() -> None:
@@ -71,15 +71,15 @@ def test_a_stop_continued_again_and_again_is_counted_in_all() -> None:
     finally:
         done.set()
     assert completed.stopped_s is not None and completed.stopped_s >= 1.0, completed
-    assert not completed.timed_out and completed.duration_s < TIMEOUT_S / 2
+    assert not completed.timed_out and completed.returncode == -signal.SIGKILL, completed
 
 
 def test_a_stopped_descendant_counts_too() -> None:
     """The program waits for a child of its that is stopped: the group is killed all the same."""
     script = "sleep 60 & kill -STOP $!; wait"
     completed = Runner().run(["/bin/sh", "-c", script], timeout_s=TIMEOUT_S, stopped_limit_s=0.5)
-    assert completed.stopped_s is not None and not completed.timed_out, completed
-    assert completed.duration_s < TIMEOUT_S / 2
+    assert completed.stopped_s is not None and completed.stopped_s >= 0.5, completed
+    assert not completed.timed_out and completed.returncode == -signal.SIGKILL, completed
 
 
 def test_stopping_a_process_outside_its_group_is_not_its_stop() -> None:

@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -117,20 +118,38 @@ def test_a_vault_that_is_not_there_is_never_created(tmp_path: Path) -> None:
         Vault(tmp_path / "open").check_root()
 
 
-def test_the_bandwidth_limit_sleeps_for_what_runs_ahead() -> None:
+def test_the_bandwidth_limit_sleeps_for_what_runs_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]  # the copy's clock, faked: what was slept is exactly what ran ahead
     slept: list[float] = []
-    throttle = bandwidth_throttle(10, sleep=slept.append)
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(vault_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    throttle = bandwidth_throttle(10, sleep=sleep)
     assert throttle is not None
     throttle(10 << 20)  # 1 s worth at 10 MiB/s, sent at once
-    assert 0.9 < sum(slept) <= 1.0
+    assert slept == [1.0]
+    now[0] += 0.25  # the copy took a quarter second of its own for the next 5 MiB (half a second's worth)
+    throttle(5 << 20)
+    assert slept == [1.0, 0.25]
+    now[0] += 1.0  # behind now: no sleep
+    throttle(1 << 20)
+    assert slept == [1.0, 0.25]
     assert bandwidth_throttle(0) is None
 
 
-def test_a_vault_that_hangs_never_hangs_the_caller() -> None:
-    started = time.monotonic()
+def test_a_vault_that_hangs_never_hangs_the_caller(tmp_path: Path) -> None:
+    answered = tmp_path / "answered"
+
+    def hangs() -> None:
+        time.sleep(60)
+        answered.touch()  # and then it would answer (None)
+
     with pytest.raises(vault_module.VaultUnavailable, match="did not answer within 1 s"):
-        vault_module.bounded(lambda: time.sleep(60), 1.0, "restart")
-    assert time.monotonic() - started < 10
+        vault_module.bounded(hangs, 1.0, "restart")
+    assert not answered.exists(), "the caller waited for the hung work to end"
     assert vault_module.bounded(lambda: [1, "two"], 10.0, "restart") == [1, "two"]
     with pytest.raises(VerificationFailed, match="changed"):
         vault_module.bounded(_fails, 10.0, "restart")

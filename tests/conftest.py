@@ -6,7 +6,6 @@ reason; under CI (CI=true) a skipped real-CRIU test is a failure, so CI cannot p
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterator
 
@@ -29,7 +28,6 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@functools.cache
 @pytest.fixture
 def criu() -> None:
     problem = criu_problem()

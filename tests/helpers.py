@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pwd
@@ -511,6 +512,7 @@ class RecordingLog:
         return self
 
 
+@functools.cache  # once per process: criu check takes a moment
 def criu_problem() -> str | None:
     """Why real CRIU cannot run here (root, CRIU >= 4 installed, ``criu check`` passing), or None: the
     suite's gate for real-CRIU tests, and the benchmark's."""
@@ -529,3 +531,11 @@ def criu_problem() -> str | None:
     if check.returncode != 0:
         return f"criu check fails: {(check.stderr or check.stdout).strip()[-200:]}"
     return None
+
+
+def is_running(pid: int) -> bool:
+    """Whether the process runs (a zombie has ended, though its pid is still taken)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -12,7 +12,7 @@ from pathlib import Path
 import filelock
 import pytest
 
-from tests.helpers import Site, User, assert_refused, call_hook, installed, wait_until_gone
+from tests.helpers import Site, User, assert_refused, call_hook, installed, is_running, wait_until_gone
 
 
 @pytest.fixture
@@ -172,23 +172,14 @@ def test_second_checkpoint_of_a_job_while_one_runs(site: Site) -> None:
     while not site.standin_calls() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert site.standin_calls(), "the first checkpoint never started its checkpointer"
-    [running] = [c["pid"] for c in site.standin_calls()]
+    [checkpointer] = [c["pid"] for c in site.standin_calls()]
     result = call_hook(args, site.config)
     assert result.returncode == 75, result.stderr
     # the first call holds the job's lock as long as its checkpointer runs (8 s)
-    assert _alive(running), "a busy job must be refused at once, not waited for"
+    assert is_running(checkpointer), "a busy job must be refused at once, not waited for"
     assert f"another checkpoint of job 213.head is running (pid {first.pid}" in result.stderr
     assert first.wait(timeout=60) == 0
     assert len(site.generations("213.head")) == 1
-
-
-def _alive(pid: int) -> bool:
-    """The process runs (a zombie has ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_node_wide_cap_waits_then_gives_up(psnc_site: Site) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import Job, Site, User, crash, installed, verify_generation, wait_until_gone
+from tests.helpers import Job, Site, User, crash, installed, is_running, verify_generation, wait_until_gone
 from tests.openpbs import Mom, NotRun, Task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -413,7 +413,7 @@ def test_a_two_task_job_through_two_restarts_and_a_qdel_leaves_nothing(site: Sit
         wait_until_gone([pid for group in pids.values() for pid in group])
         restarts = {n: mom.start_restart(task, old_sid=old_sid[n]) for n, task in tasks.items()}
         deadline = time.monotonic() + 30
-        while not all(_alive(pid) for group in pids.values() for pid in group):
+        while not all(is_running(pid) for group in pids.values() for pid in group):
             assert time.monotonic() < deadline, f"not restored: {events(site, 'restart.refused')}"
             time.sleep(0.05)
         # a periodic checkpoint: MOM passes each restart process's session; both pointers are kept
@@ -428,7 +428,7 @@ def test_a_two_task_job_through_two_restarts_and_a_qdel_leaves_nothing(site: Sit
     for restart in restarts.values():
         os.waitpid(restart, 0)
     deadline = time.monotonic() + 10
-    while left := [p for group in pids.values() for p in group if _alive(p)]:
+    while left := [p for group in pids.values() for p in group if is_running(p)]:
         assert time.monotonic() < deadline, (
             f"{[(p, os.getsid(p), os.getpgid(p)) for p in left]} outlived qdel"
         )
@@ -436,13 +436,6 @@ def test_a_two_task_job_through_two_restarts_and_a_qdel_leaves_nothing(site: Sit
     for output in (first.output, second.output):
         numbers = counts(output)
         assert numbers == list(range(1, numbers[-1] + 1)), f"{output.name} did not count on: {numbers[-5:]}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_a_tampered_image_at_restart_is_refused_and_the_log_says_why_with_the_job_id(site: Site) -> None:

@@ -23,6 +23,7 @@ from tests.helpers import (
     Site,
     call_hook,
     crash,
+    is_running,
     start_restart,
     verify_generation,
     wait_until_gone,
@@ -254,8 +255,8 @@ def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -
     # mom-restart ends by the signal that ended the application: pbs_mom reports 256+15, as for any job
     assert restart.wait(timeout=30) == -signal.SIGTERM
     deadline = time.monotonic() + 10
-    while running := [pid for pid in restored if _running(pid)]:  # a zombie waits for init to reap it
-        assert time.monotonic() < deadline, f"restored processes {running} survived the SIGTERM"
+    while alive := [pid for pid in restored if is_running(pid)]:  # a zombie waits for init to reap it
+        assert time.monotonic() < deadline, f"restored processes {alive} survived the SIGTERM"
         time.sleep(0.05)
 
 
@@ -276,8 +277,8 @@ def test_an_application_that_ignores_sigterm_does_not_outlive_the_restart(user_m
     os.kill(restart.pid, signal.SIGTERM)  # pbs_mom's qdel reaches the task it started: mom-restart
     restart.wait(timeout=60)
     deadline = time.monotonic() + 30
-    while running := [pid for pid in restored if _running(pid)]:
-        assert time.monotonic() < deadline, f"restored processes {running} outlived the restart"
+    while alive := [pid for pid in restored if is_running(pid)]:
+        assert time.monotonic() < deadline, f"restored processes {alive} outlived the restart"
         time.sleep(0.05)
 
 
@@ -350,16 +351,9 @@ def test_a_job_ended_while_it_is_restored_never_runs(user_mode: Site) -> None:
     assert (ended["signal"], ended["before_it_ran"]) == (signal.SIGTERM, True)
     assert not [e for e in site.log_events() if e["event"] == "restart.running"]
     deadline = time.monotonic() + 10
-    while running := [pid for pid in restored if _running(pid)]:
-        assert time.monotonic() < deadline, f"restored processes {running} survived"
+    while alive := [pid for pid in restored if is_running(pid)]:
+        assert time.monotonic() < deadline, f"restored processes {alive} survived"
         time.sleep(0.05)
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_next_checkpoint_of_a_restarted_job_with_the_old_session_id(user_mode: Site) -> None:
@@ -566,7 +560,7 @@ def test_qchkpt_qhold_qrls_qdel_of_an_ordinary_job_as_pbs_mom_runs_them(user_mod
     assert numbers == list(range(1, len(numbers) + 1)), "the delivered output is not all of it, in order"
     assert mom.qdel(restart) == 256 + signal.SIGTERM  # as TORQUE reports any killed job
     deadline = time.monotonic() + 10
-    while left := [p for p in psutil.pids() if _in_session(p, restart.pid) and _running(p)]:
+    while left := [p for p in psutil.pids() if _in_session(p, restart.pid) and is_running(p)]:
         assert time.monotonic() < deadline, f"{left} of the restarted job outlived qdel"
         time.sleep(0.05)
 

@@ -20,6 +20,7 @@ import pytest
 
 from mom_checkpoint.platform.environment import Runner, run_detached
 from mom_checkpoint.processes.termination import ended_soon, resume_tree, stopped
+from tests.helpers import is_running
 
 
 def test_a_finished_programs_leftovers_do_not_hold_the_runner(tmp_path: Path) -> None:
@@ -31,17 +32,9 @@ def test_a_finished_programs_leftovers_do_not_hold_the_runner(tmp_path: Path) ->
     assert not ended.exists(), "the runner waited for the leftover instead of ending it"
     leftover = int(completed.stdout)
     deadline = time.monotonic() + 10
-    while _alive(leftover):
+    while is_running(leftover):
         assert time.monotonic() < deadline, "the leftover was not killed with its group"
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_program_past_its_time_is_killed_with_its_group() -> None:
@@ -64,7 +57,7 @@ def test_a_failing_start_callback_ends_the_program_and_its_group(tmp_path: Path)
         Runner().run(["/bin/sh", "-c", script], timeout_s=600, on_start=broken)
     assert not ended.exists(), "the runner waited for the program instead of ending it"
     [pid] = seen
-    assert not _alive(pid)
+    assert not is_running(pid)
     deadline = time.monotonic() + 10  # its process group goes too: the background sleep
     while _group_members(pid):
         assert time.monotonic() < deadline, "the program's group outlived the failed start"

@@ -50,7 +50,7 @@ reliability: setup
 # The hook against the seed's script and raw CRIU, side by side: writes docs/PERFORMANCE.md.
 # It drops the page cache before each dump: run it on a quiet machine (it waits up to an hour).
 benchmark: setup
-	$(BIN)/python scripts/benchmark.py --wait-quiet 3600
+	$(BIN)/python scripts/benchmark --wait-quiet 3600
 
 # A node install: a private venv on the system Python and the three programs in $(SBIN).
 PREFIX ?= /opt/mom-checkpoint

@@ -86,12 +86,14 @@ def replace_private(path: Path, data: str | bytes, *, durable: bool = False) -> 
         os.close(dir_fd)
 
 
-def root_folder_problem(st: os.stat_result, most_open: int, owner_hint: str = "") -> str | None:
+def root_folder_problem(
+    st: os.stat_result, most_open: int, owner_hint: str = "", link_hint: str = "a symlink?"
+) -> str | None:
     """Why a folder root relies on (its lstat ``st``) is not safe, or None: it is not a real folder
-    (a symlink?), it is another account's (when root asks; ``owner_hint`` says what may cause it), or
-    it gives group or others more than the mode ``most_open`` does."""
+    (``link_hint`` says what it may be), it is another account's (when root asks; ``owner_hint`` says
+    what may cause it), or it gives group or others more than the mode ``most_open`` does."""
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        return "is not a folder (a symlink?)"
+        return f"is not a folder ({link_hint})"
     if os.geteuid() == 0 and st.st_uid != 0:
         return f"is owned by uid {st.st_uid}, not root{owner_hint}"
     if stat.S_IMODE(st.st_mode) & ~most_open & 0o077:
@@ -101,7 +103,7 @@ def root_folder_problem(st: os.stat_result, most_open: int, owner_hint: str = ""
 
 def check_private_dir(path: Path, mode: int) -> None:
     """A folder of the spool must be a real folder, root's, with no access for others beyond ``mode``."""
-    if problem := root_folder_problem(os.lstat(path), mode):
+    if problem := root_folder_problem(os.lstat(path), mode, link_hint="a symlink swapped into the spool?"):
         raise Refused(f"{path} {problem}: refusing")
 
 

@@ -24,9 +24,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mom_checkpoint.image.layout import GENERATION_NAME, IMAGE, MANIFEST, Generation
-from mom_checkpoint.platform.errors import Refused, SpoolError
+from mom_checkpoint.platform.errors import DiskFull, Refused, SpoolError
 from mom_checkpoint.platform.files import (
     check_private_dir,
     close_private_dir,
@@ -38,6 +39,9 @@ from mom_checkpoint.platform.files import (
 )
 from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.processes.procfs import start_ticks, start_token
+
+if TYPE_CHECKING:
+    from mom_checkpoint.processes.discovery import JobProcesses
 
 INCOMING_PREFIX = ".incoming-"
 PRUNING_PREFIX = ".pruning-"
@@ -386,3 +390,29 @@ def stop_orphan_checkpointer(incoming: Path) -> None:
         if start_ticks(pid) != start:
             return
         time.sleep(0.1)
+
+
+RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
+
+
+def check_space(spool: Spool, job: JobProcesses, space_margin: float, job_id: str, deadline: float) -> None:
+    """DiskFull unless the spool has room for the job's image: its resident memory times
+    ``space_margin`` (0: never checked), and RESERVE_BYTES. What the job's last call pruned and is
+    still being removed (detached, after that call) is the job's own space: removed first."""
+    if space_margin == 0:
+        return
+    needed = int(job.resident_bytes * space_margin) + RESERVE_BYTES
+    free = spool.free_bytes()
+    if free < needed and (leftovers := spool.pruned_leftovers(job_id)):
+        for path in leftovers:
+            remove_tree(path, deadline=deadline)
+        free = spool.free_bytes()
+    if free < needed:
+        raise DiskFull(
+            f"spool {spool.root} has {mib(free)} free, the job needs about {mib(needed)} "
+            f"(resident memory x space_margin={space_margin:g}): not starting the checkpoint"
+        )
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"

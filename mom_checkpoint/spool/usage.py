@@ -12,11 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from mom_checkpoint.platform.errors import DiskFull, Error
-from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.processes.discovery import JobProcesses
-from mom_checkpoint.spool.storage import RUN_NAME, Spool
-
-RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files
+from mom_checkpoint.spool.storage import RUN_NAME, Spool, mib
 
 
 @dataclass(frozen=True)
@@ -62,25 +59,6 @@ def after_checkpoint(usage: Usage, uid: int, job_id: str, keep: int, new_bytes: 
     return usage.by_uid.get(uid, 0) - dropped + new_bytes
 
 
-def check_space(spool: Spool, job: JobProcesses, space_margin: float, job_id: str, deadline: float) -> None:
-    """DiskFull unless the spool has room for the job's image: its resident memory times
-    ``space_margin`` (0: never checked), and RESERVE_BYTES. What the job's last call pruned and is
-    still being removed (detached, after that call) is the job's own space: removed first."""
-    if space_margin == 0:
-        return
-    needed = int(job.resident_bytes * space_margin) + RESERVE_BYTES
-    free = spool.free_bytes()
-    if free < needed and (leftovers := spool.pruned_leftovers(job_id)):
-        for path in leftovers:
-            remove_tree(path, deadline=deadline)
-        free = spool.free_bytes()
-    if free < needed:
-        raise DiskFull(
-            f"spool {spool.root} has {mib(free)} free, the job needs about {mib(needed)} "
-            f"(resident memory x space_margin={space_margin:g}): not starting the checkpoint"
-        )
-
-
 def biggest_users(spool: Spool, most: int = 5) -> list[tuple[int, int]]:
     """The owners whose generations take most of the spool: (uid, bytes), the biggest first."""
     return scan(spool).by_uid.most_common(most)
@@ -115,7 +93,3 @@ class Quota:
                 f"{mib(after)}, more than user_quota_gib allows ({mib(self.limit)}): not keeping it, the "
                 f"job keeps running (fewer generations: qsub -c depth=N; or remove old ones)"
             )
-
-
-def mib(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB"

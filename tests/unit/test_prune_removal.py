@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mom_checkpoint.platform.environment import Environment
-from mom_checkpoint.spool import pruning, usage
+from mom_checkpoint.spool import pruning, storage
 from mom_checkpoint.spool.storage import Spool
 from tests.helpers import RecordingLog
 
@@ -64,8 +64,8 @@ def test_space_a_pruned_generation_still_holds_is_freed_before_the_space_check_f
     spool, [doomed] = _retired(tmp_path)
     monkeypatch.setattr(Spool, "free_bytes", lambda self: 0 if doomed.exists() else 1 << 40)
     job: Any = SimpleNamespace(resident_bytes=1 << 30)
-    usage.check_space(spool, job, 1.5, "42.head", time.monotonic() + 60)
+    storage.check_space(spool, job, 1.5, "42.head", time.monotonic() + 60)
     assert not doomed.exists()
     monkeypatch.setattr(Spool, "free_bytes", lambda self: 0)  # and a spool that is simply full
     with pytest.raises(DiskFull, match="not starting the checkpoint"):
-        usage.check_space(spool, job, 1.5, "42.head", time.monotonic() + 60)
+        storage.check_space(spool, job, 1.5, "42.head", time.monotonic() + 60)

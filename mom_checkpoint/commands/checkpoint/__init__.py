@@ -38,11 +38,11 @@ from mom_checkpoint.processes import discovery, identity
 from mom_checkpoint.processes.termination import end_session
 from mom_checkpoint.spool import sessions
 from mom_checkpoint.spool.locking import job_lock, lock_dir, node_slot
-from mom_checkpoint.spool.storage import Owner, Spool
-from mom_checkpoint.spool.usage import Quota, biggest_users, check_space
+from mom_checkpoint.spool.storage import Owner, Spool, check_space
 
 if TYPE_CHECKING:
     from mom_checkpoint.image.manifest import Manifest
+    from mom_checkpoint.spool.usage import Quota
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,8 @@ def _check_space(spool: Spool, job: _Job, config: Config, job_id: str, deadline:
     try:
         check_space(spool, job.processes, config.space_margin, job_id, deadline)
     except DiskFull:
+        from mom_checkpoint.spool.usage import biggest_users
+
         # whose generations take the space: root's log only
         users = [{"user": identity.name_of(uid), "bytes": size} for uid, size in biggest_users(spool)]
         job.log.warning("spool.full", users=users)
@@ -224,7 +226,11 @@ def _locked(
                     locks, config.max_concurrent, wait_s, uid=uid, sleep=env.sleep, monotonic=env.monotonic
                 )
             )
-            quota = Quota.of(spool, config.user_quota_gib, job.processes, call.job_id, keep)  # before a write
+            quota = None
+            if config.user_quota_gib > 0:  # checked before anything is written
+                from mom_checkpoint.spool.usage import Quota
+
+                quota = Quota.of(spool, config.user_quota_gib, job.processes, call.job_id, keep)
             run_dir = spool.open_run(job.processes.exec_pid, call.job_id)
             number = spool.next_number(call.job_id)
         yield run_dir, number, quota

@@ -24,11 +24,11 @@ from mom_checkpoint.processes import discovery
 from mom_checkpoint.processes.termination import ended_soon, resume_tree, stopped
 from mom_checkpoint.spool.keeping import OUTPUT_MAX, Copy, keep_held, keep_outputs
 from mom_checkpoint.spool.storage import Incoming
-from mom_checkpoint.spool.usage import Quota
 
 if TYPE_CHECKING:
     from mom_checkpoint.image.hashing import ImageFile, Partial
     from mom_checkpoint.image.manifest import KeptFile, Manifest
+    from mom_checkpoint.spool.usage import Quota
 
 LOSS_SETTLE_S = 1.0  # after a failed dump, how long to watch for the job's processes dying of it
 FOLLOWER_STOP_S = 10.0  # the most to wait for the follower to stop (it stops within one read)

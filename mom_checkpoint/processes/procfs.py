@@ -23,13 +23,27 @@ def fdinfo(pid: int | str, fd: int | str) -> dict[str, int]:
     return found
 
 
-def start_ticks(pid: int) -> float | None:
-    """The process's start time in clock ticks since boot (None when it does not run, or is a zombie)."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (None when the process does not exist)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return float(fields[19]) if fields[0] != "Z" else None
-    except (OSError, IndexError, ValueError):
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def state(pid: int) -> str | None:
+    """The process's state letter (R, S, T, Z...; None when it does not exist)."""
+    fields = _stat(pid)
+    return fields[0] if fields else None
+
+
+def start_ticks(pid: int) -> float | None:
+    """The process's start time in clock ticks since boot (None when it does not run, or is a zombie)."""
+    fields = _stat(pid)
+    try:
+        return float(fields[19]) if fields and fields[0] != "Z" else None
+    except (IndexError, ValueError):
         return None
 
 

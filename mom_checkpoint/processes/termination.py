@@ -11,6 +11,8 @@ from collections.abc import Callable
 import psutil
 
 from mom_checkpoint.platform.errors import PidInUse
+from mom_checkpoint.platform.waiting import poll
+from mom_checkpoint.processes.procfs import state
 
 
 def session_processes(session_id: int, uid: int) -> list[psutil.Process]:
@@ -53,12 +55,8 @@ def _wait_ended(
     monotonic: Callable[[], float],
 ) -> list[psutil.Process]:
     """Wait until every process has ended; a zombie has ended (its parent, pbs_mom, reaps it)."""
-    deadline = monotonic() + timeout
-    while True:
-        alive = [p for p in procs if _running(p)]
-        if not alive or monotonic() >= deadline:
-            return alive
-        sleep(0.05)
+    return poll(lambda: [p for p in procs if _running(p)], lambda alive: not alive, timeout,
+                sleep=sleep, monotonic=monotonic)  # fmt: skip
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -68,17 +66,8 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def _state(pid: int) -> str | None:
-    """The process's state letter from /proc (None when it does not exist)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 def alive(pid: int) -> bool:
-    return _state(pid) not in (None, "Z", "X")
+    return state(pid) not in (None, "Z", "X")
 
 
 def ended_soon(
@@ -90,17 +79,14 @@ def ended_soon(
 ) -> list[int]:
     """Those of ``pids`` that have ended, or end within ``within_s`` (a process that a dying
     checkpointer was inside dies a moment after the checkpointer: see docs/CRIU.md)."""
-    deadline = monotonic() + within_s
-    while True:
-        gone = [pid for pid in pids if not alive(pid)]
-        if gone or monotonic() >= deadline:
-            return gone
-        sleep(0.05)
+    return poll(
+        lambda: [pid for pid in pids if not alive(pid)], bool, within_s, sleep=sleep, monotonic=monotonic
+    )
 
 
 def stopped(pids: list[int]) -> set[int]:
     """Those of ``pids`` that are stopped now (job control or ptrace stop)."""
-    return {pid for pid in pids if _state(pid) in ("T", "t")}
+    return {pid for pid in pids if state(pid) in ("T", "t")}
 
 
 def resume_tree(pids: list[int], *, stopped_before: set[int] | frozenset[int] = frozenset()) -> list[int]:

@@ -38,6 +38,7 @@ from mom_checkpoint.platform.files import (
     write_private,
 )
 from mom_checkpoint.platform.safefs import remove_tree
+from mom_checkpoint.platform.waiting import poll
 from mom_checkpoint.processes.procfs import start_ticks, start_token
 
 if TYPE_CHECKING:
@@ -386,10 +387,8 @@ def stop_orphan_checkpointer(incoming: Path) -> None:
         return  # gone, or the pid now belongs to another process
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    for _ in range(100):  # wait until it has really gone (up to 10 s): it may still hold the image files
-        if start_ticks(pid) != start:
-            return
-        time.sleep(0.1)
+    # wait until it has really gone (up to 10 s): it may still hold the image files
+    poll(lambda: start_ticks(pid) != start, bool, 10.0, interval_s=0.1)
 
 
 RESERVE_BYTES = 16 * 1024 * 1024  # manifest, logs and CRIU's small image files

@@ -784,7 +784,7 @@ def stopped_checkpointer(site: Site, rng: random.Random) -> list[str]:
     killed after a few seconds (80, one line; the job runs on), one user's checkpoints never hold
     every slot (max_concurrent >= 2), and another user's checkpoint is taken long before timeout_s.
     (A user who continues their CRIU now and then, to stay below a bound on each stop, is caught by
-    the stopped time in all: tests/unit/test_stopped_checkpointer.py; here CRIU would finish in
+    the stopped time in all: tests/unit/platform/test_stopped_checkpointer.py; here CRIU would finish in
     those moments, and the attack proves nothing.)"""
     timeout_s = 60
     slots = rng.choice((1, 2))

@@ -12,7 +12,7 @@ import pytest
 from mom_checkpoint.batch.jobkey import JobKey
 from mom_checkpoint.image.manifest import Manifest
 from mom_checkpoint.vault.store import Share, Vault, VaultDeadline, VaultOverQuota
-from tests.unit.test_vault import KEY, _generation
+from tests.unit.vault.test_vault import KEY, _generation
 
 KIB = 1 << 10
 

@@ -22,7 +22,7 @@ from mom_checkpoint.platform import errors
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.status import ExitStatus
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def _error_classes() -> list[type[errors.Error]]:

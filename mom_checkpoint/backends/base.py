@@ -137,7 +137,7 @@ class Backend(ABC):
         return as_user(command, user, capabilities) if self.run_as == "job-user" else command
 
     def find_restore_binary(self) -> str:
-        return find_program(self.restore_binary(), f"backends.{self.name}")
+        return find_program(self.restore_binary(), f"backends.{self.name}", missing=CheckpointerMissing)
 
     def stage_image(
         self,
@@ -199,7 +199,7 @@ class Backend(ABC):
 
     def find_binary(self) -> str:
         """Where the dump program is; CheckpointerMissing (69) before anything is written."""
-        return find_program(self.dump_binary(), f"backends.{self.name}")
+        return find_program(self.dump_binary(), f"backends.{self.name}", missing=CheckpointerMissing)
 
     def checkpoint(self, binary: str, request: DumpRequest) -> DumpResult:
         """Run the checkpointer. As the job's user it gets its image folder as an inherited descriptor

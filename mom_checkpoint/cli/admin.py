@@ -354,9 +354,9 @@ def _vault_sync(options: argparse.Namespace, invocation: Invocation) -> ExitStat
     config = invocation.load(logging=False)
     if options.if_enabled and not config.vault_dir:
         return ExitStatus.OK
-    config = invocation.load(command="vault-sync")
+    log = invocation.open_log(command="vault-sync")
     with invocation.failures_logged("vault.sync_failed"):
-        copies = vault_sync.run(config, invocation.env, invocation.logger, job_id=job)
+        copies = vault_sync.run(config, invocation.env, log, job_id=job)
     failed = [c for c in copies if c.status == "failed"]
     if options.json:
         invocation.env.stdout.write(envelope("vault-sync", [c.as_dict() for c in copies], ok=not failed))

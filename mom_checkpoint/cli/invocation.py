@@ -31,11 +31,17 @@ class Invocation:
 
         self.config = config_module.load(self.env.environ)
         if logging:
-            from mom_checkpoint.platform.log import make_logger
-
-            fields: dict[str, Any] = {"command": command} if command is not None else {}
-            self.log = make_logger(self.config.log_file, program=self.prog, **fields)
+            self.open_log(command=command)
         return self.config
+
+    def open_log(self, *, command: str | None = None) -> Logger:
+        """The log the loaded configuration names, for this program (and ``command``)."""
+        from mom_checkpoint.platform.log import make_logger
+
+        assert self.config is not None, "load() reads the configuration first"
+        fields: dict[str, Any] = {"command": command} if command is not None else {}
+        self.log = make_logger(self.config.log_file, program=self.prog, **fields)
+        return self.log
 
     @property
     def logger(self) -> Logger:

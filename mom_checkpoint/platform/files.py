@@ -58,8 +58,7 @@ def replace_in(
         raise FileExistsError(errno.EEXIST, "no new temporary file could be made", name)
     try:
         try:
-            if mode != 0o600:
-                os.fchmod(fd, mode)
+            os.fchmod(fd, mode)  # whatever the caller's umask made of it
             if owner is not None:
                 os.fchown(fd, *owner)
             write_all(fd, data)

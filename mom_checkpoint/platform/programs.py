@@ -9,15 +9,12 @@ from mom_checkpoint.platform.errors import ProgramMissing
 SEARCH_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin")
 
 
-def find_program(name: str, config_key: str, *, use_path: bool = True) -> str:
+def find_program(
+    name: str, config_key: str, *, use_path: bool = True, missing: type[ProgramMissing] = ProgramMissing
+) -> str:
     """A program's configured name or path, resolved without trusting the caller's PATH: the standard
-    folders first (``use_path=False``: only them, as under pbs_mom, cron or systemd). ProgramMissing
-    (CheckpointerMissing for a checkpointer) names ``config_key``, the setting that fixes it."""
-    missing = ProgramMissing
-    if config_key.startswith("backends."):
-        from mom_checkpoint.platform.errors import CheckpointerMissing
-
-        missing = CheckpointerMissing
+    folders first (``use_path=False``: only them, as under pbs_mom, cron or systemd). ``missing``
+    (a checkpointer's: CheckpointerMissing) names ``config_key``, the setting that fixes it."""
     if "/" in name:
         if os.path.isfile(name) and os.access(name, os.X_OK):
             return name

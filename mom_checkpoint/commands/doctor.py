@@ -75,21 +75,24 @@ def _batch_system(mom_config: str, config: Config, programs_dir: Path) -> tuple[
         text = Path(mom_config).read_text()
     except OSError as exc:
         system = "OpenPBS" if mom_config == OPENPBS_MOM_CONFIG else "TORQUE"
-        roots = (
-            _roots(config.pbs_checkpoint_roots, "pbs_checkpoint_roots", "<PBS_HOME>/checkpoint", 0o700)
-            if system == "OpenPBS"
-            else _roots(config.torque_checkpoint_roots, "torque_checkpoint_roots", "<torque home>/checkpoint")
-        )
+        roots = _openpbs_roots(config) if system == "OpenPBS" else _torque_roots(config)
         fix = "give its path with --mom-config"
         return system, [*roots, Check("mom_priv/config", False, f"{mom_config}: {exc.strerror}", fix)]
     actions = _pbs_actions(text)
     if actions or mom_config == OPENPBS_MOM_CONFIG or "$clienthost" in _mom_settings(text):
-        roots = _roots(config.pbs_checkpoint_roots, "pbs_checkpoint_roots", "<PBS_HOME>/checkpoint", 0o700)
-        return "OpenPBS", roots + _openpbs(mom_config, text, actions, programs_dir, config)
-    checks = _roots(config.torque_checkpoint_roots, "torque_checkpoint_roots", "<torque home>/checkpoint")
+        return "OpenPBS", _openpbs_roots(config) + _openpbs(mom_config, text, actions, programs_dir, config)
+    checks = _torque_roots(config)
     checks.append(_moms_checkpoint_folder(config, mom_config))
     checks += _torque_clients(config)
     return "TORQUE", checks + _mom_config(mom_config, text, programs_dir)
+
+
+def _torque_roots(config: Config) -> list[Check]:
+    return _roots(config.torque_checkpoint_roots, "torque_checkpoint_roots", "<torque home>/checkpoint")
+
+
+def _openpbs_roots(config: Config) -> list[Check]:
+    return _roots(config.pbs_checkpoint_roots, "pbs_checkpoint_roots", "<PBS_HOME>/checkpoint", 0o700)
 
 
 def default_mom_configs() -> list[str]:

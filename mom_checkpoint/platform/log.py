@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import os
 import sys
 import syslog
 import threading
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any, Protocol, TextIO
 
 CONSOLE_EXTRAS = ("rich", "better_exceptions", "colorama")
@@ -51,33 +51,24 @@ def open_log_file(path: str) -> TextIO | None:
     return os.fdopen(fd, "a", buffering=1)
 
 
-_PARTS_LOCK = threading.Lock()
-
-
-def _structlog() -> tuple[Any, Any, Any]:
-    """structlog's generic BoundLogger, its WriteLogger and its processors module: all the hook uses."""
-    with _PARTS_LOCK:
-        return _structlog_parts()
+_IMPORT_LOCK = threading.Lock()
 
 
 @functools.cache  # once per process
-def _structlog_parts() -> tuple[Any, Any, Any]:
-    try:
-        with _bare_structlog():
-            from structlog import processors
-            from structlog._generic import BoundLogger
-            from structlog._output import WriteLogger
-    except (ImportError, AttributeError):  # a structlog laid out otherwise: its public names, all of it
-        with _without_console_extras():
-            import structlog
-        return structlog.BoundLogger, structlog.WriteLogger, structlog.processors
-    return BoundLogger, WriteLogger, processors
+def _structlog() -> ModuleType:
+    """structlog, through its public package, with the console extras held out: the hook only writes
+    JSON lines, and structlog's dev console and tracebacks import rich (a dependency of the admin
+    commands' tables) when they can, about 40 ms of every hook call for nothing."""
+    with _IMPORT_LOCK, _without_console_extras():
+        import structlog
+
+        return structlog
 
 
 @contextlib.contextmanager
 def _without_console_extras() -> Iterator[None]:
-    """``import rich`` and the other console extras fail inside (structlog's dev console and tracebacks
-    import rich if they can: about 30 ms of every hook call; the hook only writes JSON lines)."""
+    """``import rich`` and the other console extras fail inside (Python's own way: a module that is None
+    in sys.modules cannot be imported); afterwards they import as usual."""
     blocked = [name for name in CONSOLE_EXTRAS if name not in sys.modules]
     for name in blocked:
         sys.modules[name] = None  # type: ignore[assignment]
@@ -86,31 +77,6 @@ def _without_console_extras() -> Iterator[None]:
     finally:
         for name in blocked:
             if sys.modules.get(name) is None:
-                del sys.modules[name]
-
-
-@contextlib.contextmanager
-def _bare_structlog() -> Iterator[None]:
-    """Imports inside see structlog as a bare package, its ``__init__`` not run: that imports every
-    integration (structlog.stdlib and the native loggers, which bring asyncio, the dev console, twisted
-    support), about 30 ms of every hook call. The structlog modules they load are dropped from sys.modules
-    afterwards, so a later ``import structlog`` gets the whole library as usual. The console extras are
-    kept out the same way (structlog.tracebacks imports rich if it can: about 30 ms more). Nothing changes
-    where structlog is imported already."""
-    if "structlog" in sys.modules:
-        yield
-        return
-    spec = importlib.util.find_spec("structlog")
-    if spec is None or spec.submodule_search_locations is None:
-        raise ImportError("structlog is not installed", name="structlog")
-    before = set(sys.modules)
-    sys.modules["structlog"] = importlib.util.module_from_spec(spec)
-    try:
-        with _without_console_extras():
-            yield
-    finally:
-        for name in set(sys.modules) - before:
-            if name == "structlog" or name.startswith("structlog."):
                 del sys.modules[name]
 
 
@@ -147,7 +113,8 @@ def exception_info(_logger: Any, method: str, event: dict[str, Any]) -> dict[str
 
 def _json_default(value: Any) -> Any:
     """What structlog's JSONRenderer does with a value JSON has no type for: its ``__structlog__()``, else
-    its repr (structlog's own fallback would import its whole package for a check the hook never needs)."""
+    its repr (structlog's own fallback imports its deprecated threadlocal module for a check the hook
+    never needs)."""
     try:
         return value.__structlog__()
     except AttributeError:
@@ -155,10 +122,11 @@ def _json_default(value: Any) -> Any:
 
 
 def make_logger(log_file: str, **context: Any) -> Logger:
-    bound_logger, write_logger, processors = _structlog()  # imported here: only the programs that log pay
+    structlog = _structlog()  # imported here: only the programs that log pay
 
     stream = None if log_file == "syslog" else open_log_file(log_file)
-    target: Any = write_logger(stream) if stream is not None else SyslogLogger()
+    target: Any = structlog.WriteLogger(stream) if stream is not None else SyslogLogger()
+    processors = structlog.processors
     chain: list[Any] = [
         processors.add_log_level,
         processors.TimeStamper(fmt="iso", utc=True),
@@ -167,5 +135,8 @@ def make_logger(log_file: str, **context: Any) -> Logger:
         cap_values,
         processors.JSONRenderer(sort_keys=False, default=_json_default),
     ]
-    logger: Logger = bound_logger(target, chain, {}).bind(pid=os.getpid(), **context)
+    proxy = structlog.wrap_logger(
+        target, processors=chain, wrapper_class=structlog.BoundLogger, context_class=dict
+    )
+    logger: Logger = proxy.bind(pid=os.getpid(), **context)
     return logger

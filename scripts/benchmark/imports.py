@@ -21,7 +21,7 @@ IMPORT_CASES = {
     "no structlog": HOOK_IMPORTS,
     "no structlog, no filelock": "import sys, types; sys.modules['filelock'] = types.ModuleType('filelock'); "
     + HOOK_IMPORTS,
-    # only the three libraries the project keeps (issue 16), structlog imported the hook's way
+    # only the three libraries the project keeps (issue 16), structlog imported as the hook imports it
     "libraries": "import psutil, filelock, mom_checkpoint.platform.log" + MAKE_LOGGER,
 }
 

@@ -165,13 +165,14 @@ def breakdown(bench: Bench, site: Site, job: Job, *, hook: Series, seed: Series,
         f'The same as whole interpreter runs (`python -c "import ..."` of the modules main() imports, median '
         f"of {n}, alternating): `pass` {ms(base)} ms; the hook's modules {ms(full)} ms; without structlog "
         f"{ms(no_structlog)} ms; without structlog and with filelock replaced by an empty module "
-        f"{ms(no_filelock)} ms. So structlog, imported the hook's way, costs "
+        f"{ms(no_filelock)} ms. So structlog (its package, the console extras held out) costs "
         f"{cost_ms(full - no_structlog)} of every call; without it, filelock costs "
         f"a further {ms(no_structlog - no_filelock)} ms; and everything else the hook imports (its own "
         f"modules, the standard library, psutil) {ms(no_filelock - base)} ms.",
         "",
         f"The floor: an interpreter that imports only the three libraries the project keeps (psutil, "
-        f"filelock, and structlog the hook's way) and nothing of mom-checkpoint takes {ms(libraries)} ms "
+        f"filelock, and structlog as the hook imports it) and nothing of mom-checkpoint takes "
+        f"{ms(libraries)} ms "
         f"(one that imports nothing: {ms(base)} ms); with the stand-in chkpnt alone ({ms(alone.median)} ms) "
         f"that is {ms(floor)} ms, {floor / seed.median:.1f}x the seed's whole call, before any of "
         f"mom-checkpoint's own work. {budget} mom-checkpoint's own modules add {ms(full - libraries)} ms of "
@@ -183,8 +184,8 @@ def breakdown(bench: Bench, site: Site, job: Job, *, hook: Series, seed: Series,
         f"Hook overhead (row 1): a call costs {ms(total)} ms against the seed's script's "
         f"{ms(seed.median)} ms on the same stand-in. Interpreter start is {ms(interp)} ms and imports "
         f"{ms(imports)} ms ({100 * imports / total:.0f} % of the call, structlog's import, in opening "
-        f"the log, apart): structlog as the hook imports it (its modules the hook uses, not its package "
-        f"__init__) costs {cost_ms(full - no_structlog)}, and filelock {ms(no_structlog - no_filelock)} ms. "
+        f"the log, apart): structlog (its package, the console extras held out) costs "
+        f"{cost_ms(full - no_structlog)}, and filelock {ms(no_structlog - no_filelock)} ms. "
         f"Before its first step main() takes {ms(before)} ms (the config read, the log opened), its dump "
         f"step (the stand-in chkpnt) {ms(dump)} ms, and the rest of its work {ms(main - before - dump)} ms."
     )

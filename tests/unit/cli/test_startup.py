@@ -21,11 +21,8 @@ NO_SESSION = str(2**22 + 1)  # above the kernel's largest pid_max: never a runni
 # What the hook's path once imported without using it, with what pulled it in.
 NOT_ON_THE_HOOK_PATH = (
     "mom_checkpoint.cli.admin",  # the admin subcommands' parser and texts
-    "asyncio",  # structlog's stdlib integration and native loggers
-    "structlog.stdlib",  # structlog's package __init__ imports every integration
-    "structlog.dev",
-    "structlog.twisted",
-    "rich",  # structlog's console and tracebacks use it if it is installed
+    "rich",  # structlog's console and tracebacks use it if it is installed: held out (platform.log)
+    "better_exceptions",
     "argparse",  # only the admin commands and mom-restart's options build a parser
     "tempfile",  # the incoming folder is made without it (it brings shutil, random, bz2, lzma)
     "ctypes",  # write-behind, only for image files larger than its window
@@ -44,6 +41,7 @@ ON_THE_HOOK_PATH = (
     "mom_checkpoint.spool.locking",
     "filelock",
     "psutil",
+    "structlog",  # through its public package (issue 27 #5)
 )
 
 WRAPPER = """

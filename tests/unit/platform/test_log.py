@@ -91,9 +91,10 @@ def test_a_call_refused_before_it_ran_is_in_the_log(tmp_path: Path) -> None:
     ]
 
 
-def test_the_hooks_logger_without_structlogs_package_init(tmp_path: Path) -> None:
-    """make_logger imports only the structlog modules it uses (issue 16); log.exception() still records
-    the traceback, and a later `import structlog` still gets the whole library."""
+def test_the_hooks_logger_is_structlogs_public_api_without_the_console_extras(tmp_path: Path) -> None:
+    """make_logger imports structlog's package (issue 27 #5: no private modules) with rich and the other
+    console extras held out, which only its dev console uses; log.exception() records the traceback,
+    and the extras import as usual afterwards."""
     log = tmp_path / "hook.log"
     code = f"""
 import sys
@@ -104,38 +105,16 @@ try:
 except OSError:
     logger.exception("vault.sync_crashed", job_id="42.head")
 logger.bind(generation=3).info("checkpoint.done", path=__import__("pathlib").Path("/x"))
-print(sorted(name for name in sys.modules if name.startswith(("structlog", "asyncio"))))
-import structlog
-print(structlog.stdlib.BoundLogger.__name__, callable(structlog.contextvars.get_merged_contextvars))
+print("structlog" in sys.modules, [name for name in ("rich", "better_exceptions") if name in sys.modules])
+import rich
+print(type(sys.modules["structlog"].get_logger()).__name__, rich.__name__)
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["[]", "BoundLogger True"]
+    assert proc.stdout.splitlines() == ["True []", "BoundLoggerLazyProxy rich"]
     crashed, done = (json.loads(line) for line in log.read_text().splitlines())
     assert (crashed["event"], crashed["level"]) == ("vault.sync_crashed", "error")
     assert crashed["exception"].startswith("Traceback") and "OSError: disk gone" in crashed["exception"]
     assert (done["level"], done["generation"], done["path"]) == ("info", 3, "PosixPath('/x')")
-
-
-def test_a_structlog_laid_out_otherwise_is_imported_whole(tmp_path: Path) -> None:
-    """The hook takes structlog's modules one by one (private names); if a structlog release moves them,
-    the logger is made from the package's public names instead: the same lines, never a failed call."""
-    log = tmp_path / "hook.log"
-    code = f"""
-import contextlib, sys
-from mom_checkpoint.platform import log
-
-@contextlib.contextmanager
-def moved():
-    raise ImportError("cannot import name 'BoundLogger' from 'structlog._generic'")
-    yield
-
-log._bare_structlog = moved  # as this hook would find a release that moved its modules
-log.make_logger({str(log)!r}, program="mom-checkpoint").info("checkpoint.done", generation=3)
-print("rich" in sys.modules, "structlog.stdlib" in sys.modules)
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "True"]  # the whole package, still without the console extras
-    [done] = [json.loads(line) for line in log.read_text().splitlines()]
-    assert (done["event"], done["level"], done["generation"]) == ("checkpoint.done", "info", 3)

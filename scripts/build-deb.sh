@@ -63,7 +63,7 @@ fi
 # pip's console scripts name the build venv's python; the wrappers below replace them.
 rm -rf "$stage$LIB/bin"
 find "$stage$LIB" -name direct_url.json -path '*.dist-info/*' -delete
-"$VENV/bin/python" -c 'import sys; sys.path.insert(0, sys.argv[1]); import mom_checkpoint, psutil, structlog, filelock, blake3' \
+"$VENV/bin/python" -c 'import sys; sys.path.insert(0, sys.argv[1]); import mom_checkpoint, psutil, structlog, filelock, blake3, msgspec' \
     "$stage$LIB" || die "the installed libraries do not import"
 
 # 2. The three programs. -I ignores PYTHON* variables, the user's site and the current folder (the

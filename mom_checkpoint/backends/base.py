@@ -7,9 +7,12 @@ import re
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
+
+import msgspec
+from msgspec import field
+from msgspec.structs import replace
 
 from mom_checkpoint.platform.config import Config, RunAs
 from mom_checkpoint.platform.environment import Completed, Environment, child_environ, last_line
@@ -26,8 +29,7 @@ _EVERY_FILE = re.compile(r".+")
 # pbs_mom runs hooks with PATH=/bin:/usr/bin: look in the sbin folders ourselves.
 
 
-@dataclass(frozen=True)
-class DumpRequest:
+class DumpRequest(msgspec.Struct, frozen=True):
     exec_pid: int
     image_dir: Path
     abort: bool  # end the job after a successful dump (TORQUE SIGNAL 15)
@@ -45,8 +47,7 @@ class DumpRequest:
         return Path(f"/proc/self/fd/{self.image_fd}") if self.image_fd is not None else self.image_dir
 
 
-@dataclass(frozen=True)
-class DumpResult:
+class DumpResult(msgspec.Struct, frozen=True):
     command: list[str]
     completed: Completed
     ended_job: bool  # the checkpointer itself ended the job after dumping it
@@ -54,16 +55,14 @@ class DumpResult:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class InheritedFile:
+class InheritedFile(msgspec.Struct, frozen=True):
     """An output file opened by the restart program and handed to the restored application."""
 
     fd: int  # open in this process
     path: str  # the path recorded in the image, or the file's external name there (file[...])
 
 
-@dataclass(frozen=True)
-class RestoreRequest:
+class RestoreRequest(msgspec.Struct, frozen=True):
     image: StagedImage
     pids: list[int]  # the processes in the image (the root first)
     user: JobUser
@@ -88,8 +87,7 @@ class RestoreRequest:
         return f"/proc/self/fd/{self.workdir_fd}" if self.workdir_fd is not None else str(self.workdir)
 
 
-@dataclass
-class Restored:
+class Restored(msgspec.Struct):
     """The restored application: a child of this process, in its session."""
 
     pid: int

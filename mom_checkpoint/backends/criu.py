@@ -6,9 +6,10 @@ import os
 import re
 import signal
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from msgspec.structs import replace
 
 from mom_checkpoint.backends.base import Backend, DumpRequest, Restored, RestoreRequest
 from mom_checkpoint.platform.environment import Completed

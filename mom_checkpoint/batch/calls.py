@@ -13,8 +13,10 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from typing import TypeVar
+
+import msgspec
+from msgspec.structs import asdict
 
 from mom_checkpoint.platform.errors import UsageError
 
@@ -27,8 +29,7 @@ SIGNALS = (0, 15)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class TorqueJobArgs:
+class TorqueJobArgs(msgspec.Struct, frozen=True):
     """The six arguments TORQUE gives both its checkpoint and its restart script."""
 
     session_id: int
@@ -39,8 +40,7 @@ class TorqueJobArgs:
     checkpoint_name: str | None
 
 
-@dataclass(frozen=True)
-class TorqueCall(TorqueJobArgs):
+class TorqueCall(TorqueJobArgs, frozen=True):
     signal: int
     depth: int | None
     argv: tuple[str, ...]
@@ -56,8 +56,7 @@ class TorqueCall(TorqueJobArgs):
         return self.session_id
 
 
-@dataclass(frozen=True)
-class SeedCall:
+class SeedCall(msgspec.Struct, frozen=True):
     job_pid: int
     job_id: str
     argv: tuple[str, ...]
@@ -79,8 +78,7 @@ class SeedCall:
         return self.job_pid
 
 
-@dataclass(frozen=True)
-class PbsCall:
+class PbsCall(msgspec.Struct, frozen=True):
     """OpenPBS's ``$action checkpoint|checkpoint_abort`` line (OPENPBS.md), one call per task:
     ``--pbs ACTION %jobid %sid %taskid %login %path``."""
 
@@ -117,8 +115,7 @@ CheckpointCall = TorqueCall | SeedCall | PbsCall
 PBS_ACTIONS = ("checkpoint", "checkpoint_abort", "restart")
 
 
-@dataclass(frozen=True)
-class PbsArgs:
+class PbsArgs(msgspec.Struct, frozen=True):
     """The parsed ``--pbs`` words, for the checkpoint actions and for restart alike."""
 
     action: str

@@ -25,7 +25,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 WASTE_MODEL = "waste(tau) = delta/tau + (tau + delta)/(2M)"
 
@@ -57,16 +58,14 @@ def waste(interval: float, cost: float, mtbf: float) -> float:
     return cost / interval + (interval + cost) / (2 * mtbf)
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(msgspec.Struct, frozen=True):
     """One interval and what it costs."""
 
     interval_s: float
     waste: float  # fraction of the run time, 0.05 = 5 %
 
 
-@dataclass(frozen=True)
-class Advice:
+class Advice(msgspec.Struct, frozen=True):
     cost_s: float
     mtbf_s: float
     current: Option | None

@@ -11,7 +11,7 @@ spools keep working.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 SYSTEMS = {"torque": "torque", "seed": "torque", "openpbs": "openpbs"}  # calling convention -> system
 
@@ -21,8 +21,7 @@ def system_of(convention: str) -> str:
     return SYSTEMS.get(convention, convention)
 
 
-@dataclass(frozen=True)
-class JobKey:
+class JobKey(msgspec.Struct, frozen=True):
     system: str  # "torque" or "openpbs"
     uid: int
     job_id: str

@@ -22,7 +22,9 @@ import json
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+
+import msgspec
+from msgspec.structs import asdict
 
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import NoSuchProcess, Refused, StorageIOError
@@ -37,8 +39,7 @@ JOB_DIR_MODE = 0o755  # what pbs_mom gives the <job>.CK it makes (MOM_CONTRACT.m
 PLANT_ATTEMPTS = 5  # how often an entry put back at once by another user is cleared before refusing
 
 
-@dataclass(frozen=True)
-class Pointer:
+class Pointer(msgspec.Struct, frozen=True):
     kind: str
     schema: int
     job_id: str

@@ -10,10 +10,10 @@ of these, its start (pbs_mom's own timer also first fires one interval into the 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 from mom_checkpoint.batch.calls import path_part
 from mom_checkpoint.batch.torque import CheckpointSpec, TorqueJob, parse_checkpoint, short_host
@@ -24,8 +24,7 @@ RETRY_S = 300.0  # a refused qchkpt is tried again after this long (or the job's
 TOLERANCE_S = 5.0  # a job due within this is due now: a timer's tick comes a little early or late
 
 
-@dataclass(frozen=True)
-class JobRecord:
+class JobRecord(msgspec.Struct, frozen=True):
     """What earlier ticks did for a job (the tick's state file)."""
 
     asked: float | None = None  # the last qchkpt that TORQUE accepted
@@ -34,8 +33,7 @@ class JobRecord:
     reported: float | None = None  # when we said that qchkpt cannot checkpoint the job
 
 
-@dataclass(frozen=True)
-class NodeView:
+class NodeView(msgspec.Struct, frozen=True):
     """What this node knows of a job beyond TORQUE: our spool, a checkpoint running now."""
 
     last_generation: float | None = None  # start of our newest complete generation of the job
@@ -43,8 +41,7 @@ class NodeView:
     cost_s: float | None = None  # its measured checkpoint cost (for tick_advised_interval)
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(msgspec.Struct, frozen=True):
     default_interval_s: float  # $checkpoint_interval
     max_qchkpt: int
     scope: Literal["this-node", "all"] = "all"
@@ -53,8 +50,7 @@ class Settings:
     mtbf_s: float = 0.0
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     job_id: str
     action: Action
     reason: str
@@ -67,8 +63,7 @@ class Decision:
     result: str = ""  # filled in once the qchkpt ran: "accepted" or why it failed
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(msgspec.Struct, frozen=True):
     decisions: list[Decision]
     jobs: int  # every job qstat listed
     running: int  # of them running (on this node, for scope "this-node")
@@ -137,7 +132,7 @@ def _decide(job: TorqueJob, record: JobRecord, view: NodeView, settings: Setting
             due_at = record.refused + retry_s
             again = format_duration(retry_s)
             since = f"qchkpt refused {_ago(now - record.refused)} ago, tried again after {again}"
-    decision = dataclasses.replace(
+    decision = msgspec.structs.replace(
         base,
         interval_s=interval_s,
         interval_source=interval_source,
@@ -194,7 +189,7 @@ def _last(job: TorqueJob, record: JobRecord, view: NodeView) -> tuple[float | No
 
 
 def _with(decision: Decision, **changes: object) -> Decision:
-    return dataclasses.replace(decision, **changes)  # type: ignore[arg-type]
+    return msgspec.structs.replace(decision, **changes)
 
 
 def _ago(seconds: float) -> str:

@@ -15,7 +15,8 @@ import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from mom_checkpoint.platform.environment import Environment, child_environ, last_line
 from mom_checkpoint.platform.errors import TorqueOutputError, TorqueUnavailable
@@ -37,8 +38,7 @@ class QstatOutputError(ValueError):
     """qstat's output cannot be read."""
 
 
-@dataclass(frozen=True)
-class TorqueJob:
+class TorqueJob(msgspec.Struct, frozen=True):
     job_id: str
     state: str  # job_state: Q, R, H, E, C, ...
     checkpoint: str | None  # the Checkpoint attribute (qsub -c), None when unset
@@ -60,8 +60,7 @@ class TorqueJob:
         return host or None
 
 
-@dataclass(frozen=True)
-class QstatJobs:
+class QstatJobs(msgspec.Struct, frozen=True):
     """What ``qstat -x`` said: the jobs that could be read, and why each of the others could not."""
 
     jobs: list[TorqueJob]
@@ -162,8 +161,7 @@ def epoch(value: str | None) -> float | None:
 # -- the Checkpoint attribute ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CheckpointSpec:
+class CheckpointSpec(msgspec.Struct, frozen=True):
     """The job's ``qsub -c`` value as TORQUE acts on it.
 
     pbs_mom sets up periodic checkpoints for a value holding ``c`` or ``periodic``, every ``c=N`` or

@@ -11,8 +11,9 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from mom_checkpoint.cli.arguments import ArgumentParser
 from mom_checkpoint.cli.invocation import Invocation
@@ -365,8 +366,7 @@ def _vault_sync(options: argparse.Namespace, invocation: Invocation) -> ExitStat
     return ExitStatus.CHECKS_FAILED if failed else ExitStatus.OK
 
 
-@dataclass(frozen=True)
-class Subcommand:
+class Subcommand(msgspec.Struct, frozen=True):
     name: str
     arguments: Callable[[argparse.ArgumentParser], None]  # beyond --json, which every one takes
     run: Callable[[argparse.Namespace, Invocation], ExitStatus]

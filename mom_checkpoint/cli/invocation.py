@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import Error
@@ -15,8 +16,7 @@ if TYPE_CHECKING:
     from mom_checkpoint.platform.log import Logger
 
 
-@dataclass
-class Invocation:
+class Invocation(msgspec.Struct):
     """What a command's handler gets: ``env`` for all I/O; ``config`` and ``log`` once ``load`` has read
     the configuration (an internal error is logged there too)."""
 

@@ -11,8 +11,9 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import TYPE_CHECKING
+
+from msgspec.structs import asdict
 
 from mom_checkpoint import __version__
 from mom_checkpoint.batch.calls import MISSING, abs_path_arg, path_part, torque_job_args

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from mom_checkpoint import __version__
 
@@ -31,8 +32,8 @@ def envelope(command: str, data: Any, *, ok: bool = True) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+    if isinstance(value, msgspec.Struct):
+        return msgspec.structs.asdict(value)
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON: {type(value).__name__}")

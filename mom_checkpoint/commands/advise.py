@@ -10,8 +10,9 @@ cost the job nothing (and ``frozen_s`` is only known where CRIU reports it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from mom_checkpoint.batch import interval
 from mom_checkpoint.platform.config import Config
@@ -21,8 +22,7 @@ from mom_checkpoint.spool.inventory import measured_cost
 from mom_checkpoint.spool.storage import Spool
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(msgspec.Struct, frozen=True):
     job_id: str | None
     cost_source: str
     samples: int

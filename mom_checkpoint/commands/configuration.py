@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
+
+import msgspec
 
 from mom_checkpoint.platform.config import Config
 
 
 def as_dict(config: Config) -> dict[str, Any]:
-    data = dataclasses.asdict(config)
+    data: dict[str, Any] = msgspec.to_builtins(config)
     data.pop("source", None)
     return data
 

@@ -8,8 +8,10 @@ import math
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
+
+import msgspec
+from msgspec.structs import replace
 
 from mom_checkpoint.batch.calls import PBS_ACTIONS
 from mom_checkpoint.platform import config as config_module
@@ -34,8 +36,7 @@ PBS_WORDS = ("%jobid", "%sid", "%taskid", "%login", "%path")
 PBS_TIMEOUT_MARGIN_S = 60  # hashing, fsync and publishing after the checkpointer's own timeout_s
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(msgspec.Struct, frozen=True):
     name: str
     ok: bool
     detail: str

@@ -3,7 +3,7 @@ in it and which are there only."""
 
 from __future__ import annotations
 
-import dataclasses
+import msgspec
 
 from mom_checkpoint.image.layout import created_epoch
 from mom_checkpoint.image.verification import read_trusted_manifest
@@ -36,7 +36,7 @@ def _with_vault(entries: list[inventory.Entry], vault_dir: str, job_id: str | No
         return entries
     local = {(e.owner_key, e.path.name) for e in entries if e.status == "complete"}
     marked = [
-        dataclasses.replace(e, vault=(e.owner_key, e.path.name) in held) if e.status == "complete" else e
+        msgspec.structs.replace(e, vault=(e.owner_key, e.path.name) in held) if e.status == "complete" else e
         for e in entries
     ]
     for (token, name), generation in sorted(held.items()):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from mom_checkpoint.image.layout import Generation
 from mom_checkpoint.image.verification import read_trusted_manifest
@@ -18,8 +19,7 @@ from mom_checkpoint.spool.retention import Candidate, Verdict
 from mom_checkpoint.spool.storage import Spool
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     entry: inventory.Entry
     keep: bool
     reason: str

@@ -10,14 +10,14 @@ keeps two ticks of one node from overlapping. ``--dry-run`` reads and changes no
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from mom_checkpoint.batch.schedule import Decision, JobRecord, NodeView, Plan, Settings, plan, safe_job_id
 from mom_checkpoint.batch.torque import TorqueJob, read_jobs, torque_environ
@@ -40,8 +40,7 @@ STATE_DIR = ".tick"
 STATE_SCHEMA = 1
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     dry_run: bool
     host: str
     plan: Plan
@@ -58,7 +57,7 @@ class Outcome:
             "jobs": self.plan.jobs,
             "running": self.plan.running,
             "elsewhere": self.plan.elsewhere,
-            "decisions": [dataclasses.asdict(d) for d in self.decisions],
+            "decisions": [msgspec.to_builtins(d) for d in self.decisions],
         }
 
 
@@ -122,7 +121,7 @@ def _act(decision: Decision, qchkpt: str, env: Environment, log: Logger | None) 
             event, job_id=decision.job_id, result=result, interval_s=decision.interval_s,
             interval_source=decision.interval_source, last=decision.last, last_source=decision.last_source,
         )  # fmt: skip
-    return dataclasses.replace(decision, result=result)
+    return msgspec.structs.replace(decision, result=result)
 
 
 # -- what this node knows ----------------------------------------------------------------------------
@@ -212,7 +211,7 @@ def load_state(spool: Spool, host: str, log: Logger | None = None) -> dict[str, 
 
 def save_state(spool: Spool, host: str, records: Mapping[str, JobRecord]) -> None:
     path = state_path(spool, host)
-    data = {"schema": STATE_SCHEMA, "jobs": {k: dataclasses.asdict(v) for k, v in sorted(records.items())}}
+    data = {"schema": STATE_SCHEMA, "jobs": {k: msgspec.to_builtins(v) for k, v in sorted(records.items())}}
     try:
         path.parent.mkdir(mode=0o700, exist_ok=True)
         replace_private(path, json.dumps(data, indent=1) + "\n")
@@ -229,11 +228,11 @@ def _updated(
     for decision in decisions:
         record = updated.get(decision.job_id, JobRecord())
         if decision.action == "report":
-            record = dataclasses.replace(record, reported=now)
+            record = msgspec.structs.replace(record, reported=now)
         elif decision.action == "qchkpt" and decision.result == "accepted":
-            record = dataclasses.replace(record, asked=now, error="")
+            record = msgspec.structs.replace(record, asked=now, error="")
         elif decision.action == "qchkpt":
-            record = dataclasses.replace(record, refused=now, error=decision.result)
+            record = msgspec.structs.replace(record, refused=now, error=decision.result)
         else:
             continue
         updated[decision.job_id] = record

@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+import msgspec
 
 from mom_checkpoint.processes.identity import Credentials
 
@@ -44,8 +45,7 @@ class ImageError(ValueError):
     """A core image that cannot be read as CRIU writes them."""
 
 
-@dataclass(frozen=True)
-class CoreCredentials:
+class CoreCredentials(msgspec.Struct, frozen=True):
     """One thread's identity as its core image records it."""
 
     tid: int

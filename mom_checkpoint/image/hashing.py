@@ -28,9 +28,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+import msgspec
 
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import StorageIOError, TimedOut
@@ -42,8 +43,7 @@ ALGORITHM = "blake3"  # what new digests use
 DIGEST = re.compile(r"(blake3|sha256):[0-9a-f]{64}")  # a digest a manifest may record
 
 
-@dataclass(frozen=True)
-class ImageFile:
+class ImageFile(msgspec.Struct, frozen=True):
     path: str  # relative to the generation folder, e.g. "image/pages-1.img"
     size: int
     digest: str  # "<algorithm>:<hex>", e.g. "blake3:af13..."
@@ -91,8 +91,7 @@ CHUNK = 1 << 20
 THREADS_FROM_BYTES = 8 << 20  # below this much in all, threads cost more than they save
 
 
-@dataclass(frozen=True)
-class Partial:
+class Partial(msgspec.Struct, frozen=True):
     """What a Follower hashed of one file while the checkpointer wrote it: its first ``offset`` bytes,
     the file being inode ``inode`` of device ``device``."""
 
@@ -104,8 +103,7 @@ class Partial:
     algorithm: str
 
 
-@dataclass(frozen=True)
-class _Opened:
+class _Opened(msgspec.Struct, frozen=True):
     rel: str
     fd: int
     size: int

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 MANIFEST = "manifest.json"
 IMAGE = "image"
@@ -19,8 +20,7 @@ KEPT = "kept"  # in a generation: copies of files the job held (root's)
 GENERATION_NAME = re.compile(r"(\d{6,})-(\d{8}T\d{6}Z)")
 
 
-@dataclass(frozen=True)
-class Generation:
+class Generation(msgspec.Struct, frozen=True):
     path: Path
     number: int
     created: str  # UTC, e.g. 20261124T193000Z

@@ -6,15 +6,16 @@ refuse newer ones, so an old tool never misreads a new manifest.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import posixpath
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import msgspec
+from msgspec import field
 
 from mom_checkpoint.batch.calls import CheckpointCall
 from mom_checkpoint.batch.jobkey import JobKey, system_of
@@ -65,14 +66,12 @@ UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
 EXTERNAL = re.compile(r"file\[[0-9a-f]{1,8}:[0-9a-f]{1,16}\]")  # CRIU's --external name of a held file
 
 
-@dataclass(frozen=True)
-class ToolInfo:
+class ToolInfo(msgspec.Struct, frozen=True):
     name: str
     version: str
 
 
-@dataclass(frozen=True)
-class JobInfo:
+class JobInfo(msgspec.Struct, frozen=True):
     id: str
     session_id: int  # the job's session when checkpointed (the job shell's pid)
     leader_pid: int
@@ -91,8 +90,7 @@ class JobInfo:
         )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class CallInfo:
+class CallInfo(msgspec.Struct, frozen=True):
     convention: str  # "torque" | "seed"
     argv: list[str]
     signal: int
@@ -108,8 +106,7 @@ class CallInfo:
         )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class HostInfo:
+class HostInfo(msgspec.Struct, frozen=True):
     name: str
     kernel: str
 
@@ -118,8 +115,7 @@ class HostInfo:
         return cls(os.uname().nodename, os.uname().release)
 
 
-@dataclass(frozen=True)
-class BackendInfo:
+class BackendInfo(msgspec.Struct, frozen=True):
     name: str
     command: list[str]
     version: str
@@ -128,8 +124,7 @@ class BackendInfo:
     ended_job: bool  # the checkpointer itself ended the job after the dump (abort)
 
 
-@dataclass(frozen=True)
-class Timings:
+class Timings(msgspec.Struct, frozen=True):
     started: str  # ISO 8601, UTC
     finished: str
     dump_s: float  # the checkpointer's run, wall clock
@@ -138,14 +133,12 @@ class Timings:
     total_s: float
 
 
-@dataclass(frozen=True)
-class GenerationInfo:
+class GenerationInfo(msgspec.Struct, frozen=True):
     number: int
     name: str
 
 
-@dataclass(frozen=True)
-class KeptFile:
+class KeptFile(msgspec.Struct, frozen=True):
     """A file the job held when it was checkpointed, copied into the generation (kept/, root's): a
     restore hands the copy back whatever has happened to the original since."""
 
@@ -159,8 +152,7 @@ class KeptFile:
     mode: int = 0  # held: its permission bits, which the copy handed back must have
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(msgspec.Struct, frozen=True):
     schema: int
     tool: ToolInfo
     job: JobInfo
@@ -181,7 +173,7 @@ class Manifest:
         return JobKey(system_of(self.call.convention), self.job.uid, self.job.id)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        return json.dumps(msgspec.to_builtins(self), indent=2) + "\n"
 
 
 def read(path: Path) -> Manifest:

@@ -20,8 +20,10 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
+from msgspec import field
 
 from mom_checkpoint.image.hashing import ImageFile
 from mom_checkpoint.image.layout import IMAGE
@@ -34,8 +36,7 @@ CHUNK = 1 << 20
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
-class StagedImage:
+class StagedImage(msgspec.Struct):
     """The image a restorer reads: ``base``/image/, open as ``fd``."""
 
     base: Path

@@ -11,8 +11,10 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Literal
+
+import msgspec
+from msgspec import field
 
 from mom_checkpoint.platform.errors import ConfigError
 from mom_checkpoint.platform.records import RecordError, build
@@ -25,37 +27,32 @@ RunAsSetting = Literal["root", "job-user", "auto"]  # "auto": job-user mode wher
 TickJobs = Literal["this-node", "all"]
 
 
-@dataclass(frozen=True)
-class CriuConfig:
+class CriuConfig(msgspec.Struct, frozen=True):
     binary: str = "criu"
     run_as: RunAsSetting = "auto"
     ghost_limit: int = 1024 * 1024  # bytes; CRIU's --ghost-limit (deleted-but-open files)
     extra_args: list[str] = field(default_factory=list)  # e.g. ["--file-locks", "--tcp-established"]
 
 
-@dataclass(frozen=True)
-class PsncConfig:
+class PsncConfig(msgspec.Struct, frozen=True):
     chkpnt: str = "chkpnt"
     resume: str = "resume"
     run_as: RunAs = "root"
 
 
-@dataclass(frozen=True)
-class BlcrConfig:
+class BlcrConfig(msgspec.Struct, frozen=True):
     cr_checkpoint: str = "cr_checkpoint"
     cr_restart: str = "cr_restart"
     run_as: RunAs = "root"
 
 
-@dataclass(frozen=True)
-class BackendsConfig:
+class BackendsConfig(msgspec.Struct, frozen=True):
     criu: CriuConfig = field(default_factory=CriuConfig)
     psnc: PsncConfig = field(default_factory=PsncConfig)
     blcr: BlcrConfig = field(default_factory=BlcrConfig)
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(msgspec.Struct, frozen=True):
     backend: Literal["criu", "psnc", "blcr"] = "criu"
     spool_dir: str = "/var/spool/checkpoint"
     keep: int = 2
@@ -86,7 +83,7 @@ class Config:
     # the most one user's copies may hold in the (shared) vault, GiB; 0: a quarter of its file system
     vault_quota_gib: float = 0.0
     backends: BackendsConfig = field(default_factory=BackendsConfig)
-    source: str = field(default="(defaults)", compare=False)
+    source: str = "(defaults)"  # the file it was read from (not a setting: as_dict leaves it out)
 
     def checkpoint_roots(self, convention: str) -> tuple[list[str], str]:
         """Where the batch system's checkpoint folder (CHECKPOINT_DIR, %path) may lie, and the key."""
@@ -136,7 +133,7 @@ def parse(raw: Mapping[str, object], source: str = "(string)") -> Config:
     except RecordError as exc:
         raise ConfigError(source, str(exc)) from None
     _check_values(config, source)
-    return Config(**{**config.__dict__, "source": source})
+    return msgspec.structs.replace(config, source=source)
 
 
 def _check_values(config: Config, source: str) -> None:

@@ -9,8 +9,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
+
+import msgspec
+from msgspec import field
+from msgspec.structs import replace
 
 from mom_checkpoint.platform.errors import CheckpointerFailed
 
@@ -29,8 +32,7 @@ STOP_LOOK_S = (0.05, 0.1)
 STOP_WATCH_MAX = 256  # processes of a watched program looked at, at most (CRIU's dump runs as one)
 
 
-@dataclass(frozen=True)
-class Completed:
+class Completed(msgspec.Struct, frozen=True):
     """What a child program did."""
 
     argv: tuple[str, ...]
@@ -269,8 +271,7 @@ def child_environ() -> dict[str, str]:
     return {"PATH": CHILD_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
 
-@dataclass
-class Environment:
+class Environment(msgspec.Struct):
     """What a command takes from the world, for tests to fake: its streams, environment variables,
     clocks, sleep, the runner of the checkpointer and the batch system's clients, and detached work.
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 CAP_SYS_RESOURCE = 24
 CAP_CHECKPOINT_RESTORE = 40
@@ -28,8 +29,7 @@ SETPRIV_DIRS = ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin", "/us
 Mode = Literal["root", "job-user"]
 
 
-@dataclass(frozen=True)
-class NodeModes:
+class NodeModes(msgspec.Struct, frozen=True):
     root: bool
     job_user: bool
 

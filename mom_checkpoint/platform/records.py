@@ -1,4 +1,4 @@
-"""Build typed dataclass records from parsed TOML/JSON, naming the exact key that is wrong.
+"""Build typed records (msgspec Structs) from parsed TOML/JSON, naming the exact key that is wrong.
 
 One validator for the config file and the manifest: unknown keys, missing keys, wrong types and values
 outside a ``Literal`` are reported as ``RecordError(key, problem)``.
@@ -6,11 +6,12 @@ outside a ``Literal`` are reported as ``RecordError(key, problem)``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import types
 import typing
 from typing import Any, TypeVar, Union
+
+import msgspec
 
 T = TypeVar("T")
 
@@ -23,7 +24,7 @@ class RecordError(ValueError):
 
 
 def build(cls: type[T], data: object, where: str = "") -> T:
-    """Return ``cls(**data)`` after checking every key and value against the dataclass's type hints."""
+    """Return ``cls(**data)`` after checking every key and value against the record's type hints."""
     if not isinstance(data, dict):
         raise RecordError(where or "(top level)", f"expected a table, got {_kind(data)}")
     hints, fields = _record_type(cls)  # type: ignore[arg-type]  # a class is hashable
@@ -35,14 +36,14 @@ def build(cls: type[T], data: object, where: str = "") -> T:
         key = _join(where, name)
         if name in data:
             values[name] = _convert(hints[name], data[name], key)
-        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+        elif fld.required:
             raise RecordError(key, "missing")
     return cls(**values)
 
 
 @functools.cache  # get_type_hints evaluates every annotation's text: a hook call reads several manifests
-def _record_type(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
-    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+def _record_type(cls: type[msgspec.Struct]) -> tuple[dict[str, Any], dict[str, msgspec.structs.FieldInfo]]:
+    return typing.get_type_hints(cls), {f.name: f for f in msgspec.structs.fields(cls)}
 
 
 def _convert(hint: Any, value: object, key: str) -> Any:
@@ -71,8 +72,8 @@ def _convert(hint: Any, value: object, key: str) -> Any:
         if not isinstance(value, dict):
             raise RecordError(key, f"expected a table, got {_kind(value)}")
         return {str(k): _convert(args[1], v, _join(key, str(k))) for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, key)  # type: ignore[arg-type]
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+        return build(hint, value, key)
     if hint is typing.Any:
         return value
     if hint is bool:

@@ -21,9 +21,10 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import msgspec
 
 from mom_checkpoint.platform.errors import Refused, StorageIOError, TimedOut
 
@@ -46,8 +47,7 @@ class TooLarge(StorageIOError):
     """A file or a tree holds more than root is prepared to read."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     path: str  # relative to the walked folder, "/"-separated
     kind: Kind
     size: int
@@ -234,8 +234,7 @@ def tree_bytes(path: Path, *, max_entries: int = MAX_ENTRIES) -> int:
     return total
 
 
-@dataclass
-class _Frame:
+class _Frame(msgspec.Struct):
     fd: int
     name: str  # in the parent frame's folder
     uid: int  # the folder's owner

@@ -31,7 +31,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+import msgspec
 
 from mom_checkpoint.processes.identity import JobUser
 from mom_checkpoint.processes.procfs import fdinfo
@@ -46,8 +47,7 @@ _VERBS = ((os.R_OK, "read"), (os.W_OK, "write"), (os.X_OK, "execute"))
 PSEUDO_FILE_SYSTEMS = frozenset({"proc", "sysfs", "debugfs", "tracefs", "securityfs", "configfs", "bpf"})
 
 
-@dataclass(frozen=True)
-class Held:
+class Held(msgspec.Struct, frozen=True):
     """One file a process holds: its path, the access the process has to it, which file it must be,
     and the process's own /proc link to it."""
 

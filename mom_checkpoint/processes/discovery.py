@@ -14,18 +14,18 @@ import os
 import pwd
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
+import msgspec
 import psutil
+from msgspec import field
 
 from mom_checkpoint.platform.errors import NoSuchProcess, Refused, UnknownUser
 from mom_checkpoint.processes.identity import name_of
 from mom_checkpoint.processes.procfs import fdinfo
 
 
-@dataclass(frozen=True)
-class OpenFile:
+class OpenFile(msgspec.Struct, frozen=True):
     """One open file descriptor: restart hands regular files back to the application (--inherit-fd)."""
 
     fd: int
@@ -35,8 +35,7 @@ class OpenFile:
     pos: int | None = None
 
 
-@dataclass(frozen=True)
-class ProcessRecord:
+class ProcessRecord(msgspec.Struct, frozen=True):
     pid: int
     ppid: int
     name: str
@@ -51,8 +50,7 @@ class ProcessRecord:
     fds: list[OpenFile] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class JobProcesses:
+class JobProcesses(msgspec.Struct, frozen=True):
     leader_pid: int  # the job shell, leader of the job's session
     exec_pid: int  # the process handed to the checkpointer
     user: str
@@ -273,8 +271,7 @@ DELETED = " (deleted)"  # what the kernel appends to the path of a file that has
 SHARED_MEMORY = ("/memfd:", "/dev/zero", "/SYSV")  # memfds and shared anonymous memory (shmem inodes)
 
 
-@dataclass(frozen=True)
-class Unlinked:
+class Unlinked(msgspec.Struct, frozen=True):
     """A file of the job's that has no name left (no link at all), which CRIU writes into the image:
     a regular file held open or mapped (CRIU's ghost file: its bytes, up to --ghost-limit), or
     shared memory (a memfd, a shared anonymous mapping: its pages)."""

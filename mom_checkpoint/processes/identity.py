@@ -12,15 +12,16 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass, field
+
+import msgspec
+from msgspec import field
 
 from mom_checkpoint.platform.errors import Refused, UnknownUser
 
 CAPABILITY_SETS = ("CapInh", "CapPrm", "CapEff", "CapAmb")
 
 
-@dataclass(frozen=True)
-class JobUser:
+class JobUser(msgspec.Struct, frozen=True):
     """A job's owner as the system knows them: the identity its checkpointer and its restore run with."""
 
     name: str
@@ -94,8 +95,7 @@ def _gid_of(group: str | int) -> int:
         raise UnknownUser(f"group {group!r} is not a group on this node") from None
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(msgspec.Struct, frozen=True):
     """A thread's identity: of a running one (/proc), or as an image records it."""
 
     uids: tuple[int, ...]  # real, effective, saved, filesystem
@@ -104,8 +104,7 @@ class Credentials:
     capabilities: dict[str, int]  # CapInh, CapPrm, CapEff, CapAmb: bit sets
 
 
-@dataclass(frozen=True)
-class TaskIdentity:
+class TaskIdentity(msgspec.Struct, frozen=True):
     """What /proc/PID/task/TID/status says of one thread."""
 
     pid: int

@@ -10,11 +10,11 @@ job in the vault and not in this spool).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import filelock
+import msgspec
 
 from mom_checkpoint.batch import interval
 from mom_checkpoint.image.layout import GENERATION_NAME, created_epoch
@@ -38,8 +38,7 @@ COST_SAMPLES = 10  # the newest generations whose dump times count for a job's c
 Status = Literal["complete", "incoming", "stale", "pruning", "unpublished", "broken", "vault-only"]
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     job_id: str
     exec_pid: int
     path: Path
@@ -83,7 +82,7 @@ def scan(spool: Spool, job_id: str | None = None) -> list[Entry]:
             current = newest.get(entry.group)
             if current is None or (current.number or 0) < entry.number:
                 newest[entry.group] = entry
-    marked = [Entry(**{**e.__dict__, "newest": True}) if newest.get(e.group) is e else e for e in entries]
+    marked = [msgspec.structs.replace(e, newest=True) if newest.get(e.group) is e else e for e in entries]
     return sorted(marked, key=lambda e: (e.job_id, e.number if e.number is not None else 1 << 62, e.created))
 
 

@@ -25,8 +25,9 @@ import os
 import stat
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from mom_checkpoint.image.layout import KEPT
 from mom_checkpoint.platform.files import write_private
@@ -42,8 +43,7 @@ HELD_CANDIDATES = 4096  # descriptors looked at, at most
 _SYSTEM = ("/dev/", "/proc/", "/sys/")
 
 
-@dataclass(frozen=True)
-class Copy:
+class Copy(msgspec.Struct, frozen=True):
     """A file copied into the generation's kept/ folder (its digest is taken with the image's)."""
 
     path: str
@@ -147,8 +147,7 @@ def _past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() > deadline
 
 
-@dataclass(frozen=True)
-class _Held:
+class _Held(msgspec.Struct, frozen=True):
     data: bytes
     mode: int
     external: str

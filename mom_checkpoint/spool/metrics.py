@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import filelock
+import msgspec
 
 from mom_checkpoint.platform.files import replace_in, replace_private
 from mom_checkpoint.platform.safefs import UnsafePath, open_configured_dir
@@ -29,8 +29,7 @@ from mom_checkpoint.spool.locking import lock_dir
 STATE = ".metrics.json"
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(msgspec.Struct, frozen=True):
     backend: str
     ok: bool
     reason: str  # "ok" or the exit status name, e.g. "checkpointer_failed"

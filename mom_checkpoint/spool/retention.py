@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
+
+import msgspec
 
 
 class Numbered(Protocol):
@@ -17,8 +18,7 @@ G = TypeVar("G", bound=Numbered)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Verdict(Generic[T]):
+class Verdict(msgspec.Struct, Generic[T], frozen=True):
     item: T
     keep: bool
     reason: str
@@ -40,8 +40,7 @@ def plan(generations: Sequence[G], keep: int) -> list[Verdict[G]]:
     return verdicts
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(msgspec.Struct, frozen=True):
     """What prune needs to know about one folder of the spool."""
 
     key: str  # its path

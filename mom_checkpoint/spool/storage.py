@@ -22,9 +22,10 @@ import signal
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from mom_checkpoint.image.layout import GENERATION_NAME, IMAGE, MANIFEST, Generation
 from mom_checkpoint.platform.errors import DiskFull, Refused, SpoolError
@@ -62,8 +63,7 @@ def run_name(exec_pid: int, job_id: str) -> str:
     return f"{exec_pid}.{job_id}"
 
 
-@dataclass(frozen=True)
-class Owner:
+class Owner(msgspec.Struct, frozen=True):
     """Who owns the image folder: root, or the job's user when the checkpointer runs as that user."""
 
     uid: int

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+
+import msgspec
 
 from mom_checkpoint.platform.errors import DiskFull, Error
 from mom_checkpoint.processes.discovery import JobProcesses
 from mom_checkpoint.spool.storage import RUN_NAME, Spool, mib
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(msgspec.Struct, frozen=True):
     by_uid: Counter[int]  # bytes of complete generations per owner uid
     by_job: dict[tuple[int, str], list[tuple[int, int]]]  # (uid, job id) -> [(number, bytes)], oldest first
 
@@ -64,8 +64,7 @@ def biggest_users(spool: Spool, most: int = 5) -> list[tuple[int, int]]:
     return scan(spool).by_uid.most_common(most)
 
 
-@dataclass(frozen=True)
-class Quota:
+class Quota(msgspec.Struct, frozen=True):
     """``user_quota_gib``: what the job's user's generations may hold once this one is in and the job
     pruned, checked on the estimate before the dump and on the real size before publishing."""
 

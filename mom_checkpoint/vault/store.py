@@ -29,9 +29,10 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from mom_checkpoint.batch.jobkey import JobKey
 from mom_checkpoint.image.hashing import Hasher, ImageFile, algorithm_of, finish, hasher
@@ -77,8 +78,7 @@ def copied_bytes(manifest: Manifest) -> int:
     return manifest.total_bytes + sum(k.size for k in manifest.kept)
 
 
-@dataclass(frozen=True)
-class Share:
+class Share(msgspec.Struct, frozen=True):
     """One owner's share of the shared vault (vault_quota_gib): what their complete copies may hold,
     over every node and batch system, once this copy is in and the job's older copies beyond ``keep``
     are pruned."""
@@ -117,8 +117,7 @@ def _check_copy_deadline(deadline: float | None, name: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class VaultGeneration:
+class VaultGeneration(msgspec.Struct, frozen=True):
     path: Path
     number: int
     created: str
@@ -461,8 +460,7 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
     fsync_dir(folder)
 
 
-@dataclass(frozen=True)
-class _Copier:
+class _Copier(msgspec.Struct, frozen=True):
     hashing: ThreadPoolExecutor  # one thread: a file's digest runs while its next chunk is written
     heartbeat: Callable[[], None] | None
     throttle: Throttle | None

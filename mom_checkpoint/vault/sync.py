@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+import msgspec
+from msgspec import field
+from msgspec.structs import asdict
 
 from mom_checkpoint.batch.jobkey import JobKey
 from mom_checkpoint.image.layout import Generation, created_epoch
@@ -43,8 +46,7 @@ SLOWEST_MIB_S = 4.0  # the slowest copy a vault-sync waits for (with a bandwidth
 DEFAULT_SHARE = 4  # without vault_quota_gib, one user's copies may hold 1/4 of the vault's file system
 
 
-@dataclass(frozen=True)
-class Copy:
+class Copy(msgspec.Struct, frozen=True):
     job_id: str
     key: str
     generation: str
@@ -97,8 +99,7 @@ def _record_metrics(
         log.warning("metrics.failed", error=str(exc))
 
 
-@dataclass(frozen=True)
-class _Syncer:
+class _Syncer(msgspec.Struct, frozen=True):
     vault: Vault
     spool: Spool
     config: Config

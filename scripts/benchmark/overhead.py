@@ -24,7 +24,7 @@ from .core import (
     python,
     say,
 )
-from .imports import IMPORT_CASES, hook_dataclasses, import_costs, import_groups
+from .imports import IMPORT_CASES, hook_records, import_costs, import_groups
 from .phases import Breakdown, step_label, timed_call
 
 
@@ -154,6 +154,7 @@ def breakdown(bench: Bench, site: Site, job: Job, *, hook: Series, seed: Series,
     ]
     lines += [f"| {name} | {value / 1000:.1f} |" for name, value in groups]
     base, full, no_structlog, no_filelock, libraries = (without[key].median for key in IMPORT_CASES)
+    records, structs, dataclasses = hook_records(interpreter)
     floor = libraries + alone.median
     budget = (
         f"A call within 3x the seed's leaves {ms(3 * seed.median - floor)} ms beyond it."
@@ -170,14 +171,17 @@ def breakdown(bench: Bench, site: Site, job: Job, *, hook: Series, seed: Series,
         f"a further {ms(no_structlog - no_filelock)} ms; and everything else the hook imports (its own "
         f"modules, the standard library, psutil) {ms(no_filelock - base)} ms.",
         "",
-        f"The floor: an interpreter that imports only the three libraries the project keeps (psutil, "
+        f"The floor: an interpreter that imports only the three libraries of the design card (psutil, "
         f"filelock, and structlog as the hook imports it) and nothing of mom-checkpoint takes "
-        f"{ms(libraries)} ms "
-        f"(one that imports nothing: {ms(base)} ms); with the stand-in chkpnt alone ({ms(alone.median)} ms) "
-        f"that is {ms(floor)} ms, {floor / seed.median:.1f}x the seed's whole call, before any of "
-        f"mom-checkpoint's own work. {budget} mom-checkpoint's own modules add {ms(full - libraries)} ms of "
-        f"imports to the libraries' (Python {platform.python_version()} compiles every generated method of "
-        f"their {hook_dataclasses(interpreter)} dataclasses apart), and main()'s work the steps above.",
+        f"{ms(libraries)} ms (one that imports nothing: {ms(base)} ms); with the stand-in chkpnt alone "
+        f"({ms(alone.median)} ms) that is {ms(floor)} ms, {floor / seed.median:.1f}x the seed's whole call, "
+        f"before any of mom-checkpoint's own work. {budget} mom-checkpoint's own modules (and msgspec, "
+        f"which makes their records) add {ms(full - libraries)} ms of imports to the libraries', and "
+        "main()'s work the steps above.",
+        "",
+        f"Its {records} record classes are msgspec Structs: made here, side by side in one interpreter, "
+        f"they take {ms(structs)} ms as Structs and {ms(dataclasses)} ms as dataclasses (Python "
+        f"{platform.python_version()} compiles every generated method of a dataclass apart).",
     ]
     dump = steps.get("dump", 0.0)
     bench.notes.append(

@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from mom_checkpoint import backends
 from mom_checkpoint.backends import JobUser
@@ -45,8 +46,7 @@ if TYPE_CHECKING:
     from mom_checkpoint.spool.usage import Quota
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     generation: Generation
     manifest: Manifest
     pruned: list[Path]
@@ -68,8 +68,7 @@ def run(call: CheckpointCall, config: Config, env: Environment, log: Logger) -> 
     return outcome
 
 
-@dataclass(frozen=True)
-class _Job:
+class _Job(msgspec.Struct, frozen=True):
     """What preflight established: the job's processes, its key, owner and group, and the log bound
     to them."""
 

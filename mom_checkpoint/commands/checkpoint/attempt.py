@@ -6,8 +6,9 @@ has ended the job, its image is all there is and is kept whatever else fails.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from mom_checkpoint import __version__, backends
 from mom_checkpoint.backends import DumpRequest, DumpResult, JobUser
@@ -34,8 +35,7 @@ LOSS_SETTLE_S = 1.0  # after a failed dump, how long to watch for the job's proc
 FOLLOWER_STOP_S = 10.0  # the most to wait for the follower to stop (it stops within one read)
 
 
-@dataclass(frozen=True)
-class Dumped:
+class Dumped(msgspec.Struct, frozen=True):
     """What the dump left: the checkpointer's result, the copies of the job's files, what the follower
     hashed already, the checkpointer's version, and when it ended (monotonic)."""
 
@@ -46,8 +46,7 @@ class Dumped:
     at: float
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(msgspec.Struct, frozen=True):
     call: CheckpointCall
     config: Config
     env: Environment

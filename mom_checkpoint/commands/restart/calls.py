@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from mom_checkpoint.batch.calls import TorqueJobArgs
 
 
-@dataclass(frozen=True)
-class TorqueRestart(TorqueJobArgs):
+class TorqueRestart(TorqueJobArgs, frozen=True):
     argv: tuple[str, ...]
 
     convention = "torque"
     cwd: str | None = None
 
 
-@dataclass(frozen=True)
-class PbsRestart(TorqueRestart):
+class PbsRestart(TorqueRestart, frozen=True):
     """OpenPBS's ``$action restart`` with ``$restart_transmogrify true``: this process becomes the task
     in a new session and stays in the foreground until the restored application ends."""
 
@@ -25,8 +23,7 @@ class PbsRestart(TorqueRestart):
     convention = "openpbs"
 
 
-@dataclass(frozen=True)
-class SeedRestart:
+class SeedRestart(msgspec.Struct, frozen=True):
     job_id: str | None  # --job: the newest complete generation of that job
     image: str | None  # --image: this generation folder
     cwd: str | None

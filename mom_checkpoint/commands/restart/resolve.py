@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from mom_checkpoint.batch.jobkey import SYSTEMS, JobKey, system_of
 from mom_checkpoint.batch.pointer import open_checkpoint_dir, read_pointer
@@ -118,8 +119,7 @@ def resolve(
     raise no_checkpoint(call, spool)
 
 
-@dataclass(frozen=True)
-class VaultFetch:
+class VaultFetch(msgspec.Struct, frozen=True):
     """The job's generations in the vault, for this caller: the same owner and batch system filters
     as in the spool, and root's manifest read again once the copy is local."""
 

@@ -6,8 +6,9 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.processes.identity import JobUser
@@ -16,8 +17,7 @@ from mom_checkpoint.spool.storage import RESTORER_DIR, Spool
 WORKDIR_CLEANUP_S = 10.0  # the longest a restart spends removing work folders (its own, or ended ones')
 
 
-@dataclass(frozen=True)
-class Work:
+class Work(msgspec.Struct, frozen=True):
     root: Path  # root's own folder (0711): the staged image lives in its 0700 "pinned" subfolder
     restorer: Path  # where the restorer writes its log: the job user's when it runs as them
 

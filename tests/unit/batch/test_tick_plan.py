@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,7 +79,7 @@ def test_c_n_periodic_interval_and_the_nodes_checkpoint_interval() -> None:
     assert (d["3.h"].action, d["3.h"].interval_source, d["3.h"].interval_s) == (
         "qchkpt", "$checkpoint_interval", 600)  # fmt: skip
     assert d["4.h"].action == "qchkpt" and d["4.h"].interval_source == "$checkpoint_interval"
-    longer = dataclasses.replace(DEFAULT, default_interval_s=15 * MIN)
+    longer = msgspec.structs.replace(DEFAULT, default_interval_s=15 * MIN)
     assert decide(jobs, options=longer)["5.h"].action == "wait"
 
 
@@ -138,7 +138,7 @@ def test_a_refused_qchkpt_is_tried_again_after_at_most_retry_s() -> None:
 
 def test_the_cap_takes_the_most_overdue_first_and_defers_the_rest() -> None:
     jobs = [job(f"{n}.h", checkpointed=600 + n * 60) for n in range(1, 6)]
-    capped = dataclasses.replace(DEFAULT, max_qchkpt=2)
+    capped = msgspec.structs.replace(DEFAULT, max_qchkpt=2)
     result = plan(jobs, {}, {}, capped, NOW)
     asked = [d.job_id for d in result.decisions if d.action == "qchkpt"]
     assert asked == ["4.h", "5.h"]
@@ -154,10 +154,10 @@ def test_only_running_jobs_and_with_this_node_only_those_whose_first_exec_host_i
         job("2.h", host="node02"),
         job("3.h", state="Q"),
         job("4.h", state="C"),
-        dataclasses.replace(job("5.h"), exec_host="node02/0+node01/1"),
-        dataclasses.replace(job("6.h"), exec_host=None),
+        msgspec.structs.replace(job("5.h"), exec_host="node02/0+node01/1"),
+        msgspec.structs.replace(job("6.h"), exec_host=None),
     ]
-    here = dataclasses.replace(DEFAULT, scope="this-node", host="NODE01")
+    here = msgspec.structs.replace(DEFAULT, scope="this-node", host="NODE01")
     result = plan(jobs, {}, {}, here, NOW)
     assert [d.job_id for d in result.decisions] == ["1.h"]
     assert (result.jobs, result.running, result.elsewhere) == (6, 1, 3)
@@ -176,13 +176,13 @@ def test_a_job_id_unsafe_as_a_file_name_is_left_alone() -> None:
 
 
 def test_no_time_known_at_all_means_due_now() -> None:
-    bare = dataclasses.replace(job("1.h"), start_time=None)
+    bare = msgspec.structs.replace(job("1.h"), start_time=None)
     d = decide([bare])["1.h"]
     assert d.action == "qchkpt" and d.reason.startswith("due: no checkpoint or start known")
 
 
 def test_advised_interval_for_jobs_without_a_number() -> None:
-    advised = dataclasses.replace(DEFAULT, advised_interval=True, mtbf_s=24 * 3600)
+    advised = msgspec.structs.replace(DEFAULT, advised_interval=True, mtbf_s=24 * 3600)
     views = {"1.h": NodeView(cost_s=300.0), "2.h": NodeView(cost_s=300.0), "3.h": NodeView()}
     jobs = [job("1.h", "c"), job("2.h", "c=10"), job("3.h", "enabled,periodic")]
     d = decide(jobs, views=views, options=advised)
@@ -219,7 +219,7 @@ def test_ticks_every_minute_never_ask_twice_within_an_interval(
         d = plan([current], {"1.h": record}, {}, DEFAULT, now).decisions[0]
         if d.action == "qchkpt":
             asked_at.append(now)
-            record = dataclasses.replace(record, asked=now)
+            record = msgspec.structs.replace(record, asked=now)
     gaps = [b - a for a, b in itertools.pairwise(asked_at)]
     assert all(gap >= interval - TOLERANCE_S for gap in gaps)
     assert all(gap <= interval + 60 + 20 for gap in gaps)

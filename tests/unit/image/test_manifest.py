@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from mom_checkpoint.image.hashing import ImageFile
@@ -21,7 +21,7 @@ def current() -> dict[str, Any]:
 
 
 def test_schema_4_records_each_digest_with_its_algorithm() -> None:
-    written = dataclasses.replace(
+    written = msgspec.structs.replace(
         manifest("42.head", 1, "000001-20261130T000000Z", 4711, 1.0),
         files=[ImageFile("image/pages-1.img", 4096, "blake3:" + "0" * 64)],
     )

@@ -3,7 +3,6 @@ what verifies, retention only behind a newer copy, the bandwidth limit."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
 from mom_checkpoint.batch.jobkey import JobKey
@@ -39,7 +39,7 @@ def _generation(tmp_path: Path, number: int, data: bytes = b"pages" * 1000) -> t
     (source / "image" / "pages-1.img").write_bytes(data)
     record = make_manifest("42.head", number, name, 4711, 1.0)
     files = [ImageFile("image/pages-1.img", len(data), digest_of(data))]
-    record = dataclasses.replace(
+    record = msgspec.structs.replace(
         record, files=files, total_bytes=len(data), generation=GenerationInfo(number, name)
     )
     return source, record

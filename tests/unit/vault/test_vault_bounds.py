@@ -3,10 +3,10 @@ owner's copies never pass their share of the shared vault (vault_quota_gib)."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from mom_checkpoint.batch.jobkey import JobKey
@@ -53,7 +53,7 @@ def test_an_owners_copies_stop_at_their_share_and_the_refused_one_writes_nothing
     for number in (1, 2):
         source, record = _generation(tmp_path / str(number), number, b"p" * (100 * KIB))
         _store(vault, KEY, source, record, share=share)
-    other_job = dataclasses.replace(KEY, job_id="43.head")
+    other_job = msgspec.structs.replace(KEY, job_id="43.head")
     source, record = _generation(tmp_path / "3", 3, b"p" * (100 * KIB))
     with pytest.raises(VaultOverQuota, match=r"vault_quota_gib .*not copying it"):
         _store(vault, other_job, source, record, share=share)
@@ -64,7 +64,7 @@ def test_an_owners_copies_stop_at_their_share_and_the_refused_one_writes_nothing
         vault.prune(KEY, 2, beat)
     assert [g.number for g in vault.generations(KEY.token)] == [2, 3]
     # another owner's copies are theirs to count
-    theirs = dataclasses.replace(KEY, uid=KEY.uid + 1)
+    theirs = msgspec.structs.replace(KEY, uid=KEY.uid + 1)
     _store(vault, theirs, source, record, share=share)
     assert vault.held_by(KEY.uid) == {KEY.token: [100 * KIB, 100 * KIB]}
     assert vault.held_by(theirs.uid) == {theirs.token: [100 * KIB]}

@@ -23,6 +23,7 @@ import psutil
 TESTS = Path(__file__).resolve().parent
 COUNTER = TESTS / "apps" / "counter.py"
 TICKER = TESTS / "apps" / "ticker.py"  # a line every 2 ms, holding TICKER_MIB of memory
+APPS = TESTS / "apps"
 STANDINS = TESTS / "standins"
 BIN = Path(sys.executable).parent
 TEST_USER = os.environ.get("MOM_TEST_USER", "momtest")
@@ -531,6 +532,61 @@ def criu_problem() -> str | None:
     if check.returncode != 0:
         return f"criu check fails: {(check.stderr or check.stdout).strip()[-200:]}"
     return None
+
+
+def inside_pid(pid: int) -> int:
+    """A process's PID in its own PID namespace (the innermost of NSpid)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    raise AssertionError(f"no NSpid for {pid}")
+
+
+def restored_by(restart_pid: int) -> dict[int, int]:
+    """The job's processes a restart runs, in the PID namespace it made for them: {PID as the job sees
+    it: PID on the node} (the namespace's holder, root's, left out)."""
+    found = {}
+    try:
+        below = psutil.Process(restart_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return {}
+    for proc in below:
+        try:
+            if proc.uids().real != 0 and proc.status() != psutil.STATUS_ZOMBIE:
+                found[inside_pid(proc.pid)] = proc.pid
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+def without_namespaces() -> dict[str, Any]:
+    """Config keys for CRIU restores beside the node's processes, as before issue 28 (job-user mode)."""
+    return {"backends.criu.run_as": "job-user", "backends.criu.pid_namespace": False}
+
+
+def seen_as(top: int, inside: int) -> int | None:
+    """The descendant of ``top`` (not root's) that its PID namespace knows as ``inside``, on the node."""
+    for pid in [top, *restored_by(top).values()]:
+        with contextlib.suppress(OSError, AssertionError):
+            if inside_pid(pid) == inside and psutil.Process(pid).uids().real != 0:
+                return pid
+    return None
+
+
+def wait_restored_as(
+    restart: subprocess.Popen[bytes], pids: Sequence[int], timeout: float = 30
+) -> dict[int, int]:
+    """Wait until the restart has given the job back these PIDs, as the job sees them (the exec PID
+    first, a child of the restart process, in a PID namespace of its own); {inside: on the node}."""
+    deadline = time.monotonic() + timeout
+    while not set(pids) <= set(found := restored_by(restart.pid)):
+        assert time.monotonic() < deadline and restart.poll() is None, "the job was not restored"
+        time.sleep(0.05)
+    root = found[pids[0]]
+    assert psutil.Process(root).ppid() == restart.pid
+    assert os.readlink(f"/proc/{root}/ns/pid") != os.readlink("/proc/self/ns/pid"), "not in a namespace"
+    return found
 
 
 def is_running(pid: int) -> bool:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -18,6 +19,7 @@ from mom_checkpoint.platform.config import Config, RunAs
 from mom_checkpoint.platform.environment import Completed, Environment, child_environ, last_line
 from mom_checkpoint.platform.errors import CheckpointerFailed, CheckpointerMissing, TimedOut
 from mom_checkpoint.platform.programs import find_program
+from mom_checkpoint.processes import namespaces
 from mom_checkpoint.processes.identity import JobUser
 
 if TYPE_CHECKING:  # a restore's: the hook's calls do not import them
@@ -30,7 +32,7 @@ _EVERY_FILE = re.compile(r".+")
 
 
 class DumpRequest(msgspec.Struct, frozen=True):
-    exec_pid: int
+    exec_pid: int  # as the job sees it (in its own PID namespace, when it runs in one)
     image_dir: Path
     abort: bool  # end the job after a successful dump (TORQUE SIGNAL 15)
     user: JobUser
@@ -39,6 +41,10 @@ class DumpRequest(msgspec.Struct, frozen=True):
     external_files: tuple[str, ...] = ()  # files kept with the generation: dumped by these names only
     image_fd: int | None = None  # the image folder, open in this process, when it is handed over so
     log_fd: int | None = None  # the write end of the checkpointer's log pipe (backends.logpipe)
+    # a job restored into namespaces of its own is dumped from inside them: these, entered through
+    # its exec process as the node sees it
+    namespaces: namespaces.Namespaces | None = None
+    host_pid: int = 0
 
     @property
     def output_dir(self) -> Path:
@@ -73,6 +79,7 @@ class RestoreRequest(msgspec.Struct, frozen=True):
     # the image's root process was a session leader (an OpenPBS task started with pbsdsh -o): CRIU
     # gives it back its own session, which the restart process's session does not take along
     root_session_leader: bool = False
+    holder: namespaces.Holder | None = None  # restore into its fresh namespaces (processes.namespaces)
     workdir_fd: int | None = None  # the restorer's folder, open in this process, when handed over so
     log_fd: int | None = None  # the write end of the restorer's log pipe (backends.logpipe)
 
@@ -88,12 +95,22 @@ class RestoreRequest(msgspec.Struct, frozen=True):
 
 
 class Restored(msgspec.Struct):
-    """The restored application: a child of this process, in its session."""
+    """The restored application: a child of this process (in its own PID namespace, whose holder
+    ``holder`` is, when the restore made one)."""
 
     pid: int
     command: list[str]
     handle: subprocess.Popen[bytes] | None = None  # kept so the child is never reaped behind our back
     stopped: bool = False  # restored stopped: nothing of it has run yet (CRIU --leave-stopped)
+    holder: namespaces.Holder | None = None  # PID 1 of the job's namespace: ends it when closed
+
+    def pid_inside(self, pid: int) -> int:
+        """A restored task's PID as the job sees it (the image's PIDs)."""
+        return namespaces.inside(pid).pid if self.holder is not None else pid
+
+    def end_namespace(self) -> None:
+        if self.holder is not None:
+            self.holder.close()
 
 
 class Backend(ABC):
@@ -218,12 +235,17 @@ class Backend(ABC):
         try:
             command = self.dump_command(binary, request)
             argv = self.as_configured_user(command, request.user, self.dump_capabilities)
-            try:
-                completed = self.env.runner.run(
-                    argv, timeout_s=request.timeout_s, on_start=request.on_start, pass_fds=handed
-                )
-            except (FileNotFoundError, PermissionError) as exc:
-                raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
+            with _inside(request, argv, handed) as (argv, passed, starting):
+                try:
+                    completed = self.env.runner.run(
+                        argv,
+                        timeout_s=request.timeout_s,
+                        on_start=request.on_start,
+                        pass_fds=passed,
+                        starting=starting,
+                    )
+                except (FileNotFoundError, PermissionError) as exc:
+                    raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
         finally:
             if log is not None:
                 logged = log.close()  # its write end is closed with it
@@ -248,6 +270,22 @@ class Backend(ABC):
             frozen_s=frozen_s,
             stats=stats,
         )
+
+
+@contextlib.contextmanager
+def _inside(
+    request: DumpRequest, argv: list[str], handed: list[int]
+) -> Iterator[tuple[list[str], list[int], contextlib.AbstractContextManager[None] | None]]:
+    """The checkpointer's command line, descriptors and start: as they are, or, for a job in
+    namespaces of its own, born in its PID namespace (root joins it for the start only) and entering
+    its mount namespace first (nsenter, through a descriptor root opened and checked)."""
+    if request.namespaces is None:
+        yield argv, handed, None
+        return
+    with namespaces.entered(request.host_pid, request.namespaces) as (pid_fd, mnt_fd):
+        nsenter = find_program("nsenter", "nsenter (util-linux)")
+        inside = [nsenter, f"--mount=/proc/self/fd/{mnt_fd}", "--", *argv]
+        yield inside, [*handed, mnt_fd], namespaces.children_in(pid_fd)
 
 
 def as_user(command: Sequence[str], user: JobUser, capabilities: Sequence[str]) -> list[str]:

@@ -21,6 +21,7 @@ from mom_checkpoint.platform.errors import (
     TimedOut,
 )
 from mom_checkpoint.platform.files import write_all
+from mom_checkpoint.platform.programs import find_program
 from mom_checkpoint.processes.discovery import child_pids
 from mom_checkpoint.processes.identity import JobUser, credentials_problem
 from mom_checkpoint.processes.termination import kill_tree
@@ -95,7 +96,12 @@ class CriuBackend(Backend):
 
     def restore(self, binary: str, request: RestoreRequest) -> Restored:
         """criu restore -d -S --leave-stopped: CRIU returns once the tree is restored, stopped, its root
-        a child of this process (found among this process's children: no pid file is trusted)."""
+        a child of this process (found among this process's children: no pid file is trusted). With
+        ``request.holder``, CRIU runs as the second process of a fresh PID namespace (the holder is
+        the first), in a mount namespace of its own with that namespace's /proc, and leads a session
+        of its own there, which the restored tree joins: so the tree has the PIDs of the image, and
+        a later dump from inside sees every task's session (processes.namespaces)."""
+        holder = request.holder
         if request.root_session_leader:
             _dies_with_its_parent(request.image, request.pids[0])
         handed = [request.image.fd] if request.image.fd is not None else []
@@ -109,11 +115,17 @@ class CriuBackend(Backend):
         try:
             command = self.restore_command(binary, request)
             argv = self.as_configured_user(command, request.user, request.image.capabilities or ())
+            if holder is not None:  # root's part: into the mount namespace whose /proc is the job's
+                nsenter = find_program("nsenter", "nsenter (util-linux)")
+                argv = [nsenter, f"--mount=/proc/self/fd/{holder.mnt_fd}", "--", *argv]
+                handed.append(holder.mnt_fd)
             completed = self.env.runner.run(
                 argv,
                 timeout_s=request.timeout_s,
                 cwd=request.cwd,
                 pass_fds=[*(f.fd for f in request.inherited), log.write_fd, *handed],
+                new_session=holder is not None,
+                starting=holder.spawning() if holder is not None else None,
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise CheckpointerMissing(f"cannot run {argv[0]}: {exc.strerror}") from None
@@ -121,7 +133,8 @@ class CriuBackend(Backend):
             self._restore_log = log.close()
             if workdir_fd is not None:
                 os.close(workdir_fd)
-        children = own_children()
+
+        children = [child for child in own_children() if holder is None or child != holder.pid]
         if completed.timed_out or completed.returncode != 0:
             kill_trees(children)  # whatever a killed or failed restorer left stopped
         if completed.timed_out:
@@ -135,13 +148,14 @@ class CriuBackend(Backend):
                 raise PidInUse(int(busy.group(1)))
             detail = first_error(logged) or (completed.stderr.strip().splitlines() or [""])[-1]
             raise CheckpointerFailed(f"criu restore failed (exit {completed.returncode}): {detail}")
-        if children != [request.pids[0]]:
+        restored = Restored(children[0] if children else 0, command, stopped=True, holder=holder)
+        if len(children) != 1 or restored.pid_inside(children[0]) != request.pids[0]:
             kill_trees(children)
             raise CheckpointerFailed(
                 f"criu restore left {children or 'no process'} as this process's children, not the job's "
                 f"process {request.pids[0]}: killed them"
             )
-        return Restored(children[0], command, stopped=True)
+        return restored
 
     def stage_image(
         self,

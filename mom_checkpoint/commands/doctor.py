@@ -17,7 +17,7 @@ from mom_checkpoint.batch.calls import PBS_ACTIONS
 from mom_checkpoint.platform import config as config_module
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
-from mom_checkpoint.platform.errors import CheckpointerMissing, ConfigError, ProgramMissing
+from mom_checkpoint.platform.errors import CheckpointerMissing, ConfigError, Error, ProgramMissing
 from mom_checkpoint.platform.log import open_log_file
 from mom_checkpoint.platform.modes import this_node
 from mom_checkpoint.platform.programs import find_program
@@ -136,7 +136,32 @@ def _backend(config: Config, env: Environment) -> list[Check]:
                 "" if check.returncode == 0 else "see `criu check` output",
             )
         )
+        checks.append(_namespaces(config))
     return checks
+
+
+def _namespaces(config: Config) -> Check:
+    """Whether restores can get namespaces of the job's own here (README), as configured."""
+    name = "pid_namespace"
+    if not config.backends.criu.pid_namespace:
+        return Check(name, True, "off: restores need every PID of the image free on the node (exit 82)")
+    from mom_checkpoint.processes import namespaces
+
+    problem = namespaces.available()
+    try:
+        find_program("nsenter", "nsenter (util-linux)")
+    except Error as exc:
+        problem = problem or exc.message
+    if problem is None:
+        return Check(name, True, "every restore in a fresh PID and mount namespace of the job's own")
+    return Check(
+        name,
+        False,
+        f"this node cannot make them ({problem}): restores fall back to the node's namespaces, "
+        "said in the log (restart.no_namespace)",
+        "run as root on a kernel with PID namespaces, with util-linux's nsenter; or set "
+        "backends.criu.pid_namespace = false",
+    )
 
 
 def _privileges(config: Config) -> list[Check]:

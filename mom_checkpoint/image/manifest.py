@@ -85,7 +85,7 @@ class JobInfo(msgspec.Struct, frozen=True):
     @classmethod
     def of(cls, job_id: str, job: JobProcesses, group: str) -> JobInfo:
         return cls(
-            id=job_id, session_id=job.leader_pid, leader_pid=job.leader_pid, exec_pid=job.exec_pid,
+            id=job_id, session_id=job.leader_pid, leader_pid=job.leader_pid, exec_pid=job.exec_pid_inside,
             user=job.user, uid=job.uid, group=group, gid=job.gid, found_via=job.found_via,
         )  # fmt: skip
 

@@ -31,6 +31,9 @@ class CriuConfig(msgspec.Struct, frozen=True):
     binary: str = "criu"
     run_as: RunAsSetting = "auto"
     ghost_limit: int = 1024 * 1024  # bytes; CRIU's --ghost-limit (deleted-but-open files)
+    # every restore in a fresh PID and mount namespace (processes.namespaces): the job gets its PIDs
+    # back whatever runs on the node; false: restore beside the node's processes (PIDs must be free)
+    pid_namespace: bool = True
     extra_args: list[str] = field(default_factory=list)  # e.g. ["--file-locks", "--tcp-established"]
 
 
@@ -63,6 +66,11 @@ class Config(msgspec.Struct, frozen=True):
     log_file: str = "/var/log/mom-checkpoint.log"
     torque_checkpoint_roots: list[str] = field(default_factory=lambda: ["/var/spool/torque/checkpoint"])
     pbs_checkpoint_roots: list[str] = field(default_factory=lambda: ["/var/spool/pbs/checkpoint"])  # OpenPBS
+    # a job whose node file (pbs_mom's, in these folders) names other hosts: refused, or checkpointed
+    # here alone ("allow": where a site's multi-node jobs coordinate their own checkpoints)
+    multi_node: Literal["refuse", "allow"] = "refuse"
+    torque_aux_dirs: list[str] = field(default_factory=lambda: ["/var/spool/torque/aux"])
+    pbs_aux_dirs: list[str] = field(default_factory=lambda: ["/var/spool/pbs/aux"])  # OpenPBS
     several_children: Literal["fail", "oldest"] = "fail"
     space_margin: float = 1.2
     abort_grace_s: float = 10.0

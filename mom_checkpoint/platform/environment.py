@@ -75,20 +75,27 @@ class Runner:
         on_start: Callable[[int], None] | None = None,
         pass_fds: Sequence[int] = (),
         stopped_limit_s: float | None = None,
+        new_session: bool = False,
+        starting: contextlib.AbstractContextManager[None] | None = None,
     ) -> Completed:
+        """``new_session``: the program leads a session of its own (and so its group) instead of a
+        group in this session. ``starting``: held while the program is started (e.g. to have it
+        born in a job's PID namespace, processes.namespaces)."""
         started = time.monotonic()
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env) if env is not None else child_environ(),
-            cwd=cwd,
-            umask=umask,
-            process_group=0,
-            close_fds=True,
-            pass_fds=tuple(pass_fds),
-        )
+        with starting if starting is not None else contextlib.nullcontext():
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=dict(env) if env is not None else child_environ(),
+                cwd=cwd,
+                umask=umask,
+                process_group=None if new_session else 0,
+                start_new_session=new_session,
+                close_fds=True,
+                pass_fds=tuple(pass_fds),
+            )
         timed_out = False
         if on_start is not None:
             try:

@@ -73,6 +73,13 @@ class Busy(Error):
     exit_status = ExitStatus.BUSY
 
 
+class NotCheckpointable(Error):
+    """The job holds what the checkpointer cannot dump (an RDMA or GPU device...), or runs on other
+    nodes as well: refused before the dump, the job untouched."""
+
+    exit_status = ExitStatus.NOT_CHECKPOINTABLE
+
+
 class Refused(Error):
     """Refused for safety: an unsafe path, a symlink, a folder others can write, a wrong owner."""
 

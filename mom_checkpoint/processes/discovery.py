@@ -21,7 +21,9 @@ import psutil
 from msgspec import field
 
 from mom_checkpoint.platform.errors import NoSuchProcess, Refused, UnknownUser
+from mom_checkpoint.processes import namespaces
 from mom_checkpoint.processes.identity import name_of
+from mom_checkpoint.processes.namespaces import Inside, Namespaces
 from mom_checkpoint.processes.procfs import fdinfo
 
 
@@ -60,16 +62,53 @@ class JobProcesses(msgspec.Struct, frozen=True):
     found_via: Literal["session", "restart-record"] = "session"
 
     swap_bytes: int = 0  # swapped out: CRIU dumps it too
+    # the PID and mount namespaces its restart made for it (processes.namespaces); None: the node's
+    namespaces: Namespaces | None = None
+    inside: dict[int, Inside] = field(default_factory=dict)  # there: each process as the job sees it
 
     @property
     def resident_bytes(self) -> int:
         return sum(p.rss for p in self.tree)
 
+    @property
+    def session(self) -> int:
+        """The job's session as the node sees it: the job shell's, or, restored into a namespace of
+        its own, the one it leads there."""
+        return self.tree[0].session_id if self.namespaces is not None else self.leader_pid
+
+    def seen_inside(self) -> list[ProcessRecord]:
+        """The tree as the job sees it, by the PIDs its image has (pid, parent, session): the node's
+        PIDs, unless it runs in a namespace of its own."""
+        if self.namespaces is None:
+            return list(self.tree)
+        inside = self.inside
+        return [
+            msgspec.structs.replace(
+                record,
+                pid=inside[record.pid].pid,
+                ppid=inside[record.ppid].pid if record.ppid in inside else 0,
+                session_id=inside[record.pid].session,
+            )
+            for record in self.tree
+        ]
+
+    @property
+    def exec_pid_inside(self) -> int:
+        """The exec PID as the job (and its image) knows it."""
+        return self.inside[self.exec_pid].pid if self.namespaces is not None else self.exec_pid
+
+
+class Restarted(msgspec.Struct, frozen=True):
+    """Root's record of a job's live restart process, and of the namespaces it restored the job into."""
+
+    pid: int
+    namespaces: Namespaces | None = None
+
 
 _KERNEL_CHILDREN = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 
-# Given a job id, the pid of the process that restarted it, if one is recorded and still alive.
-RestartLookup = Callable[[str], int | None]
+# Given a job id, the process that restarted it, if one is recorded and still alive.
+RestartLookup = Callable[[str], Restarted | None]
 
 
 def find_job(
@@ -84,7 +123,7 @@ def find_job(
     found_via: Literal["session", "restart-record"] = "session"
     leader = _process(top_pid)
     restarted = restart_lookup(job_id) if restart_lookup is not None else None
-    if leader is not None and restarted == leader.pid:
+    if leader is not None and restarted is not None and restarted.pid == leader.pid:
         found_via = "restart-record"  # OpenPBS passes the restart process's own (live) session
     if leader is None:
         if restarted is None:
@@ -92,9 +131,9 @@ def find_job(
                 f"no process {top_pid}: job {job_id} is not running on this node "
                 f"(and no restart of it is recorded)"
             )
-        leader, found_via = _process(restarted), "restart-record"
+        leader, found_via = _process(restarted.pid), "restart-record"
         if leader is None:
-            raise NoSuchProcess(f"job {job_id}: its restart process {restarted} has ended")
+            raise NoSuchProcess(f"job {job_id}: its restart process {restarted.pid} has ended")
     try:
         session = os.getsid(leader.pid)
         if session != leader.pid:
@@ -130,6 +169,8 @@ def find_job(
                 f"job {job_id}: process {record.pid} ({record.name}) belongs to {name_of(record.uid)}, "
                 f"not to the job's user {name_of(uid)}: refusing"
             )
+    made = restarted.namespaces if restarted is not None and found_via == "restart-record" else None
+    job_namespaces = _namespaces_of(records, made, job_id)
     return JobProcesses(
         leader_pid=leader.pid,
         exec_pid=target.pid,
@@ -139,7 +180,36 @@ def find_job(
         tree=records,
         found_via=found_via,
         swap_bytes=sum(_swapped(record.pid) for record in records),
+        namespaces=job_namespaces,
+        inside=_inside(records, job_id) if job_namespaces is not None else {},
     )
+
+
+def _inside(records: Sequence[ProcessRecord], job_id: str) -> dict[int, Inside]:
+    """Each process as the job sees it, read now: a dump that ends the job leaves nothing to read."""
+    try:
+        return {record.pid: namespaces.inside(record.pid) for record in records}
+    except (FileNotFoundError, ProcessLookupError):
+        raise NoSuchProcess(f"job {job_id}: a process ended while it was being examined") from None
+
+
+def _namespaces_of(
+    records: Sequence[ProcessRecord], made: Namespaces | None, job_id: str
+) -> Namespaces | None:
+    """None for a job among the node's own processes; the namespaces its restart made and recorded,
+    for a job restored into them; anything else is refused: root enters no namespace a user made."""
+    try:
+        found = {namespaces.of(record.pid) for record in records}
+    except FileNotFoundError:
+        raise NoSuchProcess(f"job {job_id}: a process ended while it was being examined") from None
+    if found == {namespaces.own()}:
+        return None
+    if made is None or found != {made}:
+        raise Refused(
+            f"job {job_id}: its processes run in PID or mount namespaces that no restart of it made: "
+            f"refusing to checkpoint them"
+        )
+    return made
 
 
 def _swapped(pid: int) -> int:

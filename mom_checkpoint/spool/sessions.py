@@ -13,7 +13,8 @@ from pathlib import Path
 
 from mom_checkpoint.batch.jobkey import JobKey
 from mom_checkpoint.platform.files import replace_private
-from mom_checkpoint.processes.discovery import process_start_time
+from mom_checkpoint.processes.discovery import Restarted, process_start_time
+from mom_checkpoint.processes.namespaces import Namespaces
 
 SESSIONS_DIR = ".sessions"
 
@@ -22,15 +23,20 @@ def record_path(spool_root: Path, key: JobKey) -> Path:
     return spool_root / SESSIONS_DIR / f"{key.token}.json"
 
 
-def record(spool_root: Path, key: JobKey, pid: int) -> None:
+def record(spool_root: Path, key: JobKey, pid: int, *, namespaces: Namespaces | None = None) -> None:
+    """Root's record of the restart process, and of the namespaces it restored the job into."""
     start = process_start_time(pid)
     directory = spool_root / SESSIONS_DIR
     directory.mkdir(mode=0o700, exist_ok=True)
-    record = {"job_id": key.job_id, "system": key.system, "uid": key.uid, "pid": pid, "start_time": start}
+    record: dict[str, object] = {
+        "job_id": key.job_id, "system": key.system, "uid": key.uid, "pid": pid, "start_time": start,
+    }  # fmt: skip
+    if namespaces is not None:
+        record["namespaces"] = {"pid": namespaces.pid, "mnt": namespaces.mnt}
     replace_private(record_path(spool_root, key), json.dumps(record))
 
 
-def lookup(spool_root: Path, system: str, job_id: str, uid: int | None = None) -> int | None:
+def lookup(spool_root: Path, system: str, job_id: str, uid: int | None = None) -> Restarted | None:
     """The live restart process of the job id from ``system`` (and owner ``uid`` when known); a
     record of another system or owner is never taken. An older version's record (named by the job
     id alone) counts only when no record of the key exists."""
@@ -39,18 +45,20 @@ def lookup(spool_root: Path, system: str, job_id: str, uid: int | None = None) -
     candidates = sorted(directory.glob(pattern))
     if not candidates:
         candidates = [directory / f"{job_id}.json"]
-    running = [pid for path in candidates if (pid := live(path)) is not None]
+    running = [restarted for path in candidates if (restarted := live(path)) is not None]
     return running[0] if len(running) == 1 else None
 
 
-def live(path: Path) -> int | None:
-    """The pid a session record names, while that very process (same start time) runs."""
+def live(path: Path) -> Restarted | None:
+    """The restart a session record names, while that very process (same start time) runs."""
     try:
         data = json.loads(path.read_text())
         pid, start = int(data["pid"]), float(data["start_time"])
+        made = data.get("namespaces")
+        made = Namespaces(int(made["pid"]), int(made["mnt"])) if made is not None else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
     alive_start = process_start_time(pid)
     if alive_start is None or abs(alive_start - start) > 0.5:
         return None  # that process ended; the pid may since belong to someone else
-    return pid
+    return Restarted(pid, made)

@@ -225,6 +225,9 @@ def test_doctor_passes_on_a_set_up_node_and_says_how_to_fix_the_rest(site: Site,
         "log",
         "$restart_script",
     }
+    # issue 28: this node makes restores' namespaces (root, PID namespaces, nsenter)
+    [namespace] = [c for c in checks if c["name"] == "pid_namespace"]
+    assert namespace["ok"] and "fresh PID and mount namespace" in namespace["detail"], namespace
 
     # CRIU's default, run_as = "auto", takes job-user mode where the node supports it (as here); root
     # mode says what it leaves open where the safer mode would work (issue 25 #1)

@@ -15,7 +15,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import Job, Site, User, crash, installed, is_running, verify_generation, wait_until_gone
+from tests.helpers import (
+    Job,
+    Site,
+    User,
+    crash,
+    installed,
+    is_running,
+    seen_as,
+    verify_generation,
+    wait_until_gone,
+)
 from tests.openpbs import Mom, NotRun, Task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,10 +94,12 @@ def test_checkpoint_abort_and_restart_as_openpbs_drives_them(site: Site) -> None
     # qrls: MOM runs the restart script as the task's new top process, %sid the old one negated
     restart = mom.start_restart(task, old_sid=job.session_id)
     deadline = time.monotonic() + 30
-    while not all(psutil.pid_exists(pid) for pid in restored):
+    while None in (on_node := [seen_as(restart, pid) for pid in restored]):  # its PIDs, in its namespace
         assert time.monotonic() < deadline, f"not restored: {events(site, 'restart.refused')}"
         time.sleep(0.05)
-    assert {os.getsid(pid) for pid in restored} == {restart}, "the job must run in the task's session"
+    # one session of its own in the namespace; the task's session holds the restart and the holder
+    sessions = {os.getsid(pid) for pid in on_node if pid is not None}
+    assert len(sessions) == 1 and restart not in sessions
     # the next checkpoint of the restarted task: MOM passes the task's session, the restart process
     again = mom.checkpoint(Task(job, "31.vm", session_id=restart))
     assert again.status == 0, events(site, "checkpoint.refused")
@@ -356,16 +368,16 @@ def test_a_task_that_is_its_own_session_leader_restarts_and_ends_with_its_task(s
 
     restart = mom.start_restart(task2, old_sid=leader.pid)
     deadline = time.monotonic() + 30
-    while not psutil.pid_exists(leader.pid) or os.getsid(leader.pid) != leader.pid:
+    while (root := seen_as(restart, leader.pid)) is None or os.getsid(root) != root:
         assert time.monotonic() < deadline, f"not restored: {events(site, 'restart.refused')}"
         time.sleep(0.05)
-    assert os.getsid(leader.pid) == leader.pid != os.getsid(restart)  # its own session, as CRIU restores it
+    assert os.getsid(root) == root != os.getsid(restart)  # its own session, as CRIU restores it
     again = mom.checkpoint(Task(task2.job, "41.vm", task_id=2, session_id=restart))
     assert again.status == 0, events(site, "checkpoint.refused")
     os.killpg(restart, signal.SIGKILL)  # MOM ends the task: its session, the restart process's
     os.waitpid(restart, 0)
     deadline = time.monotonic() + 10
-    while psutil.pid_exists(leader.pid) and psutil.Process(leader.pid).status() != psutil.STATUS_ZOMBIE:
+    while is_running(root):
         assert time.monotonic() < deadline, "the restored application outlived its task"
         time.sleep(0.05)
 
@@ -405,15 +417,16 @@ def test_a_two_task_job_through_two_restarts_and_a_qdel_leaves_nothing(site: Sit
     tasks = {1: Task(first, "42.vm", task_id=1), 2: Task(second, "42.vm", task_id=2)}
     old_sid = {1: first.session_id, 2: second.leader.pid}
     restarts: dict[int, int] = {}
+    on_node: list[int | None] = [pid for group in pids.values() for pid in group]  # as the node sees them
     for _round in range(2):
         held = mom.checkpoint_job(list(tasks.values()), abort=True)  # qhold: every task, one .CK
         assert [h.status for h in held] == [0, 0], events(site, "checkpoint.refused")
         for reaped in restarts.values() or [first.leader.pid, second.leader.pid]:  # MOM reaps its tasks
             os.waitpid(reaped, 0)
-        wait_until_gone([pid for group in pids.values() for pid in group])
+        wait_until_gone([pid for pid in on_node if pid is not None])
         restarts = {n: mom.start_restart(task, old_sid=old_sid[n]) for n, task in tasks.items()}
         deadline = time.monotonic() + 30
-        while not all(is_running(pid) for group in pids.values() for pid in group):
+        while None in (on_node := [seen_as(restarts[n], pid) for n, group in pids.items() for pid in group]):
             assert time.monotonic() < deadline, f"not restored: {events(site, 'restart.refused')}"
             time.sleep(0.05)
         # a periodic checkpoint: MOM passes each restart process's session; both pointers are kept
@@ -428,7 +441,7 @@ def test_a_two_task_job_through_two_restarts_and_a_qdel_leaves_nothing(site: Sit
     for restart in restarts.values():
         os.waitpid(restart, 0)
     deadline = time.monotonic() + 10
-    while left := [p for group in pids.values() for p in group if is_running(p)]:
+    while left := [p for p in on_node if p is not None and is_running(p)]:
         assert time.monotonic() < deadline, (
             f"{[(p, os.getsid(p), os.getpgid(p)) for p in left]} outlived qdel"
         )

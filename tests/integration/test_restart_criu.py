@@ -24,9 +24,12 @@ from tests.helpers import (
     call_hook,
     crash,
     is_running,
+    restored_by,
     start_restart,
     verify_generation,
+    wait_restored_as,
     wait_until_gone,
+    without_namespaces,
 )
 
 pytestmark = pytest.mark.usefixtures("criu")
@@ -66,15 +69,14 @@ def restart_args(site: Site, job: Job, checkpoint_args: list[object]) -> list[ob
     ]
 
 
-def wait_restored(restart: subprocess.Popen[bytes], pids: list[int], timeout: float = 30) -> None:
-    """Wait until CRIU has given these pids back (the job's exec PID first, a child of the restart
-    process) and check that they run in the restart process's session, which pbs_mom tracks."""
-    deadline = time.monotonic() + timeout
-    while not all(psutil.pid_exists(pid) for pid in pids):
-        assert time.monotonic() < deadline and restart.poll() is None, "the job was not restored"
-        time.sleep(0.05)
-    assert psutil.Process(pids[0]).ppid() == restart.pid
-    assert {os.getsid(pid) for pid in pids} == {restart.pid}, "the job must be in the restart's session"
+def wait_restored(restart: subprocess.Popen[bytes], pids: list[int], timeout: float = 30) -> list[int]:
+    """Wait until CRIU has given these pids back, as the job sees them, in a PID namespace of its own
+    (the job's exec PID first, a child of the restart process), all in the one session the job leads
+    there; the same processes as the node sees them."""
+    found = wait_restored_as(restart, pids, timeout)
+    on_node = [found[pid] for pid in pids]
+    assert len({os.getsid(pid) for pid in on_node}) == 1, "the job must be in one session"
+    return on_node
 
 
 @pytest.fixture
@@ -92,7 +94,7 @@ def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Sit
     checkpointed = numbers(printed)[-1]
 
     restart = start_restart(restart_args(site, job, args), site.config)
-    wait_restored(restart, restored)
+    on_node = wait_restored(restart, restored)
     assert restart.wait(timeout=60) == 7, restart.stderr.read() if restart.stderr else ""
     # what the job printed before the qhold is put back into the re-created file first (issue 13 #3)
     after = counts(job)
@@ -107,7 +109,7 @@ def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Sit
     [running] = [e for e in site.log_events() if e["event"] == "restart.running"]
     assert (running["pid"], running["restored_pid"], running["job_id"]) == (
         restart.pid,
-        restored[0],
+        on_node[0],
         "601.head",
     )
     [ended] = [e for e in site.log_events() if e["event"] == "restart.ended"]
@@ -171,11 +173,10 @@ def test_image_refuses_a_tampered_or_incomplete_generation(user_mode: Site) -> N
     assert restart.stderr is not None
     message = restart.stderr.read().decode()
     assert message.startswith("mom-restart: ") and biggest["path"] in message and "changed" in message
-    assert not job.processes() and not psutil.pid_exists(manifest["job"]["exec_pid"])
     # the memory pages are checked while CRIU restores the job stopped: the mismatch killed the
-    # stopped tree before any of it ran (it printed nothing), and the job's pids are free again
+    # stopped tree before any of it ran (it printed nothing), and its namespace ended with it
     [failed] = [e for e in site.log_events() if e["event"] == "restart.verification_failed"]
-    assert failed["killed"] == manifest["job"]["exec_pid"]
+    assert not job.processes() and not is_running(failed["killed"])
     assert job.output.read_bytes() == written, "the tampered job ran"
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))  # as it was
@@ -247,7 +248,7 @@ def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -
     args, _ = qhold_and_lose(site, job)
 
     restart = start_restart(restart_args(site, job, args), site.config)
-    wait_restored(restart, restored)
+    restored = wait_restored(restart, restored)
     for pid in psutil.pids():  # qdel: SIGTERM to every process of the job's session
         with contextlib.suppress(ProcessLookupError):
             if os.getsid(pid) == restart.pid:
@@ -271,7 +272,7 @@ def test_an_application_that_ignores_sigterm_does_not_outlive_the_restart(user_m
     restored = [job.exec_pid(), job.app_pid()]
     args, _ = qhold_and_lose(site, job)
     restart = start_restart(restart_args(site, job, args), site.config)
-    wait_restored(restart, restored)
+    restored = wait_restored(restart, restored)
     counted = job.count()
     assert job.wait_count(counted + 3) > counted
     os.kill(restart.pid, signal.SIGTERM)  # pbs_mom's qdel reaches the task it started: mom-restart
@@ -321,8 +322,8 @@ def test_qrls_right_after_qhold_waits_for_the_applications_zombie(user_mode: Sit
     if mom.zombie is None:
         pytest.skip("another process took the application's pid first")
     try:
-        restart = mom.release(job, args)  # qrls at once: the zombie is still there
-        wait_restored(restart, restored)
+        restart = mom.release(job, args)  # qrls at once: the zombie still holds the PID on the node
+        wait_restored(restart, restored)  # the job has it again, in its own namespace
         counted = job.count()
         assert job.wait_count(counted + 3) > counted, "the restored job does not count on"
     finally:
@@ -381,6 +382,7 @@ def test_next_checkpoint_of_a_restarted_job_with_the_old_session_id(user_mode: S
 
 def test_clear_failures_pid_in_use_unknown_job_missing_criu(user_mode: Site) -> None:
     site = user_mode
+    site.configure(**without_namespaces())
     job = site.start_job("607.head")
     args = site.torque_args(job)
     assert call_hook(args, site.config).returncode == 0  # --leave-running: the PIDs stay taken
@@ -509,8 +511,9 @@ def test_an_ordinary_job_script_resumes_after_pbs_mom_deleted_it(user_mode: Site
     deadline = time.monotonic() + 30
     while not any(t.endswith(" (deleted)") for t in held):
         assert time.monotonic() < deadline and restart.poll() is None, "the job was not restored"
+        on_node = restored_by(restart.pid).get(shell)  # the shell has its PID back, in its namespace
         with contextlib.suppress(OSError):
-            held = [os.readlink(f"/proc/{shell}/fd/{fd}") for fd in os.listdir(f"/proc/{shell}/fd")]
+            held = [os.readlink(f"/proc/{on_node}/fd/{fd}") for fd in os.listdir(f"/proc/{on_node}/fd")]
         time.sleep(0.05)
     assert any(t.startswith("/dev/shm/") and t.endswith(" (deleted)") for t in held), held
     assert not any(t.startswith(str(site.spool)) for t in held), held
@@ -558,9 +561,12 @@ def test_qchkpt_qhold_qrls_qdel_of_an_ordinary_job_as_pbs_mom_runs_them(user_mod
         time.sleep(0.05)
     numbers = counts(job)
     assert numbers == list(range(1, len(numbers) + 1)), "the delivered output is not all of it, in order"
+    job_pids = list(restored_by(restart.pid).values())  # in its namespace, in a session of its own
+    assert job_pids and not [p for p in job_pids if _in_session(p, restart.pid)]
     assert mom.qdel(restart) == 256 + signal.SIGTERM  # as TORQUE reports any killed job
     deadline = time.monotonic() + 10
-    while left := [p for p in psutil.pids() if _in_session(p, restart.pid) and is_running(p)]:
+    candidates = {*job_pids, *psutil.pids()}
+    while left := [p for p in candidates if (p in job_pids or _in_session(p, restart.pid)) and is_running(p)]:
         assert time.monotonic() < deadline, f"{left} of the restarted job outlived qdel"
         time.sleep(0.05)
 

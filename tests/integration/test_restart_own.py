@@ -14,10 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.helpers import Job, Site, User, call_hook, crash, installed, wait_until_gone
+from tests.helpers import Job, Site, User, call_hook, crash, installed, seen_as, wait_until_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 SUDOERS = Path("/etc/sudoers.d/mom-checkpoint-test")
@@ -103,7 +102,8 @@ def test_a_users_new_job_restarts_their_checkpointed_job(site: Site, sudo_rule: 
     while not [line for line in resumed.read_text().splitlines() if line.strip().isdigit()]:
         assert time.monotonic() < deadline and new.poll() is None, "the application never wrote on"
         time.sleep(0.05)
-    assert os.getsid(app) == new.pid, "the application is not in the new job"
+    # the application has its PID back in its namespace, under the new job (whose session's end ends it)
+    assert seen_as(new.pid, app) is not None, "the application is not in the new job"
     _, err = new.communicate(timeout=120)
     assert new.returncode == 9, err  # the new job ends with the application's own exit status
     # issue 13 #2: the application writes on into the new job's output; nothing of the old job's is made
@@ -163,16 +163,16 @@ def test_an_openpbs_job_restarted_once_is_resumed_by_the_users_new_job(site: Sit
     crash(old)
     restart = mom.start_restart(task, old_sid=old.session_id)  # qrls
     deadline = time.monotonic() + 30
-    while not all(psutil.pid_exists(pid) and os.getsid(pid) == restart for pid in restored):
+    while None in (on_node := [seen_as(restart, pid) for pid in restored]):
         assert time.monotonic() < deadline, "not restored"
         time.sleep(0.05)
     old.wait_count(old.count() + 3)
     before = counts(old)[-1]
     assert mom.checkpoint(Task(old, "45.vm", session_id=restart)).status == 0  # a periodic checkpoint
     checkpointed = counts(old)[-1]
-    kill_session(restart, signal.SIGKILL)  # qdel
+    kill_session(restart, signal.SIGKILL)  # qdel: the restart and its namespace's holder
     os.waitpid(restart, 0)
-    wait_until_gone(restored)
+    wait_until_gone([pid for pid in on_node if pid is not None])  # the namespace ended with them
 
     workdir = old.output.parent
     resumed = workdir / "46.vm.OU"
@@ -188,6 +188,6 @@ def test_an_openpbs_job_restarted_once_is_resumed_by_the_users_new_job(site: Sit
         numbers[:3],
     )  # from that checkpoint
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
-    assert os.getsid(restored[1]) == new.pid, "the application is not in the new job"
+    assert seen_as(new.pid, restored[1]) is not None, "the application is not in the new job"
     new.send_signal(signal.SIGTERM)
     new.wait(timeout=30)

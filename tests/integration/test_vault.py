@@ -167,6 +167,9 @@ def test_a_job_whose_node_was_lost_comes_back_from_the_vault_in_every_restart_fo
     config_b, log_b = node("b")
     out = site.base / "restart-job.out"
     with open(out, "wb") as stream:
+        # the job's output file, as its batch system makes it: the owner's (opened again in the job's
+        # mount namespace with their rights, so that a dump from inside finds it on a mount it has)
+        os.chown(out, site.user.uid, site.user.gid)
         restart = start_restart(["--job", "701.head"], config_b, stdout=stream)
         deadline = time.monotonic() + 60
         while len(numbers(out)) < 3:

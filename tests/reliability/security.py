@@ -32,6 +32,7 @@ from tests.helpers import (
     call_hook,
     crash,
     installed,
+    seen_as,
     start_restart,
     verify_generation,
 )
@@ -324,7 +325,8 @@ def restart_signals(site: Site, rng: random.Random) -> list[str]:
         restart = start_restart(restart_args(job, args), site.config)
         deadline = time.monotonic() + 60
         work = None
-        while work is None or not psutil.pid_exists(job.restored_app):  # type: ignore[attr-defined,unused-ignore]
+        # the application has its PID back, in its namespace
+        while work is None or seen_as(restart.pid, job.restored_app) is None:  # type: ignore[attr-defined,unused-ignore]
             assert time.monotonic() < deadline and restart.poll() is None, "the job was not restored"
             found = [p for p in (site.spool / ".restarts").glob(f"*.{restart.pid}.*")]
             work = found[0] if found else None

@@ -32,7 +32,7 @@ from mom_checkpoint.commands.checkpoint.attempt import Attempt
 from mom_checkpoint.image.layout import Generation
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
-from mom_checkpoint.platform.errors import DiskFull, Error, Refused
+from mom_checkpoint.platform.errors import DiskFull, Error, NotCheckpointable, Refused
 from mom_checkpoint.platform.log import Logger
 from mom_checkpoint.platform.steps import Steps
 from mom_checkpoint.processes import discovery, identity
@@ -155,8 +155,28 @@ def _find(call: CheckpointCall, config: Config, spool: Spool, log: Logger) -> _J
             f"job {call.job_id}: {problems[0]} (a setuid program?): not checkpointing it, a restart could "
             f"only give it back as {owner.name}"
         )
+    _refuse_the_uncheckpointable(call, processes, config)
     log.info("checkpoint.start", found_via=processes.found_via, processes=[p.pid for p in processes.tree])
     return _Job(processes, JobKey(system, processes.uid, call.job_id), owner, group, log)
+
+
+def _refuse_the_uncheckpointable(
+    call: CheckpointCall, processes: discovery.JobProcesses, config: Config
+) -> None:
+    """Before anything is written: a job holding a device or file kind CRIU cannot dump (RDMA, GPU...),
+    and a job that runs on other nodes too (its checkpoint would restore half of it), are refused
+    with one line that names the way out (processes.devices, batch.nodes)."""
+    if config.backend == "criu":
+        from mom_checkpoint.processes import devices
+
+        if line := devices.refusal(devices.undumpable([p.pid for p in processes.tree])):
+            raise NotCheckpointable(f"job {call.job_id}: {line}")
+    if config.multi_node == "refuse":
+        from mom_checkpoint.batch import nodes
+
+        aux_dirs = config.pbs_aux_dirs if call.convention == "openpbs" else config.torque_aux_dirs
+        if hosts := nodes.other_hosts(aux_dirs, call.job_id, os.uname().nodename):
+            raise NotCheckpointable(nodes.refusal(hosts, job_id=call.job_id))
 
 
 def _open_checkpoint_dir(call: CheckpointCall, config: Config, job: _Job) -> int | None:
@@ -230,7 +250,7 @@ def _locked(
                 from mom_checkpoint.spool.usage import Quota
 
                 quota = Quota.of(spool, config.user_quota_gib, job.processes, call.job_id, keep)
-            run_dir = spool.open_run(job.processes.exec_pid, call.job_id)
+            run_dir = spool.open_run(job.processes.exec_pid_inside, call.job_id)
             number = spool.next_number(call.job_id)
         yield run_dir, number, quota
 
@@ -273,7 +293,7 @@ def _end(call: CheckpointCall, job: _Job, config: Config, env: Environment, log:
         return []
     processes = job.processes
     ended = end_session(
-        processes.leader_pid, processes.uid, config.abort_grace_s, sleep=env.sleep, monotonic=env.monotonic
+        processes.session, processes.uid, config.abort_grace_s, sleep=env.sleep, monotonic=env.monotonic
     )
     log.info("job.ended", signal=call.signal, pids=ended)
     return ended

@@ -103,7 +103,9 @@ class Attempt(msgspec.Struct, frozen=True):
             self.job.tree, incoming.path, self.owner, deadline=self.deadline
         )  # before an abort
         request = DumpRequest(
-            exec_pid=self.job.exec_pid,
+            exec_pid=self.job.exec_pid_inside,
+            namespaces=self.job.namespaces,
+            host_pid=self.job.exec_pid,
             image_dir=incoming.image_dir,
             abort=self.call.abort,
             user=self.owner,
@@ -232,7 +234,7 @@ class Attempt(msgspec.Struct, frozen=True):
                 post_dump_s=round(env.monotonic() - dumped.at, 6),
                 total_s=round(env.monotonic() - self.started, 6),
             ),
-            processes=self.job.tree,
+            processes=self.job.seen_inside(),
             files=files,
             total_bytes=sum(f.size for f in files),
             stats=result.stats,

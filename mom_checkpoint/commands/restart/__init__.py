@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from mom_checkpoint import backends
-from mom_checkpoint.backends.base import Restored, RestoreRequest
+from mom_checkpoint.backends.base import InheritedFile, Restored, RestoreRequest
 from mom_checkpoint.batch.jobkey import JobKey, system_of
 from mom_checkpoint.commands.restart.calls import PbsRestart, RestartCall, SeedRestart, TorqueRestart
 from mom_checkpoint.commands.restart.gate import admit, checked_while_restoring, pages_checked
@@ -42,8 +42,10 @@ from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import Error, Refused
 from mom_checkpoint.platform.log import Logger
+from mom_checkpoint.platform.programs import find_program
 from mom_checkpoint.platform.status import ExitStatus, meaning
 from mom_checkpoint.platform.steps import Steps
+from mom_checkpoint.processes import namespaces
 from mom_checkpoint.processes.identity import JobUser
 from mom_checkpoint.processes.termination import kill_tree, wait_pids_free
 from mom_checkpoint.spool import sessions
@@ -88,7 +90,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
         with steps("verify"):
             if caller is not None and call.cwd is not None:
                 check_cwd(call.cwd, caller)
-            if backend.name == "criu":
+            if backend.name == "criu" and not config.backends.criu.pid_namespace:  # else: its own PIDs
                 pids = [p.pid for p in manifest.processes]
                 wait_pids_free(pids, min(PIDS_FREE_WAIT_S, max(0.0, deadline - env.monotonic())))
             allowed = frozenset({0, user.uid} if config.run_as == "job-user" else {0})
@@ -103,7 +105,8 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
                 job_lock(lock_dir(spool.root), key.token, call.argv, manifest.job.id, what="restore")
             )
         restorer_user = user if config.run_as == "job-user" else None
-        with restoring, forwarder, workdir(spool, restorer_user, deadline) as work:
+        unrun = contextlib.ExitStack()
+        with restoring, unrun, forwarder, workdir(spool, restorer_user, deadline) as work:
             with steps("stage"):
                 staged = backend.stage_image(generation, manifest.files, work.root, user, deadline=deadline)
             pages: InBackground | None = None
@@ -132,7 +135,9 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
                 with steps("restore"):
                     restored = _restore(call, backend, binary, staged, manifest, generation=generation,
                                         user=user, spool=spool, work=work, env=env, deadline=deadline,
-                                        log=log)  # fmt: skip
+                                        log=log, namespace=config.backends.criu.pid_namespace)  # fmt: skip
+                unrun.callback(restored.end_namespace)  # a failure before it is let go: none of it runs
+                _record_namespace(restored, spool, manifest, user, caller, log=log)
             except BaseException:
                 if pages is not None:
                     pages.cancel()  # nothing will be let go: no need to hash on
@@ -152,12 +157,16 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
                     )
                     return -forwarder.ending
                 admit(restored, user, staged.stopped, log, held_files=config.run_as == "root")
-            restoring.close()  # let go: the job's next restore (after it ends) may start
+            unrun.pop_all()  # let go: its namespace lives as long as it does
+            restoring.close()  # the job's next restore (after it ends) may start
             log.info(
                 "restart.running", restored_pid=restored.pid, command=restored.command, steps=steps.seconds
             )
             mark(call, "Successfully restarted job", config=config, env=env, log=log)
-            status = forwarder.wait(restored.pid)
+            try:
+                status = forwarder.wait(restored.pid)
+            finally:
+                restored.end_namespace()  # whatever the application left running ends with it
     except Error:
         # whatever failed, the output the job printed before its hold goes back into the files
         # pbs_mom re-created empty (issue 26 #2: TORQUE ends the job and delivers them as they are)
@@ -181,6 +190,26 @@ def _refuse_a_job_users_image_as_root(generation: Path, record: Manifest, config
         )
 
 
+def _record_namespace(
+    restored: Restored,
+    spool: Spool,
+    manifest: Manifest,
+    user: JobUser,
+    caller: JobUser | None,
+    *,
+    log: Logger,
+) -> None:
+    """Say in the log where the restored job lives, and record its namespaces with the restart for the
+    hook, which enters no namespace but those (before any of the job runs: still root's word)."""
+    if restored.holder is None:
+        return
+    made = namespaces.of(restored.pid)
+    log.info("restart.namespace", holder=restored.holder.pid, pid_ns=made.pid, mnt_ns=made.mnt)
+    if os.geteuid() == 0 and caller is None:
+        key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
+        sessions.record(spool.root, key, os.getpid(), namespaces=made)
+
+
 def _restore(
     call: RestartCall,
     backend: backends.Backend,
@@ -195,25 +224,70 @@ def _restore(
     env: Environment,
     deadline: float,
     log: Logger,
+    namespace: bool,
 ) -> Restored:
-    """The restorer's run, the job's files handed to it as descriptors; a failed restore's log kept."""
+    """The restorer's run, into namespaces of the job's own where it can, the job's files handed to it
+    as descriptors (opened there); a failed restore's log kept."""
     own = isinstance(call, SeedRestart)
-    with output_files(manifest, user, generation, work.root, own_streams=own) as inherited:
-        request = RestoreRequest(
-            image=staged,
-            pids=[p.pid for p in manifest.processes],
-            user=user,
-            cwd=call.cwd,
-            workdir=work.restorer,
-            inherited=inherited,
-            timeout_s=max(1.0, deadline - env.monotonic()),
-            root_session_leader=manifest.processes[0].session_id == manifest.processes[0].pid,
-        )
-        try:
-            return backend.restore(binary, request)
-        except Error as exc:
-            _keep_restore_log(spool, backend, request, manifest.job.id, exc, log=log)
-            raise
+    holder = _holder(backend, log) if namespace else None
+    opener = holder.open if holder is not None else os.open
+    try:
+        with output_files(manifest, user, generation, work.root, own_streams=own, opener=opener) as inherited:
+            return _restore_with(call, backend, binary, staged, manifest, inherited=inherited,
+                                 user=user, spool=spool, work=work, env=env, deadline=deadline, log=log,
+                                 holder=holder)  # fmt: skip
+    except BaseException:
+        if holder is not None:
+            holder.close()
+        raise
+
+
+def _holder(backend: backends.Backend, log: Logger) -> namespaces.Holder | None:
+    """The fresh namespaces a CRIU restore puts the job into, or none (said in the log) where this
+    node cannot make them (doctor says so too)."""
+    if backend.name != "criu":
+        return None
+    try:
+        find_program("nsenter", "nsenter (util-linux)")
+        return namespaces.Holder()
+    except (OSError, Error) as exc:
+        log.warning("restart.no_namespace", reason=str(exc))
+        return None
+
+
+def _restore_with(
+    call: RestartCall,
+    backend: backends.Backend,
+    binary: str,
+    staged: StagedImage,
+    manifest: Manifest,
+    *,
+    inherited: list[InheritedFile],
+    user: JobUser,
+    spool: Spool,
+    work: Work,
+    env: Environment,
+    deadline: float,
+    log: Logger,
+    holder: namespaces.Holder | None,
+) -> Restored:
+    """One restore of the staged image, the job's files handed over; a failed one's log kept."""
+    request = RestoreRequest(
+        image=staged,
+        pids=[p.pid for p in manifest.processes],
+        user=user,
+        cwd=call.cwd,
+        workdir=work.restorer,
+        inherited=inherited,
+        timeout_s=max(1.0, deadline - env.monotonic()),
+        root_session_leader=manifest.processes[0].session_id == manifest.processes[0].pid,
+        holder=holder,
+    )
+    try:
+        return backend.restore(binary, request)
+    except Error as exc:
+        _keep_restore_log(spool, backend, request, manifest.job.id, exc, log=log)
+        raise
 
 
 def _keep_restore_log(

@@ -68,6 +68,6 @@ def admit(
             f"of it ran"
         )
     for pid in pids:
-        if pid not in keep_stopped:  # a task stopped when it was checkpointed stays stopped
+        if restored.pid_inside(pid) not in keep_stopped:  # stopped when checkpointed: stays stopped
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mom_checkpoint.backends.base import InheritedFile
@@ -22,13 +22,20 @@ from mom_checkpoint.processes.access import acting_as
 from mom_checkpoint.processes.identity import JobUser
 
 # Files the application wrote to (O_WRONLY or O_RDWR) are handed back; devices are left to CRIU.
+Opener = Callable[[str, int, int], int]  # os.open, or one in the job's own mount namespace
 _WRITE_MODES = os.O_WRONLY | os.O_RDWR
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @contextlib.contextmanager
 def output_files(
-    manifest: Manifest, user: JobUser, generation: Path, work: Path, *, own_streams: bool
+    manifest: Manifest,
+    user: JobUser,
+    generation: Path,
+    work: Path,
+    *,
+    own_streams: bool,
+    opener: Opener = os.open,
 ) -> Iterator[list[InheritedFile]]:
     """The descriptors handed to the restored job with --inherit-fd, in place of paths CRIU would open.
 
@@ -41,6 +48,10 @@ def output_files(
     - The files it was reading that were kept with the generation (its job script, which pbs_mom
       deletes when a job ends): a copy of root's copy, the owner's and already unlinked (so the job's
       own checkpointer can dump it again, as a deleted file), at the offset the job was at.
+
+    Every file is opened by ``opener``: in the job's own mount namespace when it is restored into
+    one (processes.namespaces), so that each sits on a mount the job has; a stream of this program's
+    that is a regular file is opened again there by its path.
     """
     written = sorted(
         {
@@ -60,15 +71,15 @@ def output_files(
     try:
         for kept in manifest.kept:
             if kept.role == "held" and kept.external:  # dumped as external: given back under that name
-                opened.append(InheritedFile(_held_copy(generation, kept, work, user), kept.external))
+                opened.append(InheritedFile(_held_copy(generation, kept, work, user, opener), kept.external))
             elif kept.role == "held" and kept.path not in written:  # schema 2: dumped by its path
-                opened.append(InheritedFile(_held_copy(generation, kept, work, user), kept.path))
+                opened.append(InheritedFile(_held_copy(generation, kept, work, user, opener), kept.path))
         for path in written:
             if path in streams:
-                opened.append(InheritedFile(os.dup(streams[path]), path))
+                opened.append(InheritedFile(_stream(streams[path], user, opener), path))
                 continue
             with acting_as(user):
-                fd = os.open(path, _OUTPUT_FLAGS, 0o600)
+                fd = opener(path, _OUTPUT_FLAGS, 0o600)
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)  # a FIFO or device at the path now: CRIU deals with it (or refuses)
                 continue
@@ -131,7 +142,24 @@ def _kept_copy(generation: Path, kept: KeptFile) -> int:
     return fd
 
 
-def _held_copy(generation: Path, kept: KeptFile, work: Path, user: JobUser) -> int:
+def _stream(fd: int, user: JobUser, opener: Opener) -> int:
+    """This program's stdout or stderr for the job: the same description, or, where the job gets its
+    files in a mount namespace of its own, the same regular file opened there (as its owner)."""
+    if opener is os.open or not stat.S_ISREG(os.fstat(fd).st_mode):
+        return os.dup(fd)
+    try:
+        with acting_as(user):
+            again = opener(os.readlink(f"/proc/self/fd/{fd}"), _OUTPUT_FLAGS & ~os.O_CREAT, 0)
+    except OSError:
+        return os.dup(fd)  # (a file without a name now): the job runs; a dump from inside may refuse it
+    if (os.fstat(again).st_dev, os.fstat(again).st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+        os.close(again)
+        raise Refused(f"the job's output file changed while the restart reopened it (fd {fd})")
+    os.set_blocking(again, True)
+    return again
+
+
+def _held_copy(generation: Path, kept: KeptFile, work: Path, user: JobUser, opener: Opener = os.open) -> int:
     """A file the job reads, given back: the owner's copy of root's copy, without a name from the
     start, open read-only at the job's offset.
 
@@ -141,7 +169,7 @@ def _held_copy(generation: Path, kept: KeptFile, work: Path, user: JobUser) -> i
     spool's file system, where it would take space nobody counts (review of issue 25 #2). Where the
     node has no such file system, it goes to the restart's work folder as before."""
     source = _kept_copy(generation, kept)
-    copy = _unnamed_file(work)
+    copy = _unnamed_file(work, opener)
     try:
         if os.geteuid() == 0:
             os.fchown(copy, user.uid, user.gid)
@@ -162,15 +190,15 @@ def _held_copy(generation: Path, kept: KeptFile, work: Path, user: JobUser) -> i
 HELD_COPIES = "/dev/shm"  # noqa: S108
 
 
-def _unnamed_file(work: Path) -> int:
+def _unnamed_file(work: Path, opener: Opener = os.open) -> int:
     """A new file of root's, 0400, with no name (in HELD_COPIES when it is a tmpfs, else in ``work``)."""
     try:
         if os.path.ismount(HELD_COPIES):
-            return os.open(HELD_COPIES, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o400)
+            return opener(HELD_COPIES, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o400)
     except OSError:
         pass
     path = work / f"held-{os.urandom(8).hex()}"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
+    fd = opener(str(path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
     os.unlink(path)
     return fd
 

@@ -1,5 +1,6 @@
 """Row 5: restore until the application runs again: mom-restart --job against raw criu restore, with the
-image in the page cache and read from disk."""
+image in the page cache and read from disk; in a namespace of the job's own against without one; and a
+checkpoint of a job restored into one against one of a job never restored (issue 28)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import psutil
+
 from mom_checkpoint.platform.environment import child_environ  # the checkpointer's own environment
-from tests.helpers import Site, start_restart
+from tests.helpers import Job, Site, start_restart, without_namespaces
 
 from .core import (
     MIB,
@@ -59,6 +62,7 @@ def run(bench: Bench) -> None:
     ]
     for mib in sizes:
         lines += restore_one(bench, site, mib)
+    lines += checkpoint_of_a_restored_job(bench, site, 256)
     bench.sections["restore"] = lines
 
 
@@ -98,7 +102,12 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
         folders = site.spool.glob(".restarts/*/restorer")
         return any(folder.stat().st_mtime >= launched - 1 for folder in folders)
 
-    def via_mom_restart(cold: bool = False) -> float:
+    without = site.base / "config-without-namespaces.toml"  # the same site, pid_namespace = false
+    site.configure(keep=2, **without_namespaces())
+    shutil.copyfile(site.config, without)
+    site.configure(keep=2, **{"backends.criu.run_as": "job-user"})
+
+    def via_mom_restart(cold: bool = False, config: Path = site.config) -> float:
         nonlocal launched
         pids_gone(pids)
         if cold:
@@ -109,13 +118,11 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
             started = time.perf_counter()
             with open(job.output, "ab") as out:  # the seed's --job: the application writes into our stdout
                 proc = start_restart(
-                    ["--job", job.job_id], site.config, stdout=out, program=packaged("mom-restart")
+                    ["--job", job.job_id], config, stdout=out, program=packaged("mom-restart")
                 )
             wait_output(size, proc, "mom-restart")
             seconds = time.perf_counter() - started
-        kill_tree(pids)
-        proc.wait(timeout=60)
-        pids_gone(pids)
+        end_restart(proc, pids if config == without else [])
         when: dict[str, float] = {}  # this run's events (restart.running names the restored pid, not ours)
         for event in site.log_events():
             stamp = datetime.fromisoformat(event["timestamp"]).timestamp() if "timestamp" in event else 0.0
@@ -215,22 +222,26 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
     via_mom_restart()  # unmeasured: page cache, and the command line for the raw contender
     via_raw()
     n = bench.reps(7, 2)
-    say(f"[5] restore, {label} job: {n} alternations of mom-restart / raw criu restore, warm and cold")
-    a, b, c, d = Series(), Series(), Series(), Series()
+    say(f"[5] restore, {label} job: {n} alternations of mom-restart / raw criu restore, warm and cold, "
+        "and of mom-restart without a namespace")  # fmt: skip
+    a, b, c, d, e = Series(), Series(), Series(), Series(), Series()
     for i in alternate(
         n,
         lambda: a.add(via_mom_restart()),
         lambda: b.add(via_raw()),
         lambda: c.add(via_mom_restart(cold=True)),
         lambda: d.add(via_raw(cold=True)),
+        lambda: e.add(via_mom_restart(config=without)),
     ):
         say(f"  {i + 1}/{n}: warm {sec(a.values[-1])} / {sec(b.values[-1])} s, cold {sec(c.values[-1])} / "
-            f"{sec(d.values[-1])} s")  # fmt: skip
+            f"{sec(d.values[-1])} s, without a namespace {sec(e.values[-1])} s")  # fmt: skip
     bench.rows += [
         Row("5", f"restore until the app runs again, {label} (s): mom-restart --job vs raw criu restore",
             a, b, sec, target="ratio <= 1.10", limit=1.10),
         Row("5", f"the same from a dropped page cache (the image read from disk), {label} (s)",
             c, d, sec, target="ratio <= 1.10", limit=1.10),
+        Row("5", f"restore until the app runs again, {label} (s): in a namespace of the job's own vs "
+            "without (pid_namespace = false)", a, e, sec, target="ratio <= 1.05", limit=1.05),
     ]  # fmt: skip
     shutil.rmtree(generation.parent, ignore_errors=True)
     split = "; ".join(f"{name} {sec(series.median)} s" for name, series in phases.items())
@@ -243,6 +254,73 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
         f"- {label} (image {manifest['total_bytes'] / MIB:.0f} MiB): mom-restart {sec(a.median)} s, raw criu "
         f"restore {sec(b.median)} s. mom-restart's time, from its log's timestamps (medians): {split}. "
         f"criu's command: `{' '.join(raw_command())}`."
+    ]
+
+
+def end_restart(proc: subprocess.Popen[bytes], on_the_node: list[int]) -> None:
+    """End a restore as pbs_mom's SIGKILL ends a job: mom-restart killed, and with it the namespace it
+    made (its holder exits, the kernel kills what is inside); a job restored without one, on the
+    node's PIDs (``on_the_node``), is killed by them."""
+    try:
+        below = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        below = []
+    proc.kill()
+    proc.wait(timeout=60)
+    kill_tree(on_the_node)
+    pids_gone([*below, *on_the_node])
+
+
+def checkpoint_of_a_restored_job(bench: Bench, site: Site, mib: int) -> list[str]:
+    """Issue 28 #9: the hook's periodic checkpoint (SIGNAL 0) of a job restored into a namespace of its
+    own (found through its restart, dumped from inside) against one of a job never restored, of the
+    same size, alternately."""
+    label = size_label(mib)
+    never = bench.start_app(site, f"{mib}.never", mib)
+    moved = bench.start_app(site, f"{mib}.moved", mib)
+    hold = site.torque_args(moved, signal_number=15)
+    check(as_pbs_mom(packaged("mom-checkpoint"), hold, site.config), "qhold")
+    leftovers = [p.pid for p in moved.processes(zombies=True)]
+    moved.stop()
+    pids_gone(leftovers)
+    name = site.user.name
+    size = moved.output.stat().st_size
+    restart = start_restart(
+        [moved.session_id, moved.job_id, name, name, hold[4], hold[5]],
+        site.config,
+        program=packaged("mom-restart"),
+    )
+    deadline = time.monotonic() + 120
+    while moved.output.stat().st_size <= size:
+        if restart.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the job was not restored (exit {restart.poll()})")
+        time.sleep(0.01)
+
+    def periodic(job: Job) -> float:
+        return check(
+            as_pbs_mom(packaged("mom-checkpoint"), site.torque_args(job), site.config), "checkpoint"
+        ).seconds
+
+    periodic(never)
+    periodic(moved)
+    n = bench.reps(9, 2)
+    say(f"[5] checkpoint of a restored job, {label}: {n} alternations of never restored / restored")
+    a, b = Series(), Series()
+    for i in alternate(n, lambda: a.add(periodic(moved)), lambda: b.add(periodic(never))):
+        say(f"  {i + 1}/{n}: restored {sec(a.values[-1])} s, never restored {sec(b.values[-1])} s")
+    manifest = newest_manifest(site, moved.job_id)[1]
+    assert manifest["job"]["found_via"] == "restart-record", manifest["job"]
+    end_restart(restart, [])
+    never.stop()
+    bench.rows.append(
+        Row("5", f"checkpoint call (SIGNAL 0), {label} (s): a job restored into a namespace of its own "
+            "(dumped from inside it) vs one never restored", a, b, sec, target="ratio <= 1.05", limit=1.05)
+    )  # fmt: skip
+    return [
+        f"- Checkpoint of a restored job, {label}: the hook's whole periodic call on a job restored into "
+        f"a namespace of its own took {sec(a.median)} s against {sec(b.median)} s for a job of the same "
+        "size never restored (the same call; the restored one is found through its restart record and "
+        "CRIU runs in its namespaces)."
     ]
 
 

@@ -4,6 +4,7 @@ checkpoint of a job restored into one against one of a job never restored (issue
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -99,8 +100,11 @@ def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
     def restart_started() -> bool:
         """mom-restart's work folder (<spool>/.restarts/*/restorer/) is there, made for this restart
         (criu logs into a pipe of mom-restart's: its folder is the first trace it leaves)."""
-        folders = site.spool.glob(".restarts/*/restorer")
-        return any(folder.stat().st_mtime >= launched - 1 for folder in folders)
+        for folder in site.spool.glob(".restarts/*/restorer"):
+            with contextlib.suppress(FileNotFoundError):  # an ended restart's, removed meanwhile
+                if folder.stat().st_mtime >= launched - 1:
+                    return True
+        return False
 
     without = site.base / "config-without-namespaces.toml"  # the same site, pid_namespace = false
     site.configure(keep=2, **without_namespaces())

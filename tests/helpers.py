@@ -180,6 +180,26 @@ class Job:
         wait_until_gone([p.pid for p in self.processes()])
 
 
+def qhold_and_lose(site: Site, job: Job, *, empty_output: bool = False) -> tuple[list[object], str]:
+    """A qhold (SIGNAL 15: the hook checkpoints, CRIU ends the job), then the node loses the job's
+    session; with ``empty_output``, pbs_mom re-creates empty .OU/.ER files before the restart. Returns
+    the hook's arguments and what the job had printed."""
+    args = site.torque_args(job, signal_number=15)
+    assert call_hook(args, site.config).returncode == 0
+    job.wait_ended()
+    printed = job.output.read_text()
+    crash(job)
+    if empty_output:
+        job.output.write_text("")
+    return args, printed
+
+
+def restart_args(job: Job, checkpoint_args: Sequence[object]) -> list[object]:
+    """pbs_mom's six $restart_script arguments for a job checkpointed with ``checkpoint_args``."""
+    name = job.user.name
+    return [job.session_id, job.job_id, name, name, checkpoint_args[4], checkpoint_args[5]]
+
+
 def start_restart(
     args: Sequence[object],
     config: Path,

@@ -23,10 +23,11 @@ from tests.helpers import (
     Job,
     Site,
     call_hook,
-    crash,
     inside_pid,
     installed,
     is_running,
+    qhold_and_lose,
+    restart_args,
     restored_by,
     start_restart,
     verify_generation,
@@ -43,27 +44,8 @@ def user_mode(site: Site) -> Site:
     return site
 
 
-def restart_args(site: Site, job: Job, checkpoint_args: list[object]) -> list[object]:
-    return [
-        job.session_id,
-        job.job_id,
-        site.user.name,
-        site.user.name,
-        checkpoint_args[4],
-        checkpoint_args[5],
-    ]
-
-
 def counts(job: Job) -> list[int]:
     return [int(line) for line in job.output.read_text().splitlines() if line.strip().isdigit()]
-
-
-def qhold(site: Site, job: Job) -> list[object]:
-    """SIGNAL 15: the hook checkpoints the job and CRIU ends it; the node forgets its session."""
-    args = site.torque_args(job, signal_number=15)
-    held = call_hook(args, site.config)
-    assert held.returncode == 0, held.stderr
-    return args
 
 
 @contextlib.contextmanager
@@ -109,12 +91,10 @@ def test_a_restore_gets_every_pid_back_while_another_user_holds_them_all(user_mo
     job = site.start_job("801.head", app_env={"COUNTER_LIMIT": "80", "COUNTER_EXIT": "5"})
     pids = [job.exec_pid(), job.app_pid()]
     job.wait_count(5)
-    args = qhold(site, job)
-    job.wait_ended()
-    crash(job)
+    args, _ = qhold_and_lose(site, job)
     nobody = pwd.getpwnam("nobody").pw_uid
     with squatters(pids, nobody) as taken:
-        restart = start_restart(restart_args(site, job, args), site.config)
+        restart = start_restart(restart_args(job, args), site.config)
         found = wait_restored_as(restart, pids)
         assert all(psutil.Process(pid).uids().real == nobody for pid in taken), "a squatter was touched"
         assert [found[pid] for pid in pids] != pids, "the job runs beside the squatters, not on their pids"
@@ -133,13 +113,11 @@ def test_three_rounds_of_checkpoint_and_restore_each_in_a_fresh_namespace(user_m
     job = site.start_job("802.head", app_env={"COUNTER_LIMIT": "400", "COUNTER_EXIT": "9"})
     pids = [job.exec_pid(), job.app_pid()]
     job.wait_count(3)
-    args = qhold(site, job)
-    job.wait_ended()
-    crash(job)
+    args, _ = qhold_and_lose(site, job)
     namespaces = set()
     restart = None
     for _round in range(3):
-        restart = start_restart(restart_args(site, job, args), site.config)
+        restart = start_restart(restart_args(job, args), site.config)
         found = wait_restored_as(restart, pids)
         namespaces.add(os.stat(f"/proc/{found[pids[0]]}/ns/pid").st_ino)
         counted = job.count()
@@ -156,7 +134,7 @@ def test_three_rounds_of_checkpoint_and_restore_each_in_a_fresh_namespace(user_m
         restart.wait(timeout=30)  # CRIU ended the dumped tree: the restart process ends with it
         assert not restored_by(restart.pid)
     assert len(namespaces) == 3, "each restore must make a namespace of its own"
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=120) == 9, restart.stderr.read() if restart.stderr else ""
     numbers = counts(job)
     assert numbers[-1] == 400 and numbers == sorted(numbers)
@@ -170,10 +148,8 @@ def test_sigkill_to_the_restart_session_leaves_nothing_of_the_job(user_mode: Sit
     site = user_mode
     job = site.start_job("803.head", app_env={"COUNTER_IGNORE_TERM": "1"})
     pids = [job.exec_pid(), job.app_pid()]
-    args = qhold(site, job)
-    job.wait_ended()
-    crash(job)
-    restart = start_restart(restart_args(site, job, args), site.config)
+    args, _ = qhold_and_lose(site, job)
+    restart = start_restart(restart_args(job, args), site.config)
     on_node = list(wait_restored_as(restart, pids).values())
     session = [p for p in psutil.pids() if _session(p) == restart.pid]
     assert restart.pid in session and not set(on_node) & set(session)
@@ -195,7 +171,7 @@ def test_without_namespaces_a_held_pid_is_still_exit_82(user_mode: Site) -> None
     job = site.start_job("804.head")
     args = site.torque_args(job)
     assert call_hook(args, site.config).returncode == 0  # --leave-running: the PIDs stay taken
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=60) == 82
     assert job.is_running()
     assert not [e for e in site.log_events() if e["event"] == "restart.namespace"]
@@ -227,10 +203,8 @@ def test_a_node_that_cannot_make_namespaces_restores_without_them_and_says_so(us
     wrapper.chmod(0o755)
     job = site.start_job("805.head", app_env={"COUNTER_LIMIT": "60", "COUNTER_EXIT": "4"})
     pids = [job.exec_pid(), job.app_pid()]
-    args = qhold(site, job)
-    job.wait_ended()
-    crash(job)
-    restart = start_restart(restart_args(site, job, args), site.config, program=wrapper)
+    args, _ = qhold_and_lose(site, job)
+    restart = start_restart(restart_args(job, args), site.config, program=wrapper)
     deadline = time.monotonic() + 30
     while not all(is_running(pid) for pid in pids):  # its own PIDs, on the node
         assert time.monotonic() < deadline and restart.poll() is None, "the job was not restored"

@@ -24,6 +24,8 @@ from tests.helpers import (
     call_hook,
     crash,
     is_running,
+    qhold_and_lose,
+    restart_args,
     restored_by,
     start_restart,
     verify_generation,
@@ -42,31 +44,6 @@ def counts(job: Job) -> list[int]:
 
 def numbers(text: str) -> list[int]:
     return [int(line) for line in text.splitlines() if line.strip().isdigit()]
-
-
-def qhold_and_lose(site: Site, job: Job, *, empty_output: bool = False) -> tuple[list[object], str]:
-    """A qhold (SIGNAL 15: the hook checkpoints, CRIU ends the job), then the node loses the job's
-    session; with ``empty_output``, pbs_mom re-creates empty .OU/.ER files before the restart. Returns
-    the hook's arguments and what the job had printed."""
-    args = site.torque_args(job, signal_number=15)
-    assert call_hook(args, site.config).returncode == 0
-    job.wait_ended()
-    printed = job.output.read_text()
-    crash(job)
-    if empty_output:
-        job.output.write_text("")
-    return args, printed
-
-
-def restart_args(site: Site, job: Job, checkpoint_args: list[object]) -> list[object]:
-    return [
-        job.session_id,
-        job.job_id,
-        site.user.name,
-        site.user.name,
-        checkpoint_args[4],
-        checkpoint_args[5],
-    ]
 
 
 def wait_restored(restart: subprocess.Popen[bytes], pids: list[int], timeout: float = 30) -> list[int]:
@@ -93,7 +70,7 @@ def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Sit
     args, printed = qhold_and_lose(site, job, empty_output=True)
     checkpointed = numbers(printed)[-1]
 
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     on_node = wait_restored(restart, restored)
     assert restart.wait(timeout=60) == 7, restart.stderr.read() if restart.stderr else ""
     # what the job printed before the qhold is put back into the re-created file first (issue 13 #3)
@@ -128,7 +105,7 @@ def test_periodic_checkpoint_then_a_crash_with_output_that_grew(user_mode: Site)
     crash(job)
     crashed_at = counts(job)[-1]
 
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=90) == 3, restart.stderr.read() if restart.stderr else ""
     numbers = counts(job)
     assert numbers[:crashed_at] == list(range(1, crashed_at + 1)), "the output before the crash must stay"
@@ -224,7 +201,7 @@ def test_a_generation_an_older_version_recorded_with_sha256_still_restores(user_
         "kept": [as_schema_3(k) for k in manifest["kept"]],
     }
     (generation / "manifest.json").write_text(json.dumps(old))  # root's, 0600, as the hook left it
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=90) == 0, restart.stderr.read() if restart.stderr else ""
     assert counts(job) == list(range(1, 61)) and checkpointed < 60
 
@@ -235,7 +212,7 @@ def test_a_generation_an_older_version_recorded_with_sha256_still_restores(user_
         byte = fh.read(1)
         fh.seek(biggest["size"] // 2)
         fh.write(bytes([byte[0] ^ 0xFF]))
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=60) == 65
     assert restart.stderr is not None and "checksum mismatch" in restart.stderr.read().decode()
     assert not job.processes()
@@ -247,7 +224,7 @@ def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -
     restored = [job.exec_pid(), job.app_pid()]  # CRIU gives them back their pids
     args, _ = qhold_and_lose(site, job)
 
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     restored = wait_restored(restart, restored)
     for pid in psutil.pids():  # qdel: SIGTERM to every process of the job's session
         with contextlib.suppress(ProcessLookupError):
@@ -271,7 +248,7 @@ def test_an_application_that_ignores_sigterm_does_not_outlive_the_restart(user_m
     job = site.start_job("613.head", app_env={"COUNTER_IGNORE_TERM": "1"})
     restored = [job.exec_pid(), job.app_pid()]
     args, _ = qhold_and_lose(site, job)
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     restored = wait_restored(restart, restored)
     counted = job.count()
     assert job.wait_count(counted + 3) > counted
@@ -339,7 +316,7 @@ def test_a_job_ended_while_it_is_restored_never_runs(user_mode: Site) -> None:
     job = site.start_job("616.head", app_env={"TICKER_MIB": "384"}, app=TICKER, wait_s=60)
     restored = [job.exec_pid(), job.app_pid()]
     args, printed = qhold_and_lose(site, job, empty_output=True)
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     deadline = time.monotonic() + 30
     while not [e for e in site.log_events() if e["event"] == "restart.start"]:
         assert time.monotonic() < deadline and restart.poll() is None, "the restore did not start"
@@ -362,7 +339,7 @@ def test_next_checkpoint_of_a_restarted_job_with_the_old_session_id(user_mode: S
     job = site.start_job("606.head")
     restored = [job.exec_pid(), job.app_pid()]
     args, _ = qhold_and_lose(site, job)
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     wait_restored(restart, restored)
     try:
         # pbs_mom keeps passing the old, dead SESSION_ID
@@ -386,7 +363,7 @@ def test_clear_failures_pid_in_use_unknown_job_missing_criu(user_mode: Site) -> 
     job = site.start_job("607.head")
     args = site.torque_args(job)
     assert call_hook(args, site.config).returncode == 0  # --leave-running: the PIDs stay taken
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=60) == 82
     assert restart.stderr is not None
     message = restart.stderr.read().decode()
@@ -415,7 +392,7 @@ def test_pbs_mom_deleted_the_checkpoint_dir_and_qalter_marks_the_job(user_mode: 
     args, _ = qhold_and_lose(site, job)
     shutil.rmtree(str(args[4]))  # after a failed checkpoint pbs_mom removes the whole CHECKPOINT_DIR
 
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=90) == 0, restart.stderr.read() if restart.stderr else ""
     started = [e for e in site.log_events() if e["event"] == "restart.start"]
     assert started[-1]["path"] == str(site.generations("608.head")[-1])
@@ -423,7 +400,7 @@ def test_pbs_mom_deleted_the_checkpoint_dir_and_qalter_marks_the_job(user_mode: 
     assert marks == [["-W", "checkpoint_restart_status=Successfully restarted job", "608.head"]]
     # a failed restart is marked too, with the reason
     (site.generations("608.head")[-1] / "manifest.json").unlink()
-    failed = start_restart(restart_args(site, job, args), site.config)
+    failed = start_restart(restart_args(job, args), site.config)
     assert failed.wait(timeout=60) == 65
     marks = [json.loads(line) for line in (site.base / "qalter.log").read_text().splitlines()]
     assert marks[-1][0] == "-W" and marks[-1][2] == "608.head"
@@ -439,7 +416,7 @@ def test_pbs_mom_deleted_the_checkpoint_dir_and_qalter_marks_the_job(user_mode: 
     pointer = {"kind": "mom-checkpoint pointer", "schema": 1, "job_id": "608.head", "host": "node"}
     pointer |= {"generation": hostile, "number": 1, "created": "2026-12-06T00:00:00Z"}
     (folder / str(args[5])).write_text(json.dumps(pointer))
-    forged = start_restart(restart_args(site, job, args), site.config)
+    forged = start_restart(restart_args(job, args), site.config)
     assert forged.wait(timeout=60) != 0
     marks = [json.loads(line) for line in (site.base / "qalter.log").read_text().splitlines()]
     assert marks[-1][:1] == ["-W"] and marks[-1][2] == "608.head"
@@ -479,7 +456,7 @@ def test_a_failed_restore_names_criu_s_first_error_and_its_log_is_kept(user_mode
     job = site.start_job("606.head", app_env={"COUNTER_HOLD": str(held)})
     args, _ = qhold_and_lose(site, job)
     held.unlink()
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=60) == 80
     err = restart.stderr.read().decode() if restart.stderr else ""
     assert "criu restore failed (exit 1): Error (criu/" in err and "input.dat" in err, err
@@ -504,7 +481,7 @@ def test_an_ordinary_job_script_resumes_after_pbs_mom_deleted_it(user_mode: Site
     [kept] = [k for k in manifest["kept"] if k["path"] == str(script)]
     assert kept["role"] == "held" and (generation / kept["copy"]).read_bytes() == script.read_bytes()
     script.unlink()  # pbs_mom: the job has ended
-    restart = start_restart(restart_args(site, job, args), site.config)
+    restart = start_restart(restart_args(job, args), site.config)
     # the copy it reads is the owner's (they may make it writable and grow it): never on the spool's
     # file system, where what they add would be space nobody counts (review of issue 25 #2)
     held: list[str] = []

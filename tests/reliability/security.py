@@ -32,6 +32,7 @@ from tests.helpers import (
     call_hook,
     crash,
     installed,
+    restart_args,
     seen_as,
     start_restart,
     verify_generation,
@@ -98,12 +99,6 @@ def sudo_rule() -> Iterator[Path]:
         yield program
     finally:
         SUDOERS.unlink()
-
-
-def restart_args(job: Job, checkpoint_args: list[object]) -> list[object]:
-    """pbs_mom's six $restart_script arguments for a job checkpointed with ``checkpoint_args``."""
-    name = job.user.name
-    return [job.session_id, job.job_id, name, name, checkpoint_args[4], checkpoint_args[5]]
 
 
 def held(site: Site, job_id: str, **app_env: str) -> tuple[Job, list[object], Path]:

@@ -609,6 +609,14 @@ def wait_restored_as(
     return found
 
 
+def wait_not_running(pids: Sequence[int], what: str, timeout: float = 10) -> None:
+    """Wait until none of these processes runs (a zombie waits for its parent or init to reap it)."""
+    deadline = time.monotonic() + timeout
+    while alive := [pid for pid in pids if is_running(pid)]:
+        assert time.monotonic() < deadline, f"{what}: {alive}"
+        time.sleep(0.05)
+
+
 def is_running(pid: int) -> bool:
     """Whether the process runs (a zombie has ended, though its pid is still taken)."""
     try:

@@ -25,6 +25,7 @@ import os
 from collections.abc import Sequence
 
 from mom_checkpoint.batch.calls import path_part
+from mom_checkpoint.platform.errors import shown
 from mom_checkpoint.platform.files import root_folder_problem
 from mom_checkpoint.platform.safefs import UnsafePath, open_configured_dir, open_regular
 
@@ -78,10 +79,10 @@ def refusal(hosts: Sequence[str], *, job_id: str = "") -> str:
     this node refuses and the way out. Printable ASCII only, bounded: each host (and the job id) is cut
     short, and quoted with its characters escaped where it is anything but printable ASCII."""
     distinct = _others(hosts, "", "")
-    who = f"job {_shown(job_id, 60)}" if job_id else "the job"
+    who = f"job {shown(job_id, 60)}" if job_id else "the job"
     if not distinct:
         return f"{who} runs on more than one node: {WAY_OUT}"
-    named = ", ".join(_shown(host, 40) for host in distinct[:SHOWN_HOSTS])
+    named = ", ".join(shown(host, 40) for host in distinct[:SHOWN_HOSTS])
     if len(distinct) > SHOWN_HOSTS:
         named += f" and {len(distinct) - SHOWN_HOSTS} more"
     return f"{who} runs on {len(distinct) + 1} nodes (also {named}): {WAY_OUT}"
@@ -150,14 +151,3 @@ def _short(name: str) -> str:
     """A host's short name, for comparing (as batch.torque.short_host, which costs the hook 30 ms of
     imports)."""
     return name.strip().split(".", 1)[0].lower()
-
-
-def _shown(text: str, limit: int) -> str:
-    """``text`` fit for a one-line message in at most ``limit`` characters: as it is when it is printable
-    ASCII, else quoted with every other character escaped; cut with "..." when longer."""
-    plain = text.isascii() and text.isprintable()
-    body = text if plain else ascii(text)[1:-1]
-    room = limit if plain else limit - 2
-    if len(body) > room:
-        body = body[: room - 3] + "..."
-    return body if plain else f"'{body}'"

@@ -133,3 +133,16 @@ class TorqueOutputError(Error):
     """tick and advise: qstat answered something that cannot be read."""
 
     exit_status = ExitStatus.DATA_ERROR
+
+
+def shown(text: str, limit: int) -> str:
+    """``text`` as it can stand in a one-line message, in at most ``limit`` characters: as it is when
+    it is printable ASCII, else quoted with every other character escaped (no newline, no control
+    character, no non-ASCII survives); cut with "..." when longer."""
+    limit = max(limit, 8)
+    plain = text.isascii() and text.isprintable()
+    body = text if plain else ascii(text)[1:-1]
+    room = limit if plain else limit - 2
+    if len(body) > room:
+        body = body[: room - 3] + "..."
+    return body if plain else f"'{body}'"

@@ -37,6 +37,8 @@ from typing import Literal
 
 import msgspec
 
+from mom_checkpoint.platform.errors import shown
+
 MAX_ENTRIES = 65536  # descriptors, and maps lines, read per process: never more
 MAX_LINE = 8192  # bytes of one maps line read at a time (the kernel prints at most PATH_MAX of a path)
 MAX_REFUSAL = 199  # characters of the refusal line (the job's comment)
@@ -181,16 +183,3 @@ def refusal(holdings: Sequence[Holding]) -> str | None:
     rest = f" ({first.kind}{more}), which CRIU cannot checkpoint: {WAY_OUT}"
     lead = "the job holds "
     return lead + shown(first.path, MAX_REFUSAL - len(lead) - len(rest)) + rest
-
-
-def shown(text: str, limit: int) -> str:
-    """``text`` as it can stand in a one-line message, in at most ``limit`` characters: as it is when
-    it is printable ASCII, else quoted with every other character escaped (no newline, no control
-    character, no non-ASCII survives); cut with "..." when longer."""
-    limit = max(limit, 8)
-    plain = text.isascii() and text.isprintable()
-    body = text if plain else ascii(text)[1:-1]
-    room = limit if plain else limit - 2
-    if len(body) > room:
-        body = body[: room - 3] + "..."
-    return body if plain else f"'{body}'"

@@ -31,6 +31,7 @@ from tests.helpers import (
     restored_by,
     start_restart,
     verify_generation,
+    wait_not_running,
     wait_restored_as,
     without_namespaces,
 )
@@ -157,10 +158,7 @@ def test_sigkill_to_the_restart_session_leaves_nothing_of_the_job(user_mode: Sit
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     restart.wait(timeout=30)
-    deadline = time.monotonic() + 10
-    while alive := [pid for pid in on_node if is_running(pid)]:
-        assert time.monotonic() < deadline, f"the job's processes {alive} outlived its session"
-        time.sleep(0.05)
+    wait_not_running(on_node, "the job's processes outlived its session", timeout=10)
 
 
 def test_without_namespaces_a_held_pid_is_still_exit_82(user_mode: Site) -> None:

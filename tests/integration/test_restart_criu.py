@@ -29,6 +29,7 @@ from tests.helpers import (
     restored_by,
     start_restart,
     verify_generation,
+    wait_not_running,
     wait_restored_as,
     wait_until_gone,
     without_namespaces,
@@ -232,10 +233,7 @@ def test_sigterm_to_the_session_ends_the_restored_application(user_mode: Site) -
                 os.kill(pid, signal.SIGTERM)  # (psutil would take a restored pid for a reused one)
     # mom-restart ends by the signal that ended the application: pbs_mom reports 256+15, as for any job
     assert restart.wait(timeout=30) == -signal.SIGTERM
-    deadline = time.monotonic() + 10
-    while alive := [pid for pid in restored if is_running(pid)]:  # a zombie waits for init to reap it
-        assert time.monotonic() < deadline, f"restored processes {alive} survived the SIGTERM"
-        time.sleep(0.05)
+    wait_not_running(restored, "restored processes survived the SIGTERM", timeout=10)
 
 
 def test_an_application_that_ignores_sigterm_does_not_outlive_the_restart(user_mode: Site) -> None:
@@ -254,10 +252,7 @@ def test_an_application_that_ignores_sigterm_does_not_outlive_the_restart(user_m
     assert job.wait_count(counted + 3) > counted
     os.kill(restart.pid, signal.SIGTERM)  # pbs_mom's qdel reaches the task it started: mom-restart
     restart.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while alive := [pid for pid in restored if is_running(pid)]:
-        assert time.monotonic() < deadline, f"restored processes {alive} outlived the restart"
-        time.sleep(0.05)
+    wait_not_running(restored, "restored processes outlived the restart", timeout=30)
 
 
 def test_a_failed_restart_puts_back_what_the_job_printed_before_the_hold(user_mode: Site) -> None:
@@ -328,10 +323,7 @@ def test_a_job_ended_while_it_is_restored_never_runs(user_mode: Site) -> None:
     [ended] = [e for e in site.log_events() if e["event"] == "restart.ended"]
     assert (ended["signal"], ended["before_it_ran"]) == (signal.SIGTERM, True)
     assert not [e for e in site.log_events() if e["event"] == "restart.running"]
-    deadline = time.monotonic() + 10
-    while alive := [pid for pid in restored if is_running(pid)]:
-        assert time.monotonic() < deadline, f"restored processes {alive} survived"
-        time.sleep(0.05)
+    wait_not_running(restored, "restored processes survived", timeout=10)
 
 
 def test_next_checkpoint_of_a_restarted_job_with_the_old_session_id(user_mode: Site) -> None:

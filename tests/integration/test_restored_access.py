@@ -33,18 +33,22 @@ def folder(job_user: User) -> Iterator[Path]:
 
 
 def holding(user: identity.JobUser, fds: list[int], cwd: str | Path = "/") -> subprocess.Popen[bytes]:
-    """A process of ``user`` that holds these descriptors (handed over by root), in ``cwd``."""
-    return subprocess.Popen(
-        ["/usr/bin/python3", "-c", "import time; time.sleep(60)"],
+    """A process of ``user`` that holds these descriptors (handed over by root), in ``cwd``, once it
+    has started: while the dynamic loader runs it maps /etc/ld.so.cache for a moment, and a look at
+    its mappings then may find one gone before it is looked at."""
+    proc = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import os, time; os.write(1, b'ready'); time.sleep(60)"],
         pass_fds=fds,
         user=user.uid,
         group=user.gid,
         extra_groups=list(user.groups),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # not pytest's own capture files (root's, deleted)
     )
+    assert proc.stdout is not None and proc.stdout.read(5) == b"ready"
+    return proc
 
 
 def test_files_the_owner_can_open_pass(owner: identity.JobUser, folder: Path) -> None:

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from mom_checkpoint import backends
-from mom_checkpoint.backends.base import InheritedFile, Restored, RestoreRequest
+from mom_checkpoint.backends.base import Restored, RestoreRequest
 from mom_checkpoint.batch.jobkey import JobKey, system_of
 from mom_checkpoint.commands.restart.calls import PbsRestart, RestartCall, SeedRestart, TorqueRestart
 from mom_checkpoint.commands.restart.gate import admit, checked_while_restoring, pages_checked
@@ -233,9 +233,22 @@ def _restore(
     opener = holder.open if holder is not None else os.open
     try:
         with output_files(manifest, user, generation, work.root, own_streams=own, opener=opener) as inherited:
-            return _restore_with(call, backend, binary, staged, manifest, inherited=inherited,
-                                 user=user, spool=spool, work=work, env=env, deadline=deadline, log=log,
-                                 holder=holder)  # fmt: skip
+            request = RestoreRequest(
+                image=staged,
+                pids=[p.pid for p in manifest.processes],
+                user=user,
+                cwd=call.cwd,
+                workdir=work.restorer,
+                inherited=inherited,
+                timeout_s=max(1.0, deadline - env.monotonic()),
+                root_session_leader=manifest.processes[0].session_id == manifest.processes[0].pid,
+                holder=holder,
+            )
+            try:
+                return backend.restore(binary, request)
+            except Error as exc:
+                _keep_restore_log(spool, backend, request, manifest.job.id, exc, log=log)
+                raise
     except BaseException:
         if holder is not None:
             holder.close()
@@ -253,41 +266,6 @@ def _holder(backend: backends.Backend, log: Logger) -> namespaces.Holder | None:
     except (OSError, Error) as exc:
         log.warning("restart.no_namespace", reason=str(exc))
         return None
-
-
-def _restore_with(
-    call: RestartCall,
-    backend: backends.Backend,
-    binary: str,
-    staged: StagedImage,
-    manifest: Manifest,
-    *,
-    inherited: list[InheritedFile],
-    user: JobUser,
-    spool: Spool,
-    work: Work,
-    env: Environment,
-    deadline: float,
-    log: Logger,
-    holder: namespaces.Holder | None,
-) -> Restored:
-    """One restore of the staged image, the job's files handed over; a failed one's log kept."""
-    request = RestoreRequest(
-        image=staged,
-        pids=[p.pid for p in manifest.processes],
-        user=user,
-        cwd=call.cwd,
-        workdir=work.restorer,
-        inherited=inherited,
-        timeout_s=max(1.0, deadline - env.monotonic()),
-        root_session_leader=manifest.processes[0].session_id == manifest.processes[0].pid,
-        holder=holder,
-    )
-    try:
-        return backend.restore(binary, request)
-    except Error as exc:
-        _keep_restore_log(spool, backend, request, manifest.job.id, exc, log=log)
-        raise
 
 
 def _keep_restore_log(

@@ -51,6 +51,18 @@ def job_lock(
         yield
 
 
+def checkpoint_finished(directory: Path, key: str, timeout_s: float) -> bool:
+    """Wait (at most ``timeout_s``) until no checkpoint of the job key runs: True once none does.
+    The lock is taken and let go at once: a checkpoint that starts right after finds it free."""
+    lock = filelock.FileLock(str(job_lock_path(directory, key)), timeout=max(0.0, timeout_s), mode=0o600)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return False
+    lock.release()
+    return True
+
+
 @contextmanager
 def exclusive(path: Path, argv: Sequence[str], other: str) -> Iterator[None]:
     """Hold the kernel lock at ``path``, or raise Busy at once: "``other`` is running (who holds

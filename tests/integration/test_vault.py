@@ -29,6 +29,7 @@ from tests.helpers import (
     crash,
     installed,
     start_restart,
+    wait_restored_as,
     wait_until_gone,
 )
 from tests.integration.test_restart_own import sudo_rule, user_job
@@ -196,6 +197,19 @@ def test_a_job_whose_node_was_lost_comes_back_from_the_vault_in_every_restart_fo
     assert len(fetched(site.log)) == 1
     wait_until_gone(pids)
 
+    # 2b. node E, TORQUE's form again, on a node whose spool_dir is not node A's (issue 28 #7): the
+    #     pointer names the job's run folder and generation, not node A's spool
+    config_e, log_e = node("e")
+    job.output.write_text("")
+    restart = start_restart(
+        [job.session_id, "701.head", site.user.name, site.user.name, args[4], args[5]], config_e
+    )
+    status = restart.wait(timeout=120)
+    came_back(job.output, status)
+    [from_vault] = fetched(log_e)
+    assert str(from_vault["source"]).endswith(generation.name), from_vault  # the one the pointer names
+    wait_until_gone(pids)
+
     # 3. node D, a new job of the user on a node that never ran it: the seed's resume_job.sh through
     #    sudo, from the newest copy: node B's
     config_d, log_d = node("d")
@@ -207,6 +221,47 @@ def test_a_job_whose_node_was_lost_comes_back_from_the_vault_in_every_restart_fo
     _, err = new.communicate(timeout=120)
     came_back(resumed, new.returncode, since=(b_before, b_after))
     assert len(fetched(log_d)) == 1, err
+
+
+def test_two_nodes_restore_the_same_copy_side_by_side(site: Site, vault: Path) -> None:
+    """Issue 28 #8: two nodes sharing the vault restore the same generation at the same time (a job
+    resubmitted twice, say): each restores it into a namespace of its own, with the job's PIDs, and
+    neither is in the other's way."""
+    site.configure(vault_dir=str(vault), **{"backends.criu.run_as": "job-user"})
+    job = site.start_job("704.head", app_env={"COUNTER_LIMIT": "100000"})
+    pids = [job.exec_pid(), job.app_pid()]
+    result, _ = call_hook_with_args(site, job)
+    assert result.returncode == 0, result.stderr
+    [generation] = site.generations("704.head")
+    wait_in_vault(vault, "704.head", site.user.uid, generation.name)
+    node_a = site.config.read_text()
+    lose_the_node(site, job)
+    restarts: list[subprocess.Popen[bytes]] = []
+    outputs: list[Path] = []
+    try:
+        for name in ("b", "c"):  # two nodes: spools and logs of their own, the same vault
+            spool = site.base / f"spool-{name}"
+            spool.mkdir(mode=0o711)
+            config = site.base / f"node-{name}.toml"
+            log = str(site.base / f"{name}.log")
+            config.write_text(node_a.replace(str(site.spool), str(spool)).replace(str(site.log), log))
+            output = site.base / f"{name}.out"
+            with open(output, "wb") as stream:
+                os.chown(output, site.user.uid, site.user.gid)
+                restarts.append(start_restart(["--job", "704.head"], config, stdout=stream))
+            outputs.append(output)
+        inside = [wait_restored_as(restart, pids) for restart in restarts]
+        assert len({os.stat(f"/proc/{found[pids[0]]}/ns/pid").st_ino for found in inside}) == 2
+        for output in outputs:
+            deadline = time.monotonic() + 30
+            while len(numbers(output)) < 3:
+                assert time.monotonic() < deadline, f"{output.name}: the job does not count on"
+                time.sleep(0.05)
+        assert all(restart.poll() is None for restart in restarts)
+    finally:
+        for restart in restarts:
+            restart.terminate()
+            restart.wait(timeout=30)
 
 
 def call_hook_with_args(site: Site, job: Job) -> tuple[HookResult, list[object]]:

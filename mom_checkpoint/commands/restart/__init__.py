@@ -22,7 +22,6 @@ from pathlib import Path
 
 from mom_checkpoint import backends
 from mom_checkpoint.backends.base import Restored, RestoreRequest
-from mom_checkpoint.batch.jobkey import JobKey, system_of
 from mom_checkpoint.commands.restart.calls import PbsRestart, RestartCall, SeedRestart, TorqueRestart
 from mom_checkpoint.commands.restart.gate import admit, checked_while_restoring, pages_checked
 from mom_checkpoint.commands.restart.marks import mark
@@ -49,7 +48,7 @@ from mom_checkpoint.processes import namespaces
 from mom_checkpoint.processes.identity import JobUser
 from mom_checkpoint.processes.termination import kill_tree, wait_pids_free
 from mom_checkpoint.spool import sessions
-from mom_checkpoint.spool.locking import job_lock, lock_dir
+from mom_checkpoint.spool.locking import checkpoint_finished, job_lock, lock_dir
 from mom_checkpoint.spool.storage import Spool
 
 __all__ = ["PbsRestart", "RestartCall", "SeedRestart", "TorqueRestart", "run"]
@@ -100,9 +99,8 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
         forwarder = Forwarder(grace_s=config.abort_grace_s)
         restoring = contextlib.ExitStack()  # one restore of a job at a time, until it has been let go
         if os.geteuid() == 0:
-            key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
             restoring.enter_context(
-                job_lock(lock_dir(spool.root), key.token, call.argv, manifest.job.id, what="restore")
+                job_lock(lock_dir(spool.root), manifest.key.token, call.argv, manifest.job.id, what="restore")
             )
         restorer_user = user if config.run_as == "job-user" else None
         unrun = contextlib.ExitStack()
@@ -130,8 +128,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
                     "restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name
                 )
                 if os.geteuid() == 0 and caller is None:  # the next checkpoint finds the job through us
-                    key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
-                    sessions.record(spool.root, key, os.getpid())
+                    sessions.record(spool.root, manifest.key, os.getpid())
                 with steps("restore"):
                     restored = _restore(call, backend, binary, staged, manifest, generation=generation,
                                         user=user, spool=spool, work=work, env=env, deadline=deadline,
@@ -166,7 +163,7 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
             try:
                 status = forwarder.wait(restored.pid)
             finally:
-                restored.end_namespace()  # whatever the application left running ends with it
+                _end_namespace(restored, spool, manifest, config, log)
     except Error:
         # whatever failed, the output the job printed before its hold goes back into the files
         # pbs_mom re-created empty (issue 26 #2: TORQUE ends the job and delivers them as they are)
@@ -190,6 +187,19 @@ def _refuse_a_job_users_image_as_root(generation: Path, record: Manifest, config
         )
 
 
+def _end_namespace(restored: Restored, spool: Spool, manifest: Manifest, config: Config, log: Logger) -> None:
+    """The job has ended: so does its namespace, and whatever the application left running in it. A
+    checkpoint of the job that ended it (SIGNAL 15: CRIU kills the tree it dumped) runs its CRIU in
+    that namespace, which would take it along: it finishes first (the job's lock, at most timeout_s)."""
+    if restored.holder is None:
+        return
+    if os.geteuid() == 0 and not checkpoint_finished(
+        lock_dir(spool.root), manifest.key.token, config.timeout_s
+    ):
+        log.warning("restart.checkpoint_still_running", timeout_s=config.timeout_s)
+    restored.end_namespace()
+
+
 def _record_namespace(
     restored: Restored,
     spool: Spool,
@@ -206,8 +216,7 @@ def _record_namespace(
     made = namespaces.of(restored.pid)
     log.info("restart.namespace", holder=restored.holder.pid, pid_ns=made.pid, mnt_ns=made.mnt)
     if os.geteuid() == 0 and caller is None:
-        key = JobKey(system_of(manifest.call.convention), user.uid, manifest.job.id)
-        sessions.record(spool.root, key, os.getpid(), namespaces=made)
+        sessions.record(spool.root, manifest.key, os.getpid(), namespaces=made)
 
 
 def _restore(

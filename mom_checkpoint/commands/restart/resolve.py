@@ -218,8 +218,8 @@ def _spool_generation(spool: Spool, image: str) -> Path | None:
 
 
 def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Logger) -> Path | str | None:
-    """The generation named at CHECKPOINT_DIR/CHECKPOINT_NAME, if that is usable; its name alone
-    when it is not in this node's spool (the vault may have it); None to fall back.
+    """The generation named at CHECKPOINT_DIR/CHECKPOINT_NAME, in this node's spool, if that is usable;
+    its name alone when it is not there (the vault may have it); None to fall back.
 
     A CHECKPOINT_DIR outside the allowed roots is refused outright; a missing or unusable pointer
     (pbs_mom deletes the folder after a failed checkpoint) falls back to the newest generation.
@@ -240,17 +240,19 @@ def _follow_pointer(call: TorqueRestart, spool: Spool, config: Config, log: Logg
         return None
     finally:
         os.close(dir_fd)
-    target = Path(os.path.normpath(pointer.generation))
-    relative = os.path.relpath(target, spool.root)
-    match = _GENERATION_PATH.fullmatch(relative)
+    # the pointer names a generation by its run folder and its name, the same on every node; the
+    # spool it was written in (the node that wrote it, its spool_dir) does not matter here (issue 28 #7)
+    named = Path(os.path.normpath(pointer.generation))
+    match = _GENERATION_PATH.fullmatch("/".join(named.parts[-2:]))
     if pointer.job_id != call.job_id or match is None or match.group(2) != call.job_id:
         # the pointer's text is the user's: the log has it (JSON-escaped), the one line does not
         log.warning("restart.pointer_foreign", named=pointer.generation[:512], job_named=pointer.job_id[:128])
         raise Refused(
             f"the pointer {call.checkpoint_name} names no checkpoint of job {call.job_id} in {spool.root}"
         )
+    target = spool.root / match.group(0)
     if not target.is_dir():
-        log.warning("restart.pointer_stale", path=str(target))
+        log.warning("restart.pointer_stale", path=str(target), named=pointer.generation[:512])
         return match.group(3)
     return target
 

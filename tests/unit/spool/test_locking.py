@@ -68,3 +68,44 @@ def test_the_busy_message_names_the_holder(tmp_path: Path) -> None:
         job_lock(tmp_path, "42.head", argv),
     ):
         pass
+
+
+def test_a_restart_waits_for_the_checkpoint_that_ends_its_job(tmp_path: Path) -> None:
+    """Issue 28: mom-restart ends the job's namespace only once no checkpoint of the job runs (a dump
+    with SIGNAL 15 runs its CRIU inside the namespace and ends the job itself): checkpoint_finished
+    waits for the job's lock, bounded, and never keeps it."""
+    import subprocess
+    import sys
+    import threading
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(job_lock_path(tmp_path, "torque.1001.42.head"))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None and holder.stdout.readline() == "held\n"
+    assert not locking.checkpoint_finished(tmp_path, "torque.1001.42.head", timeout_s=0)
+    answers: list[bool] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(locking.checkpoint_finished(tmp_path, "torque.1001.42.head", 60))
+    )
+    waiting.start()
+    waiting.join(timeout=0.3)
+    assert waiting.is_alive() and not answers, "it did not wait for the checkpoint"
+    holder.stdin.write("done\n")
+    holder.stdin.flush()
+    waiting.join(timeout=60)
+    assert answers == [True] and holder.wait(timeout=10) == 0
+    with job_lock(tmp_path, "torque.1001.42.head", ["next"]):  # and it let the lock go
+        pass
+
+
+HOLD_THE_LOCK = """
+import sys, filelock
+lock = filelock.FileLock(sys.argv[1], timeout=0)
+lock.acquire()
+print("held", flush=True)
+sys.stdin.readline()
+lock.release()
+"""

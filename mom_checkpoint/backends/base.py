@@ -283,9 +283,7 @@ def _inside(
         yield argv, handed, None
         return
     with namespaces.entered(request.host_pid, request.namespaces) as (pid_fd, mnt_fd):
-        nsenter = find_program("nsenter", "nsenter (util-linux)")
-        inside = [nsenter, f"--mount=/proc/self/fd/{mnt_fd}", "--", *argv]
-        yield inside, [*handed, mnt_fd], namespaces.children_in(pid_fd)
+        yield namespaces.in_mounts(mnt_fd, argv), [*handed, mnt_fd], namespaces.children_in(pid_fd)
 
 
 def as_user(command: Sequence[str], user: JobUser, capabilities: Sequence[str]) -> list[str]:

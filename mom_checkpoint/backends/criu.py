@@ -21,7 +21,7 @@ from mom_checkpoint.platform.errors import (
     TimedOut,
 )
 from mom_checkpoint.platform.files import write_all
-from mom_checkpoint.platform.programs import find_program
+from mom_checkpoint.processes import namespaces
 from mom_checkpoint.processes.discovery import child_pids
 from mom_checkpoint.processes.identity import JobUser, credentials_problem
 from mom_checkpoint.processes.termination import kill_tree
@@ -116,8 +116,7 @@ class CriuBackend(Backend):
             command = self.restore_command(binary, request)
             argv = self.as_configured_user(command, request.user, request.image.capabilities or ())
             if holder is not None:  # root's part: into the mount namespace whose /proc is the job's
-                nsenter = find_program("nsenter", "nsenter (util-linux)")
-                argv = [nsenter, f"--mount=/proc/self/fd/{holder.mnt_fd}", "--", *argv]
+                argv = namespaces.in_mounts(holder.mnt_fd, argv)
                 handed.append(holder.mnt_fd)
             completed = self.env.runner.run(
                 argv,

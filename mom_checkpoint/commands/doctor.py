@@ -149,7 +149,7 @@ def _namespaces(config: Config) -> Check:
 
     problem = namespaces.available()
     try:
-        find_program("nsenter", "nsenter (util-linux)")
+        namespaces.nsenter()
     except Error as exc:
         problem = problem or exc.message
     if problem is None:

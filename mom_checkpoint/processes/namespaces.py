@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from mom_checkpoint.platform.errors import NoSuchProcess, Refused
+from mom_checkpoint.platform.programs import find_program
 
 CLONE_FS = 0x00000200
 CLONE_NEWNS = 0x00020000
@@ -227,6 +228,17 @@ def _hold(read_end: int, told: int) -> None:  # pragma: no cover - runs in the f
             pass
     finally:
         os._exit(0)
+
+
+def nsenter() -> str:
+    """util-linux's nsenter; ProgramMissing where it is not installed."""
+    return find_program("nsenter", "nsenter (util-linux)")
+
+
+def in_mounts(mnt_fd: int, argv: list[str]) -> list[str]:
+    """``argv`` run in the mount namespace behind ``mnt_fd`` (a descriptor of this process's, handed
+    to the command: nsenter opens it as /proc/self/fd/N before it has left the node's /proc)."""
+    return [nsenter(), f"--mount=/proc/self/fd/{mnt_fd}", "--", *argv]
 
 
 def available() -> str | None:

@@ -41,7 +41,6 @@ from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import Error, Refused
 from mom_checkpoint.platform.log import Logger
-from mom_checkpoint.platform.programs import find_program
 from mom_checkpoint.platform.status import ExitStatus, meaning
 from mom_checkpoint.platform.steps import Steps
 from mom_checkpoint.processes import namespaces
@@ -270,7 +269,7 @@ def _holder(backend: backends.Backend, log: Logger) -> namespaces.Holder | None:
     if backend.name != "criu":
         return None
     try:
-        find_program("nsenter", "nsenter (util-linux)")
+        namespaces.nsenter()
         return namespaces.Holder()
     except (OSError, Error) as exc:
         log.warning("restart.no_namespace", reason=str(exc))

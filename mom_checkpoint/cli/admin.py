@@ -225,7 +225,8 @@ def _show(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
     config, env = invocation.load(logging=False), invocation.env
     from mom_checkpoint.commands import show
 
-    path, manifest = show.run(config, options.target, vault=options.vault)
+    found = show.run(config, options.target, vault=options.vault)
+    path, manifest = found.path, found.manifest
     if options.json:
         env.stdout.write(envelope("show", {"path": path, "manifest": manifest}))
     else:
@@ -240,9 +241,10 @@ def _verify(options: argparse.Namespace, invocation: Invocation) -> ExitStatus:
     from mom_checkpoint.cli import render
     from mom_checkpoint.commands import show, verify
 
-    path, manifest = show.run(config, options.target, vault=options.vault)
+    found = show.run(config, options.target, vault=options.vault)
+    path, manifest = found.path, found.manifest
     with render.progress(manifest.total_bytes, env.stderr, enabled=not options.json) as advance:
-        verify.run(path, manifest, progress=advance)
+        verify.run(found, progress=advance)
     if options.json:
         env.stdout.write(
             envelope("verify", {"path": path, "files": len(manifest.files), "bytes": manifest.total_bytes})

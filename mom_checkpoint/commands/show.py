@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from mom_checkpoint.image.manifest import Manifest
-from mom_checkpoint.image.verification import read_trusted_manifest
+from mom_checkpoint.image.verification import TrustedGeneration
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.spool.storage import Spool
 from mom_checkpoint.vault import targets
 
 
-def run(config: Config, target: str, *, vault: bool = False) -> tuple[Path, Manifest]:
+def run(config: Config, target: str, *, vault: bool = False) -> TrustedGeneration:
     generation = targets.resolve(
         Spool(config.spool_dir), target, targets.vault_dir(config) if vault else None
     )
-    return generation, read_trusted_manifest(generation)
+    return TrustedGeneration.read(generation)

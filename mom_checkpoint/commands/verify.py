@@ -1,17 +1,12 @@
-"""``verify JOB_ID|GENERATION_DIR``: re-hash every file against the manifest, as restart does."""
+"""``verify JOB_ID|GENERATION_DIR``: check a generation as a restore would: its layout, then every
+file's digest against the manifest."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from mom_checkpoint.image import verification
 from mom_checkpoint.image.hashing import Progress
-from mom_checkpoint.image.manifest import Manifest
+from mom_checkpoint.image.verification import TrustedGeneration
 
 
-def run(generation: Path, manifest: Manifest, progress: Progress | None = None) -> None:
-    """Check the generation (as ``show.run`` found it, with its manifest) as a restore would."""
-    # in job-user mode the image folder is its owner's (their checkpointer wrote it); root's record
-    # says who that is
-    allowed = {0, manifest.job.uid} if manifest.backend.run_as == "job-user" else {0}
-    verification.verify(generation, manifest, allowed_uids=frozenset(allowed), progress=progress)
+def run(generation: TrustedGeneration, progress: Progress | None = None) -> None:
+    """Check the generation (as ``show.run`` found it, with root's manifest) as a restore would."""
+    generation.verified().check_digests(progress=progress)

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import msgspec
+
 from mom_checkpoint.image.hashing import (
     ImageFile,
     OpenFiles,
@@ -31,20 +33,56 @@ from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import Refused, VerificationFailed
 
 
-def verify(
-    generation: Path,
-    manifest: Manifest,
-    *,
-    allowed_uids: frozenset[int],
-    expected_job: str | None = None,
-    progress: Progress | None = None,
-    deadline: float | None = None,
-) -> None:
-    """Check a generation folder completely against its manifest (read_trusted_manifest's, once)."""
-    check_layout(
-        generation, manifest, allowed_uids=allowed_uids, expected_job=expected_job, deadline=deadline
-    )
-    check_digests(generation, manifest, progress=progress, deadline=deadline)
+class TrustedGeneration(msgspec.Struct, frozen=True):
+    """A generation folder and root's manifest of it, read once (read_trusted_manifest): what root
+    decides from (whose checkpoint, which files, which sizes) before anything in the image is read."""
+
+    path: Path
+    manifest: Manifest
+
+    @classmethod
+    def read(cls, path: Path) -> TrustedGeneration:
+        return cls(path, read_trusted_manifest(path))
+
+    @property
+    def writers(self) -> frozenset[int]:
+        """Who may own its folders and files: root, and in job-user mode the job's user (their
+        checkpointer wrote the image), as root's record says."""
+        job_user = self.manifest.backend.run_as == "job-user"
+        return frozenset({0, self.manifest.job.uid} if job_user else {0})
+
+    def verified(
+        self, *, expected_job: str | None = None, deadline: float | None = None
+    ) -> VerifiedGeneration:
+        """Its layout checked against the manifest, in one walk of it (check_layout): what is left to
+        check is the content of its files."""
+        check_layout(self.path, self.manifest, allowed_uids=self.writers, expected_job=expected_job,
+                     deadline=deadline)  # fmt: skip
+        return VerifiedGeneration(self.path, self.manifest)
+
+
+class VerifiedGeneration(msgspec.Struct, frozen=True):
+    """A generation whose layout passed check_layout: the restart and ``verify`` check its digests
+    through it, all at once or (the job's memory) while the restorer runs."""
+
+    path: Path
+    manifest: Manifest
+
+    def check_digests(
+        self,
+        *,
+        progress: Progress | None = None,
+        deadline: float | None = None,
+        read_from: Path | None = None,
+        files: Sequence[ImageFile] | None = None,
+    ) -> None:
+        check_digests(self.path, self.manifest, progress=progress, deadline=deadline, read_from=read_from,
+                      files=files)  # fmt: skip
+
+    def check_digests_meanwhile(
+        self, files: Sequence[ImageFile], *, read_from: Path, deadline: float | None
+    ) -> InBackground:
+        return check_digests_meanwhile(self.path, files, read_from=read_from, deadline=deadline)
 
 
 def check_layout(

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
+
+import msgspec
 
 from mom_checkpoint import backends
 from mom_checkpoint.backends.base import Restored, RestoreRequest
@@ -31,12 +32,7 @@ from mom_checkpoint.commands.restart.signals import Forwarder
 from mom_checkpoint.commands.restart.workdir import Work, workdir
 from mom_checkpoint.image.manifest import Manifest
 from mom_checkpoint.image.staging import StagedImage
-from mom_checkpoint.image.verification import (
-    InBackground,
-    check_digests,
-    check_digests_meanwhile,
-    check_layout,
-)
+from mom_checkpoint.image.verification import InBackground, TrustedGeneration, VerifiedGeneration
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import Error, Refused
@@ -69,90 +65,48 @@ def run(call: RestartCall, config: Config, env: Environment, log: Logger) -> int
         raise
 
 
+class _Found(msgspec.Struct, frozen=True):
+    """What the resolve step established: the generation (root's manifest of it), whose it is, who
+    asked (a sudo caller), and the restorer that brings it back."""
+
+    generation: TrustedGeneration
+    user: JobUser
+    caller: JobUser | None
+    backend: backends.Backend
+    binary: str
+
+
 def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -> int:
     steps = Steps(env.monotonic)
     deadline = env.monotonic() + config.timeout_s  # the work before the restored job runs is bounded
     spool = Spool(config.spool_dir)
     with steps("resolve"):
-        caller = sudo_caller(call, env)
-        stated = caller or stated_owner(call)
-        backend = backends.create(config, env)
-        binary = backend.find_restore_binary()
-        generation, manifest = resolve(call, spool, config, log, stated, deadline=deadline)
-        _refuse_a_job_users_image_as_root(generation, manifest, config)
-        user = owner_of(call, stated, manifest)
-    log = log.bind(
-        job_id=manifest.job.id, generation=manifest.generation.number, path=str(generation), user=user.name
-    )
+        found = _resolve(call, spool, config, env, log, deadline=deadline)
+    manifest = found.generation.manifest
+    log = log.bind(job_id=manifest.job.id, generation=manifest.generation.number,
+                   path=str(found.generation.path), user=found.user.name)  # fmt: skip
     try:
         with steps("verify"):
-            if caller is not None and call.cwd is not None:
-                check_cwd(call.cwd, caller)
-            if backend.name == "criu" and not config.backends.criu.pid_namespace:  # else: its own PIDs
-                pids = [p.pid for p in manifest.processes]
-                wait_pids_free(pids, min(PIDS_FREE_WAIT_S, max(0.0, deadline - env.monotonic())))
-            allowed = frozenset({0, user.uid} if config.run_as == "job-user" else {0})
-            check_layout(
-                generation, manifest, allowed_uids=allowed, expected_job=call.job_id, deadline=deadline
-            )
+            generation = _verify(call, found, config, env, deadline)
         forwarder = Forwarder(grace_s=config.abort_grace_s)
-        restoring = contextlib.ExitStack()  # one restore of a job at a time, until it has been let go
-        if os.geteuid() == 0:
-            restoring.enter_context(
-                job_lock(lock_dir(spool.root), manifest.key.token, call.argv, manifest.job.id, what="restore")
-            )
-        restorer_user = user if config.run_as == "job-user" else None
-        unrun = contextlib.ExitStack()
-        with restoring, unrun, forwarder, workdir(spool, restorer_user, deadline) as work:
-            with steps("stage"):
-                staged = backend.stage_image(generation, manifest.files, work.root, user, deadline=deadline)
-            pages: InBackground | None = None
-            try:
-                with steps("verify"):
-                    # What the restorer decides from (every file but the job's memory, and the kept
-                    # files) is checked before it starts. The memory pages of a restorer that gives the
-                    # job back stopped are checked while it restores: nothing of the job runs before
-                    # that check and the identity gate have both passed, and a mismatch kills the
-                    # stopped tree.
-                    later = checked_while_restoring(manifest, staged) if backend.restores_stopped else []
-                    check_digests(
-                        generation, manifest, deadline=deadline, read_from=staged.base,
-                        files=[f for f in manifest.files if f not in later],
-                    )  # fmt: skip
-                    if later:
-                        pages = check_digests_meanwhile(
-                            generation, later, read_from=staged.base, deadline=deadline
-                        )
-                log.info(
-                    "restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name
-                )
-                if os.geteuid() == 0 and caller is None:  # the next checkpoint finds the job through us
-                    sessions.record(spool.root, manifest.key, os.getpid())
-                with steps("restore"):
-                    restored = _restore(call, backend, binary, staged, manifest, generation=generation,
-                                        user=user, spool=spool, work=work, env=env, deadline=deadline,
-                                        log=log, namespace=config.backends.criu.pid_namespace)  # fmt: skip
-                unrun.callback(restored.end_namespace)  # a failure before it is let go: none of it runs
-                _record_namespace(restored, spool, manifest, user, caller, log=log)
-            except BaseException:
-                if pages is not None:
-                    pages.cancel()  # nothing will be let go: no need to hash on
-                raise
-            finally:
-                staged.close()
+        unrun = contextlib.ExitStack()  # a failure before the job is let go: none of it runs
+        restorer_user = found.user if config.run_as == "job-user" else None
+        with (
+            _restoring(call, spool, manifest) as restoring,
+            unrun,
+            forwarder,
+            workdir(spool, restorer_user, deadline) as work,
+        ):
+            restored, pages, stopped = _stage_and_restore(
+                call, found, generation, spool, work, unrun=unrun, config=config, env=env, log=log,
+                steps=steps, deadline=deadline,
+            )  # fmt: skip
             with steps("gate"):
                 if pages is not None:
                     pages_checked(pages, restored, forwarder, log)
-                if forwarder.ending is not None:  # pbs_mom ended the job while it was restored: it never runs
-                    kill_tree(restored.pid)
-                    log.info(
-                        "restart.ended",
-                        restored_pid=restored.pid,
-                        signal=forwarder.ending,
-                        before_it_ran=True,
-                    )
-                    return -forwarder.ending
-                admit(restored, user, staged.stopped, log, held_files=config.run_as == "root")
+                if forwarder.ending is not None:
+                    return _ended_before_it_ran(restored, forwarder.ending, log)
+                admit(restored, found.user, stopped, log, held_files=config.run_as == "root")
             unrun.pop_all()  # let go: its namespace lives as long as it does
             restoring.close()  # the job's next restore (after it ends) may start
             log.info(
@@ -166,7 +120,8 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
     except Error:
         # whatever failed, the output the job printed before its hold goes back into the files
         # pbs_mom re-created empty (issue 26 #2: TORQUE ends the job and delivers them as they are)
-        rescue_outputs(manifest, generation, user, own_streams=isinstance(call, SeedRestart), log=log)
+        rescue_outputs(manifest, found.generation.path, found.user,
+                       own_streams=isinstance(call, SeedRestart), log=log)  # fmt: skip
         raise
     log.info(
         "restart.ended",
@@ -176,12 +131,109 @@ def _restart(call: RestartCall, config: Config, env: Environment, log: Logger) -
     return status
 
 
-def _refuse_a_job_users_image_as_root(generation: Path, record: Manifest, config: Config) -> None:
+def _resolve(
+    call: RestartCall, spool: Spool, config: Config, env: Environment, log: Logger, *, deadline: float
+) -> _Found:
+    """Which generation, whose, for whom, and with which restorer: nothing of the image is read yet."""
+    caller = sudo_caller(call, env)
+    stated = caller or stated_owner(call)
+    backend = backends.create(config, env)
+    binary = backend.find_restore_binary()
+    generation = resolve(call, spool, config, log, stated, deadline=deadline)
+    _refuse_a_job_users_image_as_root(generation, config)
+    user = owner_of(call, stated, generation.manifest)
+    return _Found(generation, user, caller, backend, binary)
+
+
+def _verify(
+    call: RestartCall, found: _Found, config: Config, env: Environment, deadline: float
+) -> VerifiedGeneration:
+    """Before anything is staged: a sudo caller's working folder is theirs, the generation's layout
+    matches root's manifest, and (without a namespace of its own) the job's PIDs are free."""
+    if found.caller is not None and call.cwd is not None:
+        check_cwd(call.cwd, found.caller)
+    if found.backend.name == "criu" and not config.backends.criu.pid_namespace:  # else: its own PIDs
+        pids = [p.pid for p in found.generation.manifest.processes]
+        wait_pids_free(pids, min(PIDS_FREE_WAIT_S, max(0.0, deadline - env.monotonic())))
+    return found.generation.verified(expected_job=call.job_id, deadline=deadline)
+
+
+def _restoring(call: RestartCall, spool: Spool, manifest: Manifest) -> contextlib.ExitStack:
+    """One restore of a job at a time, until it has been let go (root's lock of the job)."""
+    restoring = contextlib.ExitStack()
+    if os.geteuid() == 0:
+        restoring.enter_context(
+            job_lock(lock_dir(spool.root), manifest.key.token, call.argv, manifest.job.id, what="restore")
+        )
+    return restoring
+
+
+def _stage_and_restore(
+    call: RestartCall,
+    found: _Found,
+    generation: VerifiedGeneration,
+    spool: Spool,
+    work: Work,
+    *,
+    unrun: contextlib.ExitStack,
+    config: Config,
+    env: Environment,
+    log: Logger,
+    steps: Steps,
+    deadline: float,
+) -> tuple[Restored, InBackground | None, frozenset[int]]:
+    """Stage the image, check what the restorer decides from, and restore the job (stopped, where the
+    restorer can): the restored job, the check of its memory still running, and which of its
+    processes stay stopped when it is let go."""
+    manifest, backend = generation.manifest, found.backend
+    with steps("stage"):
+        staged = backend.stage_image(
+            generation.path, manifest.files, work.root, found.user, deadline=deadline
+        )
+    pages: InBackground | None = None
+    try:
+        with steps("verify"):
+            # What the restorer decides from (every file but the job's memory, and the kept files) is
+            # checked before it starts. The memory pages of a restorer that gives the job back stopped
+            # are checked while it restores: nothing of the job runs before that check and the
+            # identity gate have both passed, and a mismatch kills the stopped tree.
+            later = checked_while_restoring(manifest, staged) if backend.restores_stopped else []
+            generation.check_digests(
+                deadline=deadline, read_from=staged.base, files=[f for f in manifest.files if f not in later]
+            )
+            if later:
+                pages = generation.check_digests_meanwhile(later, read_from=staged.base, deadline=deadline)
+        log.info("restart.start", convention=call.convention, argv=list(call.argv), backend=backend.name)
+        if os.geteuid() == 0 and found.caller is None:  # the next checkpoint finds the job through us
+            sessions.record(spool.root, manifest.key, os.getpid())
+        with steps("restore"):
+            restored = _restore(call, backend, found.binary, staged, generation, user=found.user, spool=spool,
+                                work=work, env=env, deadline=deadline, log=log,
+                                namespace=config.backends.criu.pid_namespace)  # fmt: skip
+        unrun.callback(restored.end_namespace)
+        _record_namespace(restored, spool, manifest, found.user, found.caller, log=log)
+    except BaseException:
+        if pages is not None:
+            pages.cancel()  # nothing will be let go: no need to hash on
+        raise
+    finally:
+        staged.close()
+    return restored, pages, staged.stopped
+
+
+def _ended_before_it_ran(restored: Restored, signum: int, log: Logger) -> int:
+    """pbs_mom ended the job while it was restored: it never runs."""
+    kill_tree(restored.pid)
+    log.info("restart.ended", restored_pid=restored.pid, signal=signum, before_it_ran=True)
+    return -signum
+
+
+def _refuse_a_job_users_image_as_root(generation: TrustedGeneration, config: Config) -> None:
     """An image written by the job's user (their checkpointer, their digests) is never read by root's
     own restorer, wherever it lies now (a vault copy is root's files)."""
-    if record.backend.run_as == "job-user" and config.run_as == "root":
+    if generation.manifest.backend.run_as == "job-user" and config.run_as == "root":
         raise Refused(
-            f"{generation} was checkpointed in job-user mode and this node restores as root: set "
+            f"{generation.path} was checkpointed in job-user mode and this node restores as root: set "
             f'backends.{config.backend}.run_as = "job-user", or restart the job on a node that does'
         )
 
@@ -223,9 +275,8 @@ def _restore(
     backend: backends.Backend,
     binary: str,
     staged: StagedImage,
-    manifest: Manifest,
+    generation: VerifiedGeneration,
     *,
-    generation: Path,
     user: JobUser,
     spool: Spool,
     work: Work,
@@ -236,11 +287,13 @@ def _restore(
 ) -> Restored:
     """The restorer's run, into namespaces of the job's own where it can, the job's files handed to it
     as descriptors (opened there); a failed restore's log kept."""
-    own = isinstance(call, SeedRestart)
+    own, manifest = isinstance(call, SeedRestart), generation.manifest
     holder = _holder(backend, log) if namespace else None
     opener = holder.open if holder is not None else os.open
     try:
-        with output_files(manifest, user, generation, work.root, own_streams=own, opener=opener) as inherited:
+        with output_files(
+            manifest, user, generation.path, work.root, own_streams=own, opener=opener
+        ) as inherited:
             request = RestoreRequest(
                 image=staged,
                 pids=[p.pid for p in manifest.processes],

@@ -16,9 +16,7 @@ from mom_checkpoint.batch.pointer import open_checkpoint_dir, read_pointer
 from mom_checkpoint.commands.restart.calls import RestartCall, SeedRestart, TorqueRestart
 from mom_checkpoint.image.layout import GENERATION_NAME
 from mom_checkpoint.image.manifest import Manifest
-from mom_checkpoint.image.verification import (
-    read_trusted_manifest,
-)
+from mom_checkpoint.image.verification import TrustedGeneration
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import (
@@ -71,7 +69,7 @@ def owner_of(call: RestartCall, stated: JobUser | None, record: Manifest) -> Job
 
 def resolve(
     call: RestartCall, spool: Spool, config: Config, log: Logger, owner: JobUser | None, *, deadline: float
-) -> tuple[Path, Manifest]:
+) -> TrustedGeneration:
     """The generation to restore and its manifest (root's record of it, read before anything is
     hashed). With an owner known, only that owner's generations of the job are candidates. With a
     vault, a newer generation there (or the only one: this node never ran the job, or lost its
@@ -80,8 +78,7 @@ def resolve(
         path = _spool_generation(spool, call.image) if call.own else Path(call.image)
         if path is None or not path.is_dir():
             raise no_checkpoint(call, spool)
-        record = _record_of(path, call)
-        return path, record
+        return _record_of(path, call)
     job_id = call.job_id
     assert job_id is not None
     own = isinstance(call, SeedRestart) and call.own
@@ -92,7 +89,7 @@ def resolve(
     if isinstance(call, TorqueRestart) and call.checkpoint_dir and call.checkpoint_name:
         pointed = _follow_pointer(call, spool, config, log)
         if isinstance(pointed, Path):
-            return pointed, read_trusted_manifest(pointed)
+            return TrustedGeneration.read(pointed)
         if pointed is not None and int(pointed.split("-", 1)[0]) > local and config.vault_dir:
             # the checkpoint the batch system took last was made on another node
             if (fetched := fetch.newest(name=pointed)) is not None:
@@ -102,12 +99,13 @@ def resolve(
         return fetched
     for generation in reversed(spool.job_generations(job_id)):
         try:
-            record = read_trusted_manifest(generation.path)
+            found = TrustedGeneration.read(generation.path)
         except Error as exc:
             if not own:
                 raise  # the newest generation is unusable: say why, never fall back to older state
             log.warning("restart.generation_skipped", path=str(generation.path), error=exc.message)
             continue  # for a sudo caller, a generation root cannot vouch for is not theirs
+        record = found.manifest
         if (owner is not None and record.job.uid != owner.uid) or (
             system is not None and system_of(record.call.convention) != system
         ):
@@ -115,7 +113,7 @@ def resolve(
                      convention=record.call.convention)  # fmt: skip
             continue
         log.info("restart.newest", job_id=job_id, path=str(generation.path))
-        return generation.path, record
+        return found
     raise no_checkpoint(call, spool)
 
 
@@ -131,7 +129,7 @@ class VaultFetch(msgspec.Struct, frozen=True):
     system: str | None
     deadline: float
 
-    def newest(self, *, newer_than: int = 0, name: str | None = None) -> tuple[Path, Manifest] | None:
+    def newest(self, *, newer_than: int = 0, name: str | None = None) -> TrustedGeneration | None:
         if not self.config.vault_dir:
             return None
         from mom_checkpoint.vault.store import Vault, VaultGeneration, bounded, order
@@ -164,12 +162,12 @@ class VaultFetch(msgspec.Struct, frozen=True):
             max(1.0, self.deadline - time.monotonic()),
             f"copying {newest.path} into the spool",
         )
-        path = Path(fetched)
-        record = read_trusted_manifest(path)
+        found = TrustedGeneration.read(Path(fetched))
+        record = found.manifest
         if record.job.id != self.job_id or not self._mine(record.key.token):
             raise Refused(f"{newest.path} holds another job's checkpoint: refusing it")
-        self.log.info("restart.fetched", source=str(newest.path), path=str(path), bytes=record.total_bytes)
-        return path, record
+        self.log.info("restart.fetched", source=str(newest.path), path=fetched, bytes=record.total_bytes)
+        return found
 
     def _tokens(self, vault: Any) -> list[str]:
         """The job's folders in the vault: named outright when the owner is known, else found."""
@@ -187,11 +185,11 @@ class VaultFetch(msgspec.Struct, frozen=True):
         )
 
 
-def _record_of(path: Path, call: SeedRestart) -> Manifest:
+def _record_of(path: Path, call: SeedRestart) -> TrustedGeneration:
     if not call.own:
-        return read_trusted_manifest(path)
+        return TrustedGeneration.read(path)
     try:
-        return read_trusted_manifest(path)
+        return TrustedGeneration.read(path)
     except Error:
         raise no_checkpoint(call, None) from None
 

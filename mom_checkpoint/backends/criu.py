@@ -16,9 +16,11 @@ from mom_checkpoint.platform.environment import Completed
 from mom_checkpoint.platform.errors import (
     CheckpointerFailed,
     CheckpointerMissing,
+    CpuIncompatible,
     PidInUse,
     Refused,
     TimedOut,
+    shown,
 )
 from mom_checkpoint.platform.files import write_all
 from mom_checkpoint.processes import namespaces
@@ -35,6 +37,11 @@ if TYPE_CHECKING:  # a restore's (imported where it is used): the hook's dumps d
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 _PID_TAKEN = re.compile(r"Can't fork for (\d+): File exists")
+_CPU_REFUSED = re.compile(r"Error \([^)]*/cpu\.c:\d+\): cpu: (.*)")
+CPUINFO = "cpuinfo.img"
+# the instruction-set features the job can use and the FPU state's layout (xsave features and size):
+# CRIU's defaults, written into the image at dump (cpuinfo.img) and checked against it at restore
+CPU_CAP = "--cpu-cap=fpu,ins"
 _ERROR = re.compile(r"^\s*(?:\d+: |pie: \d+: )?(Error \(.*)$")
 _HARMLESS = ("Can't setup RLIMIT_NOFILE for self",)  # printed by every run here, exit status 0
 _STAT = re.compile(r"^([A-Za-z][A-Za-z ]+?):\s+(\d+)(?:\s+us)?(?:\s+\(0x[0-9a-f]+\))?\s*$")
@@ -65,6 +72,7 @@ class CriuBackend(Backend):
             "--display-stats",
             "--log-file", _log_path(request.log_fd, DUMP_LOG),
             "--ghost-limit", str(criu.ghost_limit),
+            CPU_CAP,  # CRIU records the CPU in the image (cpuinfo.img) and checks it at restore
         ]  # fmt: skip
         if not request.abort:
             argv.append("--leave-running")
@@ -88,6 +96,8 @@ class CriuBackend(Backend):
             "--log-file", _log_path(request.log_fd, RESTORE_LOG),
             "--leave-stopped",  # nothing runs before the identity gate has seen every task
         ]  # fmt: skip
+        if CPUINFO in request.image.contents:  # older images have none, and are not checked
+            argv.append(CPU_CAP)
         if self.run_as == "job-user":
             argv.append("--unprivileged")
         for inherited in request.inherited:
@@ -145,6 +155,11 @@ class CriuBackend(Backend):
             busy = _PID_TAKEN.search(logged)
             if busy:
                 raise PidInUse(int(busy.group(1)))
+            if cpu := _CPU_REFUSED.search(logged):
+                raise CpuIncompatible(
+                    f"this node's CPU cannot restore the checkpoint: CRIU's check of the CPU it was "
+                    f"taken on says {shown(cpu.group(1).strip(), 160)}; restart it on a node with that CPU"
+                )
             detail = first_error(logged) or (completed.stderr.strip().splitlines() or [""])[-1]
             raise CheckpointerFailed(f"criu restore failed (exit {completed.returncode}): {detail}")
         restored = Restored(children[0] if children else 0, command, stopped=True, holder=holder)

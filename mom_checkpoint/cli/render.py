@@ -81,6 +81,9 @@ def manifest(path: Path, m: Manifest, stream: TextIO) -> None:
             f"{p(m.tool.version)}, {p(m.call.convention)} call, signal {m.call.signal}"
         )
     )
+    if m.host.cpu is not None:  # what a restoring node's CPU must have (README: another CPU)
+        cpu = m.host.cpu
+        console.print(Text(f"CPU {p(cpu.machine)} {p(cpu.model)} ({len(cpu.flags)} feature flags: --json)"))
     b = m.backend
     command = " ".join(p(word) for word in b.command)
     console.print(Text(f"backend {p(b.name)} {p(b.version)} as {p(b.run_as)}: {command}"))

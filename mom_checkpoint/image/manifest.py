@@ -21,11 +21,13 @@ from mom_checkpoint.batch.calls import CheckpointCall
 from mom_checkpoint.batch.jobkey import JobKey, system_of
 from mom_checkpoint.image.hashing import DIGEST, ImageFile
 from mom_checkpoint.image.layout import KEPT
+from mom_checkpoint.platform import cpu
+from mom_checkpoint.platform.cpu import CpuInfo
 from mom_checkpoint.platform.errors import VerificationFailed
 from mom_checkpoint.platform.records import RecordError, build
 from mom_checkpoint.processes.discovery import JobProcesses, ProcessRecord
 
-SCHEMA = 4
+SCHEMA = 5
 MAX_BYTES = 32 * 1024 * 1024
 
 
@@ -57,11 +59,19 @@ def _digests_named(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema": 4, "files": upgraded(data.get("files")), "kept": upgraded(data.get("kept"))}
 
 
+def _cpu_recorded(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 5 records the checkpointing node's CPU (``host.cpu``); a schema-4 generation's is not
+    known (null), and its restore checks no CPU."""
+    host = data.get("host")
+    return {**data, "schema": 5, "host": {**host, "cpu": None} if isinstance(host, dict) else host}
+
+
 # schema N -> function turning a schema-N dict into a schema-(N+1) dict
 UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _kept_files_added,
     2: _kept_files_named,
     3: _digests_named,
+    4: _cpu_recorded,
 }
 EXTERNAL = re.compile(r"file\[[0-9a-f]{1,8}:[0-9a-f]{1,16}\]")  # CRIU's --external name of a held file
 
@@ -109,10 +119,11 @@ class CallInfo(msgspec.Struct, frozen=True):
 class HostInfo(msgspec.Struct, frozen=True):
     name: str
     kernel: str
+    cpu: CpuInfo | None = None  # None: a generation of schema 4 or older
 
     @classmethod
     def here(cls) -> HostInfo:
-        return cls(os.uname().nodename, os.uname().release)
+        return cls(os.uname().nodename, os.uname().release, cpu.here())
 
 
 class BackendInfo(msgspec.Struct, frozen=True):

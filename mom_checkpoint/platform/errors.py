@@ -119,6 +119,13 @@ class NotYetInVault(Error):
     )
 
 
+class CpuIncompatible(Error):
+    """This node's CPU lacks an instruction-set feature of the CPU the job was checkpointed on (the
+    restored application would die of SIGILL): refused before anything of the job is touched."""
+
+    exit_status = ExitStatus.CPU_INCOMPATIBLE
+
+
 class NoCheckpoint(Error):
     exit_status = ExitStatus.NO_PROCESS
 

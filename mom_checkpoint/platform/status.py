@@ -24,6 +24,7 @@ class ExitStatus(IntEnum):
     PID_IN_USE = 82  # a PID of the image is held on this node by a process not the job's
     NOT_YET_IN_VAULT = 83  # the checkpoint the batch system names is on neither this node nor the vault yet
     NOT_CHECKPOINTABLE = 84  # the job holds a device CRIU cannot dump, or runs on other nodes too
+    CPU_INCOMPATIBLE = 85  # this node's CPU lacks a feature of the CPU the checkpoint was taken on
 
 
 # What each status means, in the product's words alone: text that reaches a batch system's command
@@ -46,6 +47,7 @@ MEANING = {
     ExitStatus.PID_IN_USE: "a PID of the checkpoint is in use on this node",
     ExitStatus.NOT_YET_IN_VAULT: "the checkpoint has not reached the vault yet",
     ExitStatus.NOT_CHECKPOINTABLE: "the job cannot be checkpointed (a device it holds or other nodes)",
+    ExitStatus.CPU_INCOMPATIBLE: "the CPU here lacks a feature of the checkpointed CPU",
 }
 
 

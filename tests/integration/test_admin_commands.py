@@ -79,6 +79,8 @@ def test_show_reads_the_manifest(spool_with_jobs: Site) -> None:
         assert f"{process['pid']} {process['name']}" in text.stdout
     for image_file in manifest["files"]:
         assert image_file["path"] in text.stdout
+    cpu = manifest["host"]["cpu"]  # what a node restoring it must have
+    assert f"CPU {cpu['machine']} {cpu['model']} ({len(cpu['flags'])} feature flags" in text.stdout
     shown = data(admin(site, "show", str(newest), "--json"), "show")
     assert shown["manifest"] == manifest and shown["path"] == str(newest)
 
@@ -318,6 +320,7 @@ def test_show_list_verify_prune_print_hostile_manifests_and_folders_literally(si
     evil = HOSTILE + " ".join(TAGS)
     manifest["job"]["user"] += HOSTILE
     manifest["host"]["name"] += HOSTILE
+    manifest["host"]["cpu"]["model"] += HOSTILE
     manifest["backend"]["command"].append(evil)
     for process in manifest["processes"]:
         process["name"] += HOSTILE
@@ -339,6 +342,7 @@ def test_show_list_verify_prune_print_hostile_manifests_and_folders_literally(si
     text = shown_not_obeyed(admin(site, "show", "803.head"))
     assert all(tag in text for tag in TAGS), text
     assert "fd 99 -> /tmp/\\x1b]0;pwned" in text
+    assert f"CPU {manifest['host']['cpu']['machine']} " in text
     text = shown_not_obeyed(admin(site, "show", str(copy)))
     assert f"999999.evil\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m[bold]x/{copy.name}" in text, text
     text = shown_not_obeyed(admin(site, "list"))

@@ -31,7 +31,7 @@ def test_periodic_checkpoint_in_job_user_mode_keeps_the_job_running(site: Site) 
     assert generation.parent.name == f"{exec_pid}.101.head"
     assert generation.name.startswith("000001-")
     manifest = verify_generation(generation)
-    assert manifest["schema"] == 4
+    assert manifest["schema"] == 5
     assert manifest["job"]["id"] == "101.head"
     assert manifest["job"]["exec_pid"] == exec_pid
     assert manifest["job"]["session_id"] == job.session_id

@@ -1,7 +1,7 @@
 """Restart: bring a job back from its newest complete, verified generation, and stay its task.
 
     resolve   which generation (the pointer, the spool, the vault) and whose: the owner from passwd
-    verify    its layout and digests (the job's memory: while it is restored, before it runs)
+    verify    this node's CPU, the image's layout and digests (the job's memory: while it is restored)
     stage     a copy of the image the restorer may read, in this restart's own work folder
     restore   the restorer, handed the job's output and held files as descriptors
     gate      every restored task has its owner's identity alone, or the tree is killed unrun
@@ -33,6 +33,7 @@ from mom_checkpoint.commands.restart.workdir import Work, workdir
 from mom_checkpoint.image.manifest import Manifest
 from mom_checkpoint.image.staging import StagedImage
 from mom_checkpoint.image.verification import InBackground, TrustedGeneration, VerifiedGeneration
+from mom_checkpoint.platform import cpu
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.errors import Error, Refused
@@ -148,10 +149,13 @@ def _resolve(
 def _verify(
     call: RestartCall, found: _Found, config: Config, env: Environment, deadline: float
 ) -> VerifiedGeneration:
-    """Before anything is staged: a sudo caller's working folder is theirs, the generation's layout
-    matches root's manifest, and (without a namespace of its own) the job's PIDs are free."""
+    """Before anything is staged: a sudo caller's working folder is theirs, this node's CPU has what
+    the checkpointed one had, the generation's layout matches root's manifest, and (without a
+    namespace of its own) the job's PIDs are free."""
     if found.caller is not None and call.cwd is not None:
         check_cwd(call.cwd, found.caller)
+    host = found.generation.manifest.host
+    cpu.check(host.cpu, checkpointed_on=host.name)
     if found.backend.name == "criu" and not config.backends.criu.pid_namespace:  # else: its own PIDs
         pids = [p.pid for p in found.generation.manifest.processes]
         wait_pids_free(pids, min(PIDS_FREE_WAIT_S, max(0.0, deadline - env.monotonic())))

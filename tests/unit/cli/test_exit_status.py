@@ -265,7 +265,9 @@ def test_each_reason_a_restart_fails_has_a_code_of_its_own() -> None:
         errors.TimedOut,
         errors.PidInUse,
         errors.NotYetInVault,
+        errors.CpuIncompatible,
     ]
     codes = [reason.exit_status for reason in reasons]
     assert len(set(codes)) == len(codes), dict(zip([r.__name__ for r in reasons], codes, strict=True))
     assert errors.PidInUse.exit_status == 82 and errors.NotYetInVault.exit_status == 83
+    assert errors.CpuIncompatible.exit_status == 85

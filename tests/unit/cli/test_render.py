@@ -203,13 +203,14 @@ def test_json_keeps_every_string_exact_and_escaped() -> None:
     shown = json.loads(text)["data"]
     assert shown["path"] == "/spool/" + TERMINAL
     # read at schema 1, shown as this version's schema: upgraded (kept files added, none; each sha256
-    # named as the digest "sha256:<hex>"), else exact
+    # named as the digest "sha256:<hex>"; the CPU not known), else exact
     old = hostile_manifest()
     files = [{"path": f["path"], "size": f["size"], "digest": "sha256:" + f["sha256"]} for f in old["files"]]
+    host = {**old["host"], "cpu": None}
     assert (
         shown["manifest"]
         == json.loads(manifest.to_json())
-        == {**old, "schema": 4, "kept": [], "files": files}
+        == {**old, "schema": 5, "kept": [], "files": files, "host": host}
     )
 
 

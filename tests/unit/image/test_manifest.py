@@ -10,6 +10,7 @@ import pytest
 
 from mom_checkpoint.image.hashing import ImageFile
 from mom_checkpoint.image.manifest import SCHEMA, parse
+from mom_checkpoint.platform import cpu
 from mom_checkpoint.platform.errors import VerificationFailed
 from tests.torque import manifest
 
@@ -26,7 +27,7 @@ def test_schema_4_records_each_digest_with_its_algorithm() -> None:
         files=[ImageFile("image/pages-1.img", 4096, "blake3:" + "0" * 64)],
     )
     data = json.loads(written.to_json())
-    assert data["schema"] == SCHEMA == 4
+    assert data["schema"] == SCHEMA == 5
     assert data["files"] == [{"path": "image/pages-1.img", "size": 4096, "digest": "blake3:" + "0" * 64}]
     assert parse(data, "m") == written
 
@@ -72,3 +73,13 @@ def test_a_schema_3_file_without_its_sha256_is_refused_with_the_field_named() ->
     old = {**data, "schema": 3, "files": [{"path": "image/pages-1.img", "size": 1}]}
     with pytest.raises(VerificationFailed, match="digest"):
         parse(old, "m")
+
+
+def test_a_schema_4_manifest_reads_with_its_cpu_unknown() -> None:
+    data = current()
+    old = {**data, "schema": 4, "host": {"name": "node01", "kernel": "6.1.0"}}
+    assert parse(old, "m").host.cpu is None
+    recorded = {"machine": "x86_64", "model": "Xeon", "flags": ["avx2", "sse2"]}
+    assert parse({**data, "host": {**data["host"], "cpu": recorded}}, "m").host.cpu == cpu.CpuInfo(
+        "x86_64", "Xeon", ["avx2", "sse2"]
+    )

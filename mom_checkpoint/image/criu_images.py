@@ -83,6 +83,49 @@ def read_core(tid: int, data: bytes) -> CoreCredentials:
     )
 
 
+PAGEMAP_MAGIC = 0x56084025
+PAGEMAP_FILE = re.compile(r"pagemap-[\w.-]+\.img")
+PAGE = 4096
+PE_PARENT, PE_PRESENT = 1 << 0, 1 << 2  # criu/include/pagemap.h
+
+
+class Pagemap(msgspec.Struct, frozen=True):
+    """Where a pages image's pages belong: ``pages-<pages_id>.img`` holds, in this order, the pages of
+    each run of virtual addresses (start, number of pages) that is present in it."""
+
+    pages_id: int
+    runs: list[tuple[int, int]]
+
+    @property
+    def pages_file(self) -> str:
+        return f"pages-{self.pages_id}.img"
+
+    @property
+    def size(self) -> int:
+        """The bytes the pages file must have."""
+        return sum(n for _, n in self.runs) * PAGE
+
+
+def read_pagemap(data: bytes) -> Pagemap:
+    """A ``pagemap-*.img`` (images/pagemap.proto: a pagemap_head, then pagemap_entry each with vaddr 1,
+    compat_nr_pages 2, in_parent 3, flags 4, nr_pages 5); ImageError when it is not one. An entry
+    without flags is present, or in the parent image when in_parent says so (criu/pagemap.c)."""
+    if len(data) < 8 or struct.unpack_from("<II", data) != (IMG_COMMON_MAGIC, PAGEMAP_MAGIC):
+        raise ImageError("not a CRIU pagemap image")
+    entries = iter(_entries(data[8:]))
+    head = _fields(next(entries, b""))
+    pages_id = _one_int(head, 1, -1)
+    if pages_id < 0:
+        raise ImageError("pagemap without its head")
+    runs = []
+    for entry in entries:
+        fields = _fields(entry)
+        flags = _one_int(fields, 4, PE_PARENT if _one_int(fields, 3, 0) else PE_PRESENT)
+        if flags & PE_PRESENT:
+            runs.append((_one_int(fields, 1, 0), _one_int(fields, 5, _one_int(fields, 2, 0))))
+    return Pagemap(pages_id, runs)
+
+
 def _skip_magic(data: bytes) -> bytes:
     if len(data) < 8:
         raise ImageError("too short for a CRIU image")

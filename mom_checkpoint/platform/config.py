@@ -90,6 +90,9 @@ class Config(msgspec.Struct, frozen=True):
     vault_bandwidth_mib_s: float = 0.0  # the copier's average rate, MiB/s; 0: no limit
     # the most one user's copies may hold in the (shared) vault, GiB; 0: a quarter of its file system
     vault_quota_gib: float = 0.0
+    # how new chunks are stored in the vault: zstd (at vault_compression_level, -7 fastest .. 19) or none
+    vault_compression: Literal["zstd", "none"] = "zstd"
+    vault_compression_level: int = 1
     backends: BackendsConfig = field(default_factory=BackendsConfig)
     source: str = "(defaults)"  # the file it was read from (not a setting: as_dict leaves it out)
 
@@ -250,6 +253,13 @@ def _check_vault_values(config: Config) -> list[tuple[str, str]]:
     if not (math.isfinite(config.vault_bandwidth_mib_s) and config.vault_bandwidth_mib_s >= 0):
         problems.append(
             ("vault_bandwidth_mib_s", f"must be 0 (no limit) or more, got {config.vault_bandwidth_mib_s:g}")
+        )
+    if not 0 <= config.vault_compression_level <= 16:
+        problems.append(
+            (
+                "vault_compression_level",
+                f"must be 0 to 16 (lz4's levels), got {config.vault_compression_level}",
+            )
         )
     return problems
 

@@ -51,6 +51,22 @@ from mom_checkpoint.platform.files import (
 from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.processes.procfs import start_token
 from mom_checkpoint.spool.storage import INCOMING_PREFIX, PRUNING_PREFIX, Spool
+from mom_checkpoint.vault.chunked import (
+    Sent,
+    check_publish_time,
+    cut,
+    ensure_present,
+    opened_generation,
+    reassemble,
+    write_new,
+)
+from mom_checkpoint.vault.chunked import check as check_chunks
+from mom_checkpoint.vault.chunks import ChunkStore, Codec
+from mom_checkpoint.vault.collect import COLLECTOR, Collected, due, owner_tokens, referenced_by
+from mom_checkpoint.vault.collect import collect as collect_store
+from mom_checkpoint.vault.index import has_index
+from mom_checkpoint.vault.index import read as read_index
+from mom_checkpoint.vault.index import write as write_index
 
 LOCK = ".lock"
 HOLDER = "holder.json"
@@ -79,28 +95,31 @@ def copied_bytes(manifest: Manifest) -> int:
 
 
 class Share(msgspec.Struct, frozen=True):
-    """One owner's share of the shared vault (vault_quota_gib): what their complete copies may hold,
-    over every node and batch system, once this copy is in and the job's older copies beyond ``keep``
+    """One owner's share of the shared vault (vault_quota_gib): what their chunks (every chunk file of
+    their store, vault/chunks.py) and their full copies of the vault's first layout may hold, over
+    every node and batch system, once this copy is in and the job's older full copies beyond ``keep``
     are pruned."""
 
     limit: int  # bytes
     keep: int
     named: str = "vault_quota_gib"  # where the limit comes from, for the refusal's line
-    # the owner's other jobs' copies, as a caller copying many jobs read them once (Vault.held_by);
-    # None: read them now. The job's own copies are always read afresh, under its lock.
+    # the owner's other jobs' full copies, as a caller copying many jobs read them once
+    # (Vault.held_by); None: read them now. The job's own are always read afresh, under its lock.
     others: dict[str, list[int]] | None = None
 
-    def check(self, vault: Vault, key: JobKey, manifest: Manifest) -> None:
+    def check(self, vault: Vault, key: JobKey, manifest: Manifest, chunks: int, new: int) -> None:
+        """``chunks``: the bytes of the owner's chunk files now; ``new``: what this copy adds to them
+        at most (its new chunks, uncompressed)."""
         held = dict(vault.held_by(key.uid) if self.others is None else self.others)
         mine = held[key.token] = vault.held_in(key.token)
         stays = mine[-(self.keep - 1) :] if self.keep > 1 else []
-        now = sum(sum(sizes) for sizes in held.values())
-        new = copied_bytes(manifest)
+        full_copies = sum(sum(sizes) for sizes in held.values())
+        now = chunks + full_copies
         after = now - sum(mine) + sum(stays) + new
         if after > self.limit:
             raise VaultOverQuota(
                 f"uid {key.uid}'s copies in the vault hold {_mib(now)}; with {manifest.generation.name} of "
-                f"job {key.job_id} ({_mib(new)}) they would hold {_mib(after)}, more than {self.named} "
+                f"job {key.job_id} ({_mib(new)} new) they would hold {_mib(after)}, more than {self.named} "
                 f"allows ({_mib(self.limit)}): not copying it"
             )
 
@@ -219,40 +238,26 @@ class Vault:
         host whose process is gone, or any holder whose heartbeat stopped LOCK_STALE_S ago, is
         cleared; then whatever a killed copier left (incoming, pruning) is removed."""
         folder = self.open_job(key)
-        path = folder / LOCK
-        for _attempt in range(3):
-            try:
-                os.mkdir(path, 0o700)
-                break
-            except FileExistsError:
-                holder = _holder(path)
-                if not _stale(path, holder):
-                    raise Busy(
-                        f"job {key.job_id} is being copied to the vault by {_describe(holder)}"
-                    ) from None
-                doomed = folder / f"{PRUNING_PREFIX}lock.{socket.gethostname()}.{os.getpid()}"
-                try:
-                    os.rename(path, doomed)
-                except OSError:
-                    continue  # someone else cleared or took it meanwhile
-                remove_tree(doomed)
-            except OSError as exc:
-                raise vault_error(exc, f"cannot lock {folder}") from None
-        else:
-            raise Busy(f"job {key.job_id}: the vault lock {path} keeps changing hands")
-        beat = _Heartbeat(path / HOLDER)
-        try:
-            beat.write()
+        with _held(folder / LOCK, f"job {key.job_id} is being copied to the vault") as beat:
             for entry in os.scandir(folder):  # nobody else copies this job now: leftovers are dead
                 if entry.name.startswith((INCOMING_PREFIX, PRUNING_PREFIX)):
                     remove_tree(Path(entry.path))
             yield beat
-        finally:
-            if beat.ours():  # a lock cleared as stale and taken by another copier is theirs now
-                with contextlib.suppress(OSError):
-                    os.unlink(path / HOLDER)
-                with contextlib.suppress(OSError):
-                    os.rmdir(path)
+
+    def collect(self, uid: int, *, when_due: bool = True) -> Collected | None:
+        """Collect the owner's chunks that no complete generation references (vault/collect.py), if
+        their store was not collected in the last COLLECT_EVERY_S (or ``when_due`` is false) and no
+        other collector of theirs runs (None then)."""
+        store = ChunkStore(self.root, uid)
+        if not store.root.is_dir() or (when_due and not due(store)):
+            return None
+        try:
+            with _held(store.root / COLLECTOR, f"uid {uid}'s chunks are being collected") as beat:
+                referenced = referenced_by(g.path for g in self.owner_generations(uid))
+                beat.check()
+                return collect_store(store, referenced)
+        except Busy:
+            return None
 
     # -- copying in ------------------------------------------------------------------------------------
     def store(
@@ -265,38 +270,58 @@ class Vault:
         throttle: Throttle | None = None,
         deadline: float | None = None,
         share: Share | None = None,
-    ) -> VaultGeneration:
-        """Copy a generation (``source``: the snapshot of it) into the job's folder, hashing each file
-        as it is written against the manifest, then publish it. Call holding ``lock(key)``. Every byte
-        copied is one the manifest root wrote lists (each file at its recorded size); with ``share``,
-        a copy that would take the owner's copies in the vault past it is refused before anything is
-        written (VaultOverQuota); with ``deadline`` (monotonic), a copy that passes it stops and its
-        partial copy is removed (VaultDeadline)."""
+        codec: Codec | None = None,
+    ) -> tuple[VaultGeneration, Sent]:
+        """Store a generation (``source``: the snapshot of it) in the job's folder as chunks of its
+        owner's store (vault/chunked.py), then publish it. Call holding ``lock(key)``. Every byte
+        stored is one the manifest root wrote lists, in a file of its recorded digest; with
+        ``share``, a copy whose new chunks would take the owner past it is refused before anything
+        is written (VaultOverQuota); with ``deadline`` (monotonic), a copy that passes it stops, and
+        nothing of it is published (VaultDeadline; chunks it wrote are the collector's)."""
         name = manifest.generation.name
         folder = self.job_dir(key)
-        if share is not None:
-            share.check(self, key, manifest)
         incoming = folder / f"{INCOMING_PREFIX}{name}.{socket.gethostname()}.{os.getpid()}"
         target = folder / name
+        store = ChunkStore(self.root, key.uid)
+        codec = codec or Codec()
+        written: dict[str, int] = {}  # the chunks this copy put in place
 
-        def before_publish() -> None:
+        def tick(nbytes: int = 0) -> None:
             _check_copy_deadline(deadline, name)
-            heartbeat.check()
+            if throttle is not None and nbytes:
+                throttle(nbytes)
+            heartbeat()
 
         try:
-            publish_copy(
-                source, incoming, target, manifest,
-                before_publish=before_publish, heartbeat=heartbeat, throttle=throttle, deadline=deadline,
-                whole_fs_sync=True,
-            )  # fmt: skip
+            store.open()
+            incoming.mkdir(mode=0o700)  # a copy under way (its index and manifest, written last)
+            with opened_generation(source, manifest) as (opened, files):
+                chunked = cut(opened, files, store, tick=tick)
+                if share is not None:
+                    share.check(self, key, manifest, sum(chunked.present.values()), chunked.new_bytes)
+                index, sent = write_new(chunked, opened, store, codec, tick=tick, written=written)
+                sync_file_system(store.root)
+                looked = ensure_present(chunked, opened, store, codec)
+                sync_file_system(store.root)
+                write_index(incoming, index)
+                write_manifest(incoming, manifest)
+                _check_copy_deadline(deadline, name)
+                heartbeat.check()
+                check_publish_time(looked)
+                _publish(incoming, target)
+            written.clear()  # published: its chunks are the generation's
         except OSError as exc:
             raise vault_error(exc, f"cannot copy {name} into {folder}") from None
         except StorageIOError:
             _check_copy_deadline(deadline, name)  # the copy's own time ran out: said as such
             raise
+        finally:
+            remove_tree(incoming)
+            for digest in written:  # a copy that failed: what it wrote goes to the collector, which
+                store.condemn(digest)  # removes it unless a copy of another job publishes it meanwhile
         match = GENERATION_NAME.fullmatch(name)
         assert match is not None
-        return VaultGeneration(target, int(match.group(1)), match.group(2), key.token)
+        return VaultGeneration(target, int(match.group(1)), match.group(2), key.token), sent
 
     def held_by(self, uid: int) -> dict[str, list[int]]:
         """What the owner's complete copies hold, by job folder (any batch system): held_in each."""
@@ -307,16 +332,52 @@ class Vault:
         return held
 
     def held_in(self, token: str) -> list[int]:
-        """The bytes each complete copy of one job folder holds, oldest first: what its manifest lists
-        (its image and kept files, as copied). A copy whose manifest root cannot vouch for is not
-        charged (it is refused wherever it is read)."""
+        """The bytes each full copy (the vault's first layout) of one job folder holds, oldest first:
+        what its manifest lists (its image and kept files, as copied). A generation stored as chunks
+        holds nothing of its own (its chunks are counted with its owner's store); a copy whose
+        manifest root cannot vouch for is not charged (it is refused wherever it is read)."""
         sizes = []
         for generation in self.generations(token):
+            if has_index(generation.path):
+                continue
             try:
                 sizes.append(copied_bytes(read_trusted_manifest(generation.path)))
             except (Error, OSError):
                 continue
         return sizes
+
+    def owner_generations(self, uid: int) -> list[VaultGeneration]:
+        """Every complete generation of one owner, of every job and batch system."""
+        return [g for token in owner_tokens(self.job_keys(), uid) for g in self.generations(token)]
+
+    def referencing(self, uid: int, digests: set[str]) -> list[Path]:
+        """The owner's complete generations that reference any of these chunks."""
+        return [
+            g.path
+            for g in self.owner_generations(uid)
+            if has_index(g.path) and read_index(g.path).digests() & digests
+        ]
+
+    def check_chunked(
+        self, generation: Path, manifest: Manifest, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """``verify --vault`` of a generation stored as chunks: every chunk read back and checked; a
+        missing or damaged one (set aside, for the next vault-sync to write again) is named with every
+        generation of the owner it breaks (VerificationFailed)."""
+        key = JobKey.from_token(generation.parent.name)
+        if key is None:
+            raise VerificationFailed(f"{generation} is not in a job's folder of the vault")
+        store = ChunkStore(self.root, key.uid)
+        bad = check_chunks(generation, read_index(generation), manifest, store, progress=progress)
+        if bad:
+            broken = self.referencing(key.uid, set(bad))
+            names = ", ".join(f"{p.parent.name}/{p.name}" for p in broken[:5])
+            more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+            raise VerificationFailed(
+                f"{generation}: {len(bad)} chunk(s) missing or damaged (first {bad[0]}), set aside; they "
+                f"break {len(broken)} generation(s) of uid {key.uid} in the vault: {names}{more} (the next "
+                f"vault-sync of a node that still has those bytes writes them again)"
+            )
 
     def size(self) -> int:
         """The vault file system's size, in bytes."""
@@ -366,7 +427,21 @@ class Vault:
         # generation folder only root can enter, as the user's own CRIU would have left them
         file_mode = 0o644 if job_user else 0o600
         try:
-            publish_copy(generation.path, incoming, target, manifest, deadline=deadline, file_mode=file_mode)
+            if has_index(generation.path):
+                index = read_index(generation.path)
+                store = ChunkStore(self.root, JobKey.from_token(generation.key).uid)  # type: ignore[union-attr]
+                try:
+                    incoming.mkdir(mode=0o700)
+                    reassemble(generation.path, index, manifest, store, incoming, file_mode=file_mode,
+                               deadline=deadline)  # fmt: skip
+                    write_manifest(incoming, manifest)
+                    _publish(incoming, target)
+                finally:
+                    remove_tree(incoming)
+            else:
+                publish_copy(
+                    generation.path, incoming, target, manifest, deadline=deadline, file_mode=file_mode
+                )
         except OSError as exc:
             raise storage_error(exc, f"cannot copy {generation.path} into {run}") from None
         return target
@@ -389,16 +464,22 @@ def publish_copy(
         write_manifest(incoming, manifest)
         if before_publish is not None:
             before_publish()
-        try:
-            os.rename(incoming, target)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not target.is_dir():
-                raise
-            remove_tree(incoming)  # published meanwhile (another node took a stale lock)
-        fsync_dir(target.parent)
+        _publish(incoming, target)
     except BaseException:
         remove_tree(incoming)
         raise
+
+
+def _publish(incoming: Path, target: Path) -> None:
+    """One rename: from then on the generation is complete. A ``target`` published meanwhile by
+    another copier (another node took a stale lock) is kept, and the incoming folder removed."""
+    try:
+        os.rename(incoming, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not target.is_dir():
+            raise
+        remove_tree(incoming)
+    fsync_dir(target.parent)
 
 
 def copy_generation(
@@ -705,6 +786,42 @@ class _Heartbeat:
             with contextlib.suppress(OSError):
                 os.utime(self.path)
             self.last = now
+
+
+@contextlib.contextmanager
+def _held(path: Path, busy: str) -> Iterator[_Heartbeat]:
+    """Hold the lock folder ``path`` (mkdir is atomic on every shared file system) or raise Busy
+    (``busy`` says what holds it). A holder on this host whose process is gone, or any holder whose
+    heartbeat stopped LOCK_STALE_S ago, is cleared first."""
+    folder = path.parent
+    for _attempt in range(3):
+        try:
+            os.mkdir(path, 0o700)
+            break
+        except FileExistsError:
+            holder = _holder(path)
+            if not _stale(path, holder):
+                raise Busy(f"{busy} by {_describe(holder)}") from None
+            doomed = folder / f"{PRUNING_PREFIX}{path.name.lstrip('.')}.{socket.gethostname()}.{os.getpid()}"
+            try:
+                os.rename(path, doomed)
+            except OSError:
+                continue  # someone else cleared or took it meanwhile
+            remove_tree(doomed)
+        except OSError as exc:
+            raise vault_error(exc, f"cannot lock {folder}") from None
+    else:
+        raise Busy(f"the lock {path} keeps changing hands")
+    beat = _Heartbeat(path / HOLDER)
+    try:
+        beat.write()
+        yield beat
+    finally:
+        if beat.ours():  # a lock cleared as stale and taken by another holder is theirs now
+            with contextlib.suppress(OSError):
+                os.unlink(path / HOLDER)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
 
 
 def _holder(lock: Path) -> dict[str, object]:

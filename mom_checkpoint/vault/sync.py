@@ -28,6 +28,7 @@ from mom_checkpoint.platform.log import Logger
 from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.spool.locking import job_lock, lock_dir
 from mom_checkpoint.spool.storage import RUN_NAME, Spool
+from mom_checkpoint.vault.chunks import Codec
 from mom_checkpoint.vault.store import (
     Share,
     Vault,
@@ -51,9 +52,11 @@ class Copy(msgspec.Struct, frozen=True):
     key: str
     generation: str
     status: Status
-    bytes: int = 0
+    bytes: int = 0  # the generation's image and kept files
     seconds: float = 0.0
     error: str | None = None
+    sent_bytes: int = 0  # written to the vault: its new chunks, compressed
+    deduplicated_bytes: int = 0  # of its bytes, those whose chunks the vault held already
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,10 +141,10 @@ class _Syncer(msgspec.Struct, frozen=True):
                 share = vault_share(vault, config, keep, others)
                 links = snapshot(generation, manifest)
                 try:
-                    stored = vault.store(
+                    stored, sent = vault.store(
                         key, links, manifest, heartbeat=heartbeat,
                         throttle=bandwidth_throttle(config.vault_bandwidth_mib_s), deadline=deadline,
-                        share=share,
+                        share=share, codec=Codec(config.vault_compression, config.vault_compression_level),
                     )  # fmt: skip
                 finally:
                     remove_tree(links)
@@ -162,6 +165,7 @@ class _Syncer(msgspec.Struct, frozen=True):
             log.error("vault.copy_failed", job_id=key.job_id, generation=name, error=error)
             return Copy(key.job_id, key.token, name, "failed", error=error)
         seconds = env.monotonic() - started
+        self._collect(key)
         log.info(
             "vault.copied",
             job_id=key.job_id,
@@ -172,8 +176,25 @@ class _Syncer(msgspec.Struct, frozen=True):
             copy_s=round(copied_s, 3),  # the copy alone: links, read, hash, write, fsync, publish
             mib_s=round(manifest.total_bytes / max(copied_s, 1e-6) / (1 << 20), 1),
             pruned=[str(p) for p in pruned],
+            chunks=sent.chunks,
+            new_chunks=sent.new_chunks,
+            sent_bytes=sent.sent_bytes,  # what reached the vault
+            deduplicated_bytes=sent.deduplicated_bytes,  # what did not need to
+            compression=round(sent.ratio, 3),
         )
-        return Copy(key.job_id, key.token, name, "copied", manifest.total_bytes, round(seconds, 3))
+        return Copy(key.job_id, key.token, name, "copied", manifest.total_bytes, round(seconds, 3),
+                    sent_bytes=sent.sent_bytes, deduplicated_bytes=sent.deduplicated_bytes)  # fmt: skip
+
+    def _collect(self, key: JobKey) -> None:
+        """The owner's chunks no generation references any more (the job's older copies were just
+        pruned): collected when due; a collection that fails is said and fails no copy."""
+        try:
+            collected = self.vault.collect(key.uid)
+        except (Error, OSError) as exc:
+            self.log.warning("vault.collect_failed", uid=key.uid, error=str(exc))
+            return
+        if collected is not None:
+            self.log.info("vault.collected", uid=key.uid, **collected.as_dict())
 
 
 def copy_deadline(config: Config, manifest: Manifest, now: float) -> float:

@@ -4,7 +4,6 @@ passes its deadline stops and leaves nothing in the vault, and the next sync mak
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from mom_checkpoint.platform.config import ENV_VAR, load
 from mom_checkpoint.platform.environment import Environment
 from mom_checkpoint.platform.log import make_logger
 from mom_checkpoint.vault import sync as vault_sync
+from mom_checkpoint.vault.chunks import ChunkStore
 from tests.helpers import Site, User, call_hook
 from tests.integration.test_vault import in_vault, psnc, sync, vault
 from tests.reliability.security import _root
@@ -41,7 +41,8 @@ def test_one_users_copies_stop_at_their_share_of_the_vault(site: Site, vault: Pa
     image = 4 << 20
     for job_id in ("811.head", "812.head", "813.head"):
         _checkpointed(site, job_id, image)
-    psnc(site, image_bytes=image, vault_dir=str(vault), vault_quota_gib=0.01)  # 10.24 MiB
+    # the stand-in's images (random hex) would compress; stored as they are, each copy holds 4 MiB
+    psnc(site, image_bytes=image, vault_dir=str(vault), vault_quota_gib=0.01, vault_compression="none")
     before = _vault_leftovers(vault)
     done = sync(site)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -53,14 +54,11 @@ def test_one_users_copies_stop_at_their_share_of_the_vault(site: Site, vault: Pa
     refused = [e for e in site.log_events() if e["event"] == "vault.over_quota"]
     assert len(refused) == 1 and refused[0]["job_id"] == "813.head", refused
     assert not [e for e in site.log_events() if e["event"] == "vault.copy_failed"]
-    held = sum(
-        json.loads((g / "manifest.json").read_text())["total_bytes"]
-        for g in vault.glob(f"torque.{site.user.uid}.*/[0-9]*")
-    )
-    assert held <= 0.01 * 2**30, held
+    held = sum(p.stat().st_size for p in (vault / ".chunks" / str(site.user.uid)).rglob("*") if p.is_file())
+    assert 8 << 20 < held <= 0.01 * 2**30, held  # the two copies' chunks, counted once each
     # another user's copy is not charged to them
     _checkpointed(site, "814.head", image, user=_root())
-    psnc(site, image_bytes=image, vault_dir=str(vault), vault_quota_gib=0.01)
+    psnc(site, image_bytes=image, vault_dir=str(vault), vault_quota_gib=0.01, vault_compression="none")
     done = sync(site, "--job", "814.head")
     assert done.returncode == 0, done.stdout + done.stderr
     assert in_vault(vault, "814.head", 0)
@@ -69,7 +67,7 @@ def test_one_users_copies_stop_at_their_share_of_the_vault(site: Site, vault: Pa
 def test_without_vault_quota_gib_one_user_may_hold_a_quarter_of_the_vault(site: Site, vault: Path) -> None:
     for job_id in ("821.head", "822.head", "823.head"):  # 3 x 60 MiB of a 512 MiB vault
         _checkpointed(site, job_id, 60 << 20)
-    psnc(site, image_bytes=60 << 20, vault_dir=str(vault))
+    psnc(site, image_bytes=60 << 20, vault_dir=str(vault), vault_compression="none")
     done = sync(site)
     assert done.returncode == 1 and "vault_quota_gib" in done.stdout, done.stdout + done.stderr
     copied = [j for j in ("821.head", "822.head", "823.head") if in_vault(vault, j, site.user.uid)]
@@ -88,7 +86,14 @@ def test_a_copy_past_its_deadline_leaves_nothing_in_the_vault(
     monkeypatch.setattr(vault_sync, "lower_priority", lambda: None)
     [copy] = vault_sync.sync(config, Environment(), log, job_id="831.head")
     assert copy.status == "failed" and "deadline" in str(copy.error), copy
-    assert _vault_leftovers(vault) == [], _vault_leftovers(vault)
+    # no generation, nothing being written; the chunks it wrote are condemned (the collector's)
+    store = ChunkStore(vault, site.user.uid)
+    left = [p for p in _vault_leftovers(vault) if not p.startswith(".chunks/")]
+    assert left in ([], [".chunks"], [".chunks", f"torque.{site.user.uid}.831.head"]), left
+    assert not (vault / f"torque.{site.user.uid}.831.head").exists() or not any(
+        (vault / f"torque.{site.user.uid}.831.head").iterdir()
+    )
+    assert store.listing() == {} and store.condemned()
     [failed] = [e for e in site.log_events() if e["event"] == "vault.copy_failed"]
     assert "partial copy removed" in failed["error"], failed
     monkeypatch.undo()

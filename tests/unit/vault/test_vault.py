@@ -88,11 +88,14 @@ def test_only_a_copy_that_verifies_is_published(vault: Vault, tmp_path: Path) ->
     assert [p.name for p in vault.job_dir(KEY).iterdir()] == []
     source, record = _generation(tmp_path / "again", 1)
     with vault.lock(KEY) as beat:
-        stored = vault.store(KEY, source, record, heartbeat=beat)
+        stored, sent = vault.store(KEY, source, record, heartbeat=beat)
     assert [g.name for g in vault.generations(KEY.token)] == [stored.name]
-    assert (stored.path / "image" / "pages-1.img").read_bytes() == b"pages" * 1000
+    # the generation holds its manifest and its index; its bytes are its owner's chunks
+    assert sorted(p.name for p in stored.path.iterdir()) == ["chunks.index", "manifest.json"]
+    assert (sent.chunks, sent.new_chunks, sent.image_bytes) == (1, 1, 5000) and sent.sent_bytes < 5000
     assert json.loads((stored.path / "manifest.json").read_text())["generation"]["number"] == 1
-    assert all(os.stat(p).st_mode & 0o077 == 0 for p in [stored.path, *stored.path.rglob("*")])
+    every = [stored.path, *stored.path.rglob("*"), *(vault.root / ".chunks").rglob("*")]
+    assert all(os.stat(p).st_mode & 0o077 == 0 and os.stat(p).st_uid == 0 for p in every)
 
 
 def test_retention_keeps_the_newest_and_never_the_only_copy(vault: Vault, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ owner's copies never pass their share of the shared vault (vault_quota_gib)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from mom_checkpoint.batch.jobkey import JobKey
 from mom_checkpoint.image.manifest import Manifest
+from mom_checkpoint.vault.chunks import ChunkStore
 from mom_checkpoint.vault.store import Share, Vault, VaultDeadline, VaultOverQuota
 from tests.unit.vault.test_vault import KEY, _generation
 
@@ -49,22 +51,30 @@ def test_a_copy_past_its_deadline_stops_and_leaves_nothing(vault: Vault, tmp_pat
 def test_an_owners_copies_stop_at_their_share_and_the_refused_one_writes_nothing(
     vault: Vault, tmp_path: Path
 ) -> None:
+    """The share counts the owner's chunk files (each once, whichever generations hold it) and the
+    new chunks a copy would add: a copy that would pass it writes nothing; one whose bytes are all
+    in the store already adds nothing and goes in."""
     share = Share(limit=250 * KIB, keep=2)
-    for number in (1, 2):
-        source, record = _generation(tmp_path / str(number), number, b"p" * (100 * KIB))
+    first, second, third = (os.urandom(100 * KIB) for _ in range(3))  # incompressible, distinct
+    for number, data in ((1, first), (2, second)):
+        source, record = _generation(tmp_path / str(number), number, data)
         _store(vault, KEY, source, record, share=share)
+    mine = ChunkStore(vault.root, KEY.uid)
+    held = mine.listing()
+    assert len(held) == 2 and 200 * KIB < sum(held.values()) < 201 * KIB
     other_job = msgspec.structs.replace(KEY, job_id="43.head")
-    source, record = _generation(tmp_path / "3", 3, b"p" * (100 * KIB))
+    source, record = _generation(tmp_path / "3", 3, third)
     with pytest.raises(VaultOverQuota, match=r"vault_quota_gib .*not copying it"):
         _store(vault, other_job, source, record, share=share)
-    assert list(vault.job_dir(other_job).iterdir()) == []
-    # the same job's next copy replaces its oldest (keep = 2): within the share
-    _store(vault, KEY, source, record, share=share)
-    with vault.lock(KEY) as beat:
-        vault.prune(KEY, 2, beat)
-    assert [g.number for g in vault.generations(KEY.token)] == [2, 3]
-    # another owner's copies are theirs to count
+    assert list(vault.job_dir(other_job).iterdir()) == [] and mine.listing() == held
+    # the same bytes in another job of the owner: stored once, nothing new to count
+    source, record = _generation(tmp_path / "4", 3, first)
+    _store(vault, other_job, source, record, share=share)
+    assert mine.listing() == held and [g.number for g in vault.generations(other_job.token)] == [3]
+    # another owner's copies are theirs to count, and never share a chunk with this one's
     theirs = msgspec.structs.replace(KEY, uid=KEY.uid + 1)
     _store(vault, theirs, source, record, share=share)
-    assert vault.held_by(KEY.uid) == {KEY.token: [100 * KIB, 100 * KIB]}
-    assert vault.held_by(theirs.uid) == {theirs.token: [100 * KIB]}
+    stores = sorted((vault.root / ".chunks").iterdir())
+    assert stores == sorted([mine.root, ChunkStore(vault.root, theirs.uid).root])
+    assert len(ChunkStore(vault.root, theirs.uid).listing()) == 1  # their own copy of the same bytes
+    assert vault.held_by(KEY.uid) == {}  # no full copy of the vault's first layout

@@ -1,0 +1,369 @@
+"""A generation into the vault as chunks, and back out of it.
+
+Into the vault (``store_chunks``), in two passes over a snapshot of the local generation:
+
+1. every file the manifest lists is opened below the snapshot (no link followed), its size checked,
+   mapped, and hashed whole against the manifest (one thread) while each of its chunks is hashed
+   (another): nothing is written for a file that is not what root recorded. The owner's store is
+   listed once; a chunk already in it is not written again.
+2. the owner's share is checked against the new chunks' bytes (nothing written when it would pass
+   it); then each new chunk is hashed again from the bytes about to be written, compressed and
+   written. The vault's file system is synced once at the end.
+
+Then, right before the generation is published, the store is listed again: a chunk a collector
+condemned meanwhile is put back, one gone is written again (``ensure_present``), and the generation
+must be published within PUBLISH_WITHIN_S of that look (vault/collect.py says why that is enough).
+
+Out of the vault (``reassemble``), into a folder of the local spool: each file from its chunks in
+order (read ahead in a thread), each chunk checked against its digest as it is read, each file's
+digest against the manifest; a chunk read back wrong is set aside (DamagedChunk) and the copy
+refused, so the restore uses the node's own generation where it has one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+
+from mom_checkpoint.image.hashing import ImageFile, algorithm_of, finish, hasher
+from mom_checkpoint.image.manifest import Manifest
+from mom_checkpoint.platform import safefs
+from mom_checkpoint.platform.errors import StorageIOError, VerificationFailed
+from mom_checkpoint.platform.files import write_all
+from mom_checkpoint.vault import chunking
+from mom_checkpoint.vault.chunks import HEADER, ChunkStore, Codec, DamagedChunk, digest_of, encode
+from mom_checkpoint.vault.index import FORMAT, ChunkRef, FileChunks, Index
+
+PUBLISH_WITHIN_S = 600.0  # from the last look at the store to the generation's publication
+READ_AHEAD = 8  # chunks read (and checked) ahead of the one being written, on a restore
+
+
+class Sent(msgspec.Struct, frozen=True):
+    """What one copy moved: its chunks, how many were new, the bytes of the image they hold, the
+    bytes written to the vault for the new ones, and what was not written again."""
+
+    chunks: int
+    new_chunks: int
+    image_bytes: int
+    new_bytes: int  # the new chunks' bytes, as the image has them
+    sent_bytes: int  # their chunk files' bytes, as written (compressed)
+    deduplicated_bytes: int  # the image's bytes already in the vault
+
+    @property
+    def ratio(self) -> float:
+        """How much the new chunks were compressed (their bytes / what was written)."""
+        return self.new_bytes / self.sent_bytes if self.sent_bytes else 1.0
+
+
+class _Piece(msgspec.Struct, frozen=True, array_like=True):
+    file: int  # index into the opened files
+    offset: int
+    size: int
+    digest: str
+
+
+class _Opened:
+    """The snapshot's files, open and mapped, for the two passes and the last look."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.maps: list[mmap.mmap | None] = []
+
+    def add(self, fd: int, size: int) -> None:
+        self.fds.append(fd)
+        self.maps.append(mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None)
+
+    def view(self, piece: _Piece) -> memoryview:
+        mapped = self.maps[piece.file]
+        return memoryview(mapped)[piece.offset : piece.offset + piece.size] if mapped else memoryview(b"")
+
+    def close(self) -> None:
+        for mapped in self.maps:
+            if mapped is not None:
+                with contextlib.suppress(BufferError):
+                    mapped.close()
+        for fd in self.fds:
+            os.close(fd)
+
+
+class Chunked(msgspec.Struct, frozen=True):
+    """A generation cut and hashed (pass 1): its index, and what of it is not in the store yet."""
+
+    index: Index
+    new: dict[str, _Piece]  # digest -> where its bytes are
+    pieces: dict[str, _Piece]  # every chunk, by digest
+    present: dict[str, int]  # the store's listing: digest -> chunk file bytes
+
+    @property
+    def new_bytes(self) -> int:
+        return sum(p.size for p in self.new.values())
+
+
+@contextlib.contextmanager
+def opened_generation(source: Path, manifest: Manifest) -> Iterator[tuple[_Opened, list[ImageFile]]]:
+    """Every file the manifest lists (image and kept), opened below ``source`` without following a
+    link, each of its recorded size, and mapped."""
+    files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
+    opened = _Opened()
+    source_fd = safefs.open_dir(source)
+    try:
+        for image_file in files:
+            try:
+                fd, st = safefs.open_regular(image_file.path, dir_fd=source_fd)
+            except FileNotFoundError:
+                raise VerificationFailed(
+                    f"{image_file.path} is missing: not copying this generation"
+                ) from None
+            if st.st_size != image_file.size:
+                os.close(fd)
+                raise VerificationFailed(
+                    f"{image_file.path} has {st.st_size} bytes, {image_file.size} recorded: not copying it"
+                )
+            opened.add(fd, image_file.size)
+        yield opened, files
+    finally:
+        os.close(source_fd)
+        opened.close()
+
+
+def cut(opened: _Opened, files: list[ImageFile], store: ChunkStore, *, tick: Callable[[], None]) -> Chunked:
+    """Pass 1: each file's chunks hashed, each whole file checked against the manifest."""
+    by_path = {f.path: n for n, f in enumerate(files)}
+
+    def small(path: str) -> bytes:
+        return bytes(opened.view(_Piece(by_path[path], 0, files[by_path[path]].size, "")))
+
+    plan = chunking.plan(files, small)
+    present = store.listing()
+    pieces: dict[str, _Piece] = {}
+    new: dict[str, _Piece] = {}
+    entries = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-file-hash") as whole:
+        for number, image_file in enumerate(files):
+            algorithm = algorithm_of(image_file.digest)
+            state = hasher(algorithm)
+            everything = opened.view(_Piece(number, 0, image_file.size, ""))
+            hashed = whole.submit(state.update, everything)
+            refs = []
+            offset = 0
+            for size in plan[image_file.path]:
+                digest = digest_of(opened.view(_Piece(number, offset, size, "")))
+                piece = _Piece(number, offset, size, digest)
+                pieces.setdefault(digest, piece)
+                if digest not in present:
+                    new.setdefault(digest, piece)
+                refs.append(ChunkRef(bytes.fromhex(digest), size, present.get(digest, 0)))
+                offset += size
+                tick()
+            hashed.result()
+            everything.release()
+            if finish(algorithm, state) != image_file.digest:
+                raise VerificationFailed(
+                    f"{image_file.path} has changed since the checkpoint (checksum mismatch)"
+                )
+            entries.append(FileChunks(image_file.path, refs))
+    return Chunked(Index(FORMAT, entries), new, pieces, present)
+
+
+def write_new(
+    chunked: Chunked,
+    opened: _Opened,
+    store: ChunkStore,
+    codec: Codec,
+    *,
+    tick: Callable[[int], None],
+    written: dict[str, int],
+) -> tuple[Index, Sent]:
+    """Pass 2: the new chunks written (each hashed again from the bytes written: a chunk file always
+    holds its digest's bytes), each said in ``written`` (digest: its file's bytes) as soon as it is
+    in place; the index with every chunk file's size."""
+    for digest, piece in chunked.new.items():
+        data = bytes(opened.view(piece))
+        if digest_of(data) != digest:
+            raise VerificationFailed(f"{digest}: the image changed while it was copied: not copying it")
+        blob = encode(data, codec)
+        store.write(digest, blob)
+        written[digest] = len(blob)
+        tick(len(blob))
+    stored = {**chunked.present, **written}
+    index = Index(
+        FORMAT,
+        [
+            FileChunks(f.path, [ChunkRef(c.digest, c.size, stored[c.name]) for c in f.chunks])
+            for f in chunked.index.files
+        ],
+    )
+    image_bytes = sum(f.size for f in index.files)
+    new_bytes = chunked.new_bytes
+    sent = Sent(
+        chunks=sum(len(f.chunks) for f in index.files),
+        new_chunks=len(written),
+        image_bytes=image_bytes,
+        new_bytes=new_bytes,
+        sent_bytes=sum(written.values()),
+        deduplicated_bytes=sum(c.size for f in index.files for c in f.chunks if c.name not in written),
+    )
+    return index, sent
+
+
+def ensure_present(chunked: Chunked, opened: _Opened, store: ChunkStore, codec: Codec) -> float:
+    """The last look before publishing: every chunk the index names is in the store (put back from
+    the condemned, or written again). Returns when it looked (monotonic): the generation must be
+    published within PUBLISH_WITHIN_S of it."""
+    looked = time.monotonic()
+    there = store.listing()
+    for digest in chunked.index.digests():
+        if digest in there or store.resurrect(digest):
+            continue
+        store.write(digest, encode(bytes(opened.view(chunked.pieces[digest])), codec))
+    return looked
+
+
+def check_publish_time(looked: float) -> None:
+    if time.monotonic() - looked > PUBLISH_WITHIN_S:
+        raise StorageIOError(
+            f"the copy stalled for more than {PUBLISH_WITHIN_S:.0f} s after its last look at the chunks: "
+            f"not publishing it (the next vault-sync copies it again)"
+        )
+
+
+# -- out of the vault ---------------------------------------------------------------------------------
+def reassemble(
+    generation: Path,
+    index: Index,
+    manifest: Manifest,
+    store: ChunkStore,
+    target: Path,
+    *,
+    file_mode: int,
+    deadline: float | None,
+) -> None:
+    """Every file of a chunked vault generation written into the new folder ``target`` from its
+    chunks, checked chunk by chunk and file by file; VerificationFailed on any difference."""
+    files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
+    listed = {f.path: f for f in index.files}
+    if sorted(listed) != sorted(f.path for f in files) or len(listed) != len(index.files):
+        raise VerificationFailed(f"{generation}: its index does not list the files of its manifest")
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="vault-read") as readers:
+        for image_file in files:
+            entry = listed[image_file.path]
+            if entry.size != image_file.size:
+                raise VerificationFailed(f"{generation}: its index gives {image_file.path} another size")
+            _reassemble_file(generation, entry, image_file, store, target, readers=readers,
+                             file_mode=file_mode, deadline=deadline)  # fmt: skip
+
+
+def _reassemble_file(
+    generation: Path,
+    entry: FileChunks,
+    image_file: ImageFile,
+    store: ChunkStore,
+    target: Path,
+    *,
+    readers: ThreadPoolExecutor,
+    file_mode: int,
+    deadline: float | None,
+) -> None:
+    destination = target / image_file.path
+    destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = file_mode if not image_file.path.startswith("kept/") else 0o600
+    out = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if mode != 0o600:
+            os.fchmod(out, mode)
+        algorithm = algorithm_of(image_file.digest)
+        state = hasher(algorithm)
+        for chunk, data in zip(entry.chunks, _read_ahead(store, entry, readers, generation), strict=True):
+            if deadline is not None and time.monotonic() > deadline:
+                raise StorageIOError(f"copying {image_file.path} out of the vault did not finish in time")
+            if len(data) != chunk.size:
+                raise VerificationFailed(
+                    f"{generation}: chunk {chunk.name} of {image_file.path} has another size"
+                )
+            state.update(data)
+            write_all(out, data)
+        os.fsync(out)
+    finally:
+        os.close(out)
+    if finish(algorithm, state) != image_file.digest:
+        raise VerificationFailed(
+            f"{generation}: {image_file.path} has changed since the checkpoint (checksum mismatch)"
+        )
+
+
+def check(
+    generation: Path,
+    index: Index,
+    manifest: Manifest,
+    store: ChunkStore,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Read every chunk of a vault generation back, each checked against its digest and each file
+    against the manifest (nothing written): the digests of the chunks that are missing or damaged
+    (those are set aside), empty when the generation is whole. VerificationFailed when its index does
+    not match its manifest or a file's chunks, each sound, do not make the recorded file."""
+    files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
+    listed = {f.path: f for f in index.files}
+    if sorted(listed) != sorted(f.path for f in files) or len(listed) != len(index.files):
+        raise VerificationFailed(f"{generation}: its index does not list the files of its manifest")
+    bad: list[str] = []
+    for image_file in files:
+        entry = listed[image_file.path]
+        algorithm = algorithm_of(image_file.digest)
+        state = hasher(algorithm)
+        whole = True
+        for chunk in entry.chunks:
+            try:
+                data = store.read(chunk.name, chunk.size)
+            except (FileNotFoundError, DamagedChunk):
+                bad.append(chunk.name)
+                whole = False
+                continue
+            state.update(data)
+            if progress is not None:
+                progress(len(data))
+        if whole and (entry.size != image_file.size or finish(algorithm, state) != image_file.digest):
+            raise VerificationFailed(f"{generation}: {image_file.path} is not what the manifest records")
+    return sorted(set(bad))
+
+
+def _read_ahead(
+    store: ChunkStore, entry: FileChunks, readers: ThreadPoolExecutor, generation: Path
+) -> Iterator[bytes]:
+    """The file's chunks in order, up to READ_AHEAD of them read and checked ahead."""
+    pending = []
+    chunks = iter(entry.chunks)
+    for chunk in chunks:
+        pending.append(readers.submit(_read_chunk, store, chunk, generation, entry.path))
+        if len(pending) >= READ_AHEAD:
+            break
+    while pending:
+        data = pending.pop(0).result()
+        for chunk in chunks:
+            pending.append(readers.submit(_read_chunk, store, chunk, generation, entry.path))
+            break
+        yield data
+
+
+def _read_chunk(store: ChunkStore, chunk: ChunkRef, generation: Path, path: str) -> bytes:
+    try:
+        return store.read(chunk.name, chunk.size)
+    except FileNotFoundError:
+        raise VerificationFailed(
+            f"{generation}: chunk {chunk.name} of {path} is missing from the vault: refusing this copy"
+        ) from None
+    except DamagedChunk as exc:
+        raise VerificationFailed(f"{generation}: {exc.message} ({path}): refusing this copy") from None
+    except OSError as exc:
+        raise StorageIOError(f"{generation}: cannot read chunk {chunk.name}: {exc.strerror}") from None
+
+
+__all__ = ["HEADER", "Sent", "check", "cut", "ensure_present", "opened_generation", "reassemble", "write_new"]

@@ -1,0 +1,231 @@
+"""One owner's chunks in the vault: each piece of their images stored once, under the BLAKE3 digest of
+its bytes, compressed.
+
+    <vault_dir>/.chunks/<uid>/          root's 0700: one owner's chunks, never another's
+        <hh>/<digest>                   a chunk (hh: the digest's first two hex digits)
+        .condemned/<digest>             no complete generation referenced it when the collector
+                                        last looked: removed CONDEMNED_S later unless one does again
+        .damaged/<digest>               read back wrong (verify --vault, a restore): set aside, so that
+                                        the next vault-sync that has its bytes writes it again
+        .collect/                       the collector's lock (vault/collect.py)
+
+Chunks are never shared between owners: whether a chunk is already in the vault must tell no user
+anything about another user's memory, so each owner's store is looked at alone.
+
+A chunk file: a header (magic, format, codec, the chunk's size and the stored payload's size) and the
+payload: the bytes compressed with zstd (level 1 unless configured), or as they are when compression
+would save under 5 % (most chunks of numpy's floating-point arrays, docs/VAULT.md). A chunk is written under a
+temporary name and renamed into place, so a chunk file under a digest's name is whole; whether its
+bytes are those of the digest is checked each time it is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+import blake3
+import msgspec
+
+from mom_checkpoint.platform.errors import StorageIOError, VerificationFailed
+from mom_checkpoint.platform.files import check_private_dir, write_all
+
+CHUNKS = ".chunks"
+CONDEMNED = ".condemned"
+DAMAGED = ".damaged"
+TEMPORARY = ".tmp-"
+MAGIC = b"MCKC"
+FORMAT = 1
+HEADER = struct.Struct("<4sBBHII")  # magic, format, codec, 0, chunk size, payload size
+RAW, ZSTD = 0, 2
+WORTH = 0.95  # compressed to more than this share of its size: stored as it is
+MAX_SIZE = 16 << 20  # no chunk is larger (chunking's MAX_CHUNK is far below)
+_names = itertools.count()
+
+
+class DamagedChunk(VerificationFailed):
+    """A chunk file that is not what its digest names: cut short, changed, or not a chunk at all."""
+
+
+class Codec(msgspec.Struct, frozen=True):
+    """How new chunks are stored: ``name`` (zstd or none) at ``level`` (zstd's: -7 fastest .. 19)."""
+
+    name: str = "zstd"
+    level: int = 1
+
+
+def encode(data: bytes | memoryview, codec: Codec) -> bytes:
+    """A chunk file's content for ``data``."""
+    payload: bytes | memoryview = data
+    kind = RAW
+    if codec.name == "zstd" and len(data):
+        import zstandard
+
+        packed = zstandard.ZstdCompressor(level=codec.level).compress(data)
+        if len(packed) < WORTH * len(data):
+            payload, kind = packed, ZSTD
+    return HEADER.pack(MAGIC, FORMAT, kind, 0, len(data), len(payload)) + bytes(payload)
+
+
+def decode(blob: bytes, digest: str) -> bytes:
+    """A chunk's bytes from its file's content, checked against the digest that names it."""
+    if len(blob) < HEADER.size:
+        raise DamagedChunk(f"chunk {digest} is cut short")
+    magic, version, kind, _, size, stored = HEADER.unpack_from(blob)
+    if magic != MAGIC or version != FORMAT or kind not in (RAW, ZSTD) or stored != len(blob) - HEADER.size:
+        raise DamagedChunk(f"chunk {digest} is not a chunk file of this format")
+    if size > MAX_SIZE:
+        raise DamagedChunk(f"chunk {digest} claims {size} bytes")
+    payload = memoryview(blob)[HEADER.size :]
+    import zstandard
+
+    try:
+        if kind == ZSTD:
+            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
+        else:
+            data = bytes(payload)
+    except zstandard.ZstdError as exc:
+        raise DamagedChunk(f"chunk {digest} cannot be decompressed: {exc}") from None
+    if len(data) != size or blake3.blake3(data).hexdigest() != digest:
+        raise DamagedChunk(f"chunk {digest} does not hold the bytes of its digest")
+    return data
+
+
+def digest_of(data: bytes | memoryview) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+class ChunkStore:
+    """The chunks of one owner (``uid``) in the vault at ``vault_root``."""
+
+    def __init__(self, vault_root: Path, uid: int) -> None:
+        self.uid = uid
+        self.root = Path(vault_root, CHUNKS, str(uid))
+
+    def open(self) -> None:
+        """Make the owner's store (root's, 0700) if it is not there yet."""
+        for folder in (self.root.parent, self.root, self.root / CONDEMNED, self.root / DAMAGED):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=0o700)
+            check_private_dir(folder, 0o700)
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest
+
+    # -- what is there ---------------------------------------------------------------------------------
+    def listing(self) -> dict[str, int]:
+        """Every chunk in the store (not condemned nor damaged): {digest: file size}."""
+        found: dict[str, int] = {}
+        for folder in _entries(self.root):
+            if len(folder.name) != 2 or not folder.is_dir(follow_symlinks=False):
+                continue
+            for entry in _entries(Path(folder.path)):
+                if _is_digest(entry.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        found[entry.name] = entry.stat(follow_symlinks=False).st_size
+        return found
+
+    def condemned(self) -> dict[str, float]:
+        """Chunks condemned by a collector: {digest: when (its mtime, set when it was condemned)}."""
+        found: dict[str, float] = {}
+        for entry in _entries(self.root / CONDEMNED):
+            if _is_digest(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    found[entry.name] = entry.stat(follow_symlinks=False).st_mtime
+        return found
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def write(self, digest: str, blob: bytes) -> None:
+        """Put a chunk file in place (a temporary name renamed: never half a chunk under a digest).
+        Durable only once the caller syncs the vault's file system."""
+        folder = self.root / digest[:2]
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+        temporary = folder / f"{TEMPORARY}{socket.gethostname()}.{os.getpid()}.{next(_names)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            write_all(fd, blob)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        os.close(fd)
+        os.rename(temporary, folder / digest)
+
+    def resurrect(self, digest: str) -> bool:
+        """A condemned chunk that a generation references after all, put back; whether it was there."""
+        try:
+            os.rename(self.root / CONDEMNED / digest, self.path(digest))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def condemn(self, digest: str, when: float | None = None) -> None:
+        """Move an unreferenced chunk aside, its mtime the moment it was condemned (``when``: now)."""
+        target = self.root / CONDEMNED / digest
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path(digest), target)
+            os.utime(target, None if when is None else (when, when))
+
+    def set_aside(self, digest: str) -> None:
+        """A chunk read back wrong: out of the store (kept for inspection), so that a sync writes it
+        again and a reader looks no further."""
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path(digest), self.root / DAMAGED / f"{digest}.{int(time.time())}")
+
+    def remove_condemned(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.root / CONDEMNED / digest)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def read(self, digest: str, limit: int) -> bytes:
+        """A chunk's bytes (from its place, or condemned meanwhile), checked against its digest; a
+        chunk read back wrong is set aside (DamagedChunk), a missing one raises FileNotFoundError."""
+        for path in (self.path(digest), self.root / CONDEMNED / digest):
+            try:
+                blob = _read_at_most(path, limit + HEADER.size)
+            except FileNotFoundError:
+                continue
+            try:
+                return decode(blob, digest)
+            except DamagedChunk:
+                if path == self.path(digest):
+                    self.set_aside(digest)
+                raise
+        raise FileNotFoundError(f"chunk {digest} is not in {self.root}")
+
+
+def _read_at_most(path: Path, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        chunks = []
+        left = limit + 1
+        while left > 0 and (data := os.read(fd, min(left, 4 << 20))):
+            chunks.append(data)
+            left -= len(data)
+    finally:
+        os.close(fd)
+    blob = b"".join(chunks)
+    if len(blob) > limit:
+        raise DamagedChunk(f"{path.name} is larger than any chunk")
+    return blob
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StorageIOError(f"cannot list {folder}: {exc.strerror}") from None
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)

@@ -1,0 +1,214 @@
+"""The vault's chunks: where a file is cut (by the pagemap's address windows), a chunk file's format
+and its checks, the index, and the collector's plan."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import blake3
+import pytest
+
+from mom_checkpoint.image.criu_images import (
+    IMG_COMMON_MAGIC,
+    PAGE,
+    PAGEMAP_MAGIC,
+    PE_PARENT,
+    PE_PRESENT,
+    Pagemap,
+    read_pagemap,
+)
+from mom_checkpoint.image.hashing import ImageFile
+from mom_checkpoint.platform.errors import VerificationFailed
+from mom_checkpoint.vault import chunking, collect
+from mom_checkpoint.vault import index as vault_index
+from mom_checkpoint.vault.chunks import HEADER, RAW, ZSTD, ChunkStore, Codec, DamagedChunk, decode, encode
+
+MIB = 1 << 20
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _message(fields: list[tuple[int, int]]) -> bytes:
+    return b"".join(_varint(number << 3) + _varint(value) for number, value in fields)
+
+
+def pagemap_image(pages_id: int, entries: list[list[tuple[int, int]]]) -> bytes:
+    """A pagemap-N.img as CRIU writes it: two magics, then each entry's size and protobuf."""
+    records = [_message([(1, pages_id)]), *(_message(e) for e in entries)]
+    body = b"".join(struct.pack("<I", len(r)) + r for r in records)
+    return struct.pack("<II", IMG_COMMON_MAGIC, PAGEMAP_MAGIC) + body
+
+
+def _pieces(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, offset = [], 0
+    for size in sizes:
+        out.append(data[offset : offset + size])
+        offset += size
+    return out
+
+
+def test_the_pagemap_says_which_runs_of_pages_the_pages_file_holds() -> None:
+    image = pagemap_image(
+        7,
+        [
+            [(1, 0x400000), (2, 3), (4, PE_PRESENT)],
+            [(1, 0x800000), (2, 2), (3, 1)],  # in the parent image (no flags): not in this file
+            [(1, 0x900000), (2, 0), (5, 300)],  # nr_pages in its 64-bit field
+            [(1, 0xA00000), (2, 1)],  # no flags: present
+            [(1, 0xB00000), (2, 1), (4, PE_PARENT)],
+        ],
+    )
+    pagemap = read_pagemap(image)
+    assert pagemap == Pagemap(7, [(0x400000, 3), (0x900000, 300), (0xA00000, 1)])
+    assert pagemap.pages_file == "pages-7.img" and pagemap.size == 304 * PAGE
+
+
+def test_pages_are_cut_by_their_address_windows_and_a_new_mapping_moves_no_other_chunk() -> None:
+    before = Pagemap(1, [(0x400000, 512), (0x10000000, 256)])  # 2 MiB, then 1 MiB elsewhere
+    assert chunking.by_window(before) == [MIB, MIB, MIB]
+    after = Pagemap(1, [(0x400000, 512), (0x8000000, 16), (0x10000000, 256)])  # 64 KiB mapped between
+    assert chunking.by_window(after) == [MIB, MIB, 16 * PAGE, MIB]
+    old, new = os.urandom(3 * MIB), b""
+    new = old[: 2 * MIB] + os.urandom(16 * PAGE) + old[2 * MIB :]
+    unchanged = set(_pieces(old, chunking.by_window(before))) & set(_pieces(new, chunking.by_window(after)))
+    assert len(unchanged) == 3  # every chunk of the first image is a chunk of the second
+
+
+def test_no_pagemap_makes_chunks_of_a_page_or_of_a_whole_file() -> None:
+    scattered = Pagemap(1, [(i * 2 * MIB, 1) for i in range(5000)])  # a page in each of 5000 windows
+    sizes = chunking.by_window(scattered)
+    assert sum(sizes) == 5000 * PAGE and all(s >= chunking.MIN_CHUNK for s in sizes[:-1])
+    same_place = Pagemap(1, [(0x400000, 256)] * 40)  # one window named again and again
+    sizes = chunking.by_window(same_place)
+    assert sum(sizes) == 40 * MIB and max(sizes) <= chunking.MAX_CHUNK
+
+
+def test_a_pagemap_that_does_not_account_for_the_file_gives_fixed_pieces() -> None:
+    pagemap = pagemap_image(1, [[(1, 0x400000), (2, 300), (4, PE_PRESENT)]])
+    files = [
+        ImageFile("image/pagemap-42.img", len(pagemap), ""),
+        ImageFile("image/pages-1.img", 300 * PAGE, ""),
+        ImageFile("image/core-42.img", 3000, ""),
+        ImageFile("image/empty.img", 0, ""),
+        ImageFile("kept/held-0", 3 * MIB + 5, ""),
+    ]
+    read = {"image/pagemap-42.img": pagemap}.__getitem__
+    plan = chunking.plan(files, read)
+    assert plan["image/pages-1.img"] == [MIB, 300 * PAGE - MIB]
+    assert plan["image/core-42.img"] == [3000] and plan["image/empty.img"] == []
+    assert plan["kept/held-0"] == [MIB, MIB, MIB, 5]
+    files[1] = ImageFile("image/pages-1.img", 301 * PAGE, "")  # a page more than the pagemap says
+    assert chunking.plan(files, read)["image/pages-1.img"] == [MIB, 301 * PAGE - MIB]
+    assert chunking.plan(files, lambda _: b"not a pagemap")["image/pages-1.img"] == chunking.fixed(301 * PAGE)
+
+
+def test_a_chunk_file_is_compressed_only_when_it_pays_and_checked_whenever_it_is_read() -> None:
+    text = b"the job's heap " * 70_000
+    noise = os.urandom(MIB)
+    for data, kind in ((text, ZSTD), (noise, RAW), (b"", RAW)):
+        digest = blake3.blake3(data).hexdigest()
+        blob = encode(data, Codec())
+        assert HEADER.unpack_from(blob)[2] == kind
+        assert decode(blob, digest) == data
+    assert len(encode(text, Codec())) < len(text) // 20
+    assert HEADER.unpack_from(encode(text, Codec("none")))[2] == RAW
+    digest = blake3.blake3(text).hexdigest()
+    flipped = bytearray(encode(text, Codec()))
+    flipped[len(flipped) // 2] ^= 0x01
+    with pytest.raises(DamagedChunk):
+        decode(bytes(flipped), digest)
+    with pytest.raises(DamagedChunk, match=r"cut short|not a chunk file"):
+        decode(encode(text, Codec())[:-3], digest)
+    with pytest.raises(DamagedChunk, match="does not hold the bytes of its digest"):
+        decode(encode(noise, Codec()), digest)
+
+
+def test_a_damaged_chunk_is_set_aside_and_a_condemned_one_still_read(tmp_path: Path) -> None:
+    (tmp_path / "vault").mkdir(mode=0o700)
+    store = ChunkStore(tmp_path / "vault", 1001)
+    store.open()
+    data = os.urandom(200_000)
+    digest = blake3.blake3(data).hexdigest()
+    store.write(digest, encode(data, Codec()))
+    assert store.listing() == {digest: 200_000 + HEADER.size}
+    assert store.read(digest, len(data)) == data
+    store.condemn(digest)
+    assert store.listing() == {} and list(store.condemned()) == [digest]
+    assert store.read(digest, len(data)) == data  # a reader looks among the condemned
+    assert store.resurrect(digest) and store.listing() == {digest: 200_000 + HEADER.size}
+    with open(store.path(digest), "r+b") as fh:
+        fh.seek(100_000)
+        fh.write(b"\xff\x00")
+    with pytest.raises(DamagedChunk):
+        store.read(digest, len(data))
+    assert store.listing() == {} and [p.name.split(".")[0] for p in (store.root / ".damaged").iterdir()] == [
+        digest
+    ]
+    with pytest.raises(FileNotFoundError):
+        store.read(digest, len(data))
+
+
+def test_the_index_is_roots_own_and_read_only_as_one(tmp_path: Path) -> None:
+    index = vault_index.Index(
+        vault_index.FORMAT,
+        [vault_index.FileChunks("image/pages-1.img", [vault_index.ChunkRef(b"\x01" * 32, 4096, 100)])],
+    )
+    vault_index.write(tmp_path, index)
+    assert vault_index.read(tmp_path) == index and index.digests() == {"01" * 32}
+    os.chmod(tmp_path / vault_index.INDEX, 0o644)
+    with pytest.raises(VerificationFailed, match="not root's own index"):
+        vault_index.read(tmp_path)
+    (tmp_path / vault_index.INDEX).unlink()
+    (tmp_path / vault_index.INDEX).write_bytes(b"\x93garbage")
+    os.chmod(tmp_path / vault_index.INDEX, 0o600)
+    with pytest.raises(VerificationFailed, match="not an index of chunks"):
+        vault_index.read(tmp_path)
+
+
+def test_the_collector_condemns_first_and_removes_only_after_the_wait() -> None:
+    now = 1_000_000.0
+    plan = collect.plan(
+        referenced={"a", "b", "c"},
+        present=["a", "d"],
+        condemned={"b": now - 10, "e": now - collect.CONDEMNED_S - 1, "f": now - 10},
+        now=now,
+    )
+    assert plan.condemn == ["d"]  # in place, referenced by none: condemned, not removed
+    assert plan.restore == ["b"]  # condemned, referenced again: back in place
+    assert plan.remove == ["e"]  # condemned long enough, still referenced by none
+    assert plan.waiting == ["f"]
+
+
+def test_a_collection_removes_nothing_a_complete_generation_references(tmp_path: Path) -> None:
+    (tmp_path / "vault").mkdir(mode=0o700)
+    store = ChunkStore(tmp_path / "vault", 1001)
+    store.open()
+    chunks = {}
+    for _ in range(4):
+        data = os.urandom(10_000)
+        digest = blake3.blake3(data).hexdigest()
+        store.write(digest, encode(data, Codec()))
+        chunks[digest] = data
+    kept, dropped = sorted(chunks)[:2], sorted(chunks)[2:]
+    now = 2_000_000.0
+    first = collect.collect(store, set(kept), now=now)
+    assert (first.condemned, first.removed) == (2, 0) and sorted(store.listing()) == kept
+    assert not collect.due(store, now=now + 1) and collect.due(store, now=now + collect.COLLECT_EVERY_S)
+    # one of the condemned is referenced again (a copy published meanwhile): it comes back; the
+    # other waits out CONDEMNED_S from when it was condemned
+    later = collect.collect(store, {*kept, dropped[0]}, now=now + 10)
+    assert (later.restored, later.removed, later.condemned) == (1, 0, 0)
+    last = collect.collect(store, {*kept, dropped[0]}, now=now + collect.CONDEMNED_S + 1)
+    assert (last.removed, last.removed_bytes) == (1, 10_000 + HEADER.size)
+    assert sorted(store.listing()) == sorted([*kept, dropped[0]]) and store.condemned() == {}
+    for digest in store.listing():
+        assert store.read(digest, 10_000) == chunks[digest]

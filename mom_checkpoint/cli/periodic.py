@@ -121,6 +121,12 @@ def vault_copies(copies: Sequence[VaultCopy], stream: TextIO) -> None:
         if copy.status == "copied":
             mib = copy.bytes / (1 << 20)
             rate = mib / max(copy.seconds, 1e-6)
-            stream.write(f"copied  {where}: {mib:.1f} MiB in {copy.seconds:.1f}s ({rate:.0f} MiB/s)\n")
+            sent = copy.sent_bytes / (1 << 20)
+            stream.write(
+                f"copied  {where}: {mib:.1f} MiB in {copy.seconds:.1f}s ({rate:.0f} MiB/s), "
+                f"{sent:.1f} MiB sent\n"
+            )
+        elif copy.status == "repaired":
+            stream.write(f"repaired {where}: chunks the vault had lost written again\n")
         elif copy.status == "failed":  # "busy": another copier has it, nothing to say every minute
             stream.write(f"FAILED  {where}: {printable(copy.error or '')}\n")

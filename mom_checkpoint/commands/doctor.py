@@ -7,6 +7,7 @@ import errno
 import math
 import os
 import stat
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from mom_checkpoint.batch.calls import PBS_ACTIONS
 from mom_checkpoint.platform import config as config_module
 from mom_checkpoint.platform.config import Config
 from mom_checkpoint.platform.environment import Environment
-from mom_checkpoint.platform.errors import CheckpointerMissing, ConfigError, Error, ProgramMissing
+from mom_checkpoint.platform.errors import CheckpointerMissing, ConfigError, Error, ProgramMissing, shown
 from mom_checkpoint.platform.log import open_log_file
 from mom_checkpoint.platform.modes import this_node
 from mom_checkpoint.platform.programs import find_program
@@ -60,7 +61,9 @@ def run(env: Environment, mom_configs: Sequence[str], programs_dir: Path) -> lis
     checks += _privileges(config)
     checks.append(_spool(config))
     if config.vault_dir:
-        checks.append(_vault(config))
+        checks.append(vault := _vault(config))
+        if vault.ok:
+            checks.append(_vault_layout(config))
     checks.append(_log_file(config))
     for mom_config in mom_configs:
         system, found = _batch_system(mom_config, config, programs_dir)
@@ -262,6 +265,33 @@ def _vault(config: Config) -> Check:
     ok = free >= MIN_FREE_BYTES
     detail = f"{path} ({kind}) root's, mode {mode:o}, {free / 2**30:.1f} GiB free"
     return Check("vault", ok, detail, "" if ok else "free space in the vault")
+
+
+def _vault_layout(config: Config) -> Check:
+    """The nodes of one vault upgrade together: a full copy (the vault's first layout) written after
+    the vault went to chunks comes from a node whose mom-checkpoint is older (it cannot restore the
+    others' chunked generations either)."""
+    from mom_checkpoint.image.verification import read_trusted_manifest
+    from mom_checkpoint.vault.store import Vault
+
+    since, stale = Vault(config.vault_dir).full_copies_since_chunks()
+    if since is None:
+        return Check("vault layout", True, "no chunks yet (the first vault-sync of this version makes them)")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(since))
+    if not stale:
+        return Check("vault layout", True, f"chunks since {when}; no node writes full copies")
+    hosts = set()
+    for path in stale[:200]:
+        with contextlib.suppress(Exception):
+            hosts.add(read_trusted_manifest(path).host.name)
+    named = ", ".join(sorted(shown(h, 64) for h in hosts)[:10]) or "unknown nodes"
+    return Check(
+        "vault layout",
+        False,
+        f"{len(stale)} full copies written since the vault went to chunks ({when}), by {named}: their "
+        f"mom-checkpoint is older, and cannot restore the chunked generations",
+        "upgrade mom-checkpoint on those nodes (every node of one vault runs the same version)",
+    )
 
 
 _SQUASH_FIX = (

@@ -55,24 +55,34 @@ def record(spool_root: Path, metrics_file: str, attempt: Attempt, now: float) ->
         write(metrics_file, state, _spool_bytes(spool_root))
 
 
-def record_vault(
-    spool_root: Path,
-    metrics_file: str,
-    *,
-    copied: int,
-    failed: int,
-    copied_bytes: int,
-    pending_s: float | None,
-) -> None:
-    """A vault-sync's copies (done, failed, bytes) added to the counters; ``pending_s``: how long the
+class VaultTally(msgspec.Struct, frozen=True):
+    """One vault-sync run's copies and collections, added to the node's counters."""
+
+    copied: int = 0
+    failed: int = 0
+    copied_bytes: int = 0  # the generations' image and kept files
+    sent_bytes: int = 0  # written to the vault: the new chunks, compressed
+    new_bytes: int = 0  # the new chunks, uncompressed
+    deduplicated_bytes: int = 0  # of the generations' bytes, those whose chunks were there already
+    chunks_collected: int = 0  # removed by the collector
+    collected_bytes: int = 0
+
+
+COUNTED = ("copied", "failed", "copied_bytes", "sent_bytes", "new_bytes", "deduplicated_bytes",
+           "chunks_collected", "collected_bytes")  # fmt: skip
+_STATE_KEYS = {"copied": "copies", "failed": "failures", "copied_bytes": "bytes"}  # as first recorded
+
+
+def record_vault(spool_root: Path, metrics_file: str, tally: VaultTally, *, pending_s: float | None) -> None:
+    """A vault-sync's copies and collections added to the counters; ``pending_s``: how long the
     newest generation of a job that is not yet in the vault has waited (0: every one is there; None:
     not known, a sync of one job)."""
     with filelock.FileLock(str(lock_dir(spool_root) / "metrics.lock"), timeout=10, mode=0o600):
         state = _load(spool_root / STATE)
         vault = state.setdefault("vault", {})
-        vault["copies"] = vault.get("copies", 0) + copied
-        vault["failures"] = vault.get("failures", 0) + failed
-        vault["bytes"] = vault.get("bytes", 0) + copied_bytes
+        for name in COUNTED:
+            key = _STATE_KEYS.get(name, name)
+            vault[key] = vault.get(key, 0) + getattr(tally, name)
         if pending_s is not None:
             vault["pending_s"] = pending_s
         replace_private(spool_root / STATE, json.dumps(state))
@@ -164,6 +174,20 @@ def _vault_metrics(vault: dict[str, Any] | None) -> Iterator[Any]:
         "mom_checkpoint_vault_copied_bytes",
         "Bytes copied into the vault by this node",
         value=vault.get("bytes", 0),
+    )
+    for name, text in (
+        ("sent_bytes", "Bytes written to the vault by this node: new chunks, compressed"),
+        ("new_bytes", "Bytes of the new chunks this node wrote to the vault, before compression"),
+        ("deduplicated_bytes", "Bytes of copied generations whose chunks were in the vault already"),
+        ("chunks_collected", "Chunks no generation referenced, removed from the vault by this node"),
+        ("collected_bytes", "Bytes of the chunks this node's collections removed from the vault"),
+    ):
+        yield CounterMetricFamily(f"mom_checkpoint_vault_{name}", text, value=vault.get(name, 0))
+    new, sent = vault.get("new_bytes", 0), vault.get("sent_bytes", 0)
+    yield GaugeMetricFamily(
+        "mom_checkpoint_vault_compression_ratio",
+        "Bytes of the new chunks over the bytes written for them, over every sync of this node (1: none)",
+        value=new / sent if sent else 1.0,
     )
     yield GaugeMetricFamily(
         "mom_checkpoint_vault_pending_seconds",

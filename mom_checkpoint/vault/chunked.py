@@ -184,11 +184,8 @@ def write_new(
     """Pass 2: the new chunks written (each hashed again from the bytes written: a chunk file always
     holds its digest's bytes), each said in ``written`` (digest: its file's bytes) as soon as it is
     in place; the index with every chunk file's size."""
-    for digest, piece in chunked.new.items():
-        data = bytes(opened.view(piece))
-        if digest_of(data) != digest:
-            raise VerificationFailed(f"{digest}: the image changed while it was copied: not copying it")
-        blob = encode(data, codec)
+    for digest in chunked.new:
+        blob = encode_piece(chunked, opened, digest, codec)
         store.write(digest, blob)
         written[digest] = len(blob)
         tick(len(blob))
@@ -213,6 +210,15 @@ def write_new(
     return index, sent
 
 
+def encode_piece(chunked: Chunked, opened: _Opened, digest: str, codec: Codec) -> bytes:
+    """The chunk file of one of the generation's chunks, its bytes checked against its digest again
+    (a chunk file always holds its digest's bytes)."""
+    data = bytes(opened.view(chunked.pieces[digest]))
+    if digest_of(data) != digest:
+        raise VerificationFailed(f"{digest}: the image changed while it was copied: not copying it")
+    return encode(data, codec)
+
+
 def ensure_present(chunked: Chunked, opened: _Opened, store: ChunkStore, codec: Codec) -> float:
     """The last look before publishing: every chunk the index names is in the store (put back from
     the condemned, or written again). Returns when it looked (monotonic): the generation must be
@@ -222,7 +228,7 @@ def ensure_present(chunked: Chunked, opened: _Opened, store: ChunkStore, codec: 
     for digest in chunked.index.digests():
         if digest in there or store.resurrect(digest):
             continue
-        store.write(digest, encode(bytes(opened.view(chunked.pieces[digest])), codec))
+        store.write(digest, encode_piece(chunked, opened, digest, codec))
     return looked
 
 
@@ -366,4 +372,7 @@ def _read_chunk(store: ChunkStore, chunk: ChunkRef, generation: Path, path: str)
         raise StorageIOError(f"{generation}: cannot read chunk {chunk.name}: {exc.strerror}") from None
 
 
-__all__ = ["HEADER", "Sent", "check", "cut", "ensure_present", "opened_generation", "reassemble", "write_new"]
+__all__ = [
+    "HEADER", "Sent", "check", "cut", "encode_piece", "ensure_present", "opened_generation", "reassemble",
+    "write_new",
+]  # fmt: skip

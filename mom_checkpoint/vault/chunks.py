@@ -39,6 +39,7 @@ CHUNKS = ".chunks"
 CONDEMNED = ".condemned"
 DAMAGED = ".damaged"
 TEMPORARY = ".tmp-"
+SINCE = "SINCE"  # in .chunks/: made with the vault's first store; its mtime is when
 MAGIC = b"MCKC"
 FORMAT = 1
 HEADER = struct.Struct("<4sBBHII")  # magic, format, codec, 0, chunk size, payload size
@@ -108,10 +109,18 @@ class ChunkStore:
         self.root = Path(vault_root, CHUNKS, str(uid))
 
     def open(self) -> None:
-        """Make the owner's store (root's, 0700) if it is not there yet."""
+        """Make the owner's store (root's, 0700) if it is not there yet; the first store of a vault
+        records when the vault went to chunks (``.chunks/SINCE``: doctor's mark for nodes that still
+        write full copies)."""
         for folder in (self.root.parent, self.root, self.root / CONDEMNED, self.root / DAMAGED):
-            with contextlib.suppress(FileExistsError):
+            try:
                 folder.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
+            else:
+                if folder == self.root.parent:
+                    with contextlib.suppress(FileExistsError):
+                        os.close(os.open(folder / SINCE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             check_private_dir(folder, 0o700)
 
     def path(self, digest: str) -> Path:

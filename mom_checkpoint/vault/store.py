@@ -55,13 +55,14 @@ from mom_checkpoint.vault.chunked import (
     Sent,
     check_publish_time,
     cut,
+    encode_piece,
     ensure_present,
     opened_generation,
     reassemble,
     write_new,
 )
 from mom_checkpoint.vault.chunked import check as check_chunks
-from mom_checkpoint.vault.chunks import ChunkStore, Codec
+from mom_checkpoint.vault.chunks import CHUNKS, SINCE, ChunkStore, Codec
 from mom_checkpoint.vault.collect import COLLECTOR, Collected, due, owner_tokens, referenced_by
 from mom_checkpoint.vault.collect import collect as collect_store
 from mom_checkpoint.vault.index import has_index
@@ -323,6 +324,34 @@ class Vault:
         assert match is not None
         return VaultGeneration(target, int(match.group(1)), match.group(2), key.token), sent
 
+    def missing_chunks(self, key: JobKey, name: str, there: set[str]) -> set[str]:
+        """The chunks a chunked generation of the job names that are neither in its owner's store
+        (``there``: its listing, with the condemned) nor anywhere: set aside as damaged, or lost."""
+        generation = self.job_dir(key) / name
+        if not has_index(generation):
+            return set()
+        return read_index(generation).digests() - there
+
+    def repair(self, key: JobKey, source: Path, manifest: Manifest, missing: set[str], codec: Codec) -> int:
+        """Write again, from this node's generation (``source``: its snapshot), the ``missing``
+        chunks of the job's vault generation of the same name; each file checked against the manifest
+        first, each chunk against its digest. Returns how many were written. Call holding
+        ``lock(key)``."""
+        store = ChunkStore(self.root, key.uid)
+        written = 0
+        try:
+            with opened_generation(source, manifest) as (opened, files):
+                chunked = cut(opened, files, store, tick=lambda: None)
+                for digest in sorted(missing & set(chunked.pieces)):
+                    store.write(digest, encode_piece(chunked, opened, digest, codec))
+                    written += 1
+            sync_file_system(store.root)
+        except OSError as exc:
+            raise vault_error(
+                exc, f"cannot repair {manifest.generation.name} in {self.job_dir(key)}"
+            ) from None
+        return written
+
     def held_by(self, uid: int) -> dict[str, list[int]]:
         """What the owner's complete copies hold, by job folder (any batch system): held_in each."""
         held: dict[str, list[int]] = {}
@@ -345,6 +374,26 @@ class Vault:
             except (Error, OSError):
                 continue
         return sizes
+
+    def full_copies_since_chunks(self, limit: int = 100_000) -> tuple[float | None, list[Path]]:
+        """When this vault went to chunks (None: not yet), and the generations of the vault's first
+        layout (full copies) written since: a node that still runs an older mom-checkpoint wrote
+        them. At most ``limit`` generation folders are looked at."""
+        try:
+            since = os.lstat(self.root / CHUNKS / SINCE).st_mtime
+        except FileNotFoundError:
+            return None, []
+        found: list[Path] = []
+        looked = 0
+        for token in self.job_keys():
+            for generation in self.generations(token):
+                looked += 1
+                if looked > limit:
+                    return since, found
+                with contextlib.suppress(OSError):
+                    if not has_index(generation.path) and generation.path.stat().st_mtime > since:
+                        found.append(generation.path)
+        return since, found
 
     def owner_generations(self, uid: int) -> list[VaultGeneration]:
         """Every complete generation of one owner, of every job and batch system."""

@@ -28,7 +28,8 @@ from mom_checkpoint.platform.log import Logger
 from mom_checkpoint.platform.safefs import remove_tree
 from mom_checkpoint.spool.locking import job_lock, lock_dir
 from mom_checkpoint.spool.storage import RUN_NAME, Spool
-from mom_checkpoint.vault.chunks import Codec
+from mom_checkpoint.vault.chunks import ChunkStore, Codec
+from mom_checkpoint.vault.collect import Collected
 from mom_checkpoint.vault.store import (
     Share,
     Vault,
@@ -41,7 +42,7 @@ from mom_checkpoint.vault.store import (
     stale_snapshots,
 )
 
-Status = Literal["copied", "present", "superseded", "busy", "failed"]
+Status = Literal["copied", "present", "repaired", "superseded", "busy", "failed"]
 
 SLOWEST_MIB_S = 4.0  # the slowest copy a vault-sync waits for (with a bandwidth limit: half of it)
 DEFAULT_SHARE = 4  # without vault_quota_gib, one user's copies may hold 1/4 of the vault's file system
@@ -56,6 +57,7 @@ class Copy(msgspec.Struct, frozen=True):
     seconds: float = 0.0
     error: str | None = None
     sent_bytes: int = 0  # written to the vault: its new chunks, compressed
+    new_bytes: int = 0  # its new chunks, uncompressed
     deduplicated_bytes: int = 0  # of its bytes, those whose chunks the vault held already
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,25 +80,38 @@ def sync(config: Config, env: Environment, log: Logger, job_id: str | None = Non
         for key, (generation, manifest) in _newest_by_key(spool, job, log).items():
             results.append(syncer.one(key, generation, manifest))
     if config.metrics_file:
-        _record_metrics(spool, config, results, env.clock(), everything=job_id is None, log=log)
+        _record_metrics(spool, config, results, syncer.collected, env.clock(), everything=job_id is None,
+                        log=log)  # fmt: skip
     return results
 
 
 def _record_metrics(
-    spool: Spool, config: Config, results: list[Copy], now: float, *, everything: bool, log: Logger
+    spool: Spool,
+    config: Config,
+    results: list[Copy],
+    collected: list[Collected],
+    now: float,
+    *,
+    everything: bool,
+    log: Logger,
 ) -> None:
     from mom_checkpoint.spool import metrics
 
     waiting = [now - _made(c.generation) for c in results if c.status in ("failed", "busy")]
     copied = [c for c in results if c.status == "copied"]
+    tally = metrics.VaultTally(
+        copied=len(copied),
+        failed=sum(c.status == "failed" for c in results),
+        copied_bytes=sum(c.bytes for c in copied),
+        sent_bytes=sum(c.sent_bytes for c in copied),
+        new_bytes=sum(c.new_bytes for c in copied),
+        deduplicated_bytes=sum(c.deduplicated_bytes for c in copied),
+        chunks_collected=sum(c.removed for c in collected),
+        collected_bytes=sum(c.removed_bytes for c in collected),
+    )
     try:
         metrics.record_vault(
-            spool.root,
-            config.metrics_file,
-            copied=len(copied),
-            failed=sum(c.status == "failed" for c in results),
-            copied_bytes=sum(c.bytes for c in copied),
-            pending_s=max([0.0, *waiting]) if everything else None,
+            spool.root, config.metrics_file, tally, pending_s=max([0.0, *waiting]) if everything else None
         )
     except Exception as exc:  # metrics never fail a copy
         log.warning("metrics.failed", error=str(exc))
@@ -109,13 +124,15 @@ class _Syncer(msgspec.Struct, frozen=True):
     env: Environment
     log: Logger
     held: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # Vault.held_by, per owner uid
+    collected: list[Collected] = field(default_factory=list)  # this run's collections
+    chunks: dict[int, set[str]] = field(default_factory=dict)  # each owner's chunks, listed once a run
 
     def one(self, key: JobKey, generation: Generation, manifest: Manifest) -> Copy:
         vault, spool, config, env, log = self.vault, self.spool, self.config, self.env, self.log
         keep = config.vault_keep or config.keep
         name = generation.path.name
         if vault.has(key, name):
-            return Copy(key.job_id, key.token, name, "present")
+            return self._present(key, generation, manifest)
         started = env.monotonic()
         try:
             with (
@@ -183,7 +200,43 @@ class _Syncer(msgspec.Struct, frozen=True):
             compression=round(sent.ratio, 3),
         )
         return Copy(key.job_id, key.token, name, "copied", manifest.total_bytes, round(seconds, 3),
-                    sent_bytes=sent.sent_bytes, deduplicated_bytes=sent.deduplicated_bytes)  # fmt: skip
+                    sent_bytes=sent.sent_bytes, new_bytes=sent.new_bytes,
+                    deduplicated_bytes=sent.deduplicated_bytes)  # fmt: skip
+
+    def _present(self, key: JobKey, generation: Generation, manifest: Manifest) -> Copy:
+        """In the vault already: whole, or the chunks of it that are gone (set aside as damaged by a
+        verify or a restore, or lost) written again from this node's generation."""
+        vault, name = self.vault, generation.path.name
+        try:
+            if key.uid not in self.chunks:
+                store = ChunkStore(vault.root, key.uid)
+                self.chunks[key.uid] = set(store.listing()) | set(store.condemned())
+            missing = vault.missing_chunks(key, name, self.chunks[key.uid])
+            if not missing:
+                return Copy(key.job_id, key.token, name, "present")
+            with (
+                job_lock(
+                    lock_dir(self.spool.root), f"vault.{key.token}", ["vault-sync", key.job_id], key.job_id
+                ),
+                vault.lock(key),
+            ):
+                links = snapshot(generation, manifest)
+                try:
+                    codec = Codec(self.config.vault_compression, self.config.vault_compression_level)
+                    written = vault.repair(key, links, manifest, missing, codec)
+                finally:
+                    remove_tree(links)
+        except Busy as exc:
+            return Copy(key.job_id, key.token, name, "busy", error=exc.message)
+        except (Error, OSError) as exc:
+            error = exc.message if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+            self.log.error("vault.repair_failed", job_id=key.job_id, generation=name, error=error)
+            return Copy(key.job_id, key.token, name, "failed", error=error)
+        self.chunks[key.uid] |= missing
+        self.log.info(
+            "vault.repaired", job_id=key.job_id, generation=name, missing=len(missing), written=written
+        )
+        return Copy(key.job_id, key.token, name, "repaired")
 
     def _collect(self, key: JobKey) -> None:
         """The owner's chunks no generation references any more (the job's older copies were just
@@ -194,6 +247,7 @@ class _Syncer(msgspec.Struct, frozen=True):
             self.log.warning("vault.collect_failed", uid=key.uid, error=str(exc))
             return
         if collected is not None:
+            self.collected.append(collected)
             self.log.info("vault.collected", uid=key.uid, **collected.as_dict())
 
 

@@ -26,6 +26,7 @@ from mom_checkpoint.platform.errors import (
     NotYetInVault,
     Refused,
     StorageIOError,
+    VerificationFailed,
 )
 from mom_checkpoint.platform.log import Logger
 from mom_checkpoint.processes import identity
@@ -157,11 +158,17 @@ class VaultFetch(msgspec.Struct, frozen=True):
         if not candidates:
             return None
         newest = max(candidates, key=order)  # one number made on two nodes: the later
-        fetched = bounded(
-            lambda: str(vault.fetch(newest, self.spool, deadline=self.deadline)),
-            max(1.0, self.deadline - time.monotonic()),
-            f"copying {newest.path} into the spool",
-        )
+        try:
+            fetched = bounded(
+                lambda: str(vault.fetch(newest, self.spool, deadline=self.deadline)),
+                max(1.0, self.deadline - time.monotonic()),
+                f"copying {newest.path} into the spool",
+            )
+        except VerificationFailed as exc:
+            if name is None and newer_than > 0:  # a damaged copy: this node's own generation instead
+                self.log.warning("restart.vault_copy_refused", source=str(newest.path), error=exc.message)
+                return None
+            raise
         found = TrustedGeneration.read(Path(fetched))
         record = found.manifest
         if record.job.id != self.job_id or not self._mine(record.key.token):

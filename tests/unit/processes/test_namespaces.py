@@ -71,8 +71,9 @@ def test_root_enters_only_the_namespaces_it_recorded() -> None:
         assert namespaces.of(joined.pid).pid == made.pid and namespaces.inside(joined.pid).pid > 2
         joined.kill()
         joined.wait()
-        after = subprocess.Popen(["true"])
+        after = subprocess.Popen(["sleep", "60"])  # alive while it is looked at: a zombie has no ns
         assert namespaces.of(after.pid).pid == namespaces.own().pid, "this process stayed inside"
+        after.kill()
         after.wait()
     finally:
         holder.close()

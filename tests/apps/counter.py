@@ -26,7 +26,7 @@ held = open(os.environ["COUNTER_HOLD"], "rb") if os.environ.get("COUNTER_HOLD") 
 
 if os.environ.get("COUNTER_IGNORE_TERM") == "1":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-asked = []
+asked: list[int] = []
 signal.signal(signal.SIGUSR1, lambda *_: asked.append(1))
 
 

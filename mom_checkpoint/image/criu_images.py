@@ -106,23 +106,40 @@ class Pagemap(msgspec.Struct, frozen=True):
         return sum(n for _, n in self.runs) * PAGE
 
 
-def read_pagemap(data: bytes) -> Pagemap:
-    """A ``pagemap-*.img`` (images/pagemap.proto: a pagemap_head, then pagemap_entry each with vaddr 1,
-    compat_nr_pages 2, in_parent 3, flags 4, nr_pages 5); ImageError when it is not one. An entry
-    without flags is present, or in the parent image when in_parent says so (criu/pagemap.c)."""
+def pagemap_pages_id(data: bytes) -> int:
+    """Which ``pages-<id>.img`` a ``pagemap-*.img`` describes (its head, read alone)."""
     if len(data) < 8 or struct.unpack_from("<II", data) != (IMG_COMMON_MAGIC, PAGEMAP_MAGIC):
         raise ImageError("not a CRIU pagemap image")
-    entries = iter(_entries(data[8:]))
-    head = _fields(next(entries, b""))
-    pages_id = _one_int(head, 1, -1)
+    pages_id = _one_int(_fields(next(iter(_entries(data[8:])), b"")), 1, -1)
     if pages_id < 0:
         raise ImageError("pagemap without its head")
+    return pages_id
+
+
+def read_pagemap(data: bytes, pages: int) -> Pagemap:
+    """A ``pagemap-*.img`` (images/pagemap.proto: a pagemap_head, then pagemap_entry each with vaddr 1,
+    compat_nr_pages 2, in_parent 3, flags 4, nr_pages 5) whose pages file holds ``pages`` pages;
+    ImageError when it is not one, or names more present pages, or more entries than one a page
+    (the reading stops there: a pagemap costs at most the work its pages file is worth). An entry
+    without flags is present, or in the parent image when in_parent says so (criu/pagemap.c)."""
+    pages_id = pagemap_pages_id(data)
+    entries = iter(_entries(data[8:]))
+    next(entries)
     runs = []
-    for entry in entries:
+    counted = 0
+    for number, entry in enumerate(entries):
+        if number > pages:
+            raise ImageError("pagemap with more entries than its pages file has pages")
         fields = _fields(entry)
         flags = _one_int(fields, 4, PE_PARENT if _one_int(fields, 3, 0) else PE_PRESENT)
         if flags & PE_PRESENT:
-            runs.append((_one_int(fields, 1, 0), _one_int(fields, 5, _one_int(fields, 2, 0))))
+            count = _one_int(fields, 5, _one_int(fields, 2, 0))
+            counted += count
+            if counted > pages:
+                raise ImageError("pagemap naming more pages than its pages file holds")
+            runs.append((_one_int(fields, 1, 0), count))
+    if counted != pages:
+        raise ImageError("pagemap naming fewer pages than its pages file holds")
     return Pagemap(pages_id, runs)
 
 

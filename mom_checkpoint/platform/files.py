@@ -133,3 +133,17 @@ def storage_error(exc: OSError, what: str) -> StorageIOError:
 
 def mode_text(st: os.stat_result) -> str:
     return f"{stat.S_IMODE(st.st_mode):o}"
+
+
+def sync_file_system(path: Path) -> None:
+    """syncfs(2) of the file system holding ``path``: every file written there so far is durable."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            errno_value = ctypes.get_errno()
+            raise OSError(errno_value, os.strerror(errno_value), str(path))
+    finally:
+        os.close(fd)

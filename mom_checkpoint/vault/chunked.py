@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import resource
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,12 +37,13 @@ from mom_checkpoint.image.hashing import ImageFile, algorithm_of, finish, hasher
 from mom_checkpoint.image.manifest import Manifest
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import StorageIOError, VerificationFailed
-from mom_checkpoint.platform.files import write_all
+from mom_checkpoint.platform.files import sync_file_system, write_all
 from mom_checkpoint.vault import chunking
 from mom_checkpoint.vault.chunks import HEADER, ChunkStore, Codec, DamagedChunk, digest_of, encode
 from mom_checkpoint.vault.index import FORMAT, ChunkRef, FileChunks, Index
 
 PUBLISH_WITHIN_S = 600.0  # from the last look at the store to the generation's publication
+SMALL_FILE = 1 << 20  # a file of the generation up to this size is read, not mapped
 READ_AHEAD = 8  # chunks read (and checked) ahead of the one being written, on a restore
 
 
@@ -70,25 +72,36 @@ class _Piece(msgspec.Struct, frozen=True, array_like=True):
 
 
 class _Opened:
-    """The snapshot's files, open and mapped, for the two passes and the last look."""
+    """The snapshot's files for the two passes and the last look: a small file read into memory (a
+    job of a thousand threads has a thousand core images), a larger one kept open and mapped."""
 
     def __init__(self) -> None:
         self.fds: list[int] = []
-        self.maps: list[mmap.mmap | None] = []
+        self.contents: list[mmap.mmap | bytes] = []
 
     def add(self, fd: int, size: int) -> None:
-        self.fds.append(fd)
-        self.maps.append(mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None)
+        if size > SMALL_FILE:
+            self.fds.append(fd)
+            self.contents.append(mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ))
+            return
+        try:
+            data = os.pread(fd, size, 0) if size else b""
+            while len(data) < size and (more := os.pread(fd, size - len(data), len(data))):
+                data += more
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            raise VerificationFailed(f"a file of the generation ended at {len(data)} of its {size} bytes")
+        self.contents.append(data)
 
     def view(self, piece: _Piece) -> memoryview:
-        mapped = self.maps[piece.file]
-        return memoryview(mapped)[piece.offset : piece.offset + piece.size] if mapped else memoryview(b"")
+        return memoryview(self.contents[piece.file])[piece.offset : piece.offset + piece.size]
 
     def close(self) -> None:
-        for mapped in self.maps:
-            if mapped is not None:
+        for content in self.contents:
+            if isinstance(content, mmap.mmap):
                 with contextlib.suppress(BufferError):
-                    mapped.close()
+                    content.close()
         for fd in self.fds:
             os.close(fd)
 
@@ -111,6 +124,10 @@ def opened_generation(source: Path, manifest: Manifest) -> Iterator[tuple[_Opene
     """Every file the manifest lists (image and kept), opened below ``source`` without following a
     link, each of its recorded size, and mapped."""
     files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
+    large = sum(f.size > SMALL_FILE for f in files)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if large + 64 > soft and soft < hard:  # one descriptor a large file (a pages image a process)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, large + 1024), hard))
     opened = _Opened()
     source_fd = safefs.open_dir(source)
     try:
@@ -182,13 +199,23 @@ def write_new(
     written: dict[str, int],
 ) -> tuple[Index, Sent]:
     """Pass 2: the new chunks written (each hashed again from the bytes written: a chunk file always
-    holds its digest's bytes), each said in ``written`` (digest: its file's bytes) as soon as it is
-    in place; the index with every chunk file's size."""
-    for digest in chunked.new:
-        blob = encode_piece(chunked, opened, digest, codec)
-        store.write(digest, blob)
-        written[digest] = len(blob)
-        tick(len(blob))
+    holds its digest's bytes) under temporary names, the vault's file system synced, and only then
+    each put in place and said in ``written`` (digest: its file's bytes); the index with every chunk
+    file's size."""
+    staged: dict[str, tuple[Path, int]] = {}
+    try:
+        for digest in chunked.new:
+            blob = encode_piece(chunked, opened, digest, codec)
+            staged[digest] = (store.stage(digest, blob), len(blob))
+            tick(len(blob))
+        sync_file_system(store.root)
+        for digest, (temporary, size) in list(staged.items()):
+            store.place(temporary, digest)
+            written[digest] = size
+            del staged[digest]
+    finally:
+        for temporary, _ in staged.values():
+            store.discard(temporary)
     stored = {**chunked.present, **written}
     index = Index(
         FORMAT,
@@ -219,17 +246,25 @@ def encode_piece(chunked: Chunked, opened: _Opened, digest: str, codec: Codec) -
     return encode(data, codec)
 
 
-def ensure_present(chunked: Chunked, opened: _Opened, store: ChunkStore, codec: Codec) -> float:
+def ensure_present(
+    chunked: Chunked, opened: _Opened, store: ChunkStore, codec: Codec, *, tick: Callable[[int], None]
+) -> float:
     """The last look before publishing: every chunk the index names is in the store (put back from
-    the condemned, or written again). Returns when it looked (monotonic): the generation must be
-    published within PUBLISH_WITHIN_S of it."""
-    looked = time.monotonic()
-    there = store.listing()
-    for digest in chunked.index.digests():
-        if digest in there or store.resurrect(digest):
-            continue
-        store.write(digest, encode_piece(chunked, opened, digest, codec))
-    return looked
+    the condemned, or written again), looked at again after any had to be written. Returns when the
+    last look began (monotonic): the generation must be published within PUBLISH_WITHIN_S of it."""
+    while True:
+        looked = time.monotonic()
+        there = store.listing()
+        wrote = False
+        for digest in sorted(chunked.index.digests()):
+            if digest in there or store.resurrect(digest):
+                continue
+            blob = encode_piece(chunked, opened, digest, codec)
+            store.write(digest, blob)
+            wrote = True
+            tick(len(blob))
+        if not wrote:
+            return looked
 
 
 def check_publish_time(looked: float) -> None:

@@ -16,8 +16,9 @@ across the whole memory defeat every chunking alike (one changed page per chunk)
 Every other file (CRIU's small files, PSNC's and BLCR's images, the kept files) is cut into FIXED
 pieces; so is a pages image whose pagemap cannot be read or does not account for every byte of it.
 The pagemap is the job user's file in job-user mode: it decides only where chunks are cut (each
-chunk is checked against its digest, and each file against the manifest), and MIN_CHUNK and
-MAX_CHUNK bound what any pagemap can make of a file.
+chunk is checked against its digest, and each file against the manifest); it is read only as far as
+its pages file is worth (no more entries than pages, no more pages than the file holds, a few dozen
+bytes an entry), and MIN_CHUNK and MAX_CHUNK bound what any pagemap can make of a file.
 """
 
 from __future__ import annotations
@@ -25,11 +26,18 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable, Sequence
 
-from mom_checkpoint.image.criu_images import PAGE, PAGEMAP_FILE, ImageError, Pagemap, read_pagemap
+from mom_checkpoint.image.criu_images import (
+    PAGE,
+    PAGEMAP_FILE,
+    ImageError,
+    Pagemap,
+    pagemap_pages_id,
+    read_pagemap,
+)
 from mom_checkpoint.image.hashing import ImageFile
 
 WINDOW = 1 << 20  # the address window of one chunk of a pages image
-MIN_CHUNK = 64 << 10  # a smaller piece is joined to the next (a pagemap cannot make a chunk a page)
+MIN_CHUNK = 256 << 10  # a smaller piece is joined to the next (a pagemap cannot make a chunk a page)
 MAX_CHUNK = 2 * WINDOW  # a larger piece is cut (a pagemap cannot make one chunk of a whole file)
 FIXED = 1 << 20  # the pieces of every other file
 PAGEMAP_LIMIT = 64 << 20  # a larger pagemap is not read: its pages file is cut in FIXED pieces
@@ -38,17 +46,25 @@ PAGEMAP_LIMIT = 64 << 20  # a larger pagemap is not read: its pages file is cut 
 def plan(files: Sequence[ImageFile], read: Callable[[str], bytes]) -> dict[str, list[int]]:
     """The size of each chunk of each file, in file order, by the file's path. ``read(path)`` gives
     the content of a (small) file of the same generation: its pagemaps."""
+    sizes = {f.path: f.size for f in files}
     windows: dict[str, list[int]] = {}
     for pagemap_file in files:
         name = posixpath.basename(pagemap_file.path)
         if not PAGEMAP_FILE.fullmatch(name) or pagemap_file.size > PAGEMAP_LIMIT:
             continue
         try:
-            pagemap = read_pagemap(read(pagemap_file.path))
+            data = read(pagemap_file.path)
+            pages_file = posixpath.join(
+                posixpath.dirname(pagemap_file.path), f"pages-{pagemap_pages_id(data)}.img"
+            )
+            size = sizes.get(pages_file, -1)
+            # bounded by the pages file it describes: at most one entry a page (a few dozen bytes
+            # each), and exactly the pages the file holds
+            if size < 0 or size % PAGE or pages_file in windows or len(data) > 64 * (size // PAGE) + 4096:
+                continue
+            windows[pages_file] = by_window(read_pagemap(data, size // PAGE))
         except (ImageError, OSError):
             continue
-        pages = posixpath.join(posixpath.dirname(pagemap_file.path), pagemap.pages_file)
-        windows[pages] = by_window(pagemap)
     return {f.path: _checked(windows.get(f.path), f.size) for f in files}
 
 

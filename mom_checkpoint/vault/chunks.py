@@ -46,6 +46,8 @@ HEADER = struct.Struct("<4sBBHII")  # magic, format, codec, 0, chunk size, paylo
 RAW, ZSTD = 0, 2
 WORTH = 0.95  # compressed to more than this share of its size: stored as it is
 MAX_SIZE = 16 << 20  # no chunk is larger (chunking's MAX_CHUNK is far below)
+BLOCK = 4096  # what the smallest file takes of a file system, counted against the owner
+DAMAGED_KEPT_S = 30 * 86400  # a chunk set aside as damaged is removed after this
 _names = itertools.count()
 
 
@@ -87,10 +89,13 @@ def decode(blob: bytes, digest: str) -> bytes:
 
     try:
         if kind == ZSTD:
+            # the frame's own size first: decompress() would allocate whatever a damaged frame says
+            if zstandard.frame_content_size(payload) != size:
+                raise DamagedChunk(f"chunk {digest}: its frame does not hold {size} bytes")
             data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
         else:
             data = bytes(payload)
-    except zstandard.ZstdError as exc:
+    except (zstandard.ZstdError, MemoryError) as exc:
         raise DamagedChunk(f"chunk {digest} cannot be decompressed: {exc}") from None
     if len(data) != size or blake3.blake3(data).hexdigest() != digest:
         raise DamagedChunk(f"chunk {digest} does not hold the bytes of its digest")
@@ -136,7 +141,33 @@ class ChunkStore:
             for entry in _entries(Path(folder.path)):
                 if _is_digest(entry.name):
                     with contextlib.suppress(FileNotFoundError):
-                        found[entry.name] = entry.stat(follow_symlinks=False).st_size
+                        size = entry.stat(follow_symlinks=False).st_size
+                        if size >= HEADER.size:  # shorter: cut short (a crash), written again
+                            found[entry.name] = size
+        return found
+
+    def held(self) -> int:
+        """What the owner's store holds of the vault, in bytes: every file of it (in place, condemned,
+        set aside, being written), each counted at least one block (BLOCK): a chunk that compresses
+        to a few bytes still takes a block and an inode."""
+        total = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.lstat(os.path.join(folder, name))
+                    total += max(st.st_blocks * 512, st.st_size, BLOCK)
+        return total
+
+    def times(self) -> dict[str, float]:
+        """Every chunk in place: {digest: its mtime (when it was written)}."""
+        found: dict[str, float] = {}
+        for folder in _entries(self.root):
+            if len(folder.name) != 2 or not folder.is_dir(follow_symlinks=False):
+                continue
+            for entry in _entries(Path(folder.path)):
+                if _is_digest(entry.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        found[entry.name] = entry.stat(follow_symlinks=False).st_mtime
         return found
 
     def condemned(self) -> dict[str, float]:
@@ -149,23 +180,46 @@ class ChunkStore:
         return found
 
     # -- writing ---------------------------------------------------------------------------------------
-    def write(self, digest: str, blob: bytes) -> None:
-        """Put a chunk file in place (a temporary name renamed: never half a chunk under a digest).
-        Durable only once the caller syncs the vault's file system."""
+    def stage(self, digest: str, blob: bytes) -> Path:
+        """A chunk file written under a temporary name beside its place: nobody takes it for a chunk
+        before ``place`` (call that only once the file system has been synced: a name in place is a
+        promise that the bytes are durable, on every node that lists it)."""
         folder = self.root / digest[:2]
         with contextlib.suppress(FileExistsError):
             folder.mkdir(mode=0o700)
         temporary = folder / f"{TEMPORARY}{socket.gethostname()}.{os.getpid()}.{next(_names)}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # a killed copier's of the same pid (the pid was reused)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             write_all(fd, blob)
         except BaseException:
             os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
+            self.discard(temporary)
             raise
         os.close(fd)
-        os.rename(temporary, folder / digest)
+        return temporary
+
+    def place(self, temporary: Path, digest: str) -> None:
+        os.rename(temporary, self.path(digest))
+
+    def discard(self, temporary: Path) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+    def write(self, digest: str, blob: bytes) -> None:
+        """One chunk file put in place durably (its bytes fsync'd before its name appears)."""
+        temporary = self.stage(digest, blob)
+        try:
+            fd = os.open(temporary, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.place(temporary, digest)
+        except BaseException:
+            self.discard(temporary)
+            raise
 
     def resurrect(self, digest: str) -> bool:
         """A condemned chunk that a generation references after all, put back; whether it was there."""
@@ -175,18 +229,34 @@ class ChunkStore:
             return False
         return True
 
-    def condemn(self, digest: str, when: float | None = None) -> None:
-        """Move an unreferenced chunk aside, its mtime the moment it was condemned (``when``: now)."""
-        target = self.root / CONDEMNED / digest
+    def condemn(self, digest: str) -> None:
+        """Move an unreferenced chunk aside, its mtime the moment it was condemned (this node's clock,
+        set before the move: a chunk is never condemned with its old time, whenever this is killed)."""
+        now = time.time()
         with contextlib.suppress(FileNotFoundError):
-            os.rename(self.path(digest), target)
-            os.utime(target, None if when is None else (when, when))
+            os.utime(self.path(digest), (now, now))
+            os.rename(self.path(digest), self.root / CONDEMNED / digest)
 
     def set_aside(self, digest: str) -> None:
         """A chunk read back wrong: out of the store (kept for inspection), so that a sync writes it
         again and a reader looks no further."""
         with contextlib.suppress(FileNotFoundError):
             os.rename(self.path(digest), self.root / DAMAGED / f"{digest}.{int(time.time())}")
+
+    def remove_leftovers(self, now: float) -> None:
+        """Temporaries of killed copiers (a day old) and chunks set aside as damaged (kept
+        DAMAGED_KEPT_S for inspection)."""
+        for folder in _entries(self.root):
+            if len(folder.name) == 2 and folder.is_dir(follow_symlinks=False):
+                for entry in _entries(Path(folder.path)):
+                    if entry.name.startswith(TEMPORARY):
+                        with contextlib.suppress(OSError):
+                            if now - entry.stat(follow_symlinks=False).st_mtime > 86400:
+                                os.unlink(entry.path)
+        for entry in _entries(self.root / DAMAGED):
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > DAMAGED_KEPT_S:
+                    os.unlink(entry.path)
 
     def remove_condemned(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):

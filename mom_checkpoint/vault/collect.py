@@ -25,22 +25,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import msgspec
 
 from mom_checkpoint.batch.jobkey import JobKey
+from mom_checkpoint.platform.errors import StorageIOError
 from mom_checkpoint.vault import index as vault_index
 from mom_checkpoint.vault.chunked import PUBLISH_WITHIN_S
-from mom_checkpoint.vault.chunks import ChunkStore
+from mom_checkpoint.vault.chunks import CONDEMNED, ChunkStore
 
 CONDEMNED_S = 3600.0  # a condemned chunk's wait before it is removed
 COLLECT_EVERY_S = 600.0  # vault-sync collects an owner's chunks at most this often
 COLLECTED = ".collected"  # in the owner's store: its mtime is when a collection last finished
 COLLECTOR = ".collect"  # in the owner's store: the collector's lock
-assert CONDEMNED_S > PUBLISH_WITHIN_S + 2 * 60, "a copy's last look must stay valid while condemned"
+COLLECT_WITHIN_S = 900.0  # a collection that took longer to get to its removals removes nothing
+CLOCK_MARGIN_S = 120.0  # nodes' clocks may differ by this much
+assert CONDEMNED_S > PUBLISH_WITHIN_S + COLLECT_WITHIN_S + 2 * 60, "a last look must outlast a collection"
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -62,11 +66,20 @@ class Collected(msgspec.Struct, frozen=True):
         return {f: getattr(self, f) for f in self.__struct_fields__}
 
 
-def plan(referenced: set[str], present: Iterable[str], condemned: dict[str, float], now: float) -> Plan:
+def plan(
+    referenced: set[str],
+    present: dict[str, float],
+    condemned: dict[str, float],
+    now: float,
+    fresh_since: float | None = None,
+) -> Plan:
     """The collection of one owner's store: ``referenced`` by their complete generations, ``present``
-    in place, ``condemned`` with the time each was condemned."""
+    in place and ``condemned`` (each with its time: written, or condemned), ``now`` when the
+    references began to be read; chunks written since ``fresh_since`` (a copy still running began
+    then) are left in place: that copy's generation will reference them."""
+    unreferenced = [d for d in present if d not in referenced]
     return Plan(
-        condemn=sorted(d for d in present if d not in referenced),
+        condemn=sorted(d for d in unreferenced if fresh_since is None or present[d] < fresh_since),
         remove=sorted(
             d for d, when in condemned.items() if d not in referenced and now - when >= CONDEMNED_S
         ),
@@ -85,27 +98,100 @@ def referenced_by(generations: Iterable[Path]) -> set[str]:
     for generation in generations:
         if vault_index.has_index(generation):
             found |= vault_index.read(generation).digests()
+        elif not vault_index.is_full_copy(generation):
+            raise StorageIOError(f"{generation} is neither chunks nor a full copy: collecting nothing")
     return found
 
 
-def collect(store: ChunkStore, referenced: set[str], now: float | None = None) -> Collected:
-    """Carry out the plan for ``store`` (call holding its collector lock)."""
-    now = time.time() if now is None else now
+def collect(
+    store: ChunkStore,
+    referenced: set[str],
+    *,
+    started: float,
+    beat: Callable[[], None] = lambda: None,
+    check: Callable[[], None] = lambda: None,
+) -> Collected:
+    """Carry out the plan for ``store`` (call holding its collector lock, ``started``: the time,
+    taken before the references were read). ``beat`` keeps the lock alive; ``check`` raises when it
+    was lost (to a collector on another node that found this one stalled), before anything is
+    removed: nothing is removed after COLLECT_WITHIN_S either."""
     condemned = store.condemned()
-    todo = plan(referenced, store.listing(), condemned, now)
+    beat()
+    todo = plan(referenced, store.times(), condemned, started, fresh_since(store))
+    beat()
     for digest in todo.restore:
         store.resurrect(digest)
+    check()
     removed_bytes = 0
-    for digest in todo.remove:
-        with contextlib.suppress(FileNotFoundError):
-            removed_bytes += os.lstat(store.root / ".condemned" / digest).st_size
-        store.remove_condemned(digest)
+    if time.time() - started < COLLECT_WITHIN_S:
+        for digest in todo.remove:
+            with contextlib.suppress(FileNotFoundError):
+                removed_bytes += os.lstat(store.root / CONDEMNED / digest).st_size
+            store.remove_condemned(digest)
+            beat()
     for digest in todo.condemn:
-        store.condemn(digest, now)
+        store.condemn(digest)  # stamped with this node's clock, before it is moved
+        beat()
+    store.remove_leftovers(started)
     stamp = store.root / COLLECTED
     stamp.touch(mode=0o600)
-    os.utime(stamp, (now, now))
     return Collected(len(todo.condemn), len(todo.remove), removed_bytes, len(todo.restore))
+
+
+# -- leases: a copy's chunks are its generation's before it is published ----------------------------
+LEASES = ".copies"  # in the owner's store: one file a running copy, its mtime the copy's heartbeat
+LEASE_STALE_S = 300.0  # a lease not renewed for this long is a killed copy's
+
+
+@contextlib.contextmanager
+def lease(store: ChunkStore) -> Iterator[Callable[[], None]]:
+    """A running copy's lease on the chunks it writes: while it is renewed (call what this yields),
+    no collector condemns a chunk written since the copy began."""
+    folder = store.root / LEASES
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    path = folder / f"{socket.gethostname()}.{os.getpid()}.{os.urandom(6).hex()}"
+    began = time.time()
+    path.write_text(f"{began}\n")
+    path.chmod(0o600)
+    last = [time.monotonic()]
+
+    def renew() -> None:
+        if time.monotonic() - last[0] >= LEASE_STALE_S / 10:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+            last[0] = time.monotonic()
+
+    try:
+        yield renew
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def fresh_since(store: ChunkStore, now: float | None = None) -> float | None:
+    """When the oldest running copy of the owner began (less a margin for clocks), or None; a lease
+    not renewed for LEASE_STALE_S is a killed copy's, and removed."""
+    now = time.time() if now is None else now
+    oldest: float | None = None
+    for entry in _entries(store.root / LEASES):
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > LEASE_STALE_S:
+                os.unlink(entry.path)
+                continue
+            began = float(Path(entry.path).read_text()[:64])
+        except (OSError, ValueError):
+            continue
+        oldest = began if oldest is None else min(oldest, began)
+    return None if oldest is None else oldest - CLOCK_MARGIN_S
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []
 
 
 def due(store: ChunkStore, now: float | None = None) -> bool:

@@ -18,12 +18,13 @@ from pathlib import Path
 import msgspec
 
 from mom_checkpoint.platform import safefs
-from mom_checkpoint.platform.errors import Error, VerificationFailed
+from mom_checkpoint.platform.errors import Error, StorageIOError, VerificationFailed
 from mom_checkpoint.platform.files import write_all
 
 INDEX = "chunks.index"
 FORMAT = 1
 MAX_BYTES = 256 << 20  # 64 bytes or less a chunk: far more chunks than any image has
+MAX_CHUNK_BYTES = 16 << 20  # chunks.MAX_SIZE
 
 
 class ChunkRef(msgspec.Struct, frozen=True, array_like=True):
@@ -58,16 +59,36 @@ class Index(msgspec.Struct, frozen=True):
 
 
 def write(folder: Path, index: Index) -> None:
+    data = msgspec.msgpack.encode(index)
+    if len(data) > MAX_BYTES:  # it could not be read back: the copy is refused instead
+        raise StorageIOError(f"the index of {folder.name} would be {len(data)} bytes, more than any is read")
     fd = os.open(folder / INDEX, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        write_all(fd, msgspec.msgpack.encode(index))
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
 def has_index(generation: Path) -> bool:
-    return (generation / INDEX).is_file()
+    """Whether a vault generation is stored as chunks. An index that cannot be looked at (an I/O
+    error, a stale handle) is an error, never taken for "no index"."""
+    try:
+        os.lstat(generation / INDEX)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StorageIOError(f"{generation}: cannot look at its index: {exc.strerror}") from None
+    return True
+
+
+def is_full_copy(generation: Path) -> bool:
+    """Whether a vault generation without an index is one of the vault's first layout (its image
+    beside its manifest): anything else is neither, and nothing is decided from it."""
+    try:
+        return os.path.isdir(generation / "image") and not has_index(generation)
+    except OSError as exc:
+        raise StorageIOError(f"{generation}: cannot look at it: {exc.strerror}") from None
 
 
 def read(generation: Path) -> Index:
@@ -86,13 +107,13 @@ def read(generation: Path) -> Index:
         os.close(fd)
     try:
         index = msgspec.msgpack.decode(data, type=Index)
-    except msgspec.ValidationError as exc:
+    except msgspec.DecodeError as exc:  # cut short, garbled, or not of this shape
         raise VerificationFailed(f"{path} is not an index of chunks: {exc}") from None
     if index.format != FORMAT:
         raise VerificationFailed(f"{path}: index format {index.format}, this mom-checkpoint reads {FORMAT}")
     for entry in index.files:
         for chunk in entry.chunks:
-            if len(chunk.digest) != 32 or chunk.size < 0 or chunk.stored < 0:
+            if len(chunk.digest) != 32 or not 0 <= chunk.size <= MAX_CHUNK_BYTES or chunk.stored < 0:
                 raise VerificationFailed(f"{path}: a chunk of {entry.path[:200]!r} is not one")
     return index
 

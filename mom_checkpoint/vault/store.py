@@ -46,6 +46,7 @@ from mom_checkpoint.platform.files import (
     fsync_dir,
     root_folder_problem,
     storage_error,
+    sync_file_system,
     write_all,
 )
 from mom_checkpoint.platform.safefs import remove_tree
@@ -63,7 +64,7 @@ from mom_checkpoint.vault.chunked import (
 )
 from mom_checkpoint.vault.chunked import check as check_chunks
 from mom_checkpoint.vault.chunks import CHUNKS, SINCE, ChunkStore, Codec
-from mom_checkpoint.vault.collect import COLLECTOR, Collected, due, owner_tokens, referenced_by
+from mom_checkpoint.vault.collect import COLLECTOR, Collected, due, lease, owner_tokens, referenced_by
 from mom_checkpoint.vault.collect import collect as collect_store
 from mom_checkpoint.vault.index import has_index
 from mom_checkpoint.vault.index import read as read_index
@@ -254,9 +255,9 @@ class Vault:
             return None
         try:
             with _held(store.root / COLLECTOR, f"uid {uid}'s chunks are being collected") as beat:
+                started = time.time()  # before the references: what is condemned later is younger
                 referenced = referenced_by(g.path for g in self.owner_generations(uid))
-                beat.check()
-                return collect_store(store, referenced)
+                return collect_store(store, referenced, started=started, beat=beat, check=beat.check)
         except Busy:
             return None
 
@@ -287,22 +288,26 @@ class Vault:
         codec = codec or Codec()
         written: dict[str, int] = {}  # the chunks this copy put in place
 
+        leases: list[Callable[[], None]] = []  # the copy's lease on its chunks, renewed as it goes
+
         def tick(nbytes: int = 0) -> None:
             _check_copy_deadline(deadline, name)
             if throttle is not None and nbytes:
                 throttle(nbytes)
             heartbeat()
+            for renew in leases:
+                renew()
 
         try:
             store.open()
             incoming.mkdir(mode=0o700)  # a copy under way (its index and manifest, written last)
-            with opened_generation(source, manifest) as (opened, files):
+            with opened_generation(source, manifest) as (opened, files), lease(store) as renew:
+                leases.append(renew)
                 chunked = cut(opened, files, store, tick=tick)
                 if share is not None:
-                    share.check(self, key, manifest, sum(chunked.present.values()), chunked.new_bytes)
+                    share.check(self, key, manifest, store.held(), chunked.new_bytes)
                 index, sent = write_new(chunked, opened, store, codec, tick=tick, written=written)
-                sync_file_system(store.root)
-                looked = ensure_present(chunked, opened, store, codec)
+                looked = ensure_present(chunked, opened, store, codec, tick=tick)
                 sync_file_system(store.root)
                 write_index(incoming, index)
                 write_manifest(incoming, manifest)
@@ -477,12 +482,18 @@ class Vault:
         file_mode = 0o644 if job_user else 0o600
         try:
             if has_index(generation.path):
+                if manifest.key.token != generation.key:  # its chunks are the owner's its folder names
+                    raise VerificationFailed(f"{generation.path} holds a checkpoint of another job's key")
                 index = read_index(generation.path)
-                store = ChunkStore(self.root, JobKey.from_token(generation.key).uid)  # type: ignore[union-attr]
+                store = ChunkStore(self.root, manifest.key.uid)
                 try:
                     incoming.mkdir(mode=0o700)
                     reassemble(generation.path, index, manifest, store, incoming, file_mode=file_mode,
                                deadline=deadline)  # fmt: skip
+                    for folder in sorted(
+                        {p.parent for p in incoming.rglob("*") if p.is_file()}, reverse=True
+                    ):
+                        fsync_dir(folder)
                     write_manifest(incoming, manifest)
                     _publish(incoming, target)
                 finally:
@@ -564,20 +575,6 @@ def copy_generation(
         if folder:
             fsync_dir(target / folder)
     fsync_dir(target)
-
-
-def sync_file_system(path: Path) -> None:
-    """syncfs(2) of the file system holding ``path``: every file written there so far is durable."""
-    import ctypes
-
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            errno_value = ctypes.get_errno()
-            raise OSError(errno_value, os.strerror(errno_value), str(path))
-    finally:
-        os.close(fd)
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:

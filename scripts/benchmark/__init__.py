@@ -10,7 +10,11 @@ stand-in chkpnt, and where its time goes), discovery (2: finding the exec PID am
 processes), freeze (3 and 4: freeze seen by the application and CRIU's "Frozen time", wall time, throughput,
 post-dump work, and the hook's own peak RSS, from the same runs), hashing (4: the hook's hashing against plain
 hashlib.sha256, and whether it uses every core), restore (5: mom-restart against raw criu restore), spool (6:
-bytes on disk over 20 periodic checkpoints with keep=2), vault (9: the copy to the vault).
+bytes on disk over 20 periodic checkpoints with keep=2), vault (9: the copy to the vault, a first copy),
+incremental (10: the vault's chunks: the second copy of a job that rewrote 5 % of its memory against a
+first copy, a restore from chunks against one from a full copy, zstd on floating-point images; set
+MOM_BENCH_NUMPY_PATH to a folder holding numpy, e.g. a throwaway venv's site-packages, for its Python
+job's arrays to be numpy's; needs a C compiler for its C job).
 
 Every row runs its two contenders alternately (A B, B A, A B, ...) on the same job in one run, reports both
 medians, their range (min-max) and the ratio mom-checkpoint / alternative. Needs root, CRIU >= 4 and momtest,
@@ -24,7 +28,7 @@ The package: core.py (running things side by side and the way pbs_mom runs them,
 rows, the bench), document.py (the machine's facts and the document), cli.py (options, the run), and a
 module per family of rows: overhead.py (1, with phases.py: a hook call timed from the hook's own record of
 its steps, and imports.py: where its imports' time goes), discovery.py (2), freeze.py (3, 4 and 7),
-hashing.py (4), restore.py (5), spool.py (6), vault.py (9).
+hashing.py (4), restore.py (5), spool.py (6), vault.py (9), incremental.py (10).
 """
 
 from __future__ import annotations

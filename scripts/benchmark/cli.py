@@ -15,7 +15,7 @@ from types import FrameType
 
 from tests.helpers import TEST_USER, User, criu_problem
 
-from . import ROOT, discovery, freeze, hashing, overhead, restore, spool, vault
+from . import ROOT, discovery, freeze, hashing, incremental, overhead, restore, spool, vault
 from . import __doc__ as USAGE
 from .core import Bench, Family, Options, say, settle, table, wait_for_idle_cpu
 from .document import document, page_cache_speed
@@ -28,6 +28,7 @@ FAMILIES: tuple[Family, ...] = (
     restore.FAMILY,
     spool.FAMILY,
     vault.FAMILY,
+    incremental.FAMILY,
 )
 ROWS = tuple(family.name for family in FAMILIES)
 ALIASES = {"wall": "freeze", "throughput": "freeze", "memory": "freeze"}

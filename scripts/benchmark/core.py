@@ -33,6 +33,7 @@ from tests.helpers import MOM_ENV, Job, Site, User, installed
 from . import ROOT
 
 TICKER = ROOT / "tests" / "apps" / "ticker.py"
+DIRTIER = ROOT / "tests" / "apps" / "dirtier.py"  # the ticker's lines, random memory, rewritten on demand
 MIB = 1 << 20
 SETPRIV = "/usr/bin/setpriv"
 CRIU = next(
@@ -383,6 +384,45 @@ def frozen_us(stdout: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def app_pid(job: Job, program: str) -> int:
+    """The PID of the job's process running ``program`` (a file name on its command line)."""
+    for proc in job.processes():
+        with contextlib.suppress(psutil.Error):
+            if any(part.endswith(f"/{program}") for part in proc.cmdline()):
+                return proc.pid
+    raise RuntimeError(f"job {job.job_id} runs no {program}")
+
+
+def wait_line(job: Job, prefix: str, timeout: float = 120) -> str:
+    """Wait until a line of the job's output starts with ``prefix``: the first such line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in job.output.read_text(errors="replace").splitlines():
+            if line.startswith(prefix):
+                return line
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job.job_id} printed no line {prefix!r}... in {timeout:.0f} s")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def loop_ext4(mount_point: Path, mib: int) -> Iterator[Path]:
+    """An ext4 file system of ``mib`` MiB of its own, on a loop device (a sparse file beside the mount
+    point), mounted at ``mount_point`` (made), root's 0700: the vault as a node sees it, another file
+    system than the spool's. Unmounted (lazily) and its file removed at the end."""
+    backing = mount_point.with_name(f"{mount_point.name}.img")
+    mount_point.mkdir()
+    subprocess.run(["/usr/bin/truncate", "-s", f"{mib}M", str(backing)], check=True)
+    subprocess.run(["/sbin/mkfs.ext4", "-q", "-F", str(backing)], check=True, capture_output=True)
+    subprocess.run(["/bin/mount", "-o", "loop", str(backing), str(mount_point)], check=True)
+    try:
+        mount_point.chmod(0o700)
+        yield mount_point
+    finally:
+        subprocess.run(["/bin/umount", "-l", str(mount_point)], check=False)
+        backing.unlink(missing_ok=True)
+
+
 # -- what the hook leaves: generations, manifests, its log --------------------------------------------------
 def newest_manifest(site: Site, job_id: str) -> tuple[Path, dict[str, Any]]:
     generation = site.generations(job_id)[-1]
@@ -537,6 +577,14 @@ class Bench:
         """A job started the way pbs_mom does, running the ticker instead of the counter; the ballast
         is resident before its first line."""
         return site.start_job(job_id, self.user, {"TICKER_MIB": str(mib)}, app=TICKER, wait_s=120)
+
+    def start_dirtier(self, site: Site, job_id: str, mib: int, **env: str) -> Job:
+        """A job like start_app's, running tests/apps/dirtier.py: the ticker's lines, and ``mib`` MiB of
+        memory no two pages of which are alike (the ticker's is one KiB repeated: a vault that cuts it
+        into chunks stores one chunk for all of it), resident before its first line; ``env``: more of
+        its settings (DIRTIER_KIND, DIRTIER_FRACTION, ...)."""
+        settings = {"DIRTIER_MIB": str(mib), **env}
+        return site.start_job(job_id, self.user, settings, app=DIRTIER, wait_s=600)
 
     def fresh_page_cache(self) -> None:
         """Give the next dump the same start as any other: sync, drop the page cache, and read back what

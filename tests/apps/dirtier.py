@@ -48,7 +48,7 @@ def floats(size: int) -> tuple[object, memoryview, str]:
     n = size // 8
     half = n // 2
     try:
-        import numpy
+        import numpy  # type: ignore[import-not-found,unused-ignore]  # optional: a throwaway venv
     except ImportError:
         from array import array
 

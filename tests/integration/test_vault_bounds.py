@@ -86,14 +86,15 @@ def test_a_copy_past_its_deadline_leaves_nothing_in_the_vault(
     monkeypatch.setattr(vault_sync, "lower_priority", lambda: None)
     [copy] = vault_sync.sync(config, Environment(), log, job_id="831.head")
     assert copy.status == "failed" and "deadline" in str(copy.error), copy
-    # no generation, nothing being written; the chunks it wrote are condemned (the collector's)
-    store = ChunkStore(vault, site.user.uid)
-    left = [p for p in _vault_leftovers(vault) if not p.startswith(".chunks/")]
-    assert left in ([], [".chunks"], [".chunks", f"torque.{site.user.uid}.831.head"]), left
+    # no generation, nothing being written, and no chunk: its chunks were still under temporary
+    # names (they are put in place only once all are written and synced), and removed
+    left = [p for p in _vault_leftovers(vault) if not p.startswith(".chunks")]
+    assert left in ([], [f"torque.{site.user.uid}.831.head"]), left
     assert not (vault / f"torque.{site.user.uid}.831.head").exists() or not any(
         (vault / f"torque.{site.user.uid}.831.head").iterdir()
     )
-    assert store.listing() == {} and store.condemned()
+    chunk_files = [p for p in (vault / ".chunks").rglob("*") if p.is_file() and p.name != "SINCE"]
+    assert chunk_files == [] and ChunkStore(vault, site.user.uid).listing() == {}, chunk_files
     [failed] = [e for e in site.log_events() if e["event"] == "vault.copy_failed"]
     assert "partial copy removed" in failed["error"], failed
     monkeypatch.undo()

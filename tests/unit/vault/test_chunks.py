@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from pathlib import Path
 
 import blake3
@@ -16,11 +17,12 @@ from mom_checkpoint.image.criu_images import (
     PAGEMAP_MAGIC,
     PE_PARENT,
     PE_PRESENT,
+    ImageError,
     Pagemap,
     read_pagemap,
 )
 from mom_checkpoint.image.hashing import ImageFile
-from mom_checkpoint.platform.errors import VerificationFailed
+from mom_checkpoint.platform.errors import StorageIOError, VerificationFailed
 from mom_checkpoint.vault import chunking, collect
 from mom_checkpoint.vault import index as vault_index
 from mom_checkpoint.vault.chunks import HEADER, RAW, ZSTD, ChunkStore, Codec, DamagedChunk, decode, encode
@@ -67,20 +69,46 @@ def test_the_pagemap_says_which_runs_of_pages_the_pages_file_holds() -> None:
             [(1, 0xB00000), (2, 1), (4, PE_PARENT)],
         ],
     )
-    pagemap = read_pagemap(image)
+    pagemap = read_pagemap(image, 304)
     assert pagemap == Pagemap(7, [(0x400000, 3), (0x900000, 300), (0xA00000, 1)])
     assert pagemap.pages_file == "pages-7.img" and pagemap.size == 304 * PAGE
+    for pages in (303, 305):  # a pagemap is read only as one of exactly its pages file's pages
+        with pytest.raises(ImageError):
+            read_pagemap(image, pages)
+
+
+def test_a_pagemap_costs_no_more_than_its_pages_file_is_worth() -> None:
+    """A job user's pagemap (their CRIU wrote it in job-user mode) claiming 2**50 pages, or a million
+    empty entries, is read only as far as the pages file it names allows: fixed pieces, at once."""
+    claims = pagemap_image(1, [[(1, 0x400000), (2, 0), (4, PE_PRESENT), (5, 1 << 50)]])
+    empties = pagemap_image(1, [[(1, 0), (2, 0), (4, PE_PARENT)]] * 1_000_000)
+    for pagemap in (claims, empties):
+        files = [
+            ImageFile("image/pagemap-9.img", len(pagemap), ""),
+            ImageFile("image/pages-1.img", 8 * MIB, ""),
+        ]
+        started = time.process_time()
+        plan = chunking.plan(files, {"image/pagemap-9.img": pagemap}.__getitem__)
+        assert plan["image/pages-1.img"] == chunking.fixed(8 * MIB)
+        assert time.process_time() - started < 5, "the pagemap was read past its pages file's worth"
 
 
 def test_pages_are_cut_by_their_address_windows_and_a_new_mapping_moves_no_other_chunk() -> None:
     before = Pagemap(1, [(0x400000, 512), (0x10000000, 256)])  # 2 MiB, then 1 MiB elsewhere
     assert chunking.by_window(before) == [MIB, MIB, MIB]
-    after = Pagemap(1, [(0x400000, 512), (0x8000000, 16), (0x10000000, 256)])  # 64 KiB mapped between
-    assert chunking.by_window(after) == [MIB, MIB, 16 * PAGE, MIB]
-    old, new = os.urandom(3 * MIB), b""
-    new = old[: 2 * MIB] + os.urandom(16 * PAGE) + old[2 * MIB :]
+    after = Pagemap(1, [(0x400000, 512), (0x8000000, 128), (0x10000000, 256)])  # 512 KiB mapped between
+    assert chunking.by_window(after) == [MIB, MIB, 128 * PAGE, MIB]
+    old = os.urandom(3 * MIB)
+    new = old[: 2 * MIB] + os.urandom(128 * PAGE) + old[2 * MIB :]
     unchanged = set(_pieces(old, chunking.by_window(before))) & set(_pieces(new, chunking.by_window(after)))
     assert len(unchanged) == 3  # every chunk of the first image is a chunk of the second
+    # a mapping under MIN_CHUNK joins the next window's chunk: that one chunk changes, no other
+    small = Pagemap(1, [(0x400000, 512), (0x8000000, 16), (0x10000000, 256)])
+    assert chunking.by_window(small) == [MIB, MIB, 16 * PAGE + MIB]
+    new = old[: 2 * MIB] + os.urandom(16 * PAGE) + old[2 * MIB :]
+    assert (
+        len(set(_pieces(old, chunking.by_window(before))) & set(_pieces(new, chunking.by_window(small)))) == 2
+    )
 
 
 def test_no_pagemap_makes_chunks_of_a_page_or_of_a_whole_file() -> None:
@@ -178,37 +206,99 @@ def test_the_collector_condemns_first_and_removes_only_after_the_wait() -> None:
     now = 1_000_000.0
     plan = collect.plan(
         referenced={"a", "b", "c"},
-        present=["a", "d"],
+        present={"a": now - 99, "d": now - 99, "g": now - 5},
         condemned={"b": now - 10, "e": now - collect.CONDEMNED_S - 1, "f": now - 10},
         now=now,
+        fresh_since=now - 30,  # a copy began 30 s ago: what it wrote since is its generation's
     )
-    assert plan.condemn == ["d"]  # in place, referenced by none: condemned, not removed
+    assert plan.condemn == ["d"]  # in place, referenced by none, older than any running copy
     assert plan.restore == ["b"]  # condemned, referenced again: back in place
     assert plan.remove == ["e"]  # condemned long enough, still referenced by none
     assert plan.waiting == ["f"]
 
 
-def test_a_collection_removes_nothing_a_complete_generation_references(tmp_path: Path) -> None:
+def _store_with(tmp_path: Path, count: int) -> tuple[ChunkStore, dict[str, bytes]]:
     (tmp_path / "vault").mkdir(mode=0o700)
     store = ChunkStore(tmp_path / "vault", 1001)
     store.open()
     chunks = {}
-    for _ in range(4):
+    for _ in range(count):
         data = os.urandom(10_000)
         digest = blake3.blake3(data).hexdigest()
         store.write(digest, encode(data, Codec()))
         chunks[digest] = data
+    return store, chunks
+
+
+def test_a_collection_removes_nothing_a_complete_generation_references(tmp_path: Path) -> None:
+    store, chunks = _store_with(tmp_path, 4)
     kept, dropped = sorted(chunks)[:2], sorted(chunks)[2:]
-    now = 2_000_000.0
-    first = collect.collect(store, set(kept), now=now)
+    first = collect.collect(store, set(kept), started=time.time())
     assert (first.condemned, first.removed) == (2, 0) and sorted(store.listing()) == kept
-    assert not collect.due(store, now=now + 1) and collect.due(store, now=now + collect.COLLECT_EVERY_S)
+    assert not collect.due(store) and collect.due(store, now=time.time() + collect.COLLECT_EVERY_S)
     # one of the condemned is referenced again (a copy published meanwhile): it comes back; the
     # other waits out CONDEMNED_S from when it was condemned
-    later = collect.collect(store, {*kept, dropped[0]}, now=now + 10)
+    later = collect.collect(store, {*kept, dropped[0]}, started=time.time())
     assert (later.restored, later.removed, later.condemned) == (1, 0, 0)
-    last = collect.collect(store, {*kept, dropped[0]}, now=now + collect.CONDEMNED_S + 1)
+    old = time.time() - collect.CONDEMNED_S - 10
+    os.utime(store.root / ".condemned" / dropped[1], (old, old))
+    last = collect.collect(store, {*kept, dropped[0]}, started=time.time())
     assert (last.removed, last.removed_bytes) == (1, 10_000 + HEADER.size)
     assert sorted(store.listing()) == sorted([*kept, dropped[0]]) and store.condemned() == {}
     for digest in store.listing():
         assert store.read(digest, 10_000) == chunks[digest]
+
+
+def test_a_running_copys_chunks_are_not_condemned_and_a_lost_lock_removes_nothing(tmp_path: Path) -> None:
+    store, chunks = _store_with(tmp_path, 2)
+    with collect.lease(store):  # a copy that began before these chunks were written
+        data = os.urandom(5_000)
+        store.write(blake3.blake3(data).hexdigest(), encode(data, Codec()))
+        olds = time.time() - 3 * collect.CLOCK_MARGIN_S
+        for digest in chunks:  # written before the copy began
+            os.utime(store.path(digest), (olds, olds))
+        during = collect.collect(store, set(), started=time.time())
+        assert during.condemned == 2 and list(store.listing()) == [blake3.blake3(data).hexdigest()]
+    after = collect.collect(store, set(), started=time.time())
+    assert after.condemned == 1 and store.listing() == {}
+    old = time.time() - collect.CONDEMNED_S - 10
+    for condemned in (store.root / ".condemned").iterdir():
+        os.utime(condemned, (old, old))
+
+    def lost() -> None:
+        raise VerificationFailed("the lock was taken over")
+
+    with pytest.raises(VerificationFailed):
+        collect.collect(store, set(), started=time.time(), check=lost)
+    assert len(store.condemned()) == 3, "a collector that lost its lock removed chunks"
+    stale = collect.collect(store, set(), started=time.time() - collect.COLLECT_WITHIN_S - 1)
+    assert stale.removed == 0 and len(store.condemned()) == 3, "a stalled collection removed chunks"
+
+
+def test_a_generation_the_collector_cannot_read_stops_it(tmp_path: Path) -> None:
+    strange = tmp_path / "000001-20261130T100001Z"
+    strange.mkdir()
+    (strange / "manifest.json").write_text("{}")
+    with pytest.raises(StorageIOError, match="neither chunks nor a full copy"):
+        collect.referenced_by([strange])
+    (strange / vault_index.INDEX).write_bytes(b"\x92\x01")  # cut short
+    os.chmod(strange / vault_index.INDEX, 0o600)
+    with pytest.raises(VerificationFailed, match="not an index of chunks"):
+        collect.referenced_by([strange])
+    (strange / vault_index.INDEX).unlink()
+    (strange / "image").mkdir()
+    assert collect.referenced_by([strange]) == set()  # a full copy references no chunk
+
+
+def test_a_damaged_frame_cannot_make_a_reader_allocate_what_it_claims() -> None:
+    import zstandard
+
+    size = 1 << 20
+    data = b"the job's heap " * (size // 15)
+    digest = blake3.blake3(data).hexdigest()
+    blob = bytearray(encode(data, Codec()))
+    payload = zstandard.ZstdCompressor(level=1).compress(b"\0" * (64 << 20))  # claims 64 MiB
+    forged = HEADER.pack(b"MCKC", 1, ZSTD, 0, len(data), len(payload)) + payload
+    with pytest.raises(DamagedChunk, match="does not hold"):
+        decode(forged, digest)
+    assert decode(bytes(blob), digest) == data

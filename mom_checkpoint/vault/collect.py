@@ -24,6 +24,7 @@ condemns nothing: it never decides from half the references.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
@@ -34,6 +35,7 @@ import msgspec
 
 from mom_checkpoint.batch.jobkey import JobKey
 from mom_checkpoint.platform.errors import StorageIOError
+from mom_checkpoint.processes.procfs import start_token
 from mom_checkpoint.vault import index as vault_index
 from mom_checkpoint.vault.chunked import PUBLISH_WITHIN_S
 from mom_checkpoint.vault.chunks import CONDEMNED, ChunkStore
@@ -152,8 +154,15 @@ def lease(store: ChunkStore) -> Iterator[Callable[[], None]]:
         folder.mkdir(mode=0o700)
     path = folder / f"{socket.gethostname()}.{os.getpid()}.{os.urandom(6).hex()}"
     began = time.time()
-    path.write_text(f"{began}\n")
-    path.chmod(0o600)
+    holder = {
+        "began": began,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "start": start_token(os.getpid()),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(holder))
     last = [time.monotonic()]
 
     def renew() -> None:
@@ -176,11 +185,15 @@ def fresh_since(store: ChunkStore, now: float | None = None) -> float | None:
     oldest: float | None = None
     for entry in _entries(store.root / LEASES):
         try:
-            if now - entry.stat(follow_symlinks=False).st_mtime > LEASE_STALE_S:
-                os.unlink(entry.path)
+            holder = json.loads(Path(entry.path).read_text()[:4096])
+            began = float(holder["began"])
+            ended = (
+                holder["host"] == socket.gethostname() and start_token(int(holder["pid"])) != holder["start"]
+            )
+            if ended or now - entry.stat(follow_symlinks=False).st_mtime > LEASE_STALE_S:
+                os.unlink(entry.path)  # a killed copy's (on this node: its process is gone)
                 continue
-            began = float(Path(entry.path).read_text()[:64])
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError, TypeError):
             continue
         oldest = began if oldest is None else min(oldest, began)
     return None if oldest is None else oldest - CLOCK_MARGIN_S

@@ -302,3 +302,24 @@ def test_a_damaged_frame_cannot_make_a_reader_allocate_what_it_claims() -> None:
     with pytest.raises(DamagedChunk, match="does not hold"):
         decode(forged, digest)
     assert decode(bytes(blob), digest) == data
+
+
+def test_a_killed_copys_lease_holds_nothing_back(tmp_path: Path) -> None:
+    """kill -9 of a copy leaves its lease: on its own node the collector sees that its process is
+    gone and clears it at once; a lease of another node's copy counts until it is LEASE_STALE_S old."""
+    import json
+    import socket
+
+    store, _ = _store_with(tmp_path, 1)
+    leases = store.root / collect.LEASES
+    leases.mkdir(mode=0o700)
+    began = time.time() - 60
+    (leases / "here").write_text(
+        json.dumps({"began": began, "host": socket.gethostname(), "pid": 2**22 + 1, "start": "123"})
+    )
+    (leases / "there").write_text(json.dumps({"began": began, "host": "node-b", "pid": 1, "start": "9"}))
+    assert collect.fresh_since(store) == began - collect.CLOCK_MARGIN_S
+    assert sorted(p.name for p in leases.iterdir()) == ["there"]
+    old = time.time() - collect.LEASE_STALE_S - 1
+    os.utime(leases / "there", (old, old))
+    assert collect.fresh_since(store) is None and list(leases.iterdir()) == []

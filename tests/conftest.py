@@ -62,3 +62,10 @@ def site(job_user: User) -> Iterator[Site]:
     finally:
         node.stop_jobs()
         remove_base(base)
+
+
+@pytest.fixture
+def user_mode(site: Site) -> Site:
+    """A site whose CRIU runs as the job's user (root here cannot dump another user's process)."""
+    site.configure(**{"backends.criu.run_as": "job-user"})
+    return site

@@ -1,7 +1,8 @@
-"""Forge the credentials in a CRIU core image, as a job's user could in their own image (job-user mode).
+"""Forge CRIU images, as a job's user could in their own image (job-user mode): the credentials of a
+core image, the CPU of cpuinfo.img, a pagemap.
 
-Test code only, independent of the product's reader: a minimal protobuf re-encoder for
-core_entry.thread_core.creds (images/core.proto, images/creds.proto of CRIU).
+Test code only, independent of the product's reader: a minimal protobuf decoder and re-encoder
+(images/core.proto, images/creds.proto, images/cpuinfo.proto, images/pagemap.proto of CRIU).
 """
 
 from __future__ import annotations

@@ -133,17 +133,23 @@ class ChunkStore:
 
     # -- what is there ---------------------------------------------------------------------------------
     def listing(self) -> dict[str, int]:
-        """Every chunk in the store (not condemned nor damaged): {digest: file size}."""
-        found: dict[str, int] = {}
-        for folder in _entries(self.root):
+        """Every chunk in the store (not condemned nor damaged): {digest: file size}. A file shorter
+        than a chunk's header was cut short (a crash): absent, so a copy writes it again."""
+        return {digest: st.st_size for digest, st in self._in_place() if st.st_size >= HEADER.size}
+
+    def times(self) -> dict[str, float]:
+        """Every chunk in place: {digest: its mtime (when it was written)}."""
+        return {digest: st.st_mtime for digest, st in self._in_place()}
+
+    def _in_place(self) -> list[tuple[str, os.stat_result]]:
+        found = []
+        for folder in entries(self.root):
             if len(folder.name) != 2 or not folder.is_dir(follow_symlinks=False):
                 continue
-            for entry in _entries(Path(folder.path)):
+            for entry in entries(Path(folder.path)):
                 if _is_digest(entry.name):
                     with contextlib.suppress(FileNotFoundError):
-                        size = entry.stat(follow_symlinks=False).st_size
-                        if size >= HEADER.size:  # shorter: cut short (a crash), written again
-                            found[entry.name] = size
+                        found.append((entry.name, entry.stat(follow_symlinks=False)))
         return found
 
     def held(self) -> int:
@@ -158,22 +164,10 @@ class ChunkStore:
                     total += max(st.st_blocks * 512, st.st_size, BLOCK)
         return total
 
-    def times(self) -> dict[str, float]:
-        """Every chunk in place: {digest: its mtime (when it was written)}."""
-        found: dict[str, float] = {}
-        for folder in _entries(self.root):
-            if len(folder.name) != 2 or not folder.is_dir(follow_symlinks=False):
-                continue
-            for entry in _entries(Path(folder.path)):
-                if _is_digest(entry.name):
-                    with contextlib.suppress(FileNotFoundError):
-                        found[entry.name] = entry.stat(follow_symlinks=False).st_mtime
-        return found
-
     def condemned(self) -> dict[str, float]:
         """Chunks condemned by a collector: {digest: when (its mtime, set when it was condemned)}."""
         found: dict[str, float] = {}
-        for entry in _entries(self.root / CONDEMNED):
+        for entry in entries(self.root / CONDEMNED):
             if _is_digest(entry.name):
                 with contextlib.suppress(FileNotFoundError):
                     found[entry.name] = entry.stat(follow_symlinks=False).st_mtime
@@ -246,14 +240,14 @@ class ChunkStore:
     def remove_leftovers(self, now: float) -> None:
         """Temporaries of killed copiers (a day old) and chunks set aside as damaged (kept
         DAMAGED_KEPT_S for inspection)."""
-        for folder in _entries(self.root):
+        for folder in entries(self.root):
             if len(folder.name) == 2 and folder.is_dir(follow_symlinks=False):
-                for entry in _entries(Path(folder.path)):
+                for entry in entries(Path(folder.path)):
                     if entry.name.startswith(TEMPORARY):
                         with contextlib.suppress(OSError):
                             if now - entry.stat(follow_symlinks=False).st_mtime > 86400:
                                 os.unlink(entry.path)
-        for entry in _entries(self.root / DAMAGED):
+        for entry in entries(self.root / DAMAGED):
             with contextlib.suppress(OSError):
                 if now - entry.stat(follow_symlinks=False).st_mtime > DAMAGED_KEPT_S:
                     os.unlink(entry.path)
@@ -296,7 +290,8 @@ def _read_at_most(path: Path, limit: int) -> bytes:
     return blob
 
 
-def _entries(folder: Path) -> list[os.DirEntry[str]]:
+def entries(folder: Path) -> list[os.DirEntry[str]]:
+    """A folder's entries (none when it is not there)."""
     try:
         with os.scandir(folder) as entries:
             return list(entries)

@@ -38,7 +38,7 @@ from mom_checkpoint.platform.errors import StorageIOError
 from mom_checkpoint.processes.procfs import start_token
 from mom_checkpoint.vault import index as vault_index
 from mom_checkpoint.vault.chunked import PUBLISH_WITHIN_S
-from mom_checkpoint.vault.chunks import CONDEMNED, ChunkStore
+from mom_checkpoint.vault.chunks import CONDEMNED, ChunkStore, entries
 
 CONDEMNED_S = 3600.0  # a condemned chunk's wait before it is removed
 COLLECT_EVERY_S = 600.0  # vault-sync collects an owner's chunks at most this often
@@ -183,7 +183,7 @@ def fresh_since(store: ChunkStore, now: float | None = None) -> float | None:
     not renewed for LEASE_STALE_S is a killed copy's, and removed."""
     now = time.time() if now is None else now
     oldest: float | None = None
-    for entry in _entries(store.root / LEASES):
+    for entry in entries(store.root / LEASES):
         try:
             holder = json.loads(Path(entry.path).read_text()[:4096])
             began = float(holder["began"])
@@ -197,14 +197,6 @@ def fresh_since(store: ChunkStore, now: float | None = None) -> float | None:
             continue
         oldest = began if oldest is None else min(oldest, began)
     return None if oldest is None else oldest - CLOCK_MARGIN_S
-
-
-def _entries(folder: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(folder) as entries:
-            return list(entries)
-    except FileNotFoundError:
-        return []
 
 
 def due(store: ChunkStore, now: float | None = None) -> bool:

@@ -494,6 +494,17 @@ def pids_gone(pids: Sequence[int], timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+def qhold(site: Site, job: Job) -> None:
+    """A qhold as pbs_mom runs it (the hook with SIGNAL 15: CRIU ends the job), then every process of
+    the job gone, zombies too: its PIDs are free for a restore."""
+    check(
+        as_pbs_mom(packaged("mom-checkpoint"), site.torque_args(job, signal_number=15), site.config), "qhold"
+    )
+    leftovers = [p.pid for p in job.processes(zombies=True)]
+    job.stop()
+    pids_gone(leftovers)
+
+
 def kill_tree(pids: Sequence[int]) -> None:
     """SIGKILL the leaves first, so each parent reaps its child before it dies itself."""
     for pid in reversed(pids):

@@ -36,6 +36,7 @@ from .core import (
     num,
     packaged,
     pids_gone,
+    qhold,
     say,
     sec,
     settle,
@@ -352,12 +353,7 @@ def codec(bench: Bench, site: Site, mib: int) -> list[str]:
 
 
 def codec_rows(bench: Bench, site: Site, job: Job, what: str) -> list[str]:
-    check(
-        as_pbs_mom(packaged("mom-checkpoint"), site.torque_args(job, signal_number=15), site.config), "qhold"
-    )
-    leftovers = [p.pid for p in job.processes(zombies=True)]
-    job.stop()
-    pids_gone(leftovers)
+    qhold(site, job)
     generation, manifest = newest_manifest(site, job.job_id)
     files = [ImageFile(f["path"], int(f["size"]), f["digest"]) for f in manifest["files"]]
     data = {f.path: (generation / f.path).read_bytes() for f in files}

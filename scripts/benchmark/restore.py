@@ -33,6 +33,7 @@ from .core import (
     newest_manifest,
     packaged,
     pids_gone,
+    qhold,
     raw_log,
     say,
     sec,
@@ -70,12 +71,7 @@ def run(bench: Bench) -> None:
 def restore_one(bench: Bench, site: Site, mib: int) -> list[str]:
     label = size_label(mib)
     job = bench.start_app(site, f"{mib}.restore", mib)
-    check(
-        as_pbs_mom(packaged("mom-checkpoint"), site.torque_args(job, signal_number=15), site.config), "qhold"
-    )
-    leftovers = [p.pid for p in job.processes(zombies=True)]
-    job.stop()
-    pids_gone(leftovers)
+    qhold(site, job)
     generation, manifest = newest_manifest(site, job.job_id)
     pids = [int(p["pid"]) for p in manifest["processes"]]
     pids_gone(pids)

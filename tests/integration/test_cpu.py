@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from mom_checkpoint.platform import cpu
+from tests.criu_forge import decode, encode
 from tests.helpers import (
     Job,
     Site,
@@ -23,12 +24,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.usefixtures("criu")
-
-
-@pytest.fixture
-def user_mode(site: Site) -> Site:
-    site.configure(**{"backends.criu.run_as": "job-user"})
-    return site
 
 
 def _reseal(generation: Path, manifest: dict[str, Any]) -> None:
@@ -97,64 +92,15 @@ def test_a_node_whose_cpu_lacks_a_feature_of_the_checkpointed_one_refuses_the_re
     _restarts(site, job, args, printed)
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i, shift = i + 1, shift + 7
-        if not byte & 0x80:
-            return value, i
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
-
-
-def _fields(message: bytes) -> list[tuple[int, int, int | bytes]]:
-    """A protobuf message's fields in order: (number, wire type, varint value or bytes)."""
-    fields: list[tuple[int, int, int | bytes]] = []
-    i = 0
-    while i < len(message):
-        key, i = _varint(message, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(message, i)
-            fields.append((number, wire, value))
-        elif wire == 2:
-            size, i = _varint(message, i)
-            fields.append((number, wire, message[i : i + size]))
-            i += size
-        else:
-            raise AssertionError(f"wire type {wire} in a CRIU cpuinfo image")
-    return fields
-
-
-def _encode(fields: list[tuple[int, int, int | bytes]]) -> bytes:
-    out = bytearray()
-    for number, wire, value in fields:
-        out += _encode_varint(number << 3 | wire)
-        if isinstance(value, int):
-            out += _encode_varint(value)
-        else:
-            out += _encode_varint(len(value)) + value
-    return bytes(out)
-
-
 def _with_xsave_size(image: bytes, add: int) -> bytes:
     """CRIU's cpuinfo.img (two magic words, the entry's size, a cpuinfo_entry) with the x86 entry's
     xsave_size (field 9) changed: the FPU state of a CPU with other xsave features."""
     (size,) = struct.unpack_from("<I", image, 8)
-    [(number, _, entry)] = _fields(image[12 : 12 + size])
+    [(number, _, entry)] = decode(image[12 : 12 + size])
     assert number == 1 and isinstance(entry, bytes)  # the one x86 entry
-    changed = [(n, w, v + add if n == 9 and isinstance(v, int) else v) for n, w, v in _fields(entry)]
-    assert changed != _fields(entry), "no xsave_size in the image"
-    outer = _encode([(1, 2, _encode(changed))])
+    changed = [(n, w, v + add if n == 9 and isinstance(v, int) else v) for n, w, v in decode(entry)]
+    assert changed != decode(entry), "no xsave_size in the image"
+    outer = encode([(1, 2, encode(changed))])
     return image[:8] + struct.pack("<I", len(outer)) + outer
 
 

@@ -39,12 +39,6 @@ from tests.helpers import (
 pytestmark = pytest.mark.usefixtures("criu")
 
 
-@pytest.fixture
-def user_mode(site: Site) -> Site:
-    site.configure(**{"backends.criu.run_as": "job-user"})
-    return site
-
-
 def counts(job: Job) -> list[int]:
     return [int(line) for line in job.output.read_text().splitlines() if line.strip().isdigit()]
 

@@ -57,12 +57,6 @@ def wait_restored(restart: subprocess.Popen[bytes], pids: list[int], timeout: fl
     return on_node
 
 
-@pytest.fixture
-def user_mode(site: Site) -> Site:
-    site.configure(**{"backends.criu.run_as": "job-user"})
-    return site
-
-
 def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Site) -> None:
     site = user_mode
     job = site.start_job("601.head", app_env={"COUNTER_LIMIT": "120", "COUNTER_EXIT": "7"})

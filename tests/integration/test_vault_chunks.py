@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,23 @@ def _node(site: Site, name: str, spool: Path | None = None) -> Path:
     return config
 
 
+def _restored_on(site: Site, node: Path, job_id: str) -> tuple[list[int], list[dict[str, Any]]]:
+    """mom-restart --job on another node (its config ``node``) until the job has counted three
+    numbers there: what it counted, and that node's log."""
+    name = node.stem.removeprefix("node-")
+    out = site.base / f"{name}.out"
+    with open(out, "wb") as stream:
+        os.chown(out, site.user.uid, site.user.gid)
+        restart = start_restart(["--job", job_id], node, stdout=stream)
+        deadline = time.monotonic() + 90
+        while len(numbers(out)) < 3:
+            assert time.monotonic() < deadline and restart.poll() is None, f"not restored on node {name}"
+            time.sleep(0.05)
+        restart.terminate()
+        restart.wait(timeout=60)
+    return numbers(out), [json.loads(line) for line in (site.base / f"{name}.log").read_text().splitlines()]
+
+
 @pytest.mark.usefixtures("criu")
 def test_only_what_changed_reaches_the_vault_and_the_job_comes_back_from_its_chunks(
     site: Site, vault: Path
@@ -96,21 +114,9 @@ def test_only_what_changed_reaches_the_vault_and_the_job_comes_back_from_its_chu
 
     # node A is lost with its spool; node B, which never ran the job, brings it back from the chunks
     lose_the_node(site, job)
-    node_b = _node(site, "b")
-    out = site.base / "b.out"
-    with open(out, "wb") as stream:
-        os.chown(out, site.user.uid, site.user.gid)
-        restart = start_restart(["--job", "751.head"], node_b, stdout=stream)
-        deadline = time.monotonic() + 90
-        while len(numbers(out)) < 3:
-            assert time.monotonic() < deadline and restart.poll() is None, "not restored on node B"
-            time.sleep(0.05)
-        restart.terminate()
-        restart.wait(timeout=60)
-    got = numbers(out)
+    got, logged = _restored_on(site, _node(site, "b"), "751.head")
     assert before < got[0] <= checkpointed + 1 and got == list(range(got[0], got[-1] + 1)), got[:3]
-    fetched = [json.loads(line) for line in (site.base / "b.log").read_text().splitlines()]
-    assert [e["source"] for e in fetched if e["event"] == "restart.fetched"] == [str(copy)]
+    assert [e["source"] for e in logged if e["event"] == "restart.fetched"] == [str(copy)]
 
 
 @pytest.mark.usefixtures("criu")
@@ -146,18 +152,7 @@ def test_a_damaged_chunk_is_named_refused_and_written_again_by_the_next_sync(sit
     spool_c = site.base / "spool-c"
     shutil.copytree(site.spool, spool_c, symlinks=True)
     shutil.rmtree(next(spool_c.glob("*.752.head")) / newer.name)
-    node_c = _node(site, "c", spool=spool_c)
-    out = site.base / "c.out"
-    with open(out, "wb") as stream:
-        os.chown(out, site.user.uid, site.user.gid)
-        restart = start_restart(["--job", "752.head"], node_c, stdout=stream)
-        deadline = time.monotonic() + 60
-        while len(numbers(out)) < 2:
-            assert time.monotonic() < deadline and restart.poll() is None, "not restored on node C"
-            time.sleep(0.05)
-        restart.terminate()
-        restart.wait(timeout=60)
-    logged = [json.loads(line) for line in (site.base / "c.log").read_text().splitlines()]
+    _, logged = _restored_on(site, _node(site, "c", spool=spool_c), "752.head")
     [refused_copy] = [e for e in logged if e["event"] == "restart.vault_copy_refused"]
     assert "missing from the vault" in refused_copy["error"]
     assert [e["path"] for e in logged if e["event"] == "restart.newest"][-1].endswith(older.name)

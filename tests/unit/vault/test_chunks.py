@@ -25,22 +25,15 @@ from mom_checkpoint.image.hashing import ImageFile
 from mom_checkpoint.platform.errors import StorageIOError, VerificationFailed
 from mom_checkpoint.vault import chunking, collect
 from mom_checkpoint.vault import index as vault_index
-from mom_checkpoint.vault.chunks import HEADER, RAW, ZSTD, ChunkStore, Codec, DamagedChunk, decode, encode
+from mom_checkpoint.vault.chunks import HEADER, RAW, ZSTD, ChunkStore, Codec, DamagedChunk, decode
+from mom_checkpoint.vault.chunks import encode as encode_chunk
+from tests.criu_forge import encode
 
 MIB = 1 << 20
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
-
-
 def _message(fields: list[tuple[int, int]]) -> bytes:
-    return b"".join(_varint(number << 3) + _varint(value) for number, value in fields)
+    return encode([(number, 0, value) for number, value in fields])
 
 
 def pagemap_image(pages_id: int, entries: list[list[tuple[int, int]]]) -> bytes:
@@ -144,20 +137,20 @@ def test_a_chunk_file_is_compressed_only_when_it_pays_and_checked_whenever_it_is
     noise = os.urandom(MIB)
     for data, kind in ((text, ZSTD), (noise, RAW), (b"", RAW)):
         digest = blake3.blake3(data).hexdigest()
-        blob = encode(data, Codec())
+        blob = encode_chunk(data, Codec())
         assert HEADER.unpack_from(blob)[2] == kind
         assert decode(blob, digest) == data
-    assert len(encode(text, Codec())) < len(text) // 20
-    assert HEADER.unpack_from(encode(text, Codec("none")))[2] == RAW
+    assert len(encode_chunk(text, Codec())) < len(text) // 20
+    assert HEADER.unpack_from(encode_chunk(text, Codec("none")))[2] == RAW
     digest = blake3.blake3(text).hexdigest()
-    flipped = bytearray(encode(text, Codec()))
+    flipped = bytearray(encode_chunk(text, Codec()))
     flipped[len(flipped) // 2] ^= 0x01
     with pytest.raises(DamagedChunk):
         decode(bytes(flipped), digest)
     with pytest.raises(DamagedChunk, match=r"cut short|not a chunk file"):
-        decode(encode(text, Codec())[:-3], digest)
+        decode(encode_chunk(text, Codec())[:-3], digest)
     with pytest.raises(DamagedChunk, match="does not hold the bytes of its digest"):
-        decode(encode(noise, Codec()), digest)
+        decode(encode_chunk(noise, Codec()), digest)
 
 
 def test_a_damaged_chunk_is_set_aside_and_a_condemned_one_still_read(tmp_path: Path) -> None:
@@ -166,7 +159,7 @@ def test_a_damaged_chunk_is_set_aside_and_a_condemned_one_still_read(tmp_path: P
     store.open()
     data = os.urandom(200_000)
     digest = blake3.blake3(data).hexdigest()
-    store.write(digest, encode(data, Codec()))
+    store.write(digest, encode_chunk(data, Codec()))
     assert store.listing() == {digest: 200_000 + HEADER.size}
     assert store.read(digest, len(data)) == data
     store.condemn(digest)
@@ -225,7 +218,7 @@ def _store_with(tmp_path: Path, count: int) -> tuple[ChunkStore, dict[str, bytes
     for _ in range(count):
         data = os.urandom(10_000)
         digest = blake3.blake3(data).hexdigest()
-        store.write(digest, encode(data, Codec()))
+        store.write(digest, encode_chunk(data, Codec()))
         chunks[digest] = data
     return store, chunks
 
@@ -253,7 +246,7 @@ def test_a_running_copys_chunks_are_not_condemned_and_a_lost_lock_removes_nothin
     store, chunks = _store_with(tmp_path, 2)
     with collect.lease(store):  # a copy that began before these chunks were written
         data = os.urandom(5_000)
-        store.write(blake3.blake3(data).hexdigest(), encode(data, Codec()))
+        store.write(blake3.blake3(data).hexdigest(), encode_chunk(data, Codec()))
         olds = time.time() - 3 * collect.CLOCK_MARGIN_S
         for digest in chunks:  # written before the copy began
             os.utime(store.path(digest), (olds, olds))
@@ -296,7 +289,7 @@ def test_a_damaged_frame_cannot_make_a_reader_allocate_what_it_claims() -> None:
     size = 1 << 20
     data = b"the job's heap " * (size // 15)
     digest = blake3.blake3(data).hexdigest()
-    blob = bytearray(encode(data, Codec()))
+    blob = bytearray(encode_chunk(data, Codec()))
     payload = zstandard.ZstdCompressor(level=1).compress(b"\0" * (64 << 20))  # claims 64 MiB
     forged = HEADER.pack(b"MCKC", 1, ZSTD, 0, len(data), len(payload)) + payload
     with pytest.raises(DamagedChunk, match="does not hold"):

@@ -271,29 +271,6 @@ def vault_share(vault: Vault, config: Config, keep: int, others: dict[str, list[
     )
 
 
-def start_detached(config: Config, env: Environment, job_id: str, log: Logger) -> None:
-    """The hook's last step: copy the job's new generation to the vault in a detached process (its
-    own session, out of pbs_mom's pipes and the job's session); a vault that is slow, full or gone
-    never fails or delays the checkpoint. What it does goes to the log."""
-
-    def copy() -> None:
-        from mom_checkpoint.platform.log import make_logger
-
-        own_log = make_logger(config.log_file, program="mom-checkpoint", command="vault-sync")
-        try:
-            sync(config, env, own_log, job_id=job_id)
-        except Error as exc:
-            own_log.error("vault.sync_failed", job_id=job_id, error=exc.message)
-        except Exception as exc:  # a bug: said in the log, as the CLI says it for a command
-            own_log.exception("vault.sync_crashed", job_id=job_id, error=f"{type(exc).__name__}: {exc}")
-            raise
-
-    try:
-        env.detach(copy)
-    except OSError as exc:
-        log.warning("vault.not_started", error=str(exc))
-
-
 def _made(name: str) -> float:
     """When a generation was made, from its name (now, for a name no calendar has)."""
     try:

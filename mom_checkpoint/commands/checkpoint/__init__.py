@@ -308,9 +308,9 @@ def _after_the_call(
 
     remove_detached(retired, spool, env, log, limit_s=config.timeout_s)
     if config.vault_dir:
-        from mom_checkpoint.vault import sync
+        from mom_checkpoint.vault.background import start_detached
 
-        sync.start_detached(config, env, job_id, log)
+        start_detached(config, env, job_id, log)
 
 
 def _count(

@@ -131,6 +131,10 @@ class Job:
         lines = [line for line in self.output.read_text().split("\n")[:-1] if line.strip().isdigit()]
         return int(lines[-1]) if lines else 0
 
+    def counts(self) -> list[int]:
+        """The numbers the application wrote (the job shell's own messages share the file)."""
+        return numbers(self.output.read_text())
+
     def wait_count(self, at_least: int, timeout: float = 30) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -623,3 +627,8 @@ def is_running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def numbers(text: str) -> list[int]:
+    """The numbers an application wrote, one a line (the job shell's own messages left out)."""
+    return [int(line) for line in text.splitlines() if line.strip().isdigit()]

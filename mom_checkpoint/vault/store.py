@@ -337,7 +337,16 @@ class Vault:
             return set()
         return read_index(generation).digests() - there
 
-    def repair(self, key: JobKey, source: Path, manifest: Manifest, missing: set[str], codec: Codec) -> int:
+    def repair(
+        self,
+        key: JobKey,
+        source: Path,
+        manifest: Manifest,
+        missing: set[str],
+        codec: Codec,
+        *,
+        heartbeat: _Heartbeat,
+    ) -> int:
         """Write again, from this node's generation (``source``: its snapshot), the ``missing``
         chunks of the job's vault generation of the same name; each file checked against the manifest
         first, each chunk against its digest. Returns how many were written. Call holding
@@ -346,10 +355,11 @@ class Vault:
         written = 0
         try:
             with opened_generation(source, manifest) as (opened, files):
-                chunked = cut(opened, files, store, tick=lambda: None)
+                chunked = cut(opened, files, store, tick=heartbeat)  # the lock kept while it reads
                 for digest in sorted(missing & set(chunked.pieces)):
                     store.write(digest, encode_piece(chunked, opened, digest, codec))
                     written += 1
+                    heartbeat()
             sync_file_system(store.root)
         except OSError as exc:
             raise vault_error(

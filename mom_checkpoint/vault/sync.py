@@ -218,12 +218,12 @@ class _Syncer(msgspec.Struct, frozen=True):
                 job_lock(
                     lock_dir(self.spool.root), f"vault.{key.token}", ["vault-sync", key.job_id], key.job_id
                 ),
-                vault.lock(key),
+                vault.lock(key) as heartbeat,
             ):
                 links = snapshot(generation, manifest)
                 try:
                     codec = Codec(self.config.vault_compression, self.config.vault_compression_level)
-                    written = vault.repair(key, links, manifest, missing, codec)
+                    written = vault.repair(key, links, manifest, missing, codec, heartbeat=heartbeat)
                 finally:
                     remove_tree(links)
         except Busy as exc:

@@ -17,6 +17,7 @@ from tests.helpers import (
     Job,
     Site,
     digest_of,
+    numbers,
     qhold_and_lose,
     restart_args,
     start_restart,
@@ -50,11 +51,7 @@ def _restarts(site: Site, job: Job, args: list[object], printed: str) -> None:
     job.output.write_text("")
     restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=90) == 0, restart.stderr.read() if restart.stderr else ""
-    assert _numbers(job.output.read_text()) == list(range(1, 41)) and len(_numbers(printed)) < 40
-
-
-def _numbers(text: str) -> list[int]:
-    return [int(line) for line in text.splitlines() if line.strip().isdigit()]
+    assert numbers(job.output.read_text()) == list(range(1, 41)) and len(numbers(printed)) < 40
 
 
 def test_a_node_whose_cpu_lacks_a_feature_of_the_checkpointed_one_refuses_the_restore(

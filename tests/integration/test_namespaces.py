@@ -20,7 +20,6 @@ import pytest
 
 from tests.helpers import (
     APPS,
-    Job,
     Site,
     call_hook,
     inside_pid,
@@ -37,10 +36,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.usefixtures("criu")
-
-
-def counts(job: Job) -> list[int]:
-    return [int(line) for line in job.output.read_text().splitlines() if line.strip().isdigit()]
 
 
 @contextlib.contextmanager
@@ -96,7 +91,7 @@ def test_a_restore_gets_every_pid_back_while_another_user_holds_them_all(user_mo
         counted = job.count()
         assert job.wait_count(counted + 3) > counted, "the restored job does not count on"
         assert restart.wait(timeout=90) == 5, restart.stderr.read() if restart.stderr else ""
-    assert counts(job)[-1] == 80
+    assert job.counts()[-1] == 80
     [made] = [e for e in site.log_events() if e["event"] == "restart.namespace"]
     assert made["pid_ns"] != os.stat("/proc/self/ns/pid").st_ino
 
@@ -131,7 +126,7 @@ def test_three_rounds_of_checkpoint_and_restore_each_in_a_fresh_namespace(user_m
     assert len(namespaces) == 3, "each restore must make a namespace of its own"
     restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=120) == 9, restart.stderr.read() if restart.stderr else ""
-    numbers = counts(job)
+    numbers = job.counts()
     assert numbers[-1] == 400 and numbers == sorted(numbers)
     # one run folder for the job: named by the exec PID it sees, the same in every namespace
     assert {g.parent.name for g in site.generations("802.head")} == {f"{pids[0]}.802.head"}

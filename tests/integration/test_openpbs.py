@@ -22,6 +22,7 @@ from tests.helpers import (
     crash,
     installed,
     is_running,
+    numbers,
     seen_as,
     verify_generation,
     wait_until_gone,
@@ -57,7 +58,7 @@ def psnc(site: Site, **standin_env: str) -> dict[str, object]:
 
 
 def counts(path: Path) -> list[int]:
-    return [int(line) for line in path.read_text().splitlines() if line.strip().isdigit()]
+    return numbers(path.read_text())
 
 
 def events(site: Site, name: str) -> list[dict[str, object]]:

@@ -311,7 +311,7 @@ def test_installed_programs_checkpoint_and_restart_a_real_job(installed: Path, s
     restart = start_restart(restart_args, site.config, program=SBIN / "mom-restart")
     _, err = restart.communicate(timeout=120)
     assert restart.returncode == 5, err.decode(errors="replace")
-    counted = [int(line) for line in job.output.read_text().splitlines() if line.strip().isdigit()]
+    counted = job.counts()
     # what it printed before the qhold is put back into the re-created file, then it counts on
     assert counted == list(range(1, 121)), f"{counted[:3]}... after {checkpointed}"
 

@@ -19,11 +19,11 @@ import pytest
 
 from tests.helpers import (
     TICKER,
-    Job,
     Site,
     call_hook,
     crash,
     is_running,
+    numbers,
     qhold_and_lose,
     restart_args,
     restored_by,
@@ -36,15 +36,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.usefixtures("criu")
-
-
-def counts(job: Job) -> list[int]:
-    """The numbers the application wrote (the job shell's own messages share the file)."""
-    return numbers(job.output.read_text())
-
-
-def numbers(text: str) -> list[int]:
-    return [int(line) for line in text.splitlines() if line.strip().isdigit()]
 
 
 def wait_restored(restart: subprocess.Popen[bytes], pids: list[int], timeout: float = 30) -> list[int]:
@@ -69,7 +60,7 @@ def test_count_goes_on_after_qhold_and_the_exit_status_comes_back(user_mode: Sit
     on_node = wait_restored(restart, restored)
     assert restart.wait(timeout=60) == 7, restart.stderr.read() if restart.stderr else ""
     # what the job printed before the qhold is put back into the re-created file first (issue 13 #3)
-    after = counts(job)
+    after = job.counts()
     assert after == list(range(1, 121)), f"not 1..120 once and in order: {after[:3]}...{after[-3:]}"
     assert after[checkpointed] == checkpointed + 1
     [generation] = site.generations("601.head")
@@ -98,11 +89,11 @@ def test_periodic_checkpoint_then_a_crash_with_output_that_grew(user_mode: Site)
     after_hook = job.count()
     job.wait_count(after_hook + 20)  # the output file grows past its size in the image
     crash(job)
-    crashed_at = counts(job)[-1]
+    crashed_at = job.counts()[-1]
 
     restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=90) == 3, restart.stderr.read() if restart.stderr else ""
-    numbers = counts(job)
+    numbers = job.counts()
     assert numbers[:crashed_at] == list(range(1, crashed_at + 1)), "the output before the crash must stay"
     resumed = numbers[crashed_at:]
     assert before < resumed[0] <= after_hook + 1, (
@@ -198,7 +189,7 @@ def test_a_generation_an_older_version_recorded_with_sha256_still_restores(user_
     (generation / "manifest.json").write_text(json.dumps(old))  # root's, 0600, as the hook left it
     restart = start_restart(restart_args(job, args), site.config)
     assert restart.wait(timeout=90) == 0, restart.stderr.read() if restart.stderr else ""
-    assert counts(job) == list(range(1, 61)) and checkpointed < 60
+    assert job.counts() == list(range(1, 61)) and checkpointed < 60
 
     crash(job)
     biggest = max(old["files"], key=lambda f: f["size"])
@@ -483,7 +474,7 @@ def test_an_ordinary_job_script_resumes_after_pbs_mom_deleted_it(user_mode: Site
     assert any(t.startswith("/dev/shm/") and t.endswith(" (deleted)") for t in held), held
     assert not any(t.startswith(str(site.spool)) for t in held), held
     assert restart.wait(timeout=90) == 0, restart.stderr.read() if restart.stderr else ""
-    assert counts(job) == list(range(1, 151)), "the job did not count on to its end"
+    assert job.counts() == list(range(1, 151)), "the job did not count on to its end"
     assert not script.exists(), "the script was re-created at its path"
 
 
@@ -501,14 +492,14 @@ def test_qchkpt_qhold_qrls_qdel_of_an_ordinary_job_as_pbs_mom_runs_them(user_mod
     result, args = mom.checkpoint(job, signal_number=15)  # qhold
     assert result.returncode == 0, result.stderr
     job.wait_ended()
-    held_at = counts(job)[-1]
+    held_at = job.counts()[-1]
     mom.job_ended(job)
     restart = mom.release(job, args)  # qrls
     deadline = time.monotonic() + 60
-    while len(counts(job)) < held_at + 10:
+    while len(job.counts()) < held_at + 10:
         assert time.monotonic() < deadline and restart.poll() is None, "the job did not count on"
         time.sleep(0.05)
-    numbers = counts(job)
+    numbers = job.counts()
     assert numbers == list(range(1, len(numbers) + 1)), "the delivered output is not all of it, in order"
     # a second qhold and qrls: the job now holds the copy of its script a restore handed back, unlinked
     restored = [p.pid for p in psutil.Process(restart.pid).children(recursive=True)]
@@ -516,15 +507,15 @@ def test_qchkpt_qhold_qrls_qdel_of_an_ordinary_job_as_pbs_mom_runs_them(user_mod
     assert result.returncode == 0, result.stderr
     restart.wait(timeout=30)  # the restart process ends with its job
     wait_until_gone(restored)  # reaped too: CRIU needs their PIDs
-    held_at = counts(job)[-1]
+    held_at = job.counts()[-1]
     mom.job_ended(job)
     restart = mom.release(job, args)
     deadline = time.monotonic() + 60
-    while len(counts(job)) < held_at + 10:
+    while len(job.counts()) < held_at + 10:
         refused = [e for e in site.log_events() if e["event"] == "restart.refused"]
         assert time.monotonic() < deadline and restart.poll() is None, f"not counting on: {refused}"
         time.sleep(0.05)
-    numbers = counts(job)
+    numbers = job.counts()
     assert numbers == list(range(1, len(numbers) + 1)), "the delivered output is not all of it, in order"
     job_pids = list(restored_by(restart.pid).values())  # in its namespace, in a session of its own
     assert job_pids and not [p for p in job_pids if _in_session(p, restart.pid)]

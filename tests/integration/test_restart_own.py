@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Job, Site, User, call_hook, crash, installed, seen_as, wait_until_gone
+from tests.helpers import Site, User, call_hook, crash, installed, numbers, seen_as, wait_until_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 SUDOERS = Path("/etc/sudoers.d/mom-checkpoint-test")
@@ -75,10 +75,6 @@ def user_job(
     )
 
 
-def counts(job: Job) -> list[int]:
-    return [int(line) for line in job.output.read_text().splitlines() if line.strip().isdigit()]
-
-
 @pytest.mark.usefixtures("criu")
 def test_a_users_new_job_restarts_their_checkpointed_job(site: Site, sudo_rule: Path) -> None:
     site.configure(**{"backends.criu.run_as": "job-user"})
@@ -86,7 +82,7 @@ def test_a_users_new_job_restarts_their_checkpointed_job(site: Site, sudo_rule: 
     app = old.app_pid()
     assert call_hook(site.torque_args(old, signal_number=15), site.config).returncode == 0
     old.wait_ended()
-    checkpointed = counts(old)[-1]
+    checkpointed = old.counts()[-1]
     crash(old)
 
     workdir = old.output.parent
@@ -99,7 +95,7 @@ def test_a_users_new_job_restarts_their_checkpointed_job(site: Site, sudo_rule: 
         workdir, output=resumed,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while not [line for line in resumed.read_text().splitlines() if line.strip().isdigit()]:
+    while not numbers(resumed.read_text()):
         assert time.monotonic() < deadline and new.poll() is None, "the application never wrote on"
         time.sleep(0.05)
     # the application has its PID back in its namespace, under the new job (whose session's end ends it)
@@ -107,8 +103,8 @@ def test_a_users_new_job_restarts_their_checkpointed_job(site: Site, sudo_rule: 
     _, err = new.communicate(timeout=120)
     assert new.returncode == 9, err  # the new job ends with the application's own exit status
     # issue 13 #2: the application writes on into the new job's output; nothing of the old job's is made
-    numbers = [int(line) for line in resumed.read_text().splitlines() if line.strip().isdigit()]
-    assert numbers == list(range(checkpointed + 1, 121)), numbers[:5]
+    counted = numbers(resumed.read_text())
+    assert counted == list(range(checkpointed + 1, 121)), counted[:5]
     assert not old.output.exists(), "the old job's output file was re-created"
 
 
@@ -167,9 +163,9 @@ def test_an_openpbs_job_restarted_once_is_resumed_by_the_users_new_job(site: Sit
         assert time.monotonic() < deadline, "not restored"
         time.sleep(0.05)
     old.wait_count(old.count() + 3)
-    before = counts(old)[-1]
+    before = old.counts()[-1]
     assert mom.checkpoint(Task(old, "45.vm", session_id=restart)).status == 0  # a periodic checkpoint
-    checkpointed = counts(old)[-1]
+    checkpointed = old.counts()[-1]
     kill_session(restart, signal.SIGKILL)  # qdel: the restart and its namespace's holder
     os.waitpid(restart, 0)
     wait_until_gone([pid for pid in on_node if pid is not None])  # the namespace ended with them
@@ -178,16 +174,16 @@ def test_an_openpbs_job_restarted_once_is_resumed_by_the_users_new_job(site: Sit
     resumed = workdir / "46.vm.OU"
     new = user_job(site, site.user, f"exec sudo -n {sudo_rule} --own --job 45.vm", workdir, output=resumed)
     deadline = time.monotonic() + 60
-    while len([line for line in resumed.read_text().splitlines() if line.strip().isdigit()]) < 3:
+    while len(numbers(resumed.read_text())) < 3:
         assert time.monotonic() < deadline and new.poll() is None, new.stderr.read() if new.stderr else ""
         time.sleep(0.05)
-    numbers = [int(line) for line in resumed.read_text().splitlines() if line.strip().isdigit()]
-    assert before < numbers[0] <= checkpointed + 1, (
+    counted = numbers(resumed.read_text())
+    assert before < counted[0] <= checkpointed + 1, (
         before,
         checkpointed,
-        numbers[:3],
+        counted[:3],
     )  # from that checkpoint
-    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert counted == list(range(counted[0], counted[0] + len(counted)))
     assert seen_as(new.pid, restored[1]) is not None, "the application is not in the new job"
     new.send_signal(signal.SIGTERM)
     new.wait(timeout=30)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests import helpers
 from tests.helpers import (
     HookResult,
     Job,
@@ -104,7 +105,7 @@ def lose_the_node(site: Site, job: Job | None = None) -> None:
 
 
 def numbers(path: Path) -> list[int]:
-    return [int(line) for line in path.read_text().splitlines() if line.strip().isdigit()]
+    return helpers.numbers(path.read_text())
 
 
 def events(site: Site, name: str) -> list[dict[str, object]]:

@@ -98,7 +98,7 @@ def _end_session(leader: subprocess.Popen[bytes]) -> None:
 def _newest_restores(site: Site, job: Job, spool: Path | None = None) -> str:
     """The job is lost with its node; mom-restart --job brings it back from the newest complete
     generation, and the application counts on from a checkpointed value, not from 1."""
-    before = _numbers(job)
+    before = job.counts()
     last = before[-1] if before else 0
     crash(job)
     newest = sorted((spool or site.spool).glob(f"*.{job.job_id}/[0-9]*"), key=lambda p: p.name)[-1]
@@ -106,12 +106,12 @@ def _newest_restores(site: Site, job: Job, spool: Path | None = None) -> str:
         restart = start_restart(["--job", job.job_id], site.config, stdout=output)
     try:
         deadline = time.monotonic() + 60
-        while len(_numbers(job)) < len(before) + 3:
+        while len(job.counts()) < len(before) + 3:
             if restart.poll() is not None:
                 raise AssertionError(f"restart failed: {restart.stderr.read() if restart.stderr else ''!r}")
             assert time.monotonic() < deadline, "the restored job does not count"
             time.sleep(0.05)
-        resumed = _numbers(job)[len(before)]
+        resumed = job.counts()[len(before)]
     finally:
         _end_session(restart)
     assert 1 < resumed <= last + 1, f"counting resumed at {resumed}, the job was at {last}"
@@ -347,7 +347,7 @@ def checkpoint_dir_deleted(site: Site, rng: random.Random) -> list[str]:
     )
     try:
         deadline = time.monotonic() + 30
-        while job.count() == 0 or _numbers(job)[-1] <= checkpointed:
+        while job.count() == 0 or job.counts()[-1] <= checkpointed:
             assert time.monotonic() < deadline, "the restarted job does not count"
             assert restart.poll() is None, restart.stderr.read() if restart.stderr else ""
             time.sleep(0.05)
@@ -403,10 +403,6 @@ def _children(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-
-
-def _numbers(job: Job) -> list[int]:
-    return [int(line) for line in job.output.read_text().splitlines() if line.strip().isdigit()]
 
 
 def _epoch(timestamp: str) -> float:

@@ -103,3 +103,16 @@ def forge(core_path: Path, **changes: list[int]) -> None:
     core = [f if f[0] != 5 else (5, 2, encode(thread_fields)) for f in core]
     message = encode(core)
     core_path.write_bytes(header + struct.pack("<I", len(message)) + message)
+
+
+IMG_COMMON_MAGIC = 0x54564319  # criu/include/magic.h
+PAGEMAP_MAGIC = 0x56084025
+PE_PRESENT = 1 << 2  # criu/include/pagemap.h
+
+
+def pagemap_image(pages_id: int, entries: list[list[tuple[int, int]]]) -> bytes:
+    """A pagemap-N.img as CRIU writes it: two magics, then each entry's size and protobuf (its head
+    naming pages-<pages_id>.img, then each entry's fields as (number, varint value))."""
+    records = [encode([(1, 0, pages_id)]), *(encode([(n, 0, v) for n, v in e]) for e in entries)]
+    body = b"".join(struct.pack("<I", len(r)) + r for r in records)
+    return struct.pack("<II", IMG_COMMON_MAGIC, PAGEMAP_MAGIC) + body

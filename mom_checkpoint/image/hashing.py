@@ -152,6 +152,12 @@ class OpenFiles:
         return _digest_opened(self._opened, fsync=fsync, progress=progress, deadline=deadline)
 
     @property
+    def files(self) -> list[tuple[str, int, int]]:
+        """Each file's path (as given), descriptor and size, in the order given: for reading it
+        otherwise (the vault's chunks, vault/seal.py), with the same checks behind it."""
+        return [(f.rel, f.fd, f.size) for f in self._opened]
+
+    @property
     def taken_over(self) -> int:
         """The bytes a Follower had hashed that this hashing takes over instead of reading them."""
         return sum(f.start for f in self._opened)

@@ -3,12 +3,15 @@
 Into the vault (``store_chunks``), in two passes over a snapshot of the local generation:
 
 1. every file the manifest lists is opened below the snapshot (no link followed), its size checked,
-   mapped, and hashed whole against the manifest (one thread) while each of its chunks is hashed
-   (another): nothing is written for a file that is not what root recorded. The owner's store is
-   listed once; a chunk already in it is not written again.
+   and mapped. Its chunks are those the hook recorded when it sealed the generation (its
+   ``chunks.index``, vault/seal.py), where it has them and they list exactly the manifest's files:
+   nothing is read. Otherwise each file is hashed whole against the manifest (one thread) while each
+   of its chunks is hashed (another): nothing is written for a file that is not what root recorded.
+   The owner's store is listed once; a chunk already in it is neither read nor written again.
 2. the owner's share is checked against the new chunks' bytes (nothing written when it would pass
-   it); then each new chunk is hashed again from the bytes about to be written, compressed and
-   written. The vault's file system is synced once at the end.
+   it); then each new chunk is hashed again from the bytes about to be written (a chunk file always
+   holds its digest's bytes), compressed and written. The vault's file system is synced once at the
+   end.
 
 Then, right before the generation is published, the store is listed again: a chunk a collector
 condemned meanwhile is put back, one gone is written again (``ensure_present``), and the generation
@@ -32,13 +35,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
+from blake3 import blake3
 
 from mom_checkpoint.image.hashing import ImageFile, algorithm_of, finish, hasher
 from mom_checkpoint.image.manifest import Manifest
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import StorageIOError, VerificationFailed
 from mom_checkpoint.platform.files import sync_file_system, write_all
-from mom_checkpoint.vault import chunking
+from mom_checkpoint.vault import chunking, seal
 from mom_checkpoint.vault.chunks import HEADER, ChunkStore, Codec, DamagedChunk, digest_of, encode
 from mom_checkpoint.vault.index import FORMAT, ChunkRef, FileChunks, Index
 
@@ -57,6 +61,7 @@ class Sent(msgspec.Struct, frozen=True):
     new_bytes: int  # the new chunks' bytes, as the image has them
     sent_bytes: int  # their chunk files' bytes, as written (compressed)
     deduplicated_bytes: int  # the image's bytes already in the vault
+    sealed: bool = False  # its chunks as the hook recorded them: only the new ones were read
 
     @property
     def ratio(self) -> float:
@@ -113,6 +118,7 @@ class Chunked(msgspec.Struct, frozen=True):
     new: dict[str, _Piece]  # digest -> where its bytes are
     pieces: dict[str, _Piece]  # every chunk, by digest
     present: dict[str, int]  # the store's listing: digest -> chunk file bytes
+    sealed: bool  # its chunks as the hook recorded them (vault/seal.py): only the new ones are read
 
     @property
     def new_bytes(self) -> int:
@@ -150,17 +156,42 @@ def opened_generation(source: Path, manifest: Manifest) -> Iterator[tuple[_Opene
         opened.close()
 
 
-def cut(opened: _Opened, files: list[ImageFile], store: ChunkStore, *, tick: Callable[[], None]) -> Chunked:
-    """Pass 1: each file's chunks hashed, each whole file checked against the manifest."""
+def cut(
+    opened: _Opened,
+    files: list[ImageFile],
+    store: ChunkStore,
+    *,
+    tick: Callable[[], None],
+    sealed: Index | None = None,
+) -> Chunked:
+    """Pass 1: each file's chunks, as the hook recorded them when it sealed the generation
+    (``sealed``, used when it lists exactly ``files``: nothing read), else hashed here with each whole
+    file checked against the manifest; and which of them the owner's store lacks."""
+    recorded = sealed is not None and seal.matches(sealed, files)
+    index = sealed if sealed is not None and recorded else _hashed(opened, files, tick=tick)
+    present = store.listing()
+    pieces: dict[str, _Piece] = {}
+    new: dict[str, _Piece] = {}
+    for number, entry in enumerate(index.files):
+        offset = 0
+        for chunk in entry.chunks:
+            piece = _Piece(number, offset, chunk.size, chunk.name)
+            pieces.setdefault(chunk.name, piece)
+            if chunk.name not in present:
+                new.setdefault(chunk.name, piece)
+            offset += chunk.size
+    return Chunked(index, new, pieces, present, recorded)
+
+
+def _hashed(opened: _Opened, files: list[ImageFile], *, tick: Callable[[], None]) -> Index:
+    """Each file's chunks hashed (one thread) while the whole file is hashed against the manifest
+    (another): nothing is written for a file that is not what root recorded."""
     by_path = {f.path: n for n, f in enumerate(files)}
 
     def small(path: str) -> bytes:
         return bytes(opened.view(_Piece(by_path[path], 0, files[by_path[path]].size, "")))
 
     plan = chunking.plan(files, small)
-    present = store.listing()
-    pieces: dict[str, _Piece] = {}
-    new: dict[str, _Piece] = {}
     entries = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-file-hash") as whole:
         for number, image_file in enumerate(files):
@@ -171,12 +202,8 @@ def cut(opened: _Opened, files: list[ImageFile], store: ChunkStore, *, tick: Cal
             refs = []
             offset = 0
             for size in plan[image_file.path]:
-                digest = digest_of(opened.view(_Piece(number, offset, size, "")))
-                piece = _Piece(number, offset, size, digest)
-                pieces.setdefault(digest, piece)
-                if digest not in present:
-                    new.setdefault(digest, piece)
-                refs.append(ChunkRef(bytes.fromhex(digest), size, present.get(digest, 0)))
+                digest = blake3(opened.view(_Piece(number, offset, size, ""))).digest()
+                refs.append(ChunkRef(digest, size, 0))
                 offset += size
                 tick()
             hashed.result()
@@ -186,7 +213,7 @@ def cut(opened: _Opened, files: list[ImageFile], store: ChunkStore, *, tick: Cal
                     f"{image_file.path} has changed since the checkpoint (checksum mismatch)"
                 )
             entries.append(FileChunks(image_file.path, refs))
-    return Chunked(Index(FORMAT, entries), new, pieces, present)
+    return Index(FORMAT, entries)
 
 
 def write_new(
@@ -233,6 +260,7 @@ def write_new(
         new_bytes=new_bytes,
         sent_bytes=sum(written.values()),
         deduplicated_bytes=sum(c.size for f in index.files for c in f.chunks if c.name not in written),
+        sealed=chunked.sealed,
     )
     return index, sent
 

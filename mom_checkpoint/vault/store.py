@@ -26,6 +26,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -66,7 +67,7 @@ from mom_checkpoint.vault.chunked import check as check_chunks
 from mom_checkpoint.vault.chunks import CHUNKS, SINCE, ChunkStore, Codec
 from mom_checkpoint.vault.collect import COLLECTOR, Collected, due, lease, owner_tokens, referenced_by
 from mom_checkpoint.vault.collect import collect as collect_store
-from mom_checkpoint.vault.index import has_index
+from mom_checkpoint.vault.index import INDEX, Index, has_index
 from mom_checkpoint.vault.index import read as read_index
 from mom_checkpoint.vault.index import write as write_index
 
@@ -303,7 +304,7 @@ class Vault:
             incoming.mkdir(mode=0o700)  # a copy under way (its index and manifest, written last)
             with opened_generation(source, manifest) as (opened, files), lease(store) as renew:
                 leases.append(renew)
-                chunked = cut(opened, files, store, tick=tick)
+                chunked = cut(opened, files, store, tick=tick, sealed=sealed_chunks(source))
                 if share is not None:
                     share.check(self, key, manifest, store.held(), chunked.new_bytes)
                 index, sent = write_new(chunked, opened, store, codec, tick=tick, written=written)
@@ -355,7 +356,8 @@ class Vault:
         written = 0
         try:
             with opened_generation(source, manifest) as (opened, files):
-                chunked = cut(opened, files, store, tick=heartbeat)  # the lock kept while it reads
+                # the lock kept while it reads
+                chunked = cut(opened, files, store, tick=heartbeat, sealed=sealed_chunks(source))
                 for digest in sorted(missing & set(chunked.pieces)):
                     store.write(digest, encode_piece(chunked, opened, digest, codec))
                     written += 1
@@ -699,7 +701,7 @@ def snapshot(generation: Generation, manifest: Manifest) -> Path:
     folder.mkdir(mode=0o700)
     source = safefs.open_dir(generation.path)
     try:
-        for rel in [f.path for f in manifest.files] + [k.copy for k in manifest.kept]:
+        for rel in [f.path for f in manifest.files] + [k.copy for k in manifest.kept] + _sealed(source):
             parent, name = os.path.split(rel)
             (folder / parent).mkdir(mode=0o700, parents=True, exist_ok=True)
             from_fd = safefs.open_dir(parent, dir_fd=source) if parent else os.dup(source)
@@ -713,6 +715,25 @@ def snapshot(generation: Generation, manifest: Manifest) -> Path:
     finally:
         os.close(source)
     return folder
+
+
+def _sealed(generation_fd: int) -> list[str]:
+    """The generation's chunks.index where it has one (a regular file, root's: read_index checks)."""
+    try:
+        st = os.stat(INDEX, dir_fd=generation_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return []
+    return [INDEX] if stat.S_ISREG(st.st_mode) else []
+
+
+def sealed_chunks(snapshot: Path) -> Index | None:
+    """The chunks the hook recorded when it sealed the generation (vault/seal.py), root's like its
+    manifest; None where it has none (an older generation, or a seal that ran out of time) or where
+    they cannot be read as such: then the copy hashes the whole image."""
+    try:
+        return read_index(snapshot) if has_index(snapshot) else None
+    except Error:
+        return None
 
 
 def stale_snapshots(run_dir: Path) -> list[Path]:

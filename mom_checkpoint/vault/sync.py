@@ -198,6 +198,7 @@ class _Syncer(msgspec.Struct, frozen=True):
             sent_bytes=sent.sent_bytes,  # what reached the vault
             deduplicated_bytes=sent.deduplicated_bytes,  # what did not need to
             compression=round(sent.ratio, 3),
+            sealed=sent.sealed,  # the hook's record of the chunks used: only the new ones were read
         )
         return Copy(key.job_id, key.token, name, "copied", manifest.total_bytes, round(seconds, 3),
                     sent_bytes=sent.sent_bytes, new_bytes=sent.new_bytes,

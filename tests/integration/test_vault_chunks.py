@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from mom_checkpoint.vault.chunks import ChunkStore
+from mom_checkpoint.vault.index import INDEX
 from mom_checkpoint.vault.index import read as read_index
 from tests.helpers import Job, Site, call_hook, crash, installed, start_restart
 from tests.integration.test_vault import events, lose_the_node, numbers, psnc, sync, vault, verify
@@ -110,6 +111,16 @@ def test_only_what_changed_reaches_the_vault_and_the_job_comes_back_from_its_chu
     copy = vault / f"torque.{site.user.uid}.751.head" / newest.name
     assert sorted(p.name for p in copy.iterdir()) == ["chunks.index", "manifest.json"]
     assert verify(site, copy).returncode == 0
+    # both copies took the chunks the hook recorded as it sealed the generation (root's, beside the
+    # manifest) and read only the new ones; they are the chunks the vault's copy is made of
+    assert first["sealed"] is True and second["sealed"] is True, (first, second)
+    recorded = (newest / INDEX).stat()
+    assert recorded.st_uid == 0 and recorded.st_mode & 0o777 == 0o600
+
+    def chunks(generation: Path) -> list[tuple[str, list[tuple[bytes, int]]]]:
+        return [(f.path, [(c.digest, c.size) for c in f.chunks]) for f in read_index(generation).files]
+
+    assert chunks(newest) == chunks(copy)
     checkpointed = numbers(job.output)[-1]
 
     # node A is lost with its spool; node B, which never ran the job, brings it back from the chunks
@@ -255,7 +266,7 @@ def test_doctor_names_the_nodes_that_still_write_full_copies(site: Site, vault: 
     # an older node's copy: the spool's generation as it is, its manifest naming that node
     [generation] = site.generations("754.head")
     old = vault / f"torque.{site.user.uid}.755.head" / generation.name
-    shutil.copytree(generation, old)
+    shutil.copytree(generation, old, ignore=shutil.ignore_patterns(INDEX))  # (an older hook records none)
     manifest = json.loads((old / "manifest.json").read_text())
     (old / "manifest.json").write_text(
         json.dumps({**manifest, "host": {**manifest["host"], "name": "node-old"}})

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mom_checkpoint.image.hashing import ImageFile, Partial
     from mom_checkpoint.image.manifest import KeptFile, Manifest
     from mom_checkpoint.spool.usage import Quota
+    from mom_checkpoint.vault.seal import Sealing
 
 LOSS_SETTLE_S = 1.0  # after a failed dump, how long to watch for the job's processes dying of it
 FOLLOWER_STOP_S = 10.0  # the most to wait for the follower to stop (it stops within one read)
@@ -138,15 +139,40 @@ class Attempt(msgspec.Struct, frozen=True):
         from mom_checkpoint.image.hashing import open_files
 
         relpaths = [f"{IMAGE}/{rel}" for rel in incoming.image_files(self.deadline)]
-        with open_files(incoming.path, relpaths, max_bytes=limit, resume=dumped.hashed) as image:
-            taken_over = image.taken_over
-            files = image.digest(fsync=True, deadline=self.deadline)
-        if self.quota is not None:
-            self.quota.check(sum(f.size for f in files), "this checkpoint")
-        kept = self._kept(incoming, dumped.copies)
-        manifest = self._manifest(dumped, number, files, kept)
+        sealing = self._sealing(incoming, [*relpaths, *(c.copy for c in dumped.copies)], limit)
+        try:
+            with open_files(incoming.path, relpaths, max_bytes=limit, resume=dumped.hashed) as image:
+                taken_over = image.taken_over
+                files = image.digest(fsync=True, deadline=self.deadline)
+            if self.quota is not None:
+                self.quota.check(sum(f.size for f in files), "this checkpoint")
+            kept = self._kept(incoming, dumped.copies)
+            manifest = self._manifest(dumped, number, files, kept)
+            if sealing is not None:
+                self._write_chunks(incoming, sealing, manifest)
+        finally:
+            if sealing is not None:
+                sealing.cancel()
         incoming.write_manifest(manifest.to_json())
         return manifest, taken_over
+
+    def _sealing(self, incoming: Incoming, relpaths: list[str], limit: int) -> Sealing | None:
+        """With a vault: each chunk of the generation hashed for its copier while the files are
+        hashed and fsync'd (vault/seal.py)."""
+        if not self.config.vault_dir:
+            return None
+        from mom_checkpoint.vault.seal import Sealing
+
+        return Sealing(incoming.path, relpaths, max_bytes=limit, deadline=self.deadline)
+
+    def _write_chunks(self, incoming: Incoming, sealing: Sealing, manifest: Manifest) -> None:
+        """The chunks recorded beside the manifest; a generation without them is copied all the
+        same (its copier hashes the whole image): nothing of it fails the checkpoint."""
+        from mom_checkpoint.image.hashing import ImageFile
+
+        files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
+        if problem := sealing.record(incoming.path, files, deadline=self.deadline):
+            self.log.warning("seal.no_chunk_index", error=problem)
 
     def _failed(
         self,

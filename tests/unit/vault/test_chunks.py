@@ -4,7 +4,6 @@ and its checks, the index, and the collector's plan."""
 from __future__ import annotations
 
 import os
-import struct
 import time
 from pathlib import Path
 
@@ -12,9 +11,7 @@ import blake3
 import pytest
 
 from mom_checkpoint.image.criu_images import (
-    IMG_COMMON_MAGIC,
     PAGE,
-    PAGEMAP_MAGIC,
     PE_PARENT,
     PE_PRESENT,
     ImageError,
@@ -27,20 +24,9 @@ from mom_checkpoint.vault import chunking, collect
 from mom_checkpoint.vault import index as vault_index
 from mom_checkpoint.vault.chunks import HEADER, RAW, ZSTD, ChunkStore, Codec, DamagedChunk, decode
 from mom_checkpoint.vault.chunks import encode as encode_chunk
-from tests.criu_forge import encode
+from tests.criu_forge import pagemap_image
 
 MIB = 1 << 20
-
-
-def _message(fields: list[tuple[int, int]]) -> bytes:
-    return encode([(number, 0, value) for number, value in fields])
-
-
-def pagemap_image(pages_id: int, entries: list[list[tuple[int, int]]]) -> bytes:
-    """A pagemap-N.img as CRIU writes it: two magics, then each entry's size and protobuf."""
-    records = [_message([(1, pages_id)]), *(_message(e) for e in entries)]
-    body = b"".join(struct.pack("<I", len(r)) + r for r in records)
-    return struct.pack("<II", IMG_COMMON_MAGIC, PAGEMAP_MAGIC) + body
 
 
 def _pieces(data: bytes, sizes: list[int]) -> list[bytes]:

@@ -1,0 +1,180 @@
+"""The chunks the hook records as it seals a generation (vault/seal.py), and the copier's use of them:
+cut and hashed as the copier cuts and hashes, only the new ones read, a record that is not root's or
+not of the manifest's files not used, and the hook never held long nor left half an index."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from mom_checkpoint.image.criu_images import PAGE
+from mom_checkpoint.image.hashing import ImageFile
+from mom_checkpoint.image.manifest import GenerationInfo, KeptFile, Manifest
+from mom_checkpoint.platform.errors import VerificationFailed
+from mom_checkpoint.vault import chunking, seal
+from mom_checkpoint.vault import index as vault_index
+from mom_checkpoint.vault.chunked import cut, opened_generation
+from mom_checkpoint.vault.chunks import ChunkStore
+from mom_checkpoint.vault.store import Vault, sealed_chunks
+from tests.criu_forge import PE_PRESENT, pagemap_image
+from tests.helpers import digest_of
+from tests.torque import manifest as make_manifest
+from tests.unit.vault.test_vault import KEY
+
+MIB = 1 << 20
+
+
+def _generation(folder: Path, pages: bytes, number: int = 1) -> tuple[Manifest, list[str]]:
+    """A generation as the hook leaves it before its manifest: a pages file of two runs of pages in
+    windows of their own (after its pagemap), a small core image, and a kept file; and its manifest."""
+    runs = [(0x400000, 3 * MIB // PAGE), (0x10000000, len(pages) // PAGE - 3 * MIB // PAGE)]
+    pagemap = pagemap_image(1, [[(1, address), (2, count), (4, PE_PRESENT)] for address, count in runs])
+    contents = {
+        "image/pagemap-42.img": pagemap,
+        "image/pages-1.img": pages,
+        "image/core-42.img": b"core" * 700,
+        "kept/held-0": b"script\n" * 40_000,
+    }
+    for rel, data in contents.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    name = f"{number:06d}-20261206T10000{number}Z"
+    files = [
+        ImageFile(rel, len(data), digest_of(data)) for rel, data in contents.items() if rel != "kept/held-0"
+    ]
+    held = contents["kept/held-0"]
+    kept = [KeptFile("/home/alice/job.sh", "kept/held-0", "held", 0, len(held), digest_of(held))]
+    record = msgspec.structs.replace(
+        make_manifest("42.head", number, name, 4711, 1.0),
+        files=files, kept=kept, total_bytes=sum(f.size for f in files),
+        generation=GenerationInfo(number, name),
+    )  # fmt: skip
+    return record, [*(f.path for f in files), "kept/held-0"]
+
+
+def _all_files(record: Manifest) -> list[ImageFile]:
+    return [*record.files, *(ImageFile(k.copy, k.size, k.digest) for k in record.kept)]
+
+
+def _chunks(index: vault_index.Index) -> list[tuple[str, list[tuple[bytes, int]]]]:
+    return [(f.path, [(c.digest, c.size) for c in f.chunks]) for f in index.files]
+
+
+def test_the_hook_cuts_and_hashes_a_generation_as_the_copier_does(tmp_path: Path) -> None:
+    source = tmp_path / "generation"
+    record, relpaths = _generation(source, os.urandom(5 * MIB))
+    recorded = seal.chunk_index(source, relpaths)
+    store = ChunkStore(tmp_path / "vault", 1000)
+    with opened_generation(source, record) as (opened, files):
+        hashed = cut(opened, files, store, tick=lambda: None)
+        taken = cut(opened, files, store, tick=lambda: None, sealed=recorded)
+    assert not hashed.sealed and taken.sealed
+    assert _chunks(recorded) == _chunks(hashed.index)
+    # the pages by their windows (3 MiB, then 2 MiB elsewhere), every other file in fixed pieces
+    sizes = {f.path: [c.size for c in f.chunks] for f in recorded.files}
+    assert sizes["image/pages-1.img"] == [MIB] * 5 and sizes["kept/held-0"] == chunking.fixed(280_000)
+    assert taken.new.keys() == hashed.new.keys() and taken.pieces == hashed.pieces
+
+
+def test_a_copy_with_the_hooks_chunks_reads_only_the_new_ones(tmp_path: Path) -> None:
+    """The second generation's first window is new; the four after it are in the vault already.
+    Bytes changed on the node after the seal, in a chunk the vault holds, are never read (the vault's
+    copy is made of the chunks it had, and verifies); in the new chunk they are caught, and nothing
+    is published."""
+    vault = Vault(tmp_path / "vault")
+    vault.root.mkdir(mode=0o700)
+    pages = os.urandom(5 * MIB)
+    first = tmp_path / "first"
+    record, relpaths = _generation(first, pages, number=1)
+    vault_index.write(first, seal.chunk_index(first, relpaths))
+    with vault.lock(KEY) as beat:
+        _, sent = vault.store(KEY, first, record, heartbeat=beat)
+    assert sent.sealed and sent.new_chunks == sent.chunks == 5 + 3
+
+    for where, offset in (("held", 4 * MIB), ("new", 0)):
+        changed = os.urandom(MIB) + pages[MIB:]
+        second = tmp_path / f"second-{where}"
+        again, relpaths = _generation(second, changed, number=2 if where == "held" else 3)
+        vault_index.write(second, seal.chunk_index(second, relpaths))
+        with open(second / "image/pages-1.img", "r+b") as pages_file:  # changed after the seal
+            pages_file.seek(offset)
+            pages_file.write(b"\0" * PAGE)
+        with vault.lock(KEY) as beat:
+            if where == "new":
+                with pytest.raises(VerificationFailed, match="changed while it was copied"):
+                    vault.store(KEY, second, again, heartbeat=beat)
+                continue
+            stored, sent = vault.store(KEY, second, again, heartbeat=beat)
+        assert sent.sealed and sent.new_chunks == 1 and sent.new_bytes == MIB
+        vault.check_chunked(stored.path, again)  # every chunk read back: the file the manifest records
+    assert [g.number for g in vault.generations(KEY.token)] == [1, 2]
+
+
+def test_a_record_that_is_not_roots_or_not_of_the_manifests_files_is_not_used(tmp_path: Path) -> None:
+    source = tmp_path / "generation"
+    record, relpaths = _generation(source, os.urandom(5 * MIB))
+    recorded = seal.chunk_index(source, relpaths)
+    vault_index.write(source, recorded)
+    assert sealed_chunks(source) == recorded
+    os.chown(source / vault_index.INDEX, 1001, 1001)  # not root's: not root's record
+    assert sealed_chunks(source) is None
+    os.unlink(source / vault_index.INDEX)
+    (source / vault_index.INDEX).write_bytes(b"\x93garbled")
+    os.chmod(source / vault_index.INDEX, 0o600)
+    assert sealed_chunks(source) is None
+    store = ChunkStore(tmp_path / "vault", 1000)
+    # of other files (one left out, another size): not used, and then each file is checked whole
+    others = [
+        vault_index.Index(recorded.format, recorded.files[1:]),
+        vault_index.Index(recorded.format, [recorded.files[0], *recorded.files[2:], recorded.files[1]]),
+    ]
+    shorter = recorded.files[1]
+    others.append(
+        vault_index.Index(
+            recorded.format,
+            [
+                recorded.files[0],
+                vault_index.FileChunks(shorter.path, shorter.chunks[:-1]),
+                *recorded.files[2:],
+            ],
+        )
+    )
+    with opened_generation(source, record) as (opened, files):
+        for other in others:
+            assert not seal.matches(other, files)
+            assert not cut(opened, files, store, tick=lambda: None, sealed=other).sealed
+    forged = msgspec.structs.replace(
+        record, files=[msgspec.structs.replace(f, digest=digest_of(b"other")) for f in record.files]
+    )
+    with opened_generation(source, forged) as (opened, files), pytest.raises(VerificationFailed):
+        cut(opened, files, store, tick=lambda: None, sealed=others[0])
+
+
+def test_the_hook_waits_for_its_chunks_only_so_long_and_never_leaves_half_an_index(tmp_path: Path) -> None:
+    source = tmp_path / "generation"
+    record, relpaths = _generation(source, os.urandom(5 * MIB))
+    files = _all_files(record)
+    sealing = seal.Sealing(source, relpaths, max_bytes=None, deadline=None)
+    assert sealing.record(source, files[1:], deadline=None) is not None  # not the manifest's files
+    assert not (source / vault_index.INDEX).exists()
+    assert sealing.record(tmp_path / "gone", files, deadline=None) is not None  # cannot be written
+    assert sealing.record(source, files, deadline=None) is None
+    assert _chunks(vault_index.read(source)) == _chunks(seal.chunk_index(source, relpaths))
+    # a file the bound refuses: no index, said
+    os.unlink(source / vault_index.INDEX)
+    too_large = seal.Sealing(source, relpaths, max_bytes=MIB, deadline=None)
+    assert "more than" in str(too_large.record(source, files, deadline=None))
+    assert not (source / vault_index.INDEX).exists()
+    # out of time: the hook goes on at once, and the thread stops within a chunk
+    with open(source / "image/pages-1.img", "r+b") as big:
+        big.truncate(4 << 30)  # 4 GiB, sparse: seconds to hash
+    slow = seal.Sealing(source, relpaths, max_bytes=None, deadline=None)
+    started = time.monotonic()
+    assert "not all hashed" in str(slow.record(source, files, deadline=time.monotonic()))
+    assert time.monotonic() - started < 0.5
+    slow._thread.join(5)
+    assert not slow._thread.is_alive() and not (source / vault_index.INDEX).exists()

@@ -224,7 +224,7 @@ def _digest_opened(
 ) -> list[ImageFile]:
     # (only for files larger than its window: ctypes costs a small image's call a few ms to import)
     big = any(f.size > WRITE_BEHIND_WINDOW for f in opened)
-    write_behind = _write_behind() if fsync and big else None
+    write_behind = write_back_starter() if fsync and big else None
     workers = min(len(opened), os.cpu_count() or 1)
     if sum(f.size for f in opened) < THREADS_FROM_BYTES or workers <= 1:  # (hashing and fsync alike)
         return [
@@ -320,7 +320,7 @@ WriteBehind = Callable[[int, int, int], None]  # (fd, offset, length): start wri
 WRITE_BEHIND_WINDOW = 8 << 20
 
 
-def _write_behind() -> WriteBehind | None:
+def write_back_starter() -> WriteBehind | None:
     """sync_file_range(SYNC_FILE_RANGE_WRITE): start the write-back of a range and return at once
     (Linux; Python's os module has no binding). None where libc has no such call: then the fsync after
     the hashing writes the whole file."""

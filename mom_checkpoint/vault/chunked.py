@@ -25,19 +25,27 @@ refused, so the restore uses the node's own generation where it has one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import mmap
 import os
 import resource
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
 from blake3 import blake3
 
-from mom_checkpoint.image.hashing import ImageFile, algorithm_of, finish, hasher
+from mom_checkpoint.image.hashing import (
+    WRITE_BEHIND_WINDOW,
+    ImageFile,
+    algorithm_of,
+    finish,
+    hasher,
+    write_back_starter,
+)
 from mom_checkpoint.image.manifest import Manifest
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import StorageIOError, VerificationFailed
@@ -49,6 +57,7 @@ from mom_checkpoint.vault.index import FORMAT, ChunkRef, FileChunks, Index
 PUBLISH_WITHIN_S = 600.0  # from the last look at the store to the generation's publication
 SMALL_FILE = 1 << 20  # a file of the generation up to this size is read, not mapped
 READ_AHEAD = 8  # chunks read (and checked) ahead of the one being written, on a restore
+ENCODERS = 2  # threads hashing and compressing new chunks ahead of their writing
 
 
 class Sent(msgspec.Struct, frozen=True):
@@ -231,8 +240,7 @@ def write_new(
     file's size."""
     staged: dict[str, tuple[Path, int]] = {}
     try:
-        for digest in chunked.new:
-            blob = encode_piece(chunked, opened, digest, codec)
+        for digest, blob in _encoded(chunked, opened, list(chunked.new), codec):
             staged[digest] = (store.stage(digest, blob), len(blob))
             tick(len(blob))
         sync_file_system(store.root)
@@ -263,6 +271,24 @@ def write_new(
         sealed=chunked.sealed,
     )
     return index, sent
+
+
+def _encoded(
+    chunked: Chunked, opened: _Opened, digests: list[str], codec: Codec
+) -> Iterator[tuple[str, bytes]]:
+    """Each chunk file's content, in order, ENCODERS threads hashing and compressing ahead of the
+    caller's writes (BLAKE3 and zstd let go of the GIL): a first copy is as fast as its disk, not as
+    one core compresses."""
+    with ThreadPoolExecutor(max_workers=ENCODERS, thread_name_prefix="vault-encode") as encoders:
+        pending: collections.deque[tuple[str, Future[bytes]]] = collections.deque()
+        for digest in digests:
+            pending.append((digest, encoders.submit(encode_piece, chunked, opened, digest, codec)))
+            if len(pending) > 2 * ENCODERS:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def encode_piece(chunked: Chunked, opened: _Opened, digest: str, codec: Codec) -> bytes:
@@ -340,24 +366,29 @@ def _reassemble_file(
     file_mode: int,
     deadline: float | None,
 ) -> None:
+    """One file from its chunks (each checked against its digest and size as it is read ahead),
+    hashed as written against the manifest, its write-back started as it goes so that the fsync at
+    its end finds little left to write."""
     destination = target / image_file.path
     destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = file_mode if not image_file.path.startswith("kept/") else 0o600
     out = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    write_back = write_back_starter() if image_file.size > WRITE_BEHIND_WINDOW else None
     try:
         if mode != 0o600:
             os.fchmod(out, mode)
         algorithm = algorithm_of(image_file.digest)
         state = hasher(algorithm)
-        for chunk, data in zip(entry.chunks, _read_ahead(store, entry, readers, generation), strict=True):
+        written = started = 0
+        for data in _read_ahead(store, entry, readers, generation):
             if deadline is not None and time.monotonic() > deadline:
                 raise StorageIOError(f"copying {image_file.path} out of the vault did not finish in time")
-            if len(data) != chunk.size:
-                raise VerificationFailed(
-                    f"{generation}: chunk {chunk.name} of {image_file.path} has another size"
-                )
             state.update(data)
             write_all(out, data)
+            written += len(data)
+            if write_back is not None and written - started >= WRITE_BEHIND_WINDOW:
+                write_back(out, started, written - started)
+                started = written
         os.fsync(out)
     finally:
         os.close(out)
@@ -406,7 +437,7 @@ def check(
 
 def _read_ahead(
     store: ChunkStore, entry: FileChunks, readers: ThreadPoolExecutor, generation: Path
-) -> Iterator[bytes]:
+) -> Iterator[bytes | memoryview]:
     """The file's chunks in order, up to READ_AHEAD of them read and checked ahead."""
     pending = []
     chunks = iter(entry.chunks)
@@ -422,9 +453,9 @@ def _read_ahead(
         yield data
 
 
-def _read_chunk(store: ChunkStore, chunk: ChunkRef, generation: Path, path: str) -> bytes:
+def _read_chunk(store: ChunkStore, chunk: ChunkRef, generation: Path, path: str) -> bytes | memoryview:
     try:
-        return store.read(chunk.name, chunk.size)
+        data = store.read(chunk.name, chunk.size)
     except FileNotFoundError:
         raise VerificationFailed(
             f"{generation}: chunk {chunk.name} of {path} is missing from the vault: refusing this copy"
@@ -433,6 +464,9 @@ def _read_chunk(store: ChunkStore, chunk: ChunkRef, generation: Path, path: str)
         raise VerificationFailed(f"{generation}: {exc.message} ({path}): refusing this copy") from None
     except OSError as exc:
         raise StorageIOError(f"{generation}: cannot read chunk {chunk.name}: {exc.strerror}") from None
+    if len(data) != chunk.size:
+        raise VerificationFailed(f"{generation}: chunk {chunk.name} of {path} has another size")
+    return data
 
 
 __all__ = [

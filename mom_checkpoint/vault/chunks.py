@@ -75,8 +75,9 @@ def encode(data: bytes | memoryview, codec: Codec) -> bytes:
     return HEADER.pack(MAGIC, FORMAT, kind, 0, len(data), len(payload)) + bytes(payload)
 
 
-def decode(blob: bytes, digest: str) -> bytes:
-    """A chunk's bytes from its file's content, checked against the digest that names it."""
+def decode(blob: bytes, digest: str) -> bytes | memoryview:
+    """A chunk's bytes from its file's content (a chunk stored as it is: a view of ``blob``, not a
+    copy), checked against the digest that names it."""
     if len(blob) < HEADER.size:
         raise DamagedChunk(f"chunk {digest} is cut short")
     magic, version, kind, _, size, stored = HEADER.unpack_from(blob)
@@ -87,6 +88,7 @@ def decode(blob: bytes, digest: str) -> bytes:
     payload = memoryview(blob)[HEADER.size :]
     import zstandard
 
+    data: bytes | memoryview
     try:
         if kind == ZSTD:
             # the frame's own size first: decompress() would allocate whatever a damaged frame says
@@ -94,7 +96,7 @@ def decode(blob: bytes, digest: str) -> bytes:
                 raise DamagedChunk(f"chunk {digest}: its frame does not hold {size} bytes")
             data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
         else:
-            data = bytes(payload)
+            data = payload
     except (zstandard.ZstdError, MemoryError) as exc:
         raise DamagedChunk(f"chunk {digest} cannot be decompressed: {exc}") from None
     if len(data) != size or blake3.blake3(data).hexdigest() != digest:
@@ -257,7 +259,7 @@ class ChunkStore:
             os.unlink(self.root / CONDEMNED / digest)
 
     # -- reading ---------------------------------------------------------------------------------------
-    def read(self, digest: str, limit: int) -> bytes:
+    def read(self, digest: str, limit: int) -> bytes | memoryview:
         """A chunk's bytes (from its place, or condemned meanwhile), checked against its digest; a
         chunk read back wrong is set aside (DamagedChunk), a missing one raises FileNotFoundError."""
         for path in (self.path(digest), self.root / CONDEMNED / digest):

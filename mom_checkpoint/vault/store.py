@@ -416,13 +416,18 @@ class Vault:
         """Every complete generation of one owner, of every job and batch system."""
         return [g for token in owner_tokens(self.job_keys(), uid) for g in self.generations(token)]
 
-    def referencing(self, uid: int, digests: set[str]) -> list[Path]:
-        """The owner's complete generations that reference any of these chunks."""
-        return [
-            g.path
-            for g in self.owner_generations(uid)
-            if has_index(g.path) and read_index(g.path).digests() & digests
-        ]
+    def referencing(self, uid: int, digests: set[str]) -> tuple[list[Path], list[Path]]:
+        """The owner's complete generations that reference any of these chunks, and those whose
+        index cannot be read (they may too: a damaged index hides nothing of the others)."""
+        found: list[Path] = []
+        unreadable: list[Path] = []
+        for generation in self.owner_generations(uid):
+            try:
+                if has_index(generation.path) and read_index(generation.path).digests() & digests:
+                    found.append(generation.path)
+            except Error:
+                unreadable.append(generation.path)
+        return found, unreadable
 
     def check_chunked(
         self, generation: Path, manifest: Manifest, progress: Callable[[int], None] | None = None
@@ -436,13 +441,12 @@ class Vault:
         store = ChunkStore(self.root, key.uid)
         bad = check_chunks(generation, read_index(generation), manifest, store, progress=progress)
         if bad:
-            broken = self.referencing(key.uid, set(bad))
-            names = ", ".join(f"{p.parent.name}/{p.name}" for p in broken[:5])
-            more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+            broken, unreadable = self.referencing(key.uid, set(bad))
+            unread = f"; {_named(unreadable)} cannot be read (damaged index)" if unreadable else ""
             raise VerificationFailed(
                 f"{generation}: {len(bad)} chunk(s) missing or damaged (first {bad[0]}), set aside; they "
-                f"break {len(broken)} generation(s) of uid {key.uid} in the vault: {names}{more} (the next "
-                f"vault-sync of a node that still has those bytes writes them again)"
+                f"break {len(broken)} generation(s) of uid {key.uid} in the vault: {_named(broken)}{unread} "
+                f"(the next vault-sync of a node that still has those bytes writes them again)"
             )
 
     def size(self) -> int:
@@ -724,6 +728,12 @@ def _sealed(generation_fd: int) -> list[str]:
     except FileNotFoundError:
         return []
     return [INDEX] if stat.S_ISREG(st.st_mode) else []
+
+
+def _named(generations: list[Path]) -> str:
+    """Up to five generations by job folder and name, and how many more."""
+    more = f" and {len(generations) - 5} more" if len(generations) > 5 else ""
+    return ", ".join(f"{p.parent.name}/{p.name}" for p in generations[:5]) + more
 
 
 def sealed_chunks(snapshot: Path) -> Index | None:

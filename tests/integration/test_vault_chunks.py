@@ -4,6 +4,7 @@ killed copier nor a killed collector ever leaves a complete generation without a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -274,3 +275,57 @@ def test_doctor_names_the_nodes_that_still_write_full_copies(site: Site, vault: 
     os.utime(old)  # written now, as the older node's copier writes it
     assert layout().startswith("[FAIL]") and "1 full copies" in layout() and "node-old" in layout()
     assert verify(site, old).returncode == 0  # the first layout still reads as it did
+
+
+def test_a_collection_or_a_repair_that_fails_is_said_and_takes_nothing_from_the_vault(
+    site: Site, vault: Path
+) -> None:
+    """A collection that cannot read one of the owner's generations removes nothing and fails no
+    copy (vault.collect_failed); a repair whose local bytes are no longer those of the lost chunk
+    writes nothing, says so (vault.repair_failed, exit 1), and the generation stays named broken."""
+
+    def configure(vault_dir: Path) -> None:
+        psnc(site, image_bytes=3 << 20, keep=1, vault_keep=1, vault_dir=str(vault_dir))
+
+    def checkpoint_and_copy(job: Job) -> dict[str, Any]:
+        configure(site.base / "off")  # the hook's own copier finds no vault: the test's copies
+        assert call_hook(site.torque_args(job), site.config).returncode == 0
+        configure(vault)
+        done = sync(site, "--job", job.job_id, "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        [copy] = json.loads(done.stdout)["data"]
+        return dict(copy)
+
+    first, other = site.start_job("756.head"), site.start_job("757.head")
+    assert checkpoint_and_copy(first)["status"] == "copied"
+    assert checkpoint_and_copy(other)["status"] == "copied"
+    [unreadable] = [p for p in (vault / f"torque.{site.user.uid}.757.head").iterdir() if p.name[:1].isdigit()]
+    (unreadable / INDEX).write_bytes(b"\x93not an index")  # root's 0600 still: a damaged index
+    store = ChunkStore(vault, site.user.uid)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(store.root / ".collected")  # a collection is due
+    chunks_before = set(store.listing())
+    copy = checkpoint_and_copy(first)  # the older copy of 756 pruned: its chunks are the collector's
+    assert copy["status"] == "copied"
+    [failed] = events(site, "vault.collect_failed")
+    assert unreadable.name in str(failed["error"]) and failed["uid"] == site.user.uid
+    assert store.condemned() == {} and chunks_before <= set(store.listing())  # nothing taken away
+
+    # a chunk of 756's copy lost; the node's generation changed since (as a failing disk would)
+    [newest] = [p for p in (vault / f"torque.{site.user.uid}.756.head").iterdir() if p.name[:1].isdigit()]
+    entry = next(f for f in read_index(newest).files if f.size > 1 << 20)
+    lost = entry.chunks[1]
+    os.unlink(store.path(lost.name))
+    local = site.generations("756.head")[-1] / entry.path
+    with open(local, "r+b") as image:
+        image.seek(entry.chunks[0].size + 100)
+        image.write(b"\xff" * 8)
+    done = sync(site, "--job", "756.head", "--json")
+    assert done.returncode == 1 and [c["status"] for c in json.loads(done.stdout)["data"]] == ["failed"]
+    [said] = events(site, "vault.repair_failed")
+    assert "changed" in str(said["error"]) and said["generation"] == newest.name
+    assert not store.path(lost.name).exists()  # nothing written in its name but its own bytes
+    checked = verify(site, newest)  # the chunk named; the generation whose index is damaged as well
+    assert checked.returncode == 65 and checked.stderr.count("\n") == 1, checked.stderr
+    assert lost.name in checked.stderr and "break 1 generation(s)" in checked.stderr
+    assert f"{unreadable.name} cannot be read (damaged index)" in checked.stderr

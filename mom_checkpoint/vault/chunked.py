@@ -96,7 +96,9 @@ class _Opened:
     def add(self, fd: int, size: int) -> None:
         if size > SMALL_FILE:
             self.fds.append(fd)
-            self.contents.append(mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ))
+            mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            self.contents.append(mapped)
             return
         try:
             data = os.pread(fd, size, 0) if size else b""

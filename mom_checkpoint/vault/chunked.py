@@ -170,17 +170,17 @@ def opened_generation(source: Path, manifest: Manifest) -> Iterator[tuple[_Opene
 def cut(
     opened: _Opened,
     files: list[ImageFile],
-    store: ChunkStore,
+    present: dict[str, int],
     *,
     tick: Callable[[], None],
     sealed: Index | None = None,
 ) -> Chunked:
     """Pass 1: each file's chunks, as the hook recorded them when it sealed the generation
     (``sealed``, used when it lists exactly ``files``: nothing read), else hashed here with each whole
-    file checked against the manifest; and which of them the owner's store lacks."""
+    file checked against the manifest; and which of them the owner's store lacks (``present``: its
+    listing)."""
     recorded = sealed is not None and seal.matches(sealed, files)
     index = sealed if sealed is not None and recorded else _hashed(opened, files, tick=tick)
-    present = store.listing()
     pieces: dict[str, _Piece] = {}
     new: dict[str, _Piece] = {}
     for number, entry in enumerate(index.files):

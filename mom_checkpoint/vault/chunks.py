@@ -108,6 +108,14 @@ def digest_of(data: bytes | memoryview) -> str:
     return blake3.blake3(data).hexdigest()
 
 
+class Survey(msgspec.Struct, frozen=True):
+    present: dict[str, int]  # the chunks in place: {digest: file size} (ChunkStore.listing)
+    # every file of the owner's store (in place, condemned, set aside, being written), each counted
+    # at least one block (BLOCK): a chunk that compresses to a few bytes still takes a block and an
+    # inode
+    held: int
+
+
 class ChunkStore:
     """The chunks of one owner (``uid``) in the vault at ``vault_root``."""
 
@@ -154,17 +162,20 @@ class ChunkStore:
                         found.append((entry.name, entry.stat(follow_symlinks=False)))
         return found
 
-    def held(self) -> int:
-        """What the owner's store holds of the vault, in bytes: every file of it (in place, condemned,
-        set aside, being written), each counted at least one block (BLOCK): a chunk that compresses
-        to a few bytes still takes a block and an inode."""
+    def survey(self) -> Survey:
+        """The chunks in place (``listing``'s) and what the store holds (``Survey.held``), in one
+        walk of it: over a network file system each folder listed is a round trip to the server."""
+        present: dict[str, int] = {}
         total = 0
-        for folder, _, names in os.walk(self.root):
+        for folder, _, names in os.walk(self.root):  # (no link followed)
+            in_place = os.path.dirname(folder) == str(self.root) and len(os.path.basename(folder)) == 2
             for name in names:
                 with contextlib.suppress(FileNotFoundError):
                     st = os.lstat(os.path.join(folder, name))
                     total += max(st.st_blocks * 512, st.st_size, BLOCK)
-        return total
+                    if in_place and _is_digest(name) and st.st_size >= HEADER.size:
+                        present[name] = st.st_size
+        return Survey(present, total)
 
     def condemned(self) -> dict[str, float]:
         """Chunks condemned by a collector: {digest: when (its mtime, set when it was condemned)}."""

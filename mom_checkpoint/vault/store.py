@@ -304,9 +304,10 @@ class Vault:
             incoming.mkdir(mode=0o700)  # a copy under way (its index and manifest, written last)
             with opened_generation(source, manifest) as (opened, files), lease(store) as renew:
                 leases.append(renew)
-                chunked = cut(opened, files, store, tick=tick, sealed=sealed_chunks(source))
+                survey = store.survey()  # one walk of the owner's store: what is in it, what it holds
+                chunked = cut(opened, files, survey.present, tick=tick, sealed=sealed_chunks(source))
                 if share is not None:
-                    share.check(self, key, manifest, store.held(), chunked.new_bytes)
+                    share.check(self, key, manifest, survey.held, chunked.new_bytes)
                 index, sent = write_new(chunked, opened, store, codec, tick=tick, written=written)
                 looked = ensure_present(chunked, opened, store, codec, tick=tick)
                 sync_file_system(store.root)
@@ -357,7 +358,7 @@ class Vault:
         try:
             with opened_generation(source, manifest) as (opened, files):
                 # the lock kept while it reads
-                chunked = cut(opened, files, store, tick=heartbeat, sealed=sealed_chunks(source))
+                chunked = cut(opened, files, store.listing(), tick=heartbeat, sealed=sealed_chunks(source))
                 for digest in sorted(missing & set(chunked.pieces)):
                     store.write(digest, encode_piece(chunked, opened, digest, codec))
                     written += 1

@@ -139,6 +139,29 @@ def test_a_chunk_file_is_compressed_only_when_it_pays_and_checked_whenever_it_is
         decode(encode_chunk(noise, Codec()), digest)
 
 
+def test_one_walk_of_a_store_says_what_is_in_it_and_what_it_holds(tmp_path: Path) -> None:
+    """What a copy looks at before writing (ChunkStore.survey): the chunks in place as listing()
+    has them, and every file of the store counted, each at a block at least, condemned, set aside
+    and half-written ones too."""
+    (tmp_path / "vault").mkdir(mode=0o700)
+    store = ChunkStore(tmp_path / "vault", 1001)
+    store.open()
+    blobs = [os.urandom(n) for n in (300_000, 200_000, 100, 5000)]
+    digests = [blake3.blake3(b).hexdigest() for b in blobs]
+    for digest, blob in zip(digests, blobs, strict=True):
+        store.write(digest, encode_chunk(blob, Codec("none")))
+    store.condemn(digests[1])
+    store.set_aside(digests[2])
+    store.stage(digests[3][:60] + "0000", b"a copy under way")
+    (store.root / digests[3][:2] / ("0" * 64)).write_bytes(b"cut")  # shorter than a header: absent
+    survey = store.survey()
+    assert survey.present == store.listing() == {digests[0]: 300_000 + HEADER.size, digests[3]: 5016}
+    files = [p for p in store.root.rglob("*") if p.is_file()]
+    assert len(files) == 6
+    assert survey.held == sum(max(p.stat().st_blocks * 512, p.stat().st_size, 4096) for p in files)
+    assert survey.held >= 300_000 + 200_000 + 4 * 4096
+
+
 def test_a_damaged_chunk_is_set_aside_and_a_condemned_one_still_read(tmp_path: Path) -> None:
     (tmp_path / "vault").mkdir(mode=0o700)
     store = ChunkStore(tmp_path / "vault", 1001)

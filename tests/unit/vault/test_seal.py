@@ -18,7 +18,6 @@ from mom_checkpoint.platform.errors import VerificationFailed
 from mom_checkpoint.vault import chunking, seal
 from mom_checkpoint.vault import index as vault_index
 from mom_checkpoint.vault.chunked import cut, opened_generation
-from mom_checkpoint.vault.chunks import ChunkStore
 from mom_checkpoint.vault.store import Vault, sealed_chunks
 from tests.criu_forge import PE_PRESENT, pagemap_image
 from tests.helpers import digest_of
@@ -68,10 +67,9 @@ def test_the_hook_cuts_and_hashes_a_generation_as_the_copier_does(tmp_path: Path
     source = tmp_path / "generation"
     record, relpaths = _generation(source, os.urandom(5 * MIB))
     recorded = seal.chunk_index(source, relpaths)
-    store = ChunkStore(tmp_path / "vault", 1000)
     with opened_generation(source, record) as (opened, files):
-        hashed = cut(opened, files, store, tick=lambda: None)
-        taken = cut(opened, files, store, tick=lambda: None, sealed=recorded)
+        hashed = cut(opened, files, {}, tick=lambda: None)
+        taken = cut(opened, files, {}, tick=lambda: None, sealed=recorded)
     assert not hashed.sealed and taken.sealed
     assert _chunks(recorded) == _chunks(hashed.index)
     # the pages by their windows (3 MiB, then 2 MiB elsewhere), every other file in fixed pieces
@@ -126,7 +124,6 @@ def test_a_record_that_is_not_roots_or_not_of_the_manifests_files_is_not_used(tm
     (source / vault_index.INDEX).write_bytes(b"\x93garbled")
     os.chmod(source / vault_index.INDEX, 0o600)
     assert sealed_chunks(source) is None
-    store = ChunkStore(tmp_path / "vault", 1000)
     # of other files (one left out, another size): not used, and then each file is checked whole
     others = [
         vault_index.Index(recorded.format, recorded.files[1:]),
@@ -146,12 +143,12 @@ def test_a_record_that_is_not_roots_or_not_of_the_manifests_files_is_not_used(tm
     with opened_generation(source, record) as (opened, files):
         for other in others:
             assert not seal.matches(other, files)
-            assert not cut(opened, files, store, tick=lambda: None, sealed=other).sealed
+            assert not cut(opened, files, {}, tick=lambda: None, sealed=other).sealed
     forged = msgspec.structs.replace(
         record, files=[msgspec.structs.replace(f, digest=digest_of(b"other")) for f in record.files]
     )
     with opened_generation(source, forged) as (opened, files), pytest.raises(VerificationFailed):
-        cut(opened, files, store, tick=lambda: None, sealed=others[0])
+        cut(opened, files, {}, tick=lambda: None, sealed=others[0])
 
 
 def test_the_hook_waits_for_its_chunks_only_so_long_and_never_leaves_half_an_index(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ import msgspec
 
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import StorageIOError, TimedOut
+from mom_checkpoint.platform.files import allow_open_files
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -181,9 +182,14 @@ def open_files(
     max_bytes: int | None = None,
     algorithms: Sequence[str] | None = None,
     resume: Mapping[str, Partial] | None = None,
+    single_link: bool = False,
 ) -> OpenFiles:
     """Open every file below ``base`` (safefs: no link, regular files only, all on ``base``'s own file
-    system) and check the sizes and the bound, reading nothing (see digest_files)."""
+    system) and check the sizes and the bound, reading nothing (see digest_files). ``single_link``:
+    a file with another name anywhere (a hard link) is refused: in a fresh image the checkpointer
+    made every file, and a link it made to a file of its user's would let them rewrite the image
+    through that other name at any time after the dump."""
+    allow_open_files(len(relpaths))
     base_fd = safefs.open_dir(base)
     opened: list[_Opened] = []
     try:
@@ -193,6 +199,11 @@ def open_files(
             if st.st_dev != device:  # a mount over a name (a user's FUSE file, whose reads may hang)
                 os.close(fd)
                 raise safefs.UnsafePath(f"{base}/{rel} is on another file system than {base}: refusing it")
+            if single_link and st.st_nlink != 1:
+                os.close(fd)
+                raise safefs.UnsafePath(
+                    f"{base}/{rel} has {st.st_nlink} names (a hard link): refusing this image"
+                )
             algorithm = algorithms[i] if algorithms else ALGORITHM
             partial = resume.get(rel) if resume else None
             if (

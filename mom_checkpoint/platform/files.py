@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import stat
 from pathlib import Path
 
@@ -147,3 +148,18 @@ def sync_file_system(path: Path) -> None:
             raise OSError(errno_value, os.strerror(errno_value), str(path))
     finally:
         os.close(fd)
+
+
+def allow_open_files(more: int) -> None:
+    """Room for ``more`` descriptors than this process has open now: the soft limit raised towards
+    the hard one where it is short (a job of a thousand threads has a thousand core images, and the
+    hook's seal and its hashing each open them all at once)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 64
+    needed = open_now + more + 64
+    if needed > soft and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, needed + 1024), hard))

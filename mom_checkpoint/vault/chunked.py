@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import mmap
 import os
-import resource
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,7 +47,7 @@ from mom_checkpoint.image.hashing import (
 from mom_checkpoint.image.manifest import Manifest
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import StorageIOError, VerificationFailed
-from mom_checkpoint.platform.files import sync_file_system, write_all
+from mom_checkpoint.platform.files import allow_open_files, sync_file_system, write_all
 from mom_checkpoint.vault import chunking, seal
 from mom_checkpoint.vault.chunks import HEADER, ChunkStore, Codec, DamagedChunk, digest_of, encode
 from mom_checkpoint.vault.index import FORMAT, ChunkRef, FileChunks, Index
@@ -87,39 +85,47 @@ class _Piece(msgspec.Struct, frozen=True, array_like=True):
 
 class _Opened:
     """The snapshot's files for the two passes and the last look: a small file read into memory (a
-    job of a thousand threads has a thousand core images), a larger one kept open and mapped."""
+    job of a thousand threads has a thousand core images), a larger one kept open and read piece by
+    piece (never mapped: a file cut short under a mapping kills its reader with SIGBUS)."""
 
     def __init__(self) -> None:
+        self.paths: list[str] = []
         self.fds: list[int] = []
-        self.contents: list[mmap.mmap | bytes] = []
+        self.contents: list[int | bytes] = []  # a large file's descriptor, or a small one's bytes
 
-    def add(self, fd: int, size: int) -> None:
+    def add(self, path: str, fd: int, size: int) -> None:
+        self.paths.append(path)
         if size > SMALL_FILE:
             self.fds.append(fd)
-            mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-            mapped.madvise(mmap.MADV_SEQUENTIAL)
-            self.contents.append(mapped)
+            self.contents.append(fd)
             return
         try:
-            data = os.pread(fd, size, 0) if size else b""
-            while len(data) < size and (more := os.pread(fd, size - len(data), len(data))):
-                data += more
+            data = _pread_exactly(fd, 0, size, path)
         finally:
             os.close(fd)
-        if len(data) != size:
-            raise VerificationFailed(f"a file of the generation ended at {len(data)} of its {size} bytes")
         self.contents.append(data)
 
-    def view(self, piece: _Piece) -> memoryview:
-        return memoryview(self.contents[piece.file])[piece.offset : piece.offset + piece.size]
+    def read(self, piece: _Piece) -> bytes:
+        """The piece's bytes, all of them (VerificationFailed where its file now ends before)."""
+        content = self.contents[piece.file]
+        if isinstance(content, bytes):
+            return content[piece.offset : piece.offset + piece.size]
+        return _pread_exactly(content, piece.offset, piece.size, self.paths[piece.file])
 
     def close(self) -> None:
-        for content in self.contents:
-            if isinstance(content, mmap.mmap):
-                with contextlib.suppress(BufferError):
-                    content.close()
         for fd in self.fds:
             os.close(fd)
+
+
+def _pread_exactly(fd: int, offset: int, size: int, path: str) -> bytes:
+    parts = []
+    done = 0
+    while done < size and (data := os.pread(fd, min(size - done, 8 << 20), offset + done)):
+        parts.append(data)
+        done += len(data)
+    if done != size:
+        raise VerificationFailed(f"{path} ended before its recorded size: not copying it")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class Chunked(msgspec.Struct, frozen=True):
@@ -139,12 +145,9 @@ class Chunked(msgspec.Struct, frozen=True):
 @contextlib.contextmanager
 def opened_generation(source: Path, manifest: Manifest) -> Iterator[tuple[_Opened, list[ImageFile]]]:
     """Every file the manifest lists (image and kept), opened below ``source`` without following a
-    link, each of its recorded size, and mapped."""
+    link, each of its recorded size."""
     files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
-    large = sum(f.size > SMALL_FILE for f in files)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if large + 64 > soft and soft < hard:  # one descriptor a large file (a pages image a process)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, large + 1024), hard))
+    allow_open_files(sum(f.size > SMALL_FILE for f in files))  # one a large file (a pages image)
     opened = _Opened()
     source_fd = safefs.open_dir(source)
     try:
@@ -160,7 +163,7 @@ def opened_generation(source: Path, manifest: Manifest) -> Iterator[tuple[_Opene
                 raise VerificationFailed(
                     f"{image_file.path} has {st.st_size} bytes, {image_file.size} recorded: not copying it"
                 )
-            opened.add(fd, image_file.size)
+            opened.add(image_file.path, fd, image_file.size)
         yield opened, files
     finally:
         os.close(source_fd)
@@ -195,12 +198,13 @@ def cut(
 
 
 def _hashed(opened: _Opened, files: list[ImageFile], *, tick: Callable[[], None]) -> Index:
-    """Each file's chunks hashed (one thread) while the whole file is hashed against the manifest
-    (another): nothing is written for a file that is not what root recorded."""
+    """Each file's chunks hashed, each chunk's bytes read once and hashed into its whole file's
+    digest too (in another thread), checked against the manifest: nothing is written for a file that
+    is not what root recorded."""
     by_path = {f.path: n for n, f in enumerate(files)}
 
     def small(path: str) -> bytes:
-        return bytes(opened.view(_Piece(by_path[path], 0, files[by_path[path]].size, "")))
+        return opened.read(_Piece(by_path[path], 0, files[by_path[path]].size, ""))
 
     plan = chunking.plan(files, small)
     entries = []
@@ -208,17 +212,19 @@ def _hashed(opened: _Opened, files: list[ImageFile], *, tick: Callable[[], None]
         for number, image_file in enumerate(files):
             algorithm = algorithm_of(image_file.digest)
             state = hasher(algorithm)
-            everything = opened.view(_Piece(number, 0, image_file.size, ""))
-            hashed = whole.submit(state.update, everything)
+            hashed: Future[object] | None = None
             refs = []
             offset = 0
             for size in plan[image_file.path]:
-                digest = blake3(opened.view(_Piece(number, offset, size, ""))).digest()
-                refs.append(ChunkRef(digest, size, 0))
+                data = opened.read(_Piece(number, offset, size, ""))
+                if hashed is not None:
+                    hashed.result()
+                hashed = whole.submit(state.update, data)
+                refs.append(ChunkRef(blake3(data).digest(), size, 0))
                 offset += size
                 tick()
-            hashed.result()
-            everything.release()
+            if hashed is not None:
+                hashed.result()
             if finish(algorithm, state) != image_file.digest:
                 raise VerificationFailed(
                     f"{image_file.path} has changed since the checkpoint (checksum mismatch)"
@@ -296,7 +302,7 @@ def _encoded(
 def encode_piece(chunked: Chunked, opened: _Opened, digest: str, codec: Codec) -> bytes:
     """The chunk file of one of the generation's chunks, its bytes checked against its digest again
     (a chunk file always holds its digest's bytes)."""
-    data = bytes(opened.view(chunked.pieces[digest]))
+    data = opened.read(chunked.pieces[digest])
     if digest_of(data) != digest:
         raise VerificationFailed(f"{digest}: the image changed while it was copied: not copying it")
     return encode(data, codec)

@@ -1,22 +1,26 @@
 """Each chunk's digest of a generation, recorded by the hook as it seals it, for the vault's copier.
 
 Where a vault is configured, the hook cuts the just-dumped generation into the chunks the vault
-stores (vault/chunking.py) and hashes each one, in a thread of its own while its main thread hashes
-and fsyncs the files (the fsync waits on the disk; the chunks' hashing takes a core, BLAKE3 about
-0.25 s a GiB here, the image still in the page cache). It writes them beside the manifest, as the
-generation's ``chunks.index`` (vault/index.py's format, every chunk's ``stored`` 0), root's 0600 in
-root's 0700 folder, before the manifest and the rename that publishes both.
+stores (vault/chunking.py) and hashes each chunk and each whole file from the same bytes, in a
+thread of its own while its main thread hashes and fsyncs the files for the manifest (the fsync
+waits on the disk; the seal takes a core, BLAKE3 twice over about 0.5 s a GiB here, the image still
+in the page cache). Where every file's digest is the one the manifest records, it writes the chunks
+beside the manifest, as the generation's ``chunks.index`` (vault/index.py's format, every chunk's
+``stored`` 0), root's 0600 in root's 0700 folder, before the manifest and the rename that
+publishes both.
 
 vault-sync then reads only the chunks its owner's store lacks (vault/chunked.py's ``cut``): a
 second copy of a job that changed 5 % of its memory reads 5 % of its image instead of all of it.
-This index is root's record of the generation as much as the manifest is: both are computed by
-root from the same files after the dump, when no process of the job's user can reach them any more
-(docs/SECURITY.md: every generation folder is root's 0700, the checkpointer's image folder reached
-through a descriptor only). A chunk written to the vault is hashed again from the bytes written; a
-chunk the vault already holds is not read at all.
+This index is root's record of the generation as much as the manifest is, and is known to make
+the files the manifest records: root computes both from the files after the dump, when no process
+of the job's user can reach them any more (docs/SECURITY.md: every generation folder is root's
+0700, the checkpointer's image folder reached through a descriptor only, and a file of the image
+with another name, a hard link its checkpointer made, refuses the image). A chunk written to the
+vault is hashed again from the bytes written; a chunk the vault already holds is not read at all.
 
 Nothing of it can fail a checkpoint: a generation whose chunks could not be recorded in time (or at
-all) is published without its index, and its copy hashes the whole image as before.
+all, or not of the bytes the manifest records) is published without its index (the hook's log says
+why: ``seal.no_chunk_index``), and its copy hashes every file whole against the manifest as before.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import blake3
+import msgspec
 
 from mom_checkpoint.image.hashing import ImageFile, open_files
 from mom_checkpoint.platform.errors import Error, StorageIOError, TimedOut
+from mom_checkpoint.platform.files import allow_open_files
 from mom_checkpoint.vault import chunking, index
 from mom_checkpoint.vault.index import FORMAT, ChunkRef, FileChunks, Index
 
@@ -45,8 +51,11 @@ class Sealing:
     def __init__(
         self, base: Path, relpaths: Sequence[str], *, max_bytes: int | None, deadline: float | None
     ) -> None:
+        # every file open twice at once (here, and in the hook's hashing): room for both, before
+        # either opens one (each only makes room for its own once it begins)
+        allow_open_files(2 * len(relpaths))
         self._stop = threading.Event()
-        self._index: Index | None = None
+        self._sealed: Sealed | None = None
         self.error: BaseException | None = None
         self._started = time.monotonic()
         arguments = (base, list(relpaths), max_bytes, deadline)
@@ -55,7 +64,9 @@ class Sealing:
 
     def _run(self, base: Path, relpaths: list[str], max_bytes: int | None, deadline: float | None) -> None:
         try:
-            self._index = chunk_index(base, relpaths, max_bytes=max_bytes, deadline=deadline, stop=self._stop)
+            self._sealed = chunk_index(
+                base, relpaths, max_bytes=max_bytes, deadline=deadline, stop=self._stop
+            )
         except BaseException as exc:  # said by record, never raised into the hook
             self.error = exc
 
@@ -73,12 +84,18 @@ class Sealing:
         if self._thread.is_alive():
             self.cancel()
             return f"the chunks were not all hashed {wait:.1f} s after the files were"
-        if self.error is not None or self._index is None:
+        if self.error is not None or self._sealed is None:
             return f"{type(self.error).__name__}: {self.error}"
-        if not matches(self._index, files):
+        sealed = self._sealed
+        if not matches(sealed.index, files):
             return "the chunks hashed are not those of the files the manifest lists"
+        if changed := [f.path for f, digest in zip(files, sealed.digests, strict=True) if f.digest != digest]:
+            # the bytes after the dump are not those the manifest's digest was taken of (a
+            # checkpointer that rewrote what the follower had hashed): the copier hashes them whole,
+            # and refuses them
+            return f"{changed[0]} is not what the manifest records ({len(changed)} such file(s))"
         try:
-            index.write(folder, self._index)
+            index.write(folder, sealed.index)
         except (Error, OSError) as exc:  # (a disk full): no index, not half of one
             with contextlib.suppress(OSError):
                 os.unlink(folder / index.INDEX)
@@ -90,6 +107,13 @@ class Sealing:
         self._stop.set()
 
 
+class Sealed(msgspec.Struct, frozen=True):
+    """A generation's chunks, and the digest of each whole file taken from the same bytes."""
+
+    index: Index
+    digests: list[str]  # "blake3:<hex>", in the order of index.files
+
+
 def chunk_index(
     base: Path,
     relpaths: Sequence[str],
@@ -97,36 +121,46 @@ def chunk_index(
     max_bytes: int | None = None,
     deadline: float | None = None,
     stop: threading.Event | None = None,
-) -> Index:
-    """Each file below ``base`` cut as the vault cuts it, and each chunk hashed: opened as the hook's
-    own hashing opens them (hashing.open_files: no link, regular files on ``base``'s file system, the
-    image bound), read through one buffer of the largest chunk (the hook's memory stays small), each
-    byte once."""
-    with open_files(base, relpaths, max_bytes=max_bytes) as opened:
+) -> Sealed:
+    """Each file below ``base`` cut as the vault cuts it, each chunk hashed, and each whole file from
+    the same bytes (so that the chunks are known to make the file the manifest records): opened as
+    the hook's own hashing opens a fresh image (hashing.open_files: no link of either kind, regular
+    files on ``base``'s file system, the image bound), read through one buffer of the largest chunk
+    (the hook's memory stays small), each byte once."""
+
+    def going_on(rel: str) -> None:
+        if stop is not None and stop.is_set():
+            raise TimedOut(f"stopped while hashing the chunks of {rel}")
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimedOut(f"out of time while hashing the chunks of {rel}")
+
+    with open_files(base, relpaths, max_bytes=max_bytes, single_link=True) as opened:
         files = opened.files
         sizes = {rel: size for rel, _, size in files}
         descriptors = {rel: fd for rel, fd, _ in files}
 
         def small(rel: str) -> bytes:  # a pagemap (chunking.plan bounds what it asks for)
+            going_on(rel)
             return _pread_exactly(descriptors[rel], 0, sizes[rel], rel)
 
         plan = chunking.plan([ImageFile(rel, size, "") for rel, _, size in files], small)
         buffer = bytearray(chunking.MAX_CHUNK)
         view = memoryview(buffer)
         entries = []
+        digests = []
         for rel, fd, _ in files:
             refs = []
+            whole = blake3.blake3()
             offset = 0
             for size in plan[rel]:
-                if stop is not None and stop.is_set():
-                    raise TimedOut(f"stopped while hashing the chunks of {rel}")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimedOut(f"out of time while hashing the chunks of {rel}")
+                going_on(rel)
                 _pread_into(fd, view[:size], offset, rel)
                 refs.append(ChunkRef(blake3.blake3(view[:size]).digest(), size, 0))
+                whole.update(view[:size])
                 offset += size
             entries.append(FileChunks(rel, refs))
-    return Index(FORMAT, entries)
+            digests.append(f"blake3:{whole.hexdigest()}")
+    return Sealed(Index(FORMAT, entries), digests)
 
 
 def matches(index: Index, files: Sequence[ImageFile]) -> bool:

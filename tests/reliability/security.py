@@ -448,21 +448,38 @@ HOSTILE_DUMPS: list[tuple[str, str, int, int, str]] = [
         77,
         "symlink",
     ),
+    (  # (found by review) the user's own file, rewritable through its other name after the dump
+        "a hard link to a file of the user's own planted in the image",
+        "Path('{own}').write_bytes(b'x' * 8192); os.link('{own}', image / 'pages-98.img')",
+        0,
+        77,
+        "hard link",
+    ),
 ]
 
 
 def hostile_dumps(site: Site, rng: random.Random) -> list[str]:
     """Issue 11 #5 and #6: the user's own CRIU leaves a FIFO or a link to a root-only file as its log,
-    an 8 GiB sparse file or a link to /etc in the image. Root reads none of it, follows none of it,
-    ends within timeout_s, publishes nothing, and the job runs on."""
-    name, action, criu_status, status, words = rng.choice(HOSTILE_DUMPS)
+    an 8 GiB sparse file, a link to /etc or a hard link to a file of their own in the image. Root
+    reads none of it, follows none of it, ends within timeout_s, publishes nothing, and the job runs
+    on."""
+    return hostile_dump(site, rng, rng.choice(HOSTILE_DUMPS))
+
+
+def hostile_dump(site: Site, rng: random.Random, attack: tuple[str, str, int, int, str]) -> list[str]:
+    """One of HOSTILE_DUMPS."""
+    name, action, criu_status, status, words = attack
+    theirs = site.base / "theirs"  # a folder of the user's own, outside the image
+    theirs.mkdir(mode=0o755, exist_ok=True)
+    os.chown(theirs, site.user.uid, site.user.gid)
+    own = theirs / f"own-{rng.randrange(10**9)}"
     secret = Path("/root") / f"mom-checkpoint-secret-{rng.randrange(10**9)}"
     marker = f"TOPSECRET{rng.randrange(10**9)}"
     secret.write_text(f"Error (criu/x.c:1): {marker}\n")
     secret.chmod(0o600)
     wrapper = site.base / "bin" / "criu"
     wrapper.parent.mkdir(mode=0o755, exist_ok=True)
-    wrapper.write_text(HOSTILE_CRIU.format(action=action.format(secret=secret), status=criu_status))
+    wrapper.write_text(HOSTILE_CRIU.format(action=action.format(secret=secret, own=own), status=criu_status))
     wrapper.chmod(0o755)
     timeout_s = 20
     site.configure(

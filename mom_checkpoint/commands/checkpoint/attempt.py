@@ -6,6 +6,7 @@ has ended the job, its image is all there is and is kept whatever else fails.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -139,9 +140,11 @@ class Attempt(msgspec.Struct, frozen=True):
         from mom_checkpoint.image.hashing import open_files
 
         relpaths = [f"{IMAGE}/{rel}" for rel in incoming.image_files(self.deadline)]
-        sealing = self._sealing(incoming, [*relpaths, *(c.copy for c in dumped.copies)], limit)
+        sealing = self._sealing(incoming, relpaths, [c.copy for c in dumped.copies], limit)
         try:
-            with open_files(incoming.path, relpaths, max_bytes=limit, resume=dumped.hashed) as image:
+            with open_files(
+                incoming.path, relpaths, max_bytes=limit, resume=dumped.hashed, single_link=True
+            ) as image:
                 taken_over = image.taken_over
                 files = image.digest(fsync=True, deadline=self.deadline)
             if self.quota is not None:
@@ -156,14 +159,21 @@ class Attempt(msgspec.Struct, frozen=True):
         incoming.write_manifest(manifest.to_json())
         return manifest, taken_over
 
-    def _sealing(self, incoming: Incoming, relpaths: list[str], limit: int) -> Sealing | None:
+    def _sealing(self, incoming: Incoming, image: list[str], kept: list[str], limit: int) -> Sealing | None:
         """With a vault: each chunk of the generation hashed for its copier while the files are
-        hashed and fsync'd (vault/seal.py)."""
+        hashed and fsync'd (vault/seal.py); nothing of it fails the checkpoint."""
         if not self.config.vault_dir:
             return None
         from mom_checkpoint.vault.seal import Sealing
 
-        return Sealing(incoming.path, relpaths, max_bytes=limit, deadline=self.deadline)
+        try:
+            kept_bytes = sum(os.lstat(incoming.path / copy).st_size for copy in kept)  # root's copies
+            return Sealing(
+                incoming.path, [*image, *kept], max_bytes=limit + kept_bytes, deadline=self.deadline
+            )
+        except Exception as exc:  # (a thread that cannot start)
+            self.log.warning("seal.no_chunk_index", error=f"{type(exc).__name__}: {exc}")
+            return None
 
     def _write_chunks(self, incoming: Incoming, sealing: Sealing, manifest: Manifest) -> None:
         """The chunks recorded beside the manifest; a generation without them is copied all the

@@ -448,7 +448,7 @@ def test_the_followed_part_is_written_back_at_once_and_the_rest_behind_the_hashi
         with lock:
             ranges.append((offset, length, threading.current_thread().name))
 
-    monkeypatch.setattr(hashing, "_write_behind", lambda: recording)
+    monkeypatch.setattr(hashing, "write_back_starter", lambda: recording)
     resume = {
         "image/pages-1.img": Partial("image/pages-1.img", st.st_dev, st.st_ino, 12 * MIB, state, "blake3")
     }

@@ -169,7 +169,7 @@ def test_each_hashed_window_is_written_back_behind_the_hashing(
     (tmp_path / "image" / "core-1.img").write_bytes(data[:3000])
     ranges: list[tuple[str, int, int]] = []
     lock = threading.Lock()
-    real = hashing._write_behind()
+    real = hashing.write_back_starter()
     assert real is not None, "this Linux libc has sync_file_range"
 
     def recording(fd: int, offset: int, length: int) -> None:
@@ -177,7 +177,7 @@ def test_each_hashed_window_is_written_back_behind_the_hashing(
             ranges.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), offset, length))
         real(fd, offset, length)
 
-    monkeypatch.setattr(hashing, "_write_behind", lambda: recording)
+    monkeypatch.setattr(hashing, "write_back_starter", lambda: recording)
     rels = ["image/pages-1.img", "image/core-1.img"]
     files = digest_files(tmp_path, rels, fsync=True)
     assert [f.digest for f in files] == [digest_of(data), digest_of(data[:3000])]

@@ -30,6 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
@@ -144,22 +145,33 @@ def chunk_index(
             return _pread_exactly(descriptors[rel], 0, sizes[rel], rel)
 
         plan = chunking.plan([ImageFile(rel, size, "") for rel, _, size in files], small)
-        buffer = bytearray(chunking.MAX_CHUNK)
-        view = memoryview(buffer)
+        # two buffers of the largest chunk: one is read and its chunk hashed here while the other's
+        # bytes go into their file's digest in a second thread (the hook's memory stays small)
+        buffers = [memoryview(bytearray(chunking.MAX_CHUNK)) for _ in range(2)]
+        pending: list[Future[object] | None] = [None, None]
         entries = []
         digests = []
-        for rel, fd, _ in files:
-            refs = []
-            whole = blake3.blake3()
-            offset = 0
-            for size in plan[rel]:
-                going_on(rel)
-                _pread_into(fd, view[:size], offset, rel)
-                refs.append(ChunkRef(blake3.blake3(view[:size]).digest(), size, 0))
-                whole.update(view[:size])
-                offset += size
-            entries.append(FileChunks(rel, refs))
-            digests.append(f"blake3:{whole.hexdigest()}")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal-files") as files_hashing:
+            for rel, fd, _ in files:
+                refs = []
+                whole = blake3.blake3()
+                offset = 0
+                for number, size in enumerate(plan[rel]):
+                    going_on(rel)
+                    turn = number % 2
+                    if (earlier := pending[turn]) is not None:
+                        earlier.result()  # its buffer is free again
+                    view = buffers[turn][:size]
+                    _pread_into(fd, view, offset, rel)
+                    pending[turn] = files_hashing.submit(whole.update, view)
+                    refs.append(ChunkRef(blake3.blake3(view).digest(), size, 0))
+                    offset += size
+                for turn, earlier in enumerate(pending):
+                    if earlier is not None:
+                        earlier.result()
+                    pending[turn] = None
+                entries.append(FileChunks(rel, refs))
+                digests.append(f"blake3:{whole.hexdigest()}")
     return Sealed(Index(FORMAT, entries), digests)
 
 

@@ -1134,7 +1134,7 @@ SECURITY: dict[str, tuple[Scenario, int]] = {
         parasite_descriptors,
         4,
     ),
-    "a FIFO, a link to a root-only file, a sparse giant, a link to /etc in the image (real CRIU)": (
+    "a FIFO, a root-only link, a sparse giant, a link to /etc, a hard link in the image (real CRIU)": (
         hostile_dumps,
         8,
     ),

@@ -179,6 +179,11 @@ class Manifest(msgspec.Struct, frozen=True):
     kept: list[KeptFile] = field(default_factory=list)
 
     @property
+    def every_file(self) -> list[ImageFile]:
+        """Every file of the generation, as the vault copies it: the image's, then the kept copies'."""
+        return [*self.files, *(ImageFile(k.copy, k.size, k.digest) for k in self.kept)]
+
+    @property
     def key(self) -> JobKey:
         """The job's key (batch system, owner, job id), from root's record of it."""
         return JobKey(system_of(self.call.convention), self.job.uid, self.job.id)

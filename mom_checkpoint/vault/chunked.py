@@ -146,7 +146,7 @@ class Chunked(msgspec.Struct, frozen=True):
 def opened_generation(source: Path, manifest: Manifest) -> Iterator[tuple[_Opened, list[ImageFile]]]:
     """Every file the manifest lists (image and kept), opened below ``source`` without following a
     link, each of its recorded size."""
-    files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
+    files = manifest.every_file
     allow_open_files(sum(f.size > SMALL_FILE for f in files))  # one a large file (a pages image)
     opened = _Opened()
     source_fd = safefs.open_dir(source)
@@ -350,7 +350,7 @@ def reassemble(
 ) -> None:
     """Every file of a chunked vault generation written into the new folder ``target`` from its
     chunks, checked chunk by chunk and file by file; VerificationFailed on any difference."""
-    files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
+    files = manifest.every_file
     listed = {f.path: f for f in index.files}
     if sorted(listed) != sorted(f.path for f in files) or len(listed) != len(index.files):
         raise VerificationFailed(f"{generation}: its index does not list the files of its manifest")
@@ -418,7 +418,7 @@ def check(
     against the manifest (nothing written): the digests of the chunks that are missing or damaged
     (those are set aside), empty when the generation is whole. VerificationFailed when its index does
     not match its manifest or a file's chunks, each sound, do not make the recorded file."""
-    files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
+    files = manifest.every_file
     listed = {f.path: f for f in index.files}
     if sorted(listed) != sorted(f.path for f in files) or len(listed) != len(index.files):
         raise VerificationFailed(f"{generation}: its index does not list the files of its manifest")

@@ -577,7 +577,7 @@ def copy_generation(
     written (a CRIU image is dozens of small files, and on a shared file system each fsync is a
     round trip to the server). Raises VerificationFailed on any difference (nothing is published
     then)."""
-    files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
+    files = manifest.every_file
     source_fd = safefs.open_dir(source)
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-hash") as hashing:

@@ -178,10 +178,8 @@ class Attempt(msgspec.Struct, frozen=True):
     def _write_chunks(self, incoming: Incoming, sealing: Sealing, manifest: Manifest) -> None:
         """The chunks recorded beside the manifest; a generation without them is copied all the
         same (its copier hashes the whole image): nothing of it fails the checkpoint."""
-        from mom_checkpoint.image.hashing import ImageFile
 
-        files = [*manifest.files, *(ImageFile(k.copy, k.size, k.digest) for k in manifest.kept)]
-        if problem := sealing.record(incoming.path, files, deadline=self.deadline):
+        if problem := sealing.record(incoming.path, manifest.every_file, deadline=self.deadline):
             self.log.warning("seal.no_chunk_index", error=problem)
 
     def _failed(

@@ -58,7 +58,7 @@ def _generation(folder: Path, pages: bytes, number: int = 1) -> tuple[Manifest, 
 
 
 def _all_files(record: Manifest) -> list[ImageFile]:
-    return [*record.files, *(ImageFile(k.copy, k.size, k.digest) for k in record.kept)]
+    return record.every_file
 
 
 def _chunks(index: vault_index.Index) -> list[tuple[str, list[tuple[bytes, int]]]]:

@@ -27,6 +27,16 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
+def read_at(fd: int, size: int, offset: int = 0) -> bytes:
+    """Up to ``size`` bytes of ``fd`` from ``offset``: fewer only where the file ends first."""
+    parts = []
+    done = 0
+    while done < size and (data := os.pread(fd, min(size - done, 8 << 20), offset + done)):
+        parts.append(data)
+        done += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def copy_all(source: int, target: int, chunk: int = 1 << 20) -> None:
     """What ``source`` holds from its offset to its end, written to ``target``."""
     while data := os.read(source, chunk):

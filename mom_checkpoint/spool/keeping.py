@@ -30,7 +30,7 @@ from pathlib import Path
 import msgspec
 
 from mom_checkpoint.image.layout import KEPT
-from mom_checkpoint.platform.files import write_private
+from mom_checkpoint.platform.files import read_at, write_private
 from mom_checkpoint.processes.access import acting_as
 from mom_checkpoint.processes.discovery import ProcessRecord
 from mom_checkpoint.processes.identity import JobUser
@@ -130,7 +130,7 @@ def keep_outputs(processes: Sequence[ProcessRecord], generation: Path, user: Job
             if not stat.S_ISREG(st.st_mode):
                 continue
             start = max(0, st.st_size - OUTPUT_MAX)
-            data = _pread_all(fd, st.st_size - start, start)
+            data = read_at(fd, st.st_size - start, start)
         finally:
             os.close(fd)
         name = f"output-{len(copies)}"
@@ -216,21 +216,11 @@ def _read_held(
     finally:
         os.close(handle)
     try:
-        return _Held(_pread_all(own, st.st_size, 0), mode, external)
+        return _Held(read_at(own, st.st_size), mode, external)
     except OSError:
         return None
     finally:
         os.close(own)
-
-
-def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = os.pread(fd, min(1 << 20, size - len(data)), offset + len(data))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
 
 
 def _write(generation: Path, name: str, data: bytes) -> None:

@@ -47,7 +47,7 @@ from mom_checkpoint.image.hashing import (
 from mom_checkpoint.image.manifest import Manifest
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import StorageIOError, VerificationFailed
-from mom_checkpoint.platform.files import allow_open_files, sync_file_system, write_all
+from mom_checkpoint.platform.files import allow_open_files, read_at, sync_file_system, write_all
 from mom_checkpoint.vault import chunking, seal
 from mom_checkpoint.vault.chunks import HEADER, ChunkStore, Codec, DamagedChunk, digest_of, encode
 from mom_checkpoint.vault.index import FORMAT, ChunkRef, FileChunks, Index
@@ -80,7 +80,6 @@ class _Piece(msgspec.Struct, frozen=True, array_like=True):
     file: int  # index into the opened files
     offset: int
     size: int
-    digest: str
 
 
 class _Opened:
@@ -90,13 +89,11 @@ class _Opened:
 
     def __init__(self) -> None:
         self.paths: list[str] = []
-        self.fds: list[int] = []
         self.contents: list[int | bytes] = []  # a large file's descriptor, or a small one's bytes
 
     def add(self, path: str, fd: int, size: int) -> None:
         self.paths.append(path)
         if size > SMALL_FILE:
-            self.fds.append(fd)
             self.contents.append(fd)
             return
         try:
@@ -113,19 +110,16 @@ class _Opened:
         return _pread_exactly(content, piece.offset, piece.size, self.paths[piece.file])
 
     def close(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
+        for content in self.contents:
+            if isinstance(content, int):
+                os.close(content)
 
 
 def _pread_exactly(fd: int, offset: int, size: int, path: str) -> bytes:
-    parts = []
-    done = 0
-    while done < size and (data := os.pread(fd, min(size - done, 8 << 20), offset + done)):
-        parts.append(data)
-        done += len(data)
-    if done != size:
+    data = read_at(fd, size, offset)
+    if len(data) != size:
         raise VerificationFailed(f"{path} ended before its recorded size: not copying it")
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return data
 
 
 class Chunked(msgspec.Struct, frozen=True):
@@ -189,7 +183,7 @@ def cut(
     for number, entry in enumerate(index.files):
         offset = 0
         for chunk in entry.chunks:
-            piece = _Piece(number, offset, chunk.size, chunk.name)
+            piece = _Piece(number, offset, chunk.size)
             pieces.setdefault(chunk.name, piece)
             if chunk.name not in present:
                 new.setdefault(chunk.name, piece)
@@ -204,7 +198,7 @@ def _hashed(opened: _Opened, files: list[ImageFile], *, tick: Callable[[], None]
     by_path = {f.path: n for n, f in enumerate(files)}
 
     def small(path: str) -> bytes:
-        return opened.read(_Piece(by_path[path], 0, files[by_path[path]].size, ""))
+        return opened.read(_Piece(by_path[path], 0, files[by_path[path]].size))
 
     plan = chunking.plan(files, small)
     entries = []
@@ -216,7 +210,7 @@ def _hashed(opened: _Opened, files: list[ImageFile], *, tick: Callable[[], None]
             refs = []
             offset = 0
             for size in plan[image_file.path]:
-                data = opened.read(_Piece(number, offset, size, ""))
+                data = opened.read(_Piece(number, offset, size))
                 if hashed is not None:
                     hashed.result()
                 hashed = whole.submit(state.update, data)

@@ -33,7 +33,7 @@ import blake3
 import msgspec
 
 from mom_checkpoint.platform.errors import StorageIOError, VerificationFailed
-from mom_checkpoint.platform.files import check_private_dir, write_all
+from mom_checkpoint.platform.files import check_private_dir, read_at, write_all
 
 CHUNKS = ".chunks"
 CONDEMNED = ".condemned"
@@ -290,14 +290,9 @@ class ChunkStore:
 def _read_at_most(path: Path, limit: int) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        chunks = []
-        left = limit + 1
-        while left > 0 and (data := os.read(fd, min(left, 4 << 20))):
-            chunks.append(data)
-            left -= len(data)
+        blob = read_at(fd, limit + 1)
     finally:
         os.close(fd)
-    blob = b"".join(chunks)
     if len(blob) > limit:
         raise DamagedChunk(f"{path.name} is larger than any chunk")
     return blob

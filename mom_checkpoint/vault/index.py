@@ -19,7 +19,7 @@ import msgspec
 
 from mom_checkpoint.platform import safefs
 from mom_checkpoint.platform.errors import Error, StorageIOError, VerificationFailed
-from mom_checkpoint.platform.files import write_all
+from mom_checkpoint.platform.files import read_at, write_all
 
 INDEX = "chunks.index"
 FORMAT = 1
@@ -102,7 +102,7 @@ def read(generation: Path) -> Index:
     try:
         if st.st_uid != os.geteuid() or st.st_mode & 0o077:
             raise VerificationFailed(f"{path} is not root's own index: refusing it")
-        data = _read_all(fd, st.st_size)
+        data = read_at(fd, st.st_size)
     finally:
         os.close(fd)
     try:
@@ -116,12 +116,3 @@ def read(generation: Path) -> Index:
             if len(chunk.digest) != 32 or not 0 <= chunk.size <= MAX_CHUNK_BYTES or chunk.stored < 0:
                 raise VerificationFailed(f"{path}: a chunk of {entry.path[:200]!r} is not one")
     return index
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    parts = []
-    left = size
-    while left > 0 and (data := os.read(fd, min(left, 8 << 20))):
-        parts.append(data)
-        left -= len(data)
-    return b"".join(parts)

@@ -38,7 +38,7 @@ import msgspec
 
 from mom_checkpoint.image.hashing import ImageFile, open_files
 from mom_checkpoint.platform.errors import Error, StorageIOError, TimedOut
-from mom_checkpoint.platform.files import allow_open_files
+from mom_checkpoint.platform.files import allow_open_files, read_at
 from mom_checkpoint.vault import chunking, index
 from mom_checkpoint.vault.index import FORMAT, ChunkRef, FileChunks, Index
 
@@ -196,6 +196,7 @@ def _pread_into(fd: int, view: memoryview, offset: int, rel: str) -> None:
 
 
 def _pread_exactly(fd: int, offset: int, size: int, rel: str) -> bytes:
-    buffer = bytearray(size)
-    _pread_into(fd, memoryview(buffer), offset, rel)
-    return bytes(buffer)
+    data = read_at(fd, size, offset)
+    if len(data) != size:
+        raise StorageIOError(f"{rel} ended at {offset + len(data)} bytes, before its size")
+    return data

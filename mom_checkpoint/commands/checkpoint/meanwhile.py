@@ -48,8 +48,10 @@ class WhileItRuns:
         appended: re.Pattern[str] | None = None,
         max_bytes: int | None = None,
         deadline: float | None = None,
+        imports: tuple[str, ...] = AFTER_THE_DUMP,
     ) -> None:
         self._incoming = incoming
+        self._imports = imports
         self._ask_version = ask_version
         self._asking: threading.Thread | None = None
         self._version = "unknown"
@@ -66,7 +68,7 @@ class WhileItRuns:
         with contextlib.suppress(Exception):
             self._start_following()
         with contextlib.suppress(Exception):
-            for name in AFTER_THE_DUMP:
+            for name in self._imports:
                 importlib.import_module(name)
 
     def _start_following(self) -> None:

@@ -63,6 +63,15 @@ def test_the_version_is_asked_and_the_modules_imported_while_the_checkpointer_ru
     assert len(incoming.recorded) == 1
 
 
+def test_a_call_with_a_vault_imports_the_seal_while_the_checkpointer_runs(imported: list[str]) -> None:
+    """What the call's config adds to the work after the dump (the seal, with a vault) is imported
+    during the dump too, not after it."""
+    seal = "mom_checkpoint.vault.seal"
+    meanwhile = WhileItRuns(FakeIncoming(), lambda: "4.1.1", imports=(*AFTER_THE_DUMP, seal))  # type: ignore[arg-type]
+    completed = Runner().run(["/bin/true"], timeout_s=60, on_start=meanwhile)
+    assert completed.returncode == 0 and imported == [*AFTER_THE_DUMP, seal]
+
+
 def test_a_module_that_cannot_be_imported_never_ends_the_checkpointer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
